@@ -1,0 +1,223 @@
+"""The `dedup` command. It parses options, loads config and calls the Python API; it holds no logic.
+
+Exit codes: 0 success; 1 a stage failed (rerun resumes); 2 unusable input; 3 invalid settings;
+4 model weights unavailable; 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+from dedup.errors import DedupError
+from dedup.progress import Reporter
+from dedup.settings import RunSettings, apply, load_settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find and remove near-duplicate images in WebDataset shards before training image generators.",
+)
+STATE: dict = {"reporter": Reporter()}
+
+
+@app.callback()
+def main(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages; errors still go to stderr."),
+    log_json: Optional[Path] = typer.Option(None, "--log-json", help="Append one JSON line per event to this file ('-' for stdout)."),
+) -> None:
+    stream = None
+    if log_json is not None:
+        stream = sys.stdout if str(log_json) == "-" else open(log_json, "a")
+    STATE["reporter"] = Reporter(quiet=quiet, log_json=stream)
+
+
+@contextmanager
+def handled() -> Iterator[Reporter]:
+    reporter: Reporter = STATE["reporter"]
+    try:
+        yield reporter
+    except DedupError as error:
+        reporter.event("error", kind=type(error).__name__, message=str(error), exit_code=error.exit_code)
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.exit_code) from None
+    except MemoryError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
+
+
+def _settings(config: Optional[str], overrides: Optional[List[str]], **cli: dict) -> RunSettings:
+    settings = load_settings(config, overrides)
+    values = {section: {k: v for k, v in options.items() if v is not None} for section, options in cli.items()}
+    return apply(settings, {k: v for k, v in values.items() if v}, "command line")
+
+
+def _print(summary: dict) -> None:
+    if not STATE["reporter"].quiet:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+CONFIG = typer.Option(None, "--config", "-c", help="A TOML config file, or the name of a preset in configs/.")
+SET = typer.Option(None, "--set", help="Override a config value: section.key=value (repeatable).")
+RUN_DIR = typer.Option(None, "--run-dir", "-r", help="The run folder (default: from the config, else dedup-run).")
+EMBEDDINGS = typer.Option(None, "--embeddings", help="Embeddings folder (default RUN_DIR/embeddings); a clip-retrieval output works too.")
+
+
+def _run_dir(settings: RunSettings, run_dir: Optional[Path]) -> Path:
+    return Path(run_dir) if run_dir else Path(settings.run_dir)
+
+
+@app.command("embed")
+def embed_command(
+    shards: List[str] = typer.Argument(..., help="Shard files, folders, brace patterns (data/{00000..00009}.tar) or URLs."),
+    run_dir: Optional[Path] = RUN_DIR,
+    out: Optional[Path] = typer.Option(None, "--out", help="Embeddings folder (default RUN_DIR/embeddings)."),
+    embedder: Optional[str] = typer.Option(None, help="clip | pixels | model"),
+    model: Optional[str] = typer.Option(None, help="open_clip architecture, e.g. ViT-B-32."),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint path."),
+    model_config: Optional[str] = typer.Option(None, help="open_clip model config JSON for a custom architecture."),
+    model_path: Optional[str] = typer.Option(None, help="ONNX or TorchScript encoder (embedder model)."),
+    input_size: Optional[int] = typer.Option(None, help="Input size of the exported model."),
+    pixel_size: Optional[int] = typer.Option(None, help="Side of the thumbnail (embedder pixels)."),
+    text: Optional[bool] = typer.Option(None, "--text/--no-text", help="Also embed captions (clip)."),
+    batch_size: Optional[int] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, help="Shard processes."),
+    decode_threads: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | fp16 | bf16"),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+) -> None:
+    """Hash and embed every sample (clip-retrieval layout: img_emb/*.npy + metadata/*.parquet)."""
+    from dedup.stages.embed import embed
+
+    with handled() as reporter:
+        settings = _settings(config, overrides, embed=dict(
+            embedder=embedder, model=model, pretrained=pretrained, model_config=model_config, model_path=model_path,
+            input_size=input_size, pixel_size=pixel_size, text=text, batch_size=batch_size, workers=workers,
+            decode_threads=decode_threads, device=device, precision=precision))
+        target = out or _run_dir(settings, run_dir) / "embeddings"
+        _print(embed(shards, target, settings.embed, reporter=reporter))
+
+
+@app.command("find")
+def find_command(
+    run_dir: Optional[Path] = RUN_DIR,
+    embeddings: Optional[Path] = EMBEDDINGS,
+    threshold: Optional[str] = typer.Option(None, help="Cosine similarity for embedding duplicates, or 'off'."),
+    phash_radius: Optional[str] = typer.Option(None, help="Hamming radius on the 64-bit perceptual hash, or 'off'."),
+    exact: Optional[bool] = typer.Option(None, "--exact/--no-exact", help="Group identical image bytes."),
+    index: Optional[str] = typer.Option(None, help="auto | flat | ivf"),
+    nprobe: Optional[int] = typer.Option(None),
+    memory_budget_gb: Optional[float] = typer.Option(None),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+) -> None:
+    """Find duplicate pairs (exact, perceptual hash, embedding) and group them: groups.parquet."""
+    from dedup.stages.find import find
+
+    with handled() as reporter:
+        settings = _settings(config, overrides, find=dict(
+            threshold=threshold, phash_radius=phash_radius, exact=exact, index=index, nprobe=nprobe,
+            memory_budget_gb=memory_budget_gb))
+        folder = _run_dir(settings, run_dir)
+        _print(find(embeddings or folder / "embeddings", folder, settings.find, reporter=reporter))
+
+
+@app.command("select")
+def select_command(
+    run_dir: Optional[Path] = RUN_DIR,
+    embeddings: Optional[Path] = EMBEDDINGS,
+    policy: Optional[str] = typer.Option(None, help="one | cap:K | none"),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+) -> None:
+    """Apply the keep policy: manifest.parquet, one row per input sample with its decision and reason."""
+    from dedup.stages.select import select
+
+    with handled() as reporter:
+        settings = _settings(config, overrides, select=dict(policy=policy))
+        folder = _run_dir(settings, run_dir)
+        _print(select(embeddings or folder / "embeddings", folder, settings.select, reporter=reporter))
+
+
+@app.command("write")
+def write_command(
+    run_dir: Optional[Path] = RUN_DIR,
+    embeddings: Optional[Path] = EMBEDDINGS,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output shard folder (default RUN_DIR/shards)."),
+    samples_per_shard: Optional[int] = typer.Option(None),
+    prefix: Optional[str] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+) -> None:
+    """Copy the kept samples into new shards, byte for byte, and write summary.json."""
+    from dedup.stages.write import write
+
+    with handled() as reporter:
+        settings = _settings(config, overrides, write=dict(samples_per_shard=samples_per_shard, prefix=prefix, workers=workers))
+        folder = _run_dir(settings, run_dir)
+        _print(write(embeddings or folder / "embeddings", folder, out or settings.output, settings.write, reporter=reporter))
+
+
+@app.command("run")
+def run_command(
+    shards: Optional[List[str]] = typer.Argument(None, help="Input shards (default: shards = [...] of the config)."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    run_dir: Optional[Path] = RUN_DIR,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output shard folder (default RUN_DIR/shards)."),
+    embedder: Optional[str] = typer.Option(None, help="clip | pixels | model"),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or local checkpoint path."),
+    threshold: Optional[str] = typer.Option(None, help="Cosine similarity threshold, or 'off'."),
+    policy: Optional[str] = typer.Option(None, help="one | cap:K | none"),
+    workers: Optional[int] = typer.Option(None, help="Shard processes for embed and write."),
+) -> None:
+    """embed -> find -> select -> write, from a config with command-line overrides."""
+    from dedup.pipeline import run
+
+    with handled() as reporter:
+        settings = _settings(config, overrides, embed=dict(embedder=embedder, pretrained=pretrained, workers=workers),
+                             find=dict(threshold=threshold), select=dict(policy=policy), write=dict(workers=workers))
+        if shards:
+            settings.shards = list(shards)
+        if run_dir:
+            settings.run_dir = str(run_dir)
+        if out:
+            settings.output = str(out)
+        summary = run(settings, reporter=reporter)
+        _print(summary)
+        reporter.info(
+            f"[bold]{summary['input_samples']}[/bold] samples in: {summary['kept']} kept, {summary['dropped']} dropped as "
+            f"duplicates, {summary['unreadable']} unreadable -> {summary['output_dir']}"
+        )
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Argument(Path("demo-data"), help="Where to write the demo shards."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build demo shards from the real photos that ship with scikit-image, with planted copies."""
+    from dedup.demo import build_demo
+
+    with handled() as reporter:
+        planted = build_demo(out, seed=seed)
+        reporter.info(
+            f"wrote {planted.samples} samples in {len(planted.shards)} shards to {out}/shards, with "
+            f"{sum(len(g) - 1 for g in planted.groups)} planted copies of {len(planted.groups)} photos "
+            f"(ground truth: {out}/shards/planted.json)"
+        )
+        typer.echo(str(Path(out) / "shards"))
+
+
+if __name__ == "__main__":
+    app()

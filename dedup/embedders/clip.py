@@ -1,0 +1,135 @@
+"""CLIP image (and optionally caption) embeddings through open_clip.
+
+`pretrained` is either an open_clip tag (downloaded once into the Hugging Face cache) or a local
+checkpoint file. When the weights cannot be had, loading stops at once with `ModelUnavailableError`,
+which says how to point at a local file; it never falls back to random weights.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from dedup.embedders.base import Embedder
+from dedup.errors import ModelUnavailableError, SettingsError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_precision(device: str, requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    return "fp16" if device.startswith("cuda") else "fp32"
+
+
+def _missing_weights_message(model: str, pretrained: str, error: Exception) -> str:
+    return (
+        f"CLIP weights {model} / {pretrained} could not be loaded ({type(error).__name__}: {error}). "
+        "This machine may be offline with nothing cached. Give a local open_clip checkpoint with "
+        "--pretrained /path/to/open_clip_model.safetensors (or .bin / .pt), or choose an embedder that "
+        "needs no weights: --embedder pixels (or hashes only with --threshold off)."
+    )
+
+
+class ClipEmbedder(Embedder):
+    name = "clip"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        pretrained: str | None = DEFAULT_PRETRAINED,
+        device: str = "auto",
+        precision: str = "auto",
+        model_config: str | None = None,
+        text: bool = False,
+    ):
+        import open_clip
+        import torch
+
+        if model_config:
+            open_clip.add_model_config(model_config)
+        if model not in open_clip.list_models():
+            raise SettingsError(
+                f"unknown open_clip architecture {model!r}; `python -c \"import open_clip; print(open_clip.list_models())\"` lists them"
+            )
+        pretrained = pretrained or None
+        local = pretrained is not None and (os.sep in pretrained or Path(pretrained).exists())
+        if local and not Path(pretrained).is_file():
+            raise ModelUnavailableError(f"checkpoint file {pretrained!r} does not exist; give the path to a saved open_clip state dict")
+        if pretrained is not None and not local and pretrained not in open_clip.list_pretrained_tags_by_model(model):
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+            raise SettingsError(f"{model!r} has no pretrained tag {pretrained!r} (known: {known}); or give a checkpoint path")
+        if pretrained is None:
+            raise SettingsError(
+                "the clip embedder needs weights: give --pretrained TAG or a checkpoint path; "
+                "random weights are never used silently"
+            )
+        self.device = pick_device(device)
+        self.precision = pick_precision(self.device, precision)
+        try:
+            created = open_clip.create_model_and_transforms(
+                model, pretrained=pretrained, device=self.device, precision=self.precision
+            )
+        except (RuntimeError, OSError, ValueError, KeyError) as error:
+            raise ModelUnavailableError(_missing_weights_message(model, pretrained, error)) from error
+        self.model, _, self.preprocess = created
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model) if text else None
+        self.model_name, self.pretrained, self.text = model, pretrained, text
+        with torch.inference_mode():
+            probe = self.preprocess(Image.new("RGB", (8, 8))).unsqueeze(0).to(self.device, dtype=self._dtype())
+            self.dim = int(self.model.encode_image(probe).shape[-1])
+
+    def _dtype(self):
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+
+    def spec(self) -> dict:
+        return {
+            "embedder": self.name,
+            "model": self.model_name,
+            "pretrained": self.pretrained,
+            "precision": self.precision,
+            "dim": self.dim,
+            "text": self.text,
+        }
+
+    def prepare(self, image: Image.Image):
+        return self.preprocess(image)
+
+    def embed(self, prepared: Sequence) -> np.ndarray:
+        import torch
+
+        if not prepared:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = torch.stack(list(prepared)).to(self.device, dtype=self._dtype())
+        with torch.inference_mode():
+            features = self.model.encode_image(batch).float()
+            features = torch.nn.functional.normalize(features, dim=-1)
+        return features.cpu().numpy().astype(np.float32)
+
+    def embed_texts(self, captions: Sequence[str]) -> np.ndarray | None:
+        import torch
+
+        if self.tokenizer is None:
+            return None
+        if not captions:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokens = self.tokenizer(list(captions)).to(self.device)
+        with torch.inference_mode():
+            features = self.model.encode_text(tokens).float()
+            features = torch.nn.functional.normalize(features, dim=-1)
+        return features.cpu().numpy().astype(np.float32)

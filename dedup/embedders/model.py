@@ -1,0 +1,94 @@
+"""Any image encoder exported to ONNX or TorchScript (for example SSCD, the copy-detection model)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from dedup.embedders.base import Embedder, l2_normalize
+from dedup.errors import ModelUnavailableError, SettingsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ExportedModelEmbedder(Embedder):
+    name = "model"
+
+    def __init__(
+        self,
+        path: str,
+        input_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        resize_mode: str = "resize",
+    ):
+        if not path:
+            raise SettingsError("the model embedder needs --model-path pointing at an .onnx or TorchScript (.pt) file")
+        if not Path(path).is_file():
+            raise ModelUnavailableError(f"model file {path!r} does not exist; export the encoder to ONNX or TorchScript and give its path")
+        if resize_mode not in ("resize", "center_crop"):
+            raise SettingsError(f"resize_mode must be 'resize' or 'center_crop', got {resize_mode!r}")
+        self.path, self.input_size, self.resize_mode = path, int(input_size), resize_mode
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+        self.format = "onnx" if path.endswith(".onnx") else "torchscript"
+        self._run = self._load_onnx() if self.format == "onnx" else self._load_torchscript()
+        probe = self._run(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+        if probe.ndim != 2:
+            raise SettingsError(f"model {path!r} returns shape {tuple(probe.shape)}; an image encoder must return (batch, dim)")
+        self.dim = int(probe.shape[1])
+
+    def _load_onnx(self):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise SettingsError("ONNX models need onnxruntime: pip install 'dedup[onnx]'") from error
+        session = onnxruntime.InferenceSession(self.path, providers=onnxruntime.get_available_providers())
+        input_name = session.get_inputs()[0].name
+        return lambda batch: np.asarray(session.run(None, {input_name: batch})[0])
+
+    def _load_torchscript(self):
+        import torch
+
+        try:
+            module = torch.jit.load(self.path, map_location="cpu").eval()
+        except (RuntimeError, ValueError) as error:
+            raise ModelUnavailableError(f"{self.path!r} is not a TorchScript file ({error}); give an .onnx or torch.jit.save'd model") from error
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(batch)).float().numpy()
+
+        return run
+
+    def spec(self) -> dict:
+        return {
+            "embedder": self.name,
+            "path": str(Path(self.path).resolve()),
+            "format": self.format,
+            "input_size": self.input_size,
+            "mean": self.mean.ravel().tolist(),
+            "std": self.std.ravel().tolist(),
+            "resize_mode": self.resize_mode,
+            "dim": self.dim,
+        }
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        size = self.input_size
+        if self.resize_mode == "center_crop":
+            scale = size / min(image.size)
+            image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC)
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        else:
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return (pixels - self.mean) / self.std
+
+    def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        if not prepared:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(self._run(np.stack(prepared).astype(np.float32)))

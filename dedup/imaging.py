@@ -1,0 +1,91 @@
+"""Decode one sample's image and compute its cheap signals: content hash and 64-bit perceptual hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+import io
+import warnings
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class UnreadableImage(Exception):
+    """The sample has no usable image; the message is the reason recorded in the manifest."""
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image  # RGB
+    extension: str
+    sha256: str
+    phash: int  # unsigned 64-bit
+    width: int
+    height: int
+
+
+def find_image_field(files: dict[str, bytes]) -> str:
+    lowered = {ext.lower(): ext for ext in files}
+    for candidate in IMAGE_EXTENSIONS:
+        if candidate in lowered:
+            return lowered[candidate]
+    raise UnreadableImage(
+        f"no image file in the sample (has {', '.join(sorted(files)) or 'nothing'}; looked for {', '.join(IMAGE_EXTENSIONS)})"
+    )
+
+
+def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    extension = find_image_field(files)
+    data = files[extension]
+    if not data:
+        raise UnreadableImage(f"image file .{extension} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    raise UnreadableImage(
+                        f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+                        "(a decompression bomb or an oversized image; raise --max-pixels to accept it)"
+                    )
+                opened.load()
+                image = opened.convert("RGB")
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnreadableImage(f"decompression bomb refused: {error}") from error
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad bytes
+        raise UnreadableImage(f"image .{extension} cannot be decoded: {type(error).__name__}: {error}") from error
+    return DecodedImage(
+        image=image,
+        extension=extension,
+        sha256=hashlib.sha256(data).hexdigest(),
+        phash=perceptual_hash(image),
+        width=width,
+        height=height,
+    )
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    bits = imagehash.phash(image, hash_size=8).hash.flatten()
+    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
+
+
+def caption_of(files: dict[str, bytes]) -> str:
+    """The caption: the .txt field, else the "caption" of the .json field, else empty."""
+    if "txt" in files:
+        return files["txt"].decode("utf-8", errors="replace").strip()
+    if "json" in files:
+        try:
+            meta = json.loads(files["json"])
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        return str(caption) if caption is not None else ""
+    return ""

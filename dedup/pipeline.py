@@ -1,0 +1,38 @@
+"""`run`: the stages in order over one run folder. Each stage skips what an earlier run finished.
+
+    RUN_DIR/embeddings/   embed   (clip-retrieval layout)
+    RUN_DIR/groups.parquet, pairs.parquet, find.json   find
+    RUN_DIR/manifest.parquet                           select
+    RUN_DIR/shards/ (or --out), RUN_DIR/summary.json   write
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dedup.errors import SettingsError
+from dedup.progress import SILENT, Reporter
+from dedup.settings import RunSettings
+from dedup.stages.embed import embed
+from dedup.stages.find import find
+from dedup.stages.select import select
+from dedup.stages.write import check_output_location, write
+from dedup.sources import expand_shards
+
+
+def embeddings_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "embeddings"
+
+
+def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict:
+    """embed -> find -> select -> write for `settings.shards`; returns the summary."""
+    settings.validate()
+    if not settings.shards:
+        raise SettingsError("no input shards: give them on the command line or as shards = [...] in the config")
+    urls = expand_shards(settings.shards)
+    check_output_location(settings.output_dir(), urls)
+    run_dir = Path(settings.run_dir)
+    store = embeddings_dir(run_dir)
+    embed(urls, store, settings.embed, engine=engine, reporter=reporter)
+    find(store, run_dir, settings.find, reporter=reporter)
+    select(store, run_dir, settings.select, reporter=reporter)
+    return write(store, run_dir, settings.output_dir(), settings.write, engine=engine, reporter=reporter)

@@ -1,0 +1,158 @@
+"""Plant near-duplicates whose ground truth is known into real shards: for tests, benchmarks and the demo.
+
+Each planted copy is a transformed version of a real sample's image (exact copy, JPEG re-encode, resize,
+small crop), given a new key, the source's caption, and placed in a shard chosen at random, so copies
+land across shards. The ground truth (which keys belong together) is returned and written as JSON.
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import webdataset as wds
+from PIL import Image
+
+from dedup.atomic import atomic_open, write_json
+from dedup.reader import Sample, iter_shard
+from dedup.sources import expand_shards
+
+TRANSFORMS = ("exact", "reencode", "resize", "crop")
+
+
+def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def transform_image(data: bytes, kind: str, rng: random.Random) -> bytes:
+    if kind == "exact":
+        return data
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    if kind == "reencode":
+        return _encode_jpeg(image, quality=rng.choice((50, 60, 70, 80)))
+    if kind == "resize":
+        scale = rng.uniform(0.6, 0.9)
+        return _encode_jpeg(image.resize((max(8, round(width * scale)), max(8, round(height * scale))), Image.Resampling.LANCZOS), 90)
+    if kind == "crop":
+        dx, dy = round(width * rng.uniform(0.02, 0.05)), round(height * rng.uniform(0.02, 0.05))
+        left, top = rng.randint(0, dx), rng.randint(0, dy)
+        return _encode_jpeg(image.crop((left, top, width - (dx - left), height - (dy - top))), 90)
+    raise ValueError(f"unknown transform {kind!r}; use one of {TRANSFORMS}")
+
+
+@dataclass
+class PlantedSet:
+    shards: list[str]
+    groups: list[list[str]] = field(default_factory=list)  # each: source key first, then its copies
+    transforms: dict[str, str] = field(default_factory=dict)  # copy key -> transform
+    samples: int = 0
+
+    def to_json(self) -> dict:
+        return {"shards": self.shards, "groups": self.groups, "transforms": self.transforms, "samples": self.samples}
+
+
+def plant(
+    source_shards: str | list[str],
+    out_dir: str | Path,
+    sources: int = 100,
+    copies: int | tuple[int, int] = 2,
+    transforms: Iterable[str] = TRANSFORMS,
+    seed: int = 0,
+    limit: int | None = None,
+    shard_size: int | None = None,
+    prefix: str = "planted",
+    eligible: Callable[[Sample], bool] | None = None,
+) -> PlantedSet:
+    """Copy the samples of `source_shards` into `out_dir` with planted near-duplicates.
+
+    `sources` samples are picked at random; each gets `copies` copies (or a random count in a range),
+    transform cycled through `transforms`. With `shard_size` the output is re-cut into shards of that many
+    samples; otherwise it keeps the input's shard count.
+    """
+    rng = random.Random(seed)
+    urls = expand_shards(source_shards)
+    originals: list[Sample] = []
+    for url in urls:
+        for sample in iter_shard(url, on_fault=lambda fault: None):
+            originals.append(sample)
+            if limit and len(originals) >= limit:
+                break
+        if limit and len(originals) >= limit:
+            break
+    shard_count = max(1, -(-len(originals) // shard_size)) if shard_size else len(urls)
+    buckets: list[list[dict]] = [[] for _ in range(shard_count)]
+    for position, sample in enumerate(originals):
+        buckets[position * shard_count // len(originals)].append({"__key__": sample.key, **sample.files})
+
+    kinds = list(transforms)
+    planted = PlantedSet(shards=[])
+    candidates = [i for i, sample in enumerate(originals) if eligible is None or eligible(sample)]
+    chosen = rng.sample(candidates, min(sources, len(candidates)))
+    for number, source_index in enumerate(chosen):
+        source = originals[source_index]
+        image_field = next(ext for ext in ("jpg", "jpeg", "png", "webp") if ext in source.files)
+        count = copies if isinstance(copies, int) else rng.randint(*copies)
+        group = [source.key]
+        for copy_number in range(count):
+            kind = kinds[(number + copy_number) % len(kinds)]
+            key = f"planted-{source.key.replace('/', '_')}-{copy_number}"
+            files = {ext: data for ext, data in source.files.items() if ext != image_field and ext != "json"}
+            files["jpg" if kind != "exact" else image_field] = transform_image(source.files[image_field], kind, rng)
+            files["json"] = json.dumps({"key": key, "planted_from": source.key, "transform": kind}).encode()
+            bucket = buckets[rng.randrange(shard_count)]
+            bucket.insert(rng.randint(0, len(bucket)), {"__key__": key, **files})
+            group.append(key)
+            planted.transforms[key] = kind
+        planted.groups.append(group)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for number, bucket in enumerate(buckets):
+        path = out_dir / f"{prefix}-{number:05d}.tar"
+        with atomic_open(path, "wb") as handle:
+            writer = wds.TarWriter(handle, encoder=False, mtime=0)
+            for record in bucket:
+                writer.write(record)
+            writer.close()
+        planted.shards.append(str(path))
+        planted.samples += len(bucket)
+    write_json(out_dir / "planted.json", planted.to_json())
+    return planted
+
+
+def planted_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
+    return {(min(a, b), max(a, b)) for group in groups for i, a in enumerate(group) for b in group[i + 1:]}
+
+
+def found_pairs(keys: list[str], group_ids: list[int]) -> set[tuple[str, str]]:
+    members: dict[int, list[str]] = {}
+    for key, group in zip(keys, group_ids):
+        members.setdefault(group, []).append(key)
+    return planted_pairs([m for m in members.values() if len(m) > 1])
+
+
+def score(truth_groups: list[list[str]], keys: list[str], group_ids: list[int], is_planted: Callable[[str], bool] | None = None) -> dict:
+    """Pair recall of the planted groups, and precision of the found pairs that touch a planted sample.
+
+    Found pairs between two unplanted samples are natural duplicates of the source data (or false
+    matches); they are counted separately, since no ground truth says which.
+    """
+    truth = planted_pairs(truth_groups)
+    planted_keys = {key for group in truth_groups for key in group}
+    found = found_pairs(keys, group_ids)
+    touching = {pair for pair in found if pair[0] in planted_keys or pair[1] in planted_keys}
+    hits = truth & found
+    return {
+        "planted_pairs": len(truth),
+        "found_planted_pairs": len(hits),
+        "recall": len(hits) / len(truth) if truth else 1.0,
+        "found_pairs_touching_planted": len(touching),
+        "precision": len(truth & touching) / len(touching) if touching else 1.0,
+        "other_found_pairs": len(found - touching),
+    }

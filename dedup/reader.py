@@ -1,0 +1,142 @@
+"""Stream samples out of WebDataset shards, keeping every file of a sample and every fault as a value.
+
+A sample is the run of consecutive tar members that share a key (the member path up to the first dot of
+its file name, as webdataset defines it). Nothing is extracted to disk: member names only become keys,
+and names that could escape a folder when someone extracts our output are refused per sample.
+
+Faults never raise out of `iter_shard`: they are handed to `on_fault` with the shard, key and reason, and
+reading goes on with the next sample, or stops at the end of a broken shard.
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from dedup.sources import open_shard
+
+KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Sample:
+    shard: str
+    key: str
+    index: int  # position of the sample in its shard, counted over every sample, faulty or not
+    files: dict[str, bytes] = field(default_factory=dict)
+    # the member order, so output tars list files exactly as the input did
+    order: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Fault:
+    shard: str
+    reason: str
+    key: str | None = None  # None: the fault concerns the shard, not one sample
+    index: int | None = None
+
+
+FaultHandler = Callable[[Fault], None]
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    match = KEY_AND_EXTENSION.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.group(2)
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+        return f"member {name!r} has an absolute path"
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        return f"member {name!r} climbs out of its folder with '..'"
+    if "\x00" in name:
+        return f"member {name!r} contains a NUL byte"
+    return None
+
+
+class _SampleBuilder:
+    """Collects consecutive members of one key; a sample with any member fault is emitted as a fault."""
+
+    def __init__(self, shard: str, key: str, index: int):
+        self.sample = Sample(shard=shard, key=key, index=index)
+        self.problem: str | None = None
+
+    def add(self, extension: str, data: bytes) -> None:
+        self.sample.files[extension] = data
+        self.sample.order.append(extension)
+
+    def refuse(self, reason: str) -> None:
+        self.problem = self.problem or reason
+
+
+def iter_shard(
+    url: str,
+    on_fault: FaultHandler,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> Iterator[Sample]:
+    """Yield every readable sample of one shard; report everything else to `on_fault`."""
+    next_index = 0
+    current: _SampleBuilder | None = None
+
+    def finish(builder: _SampleBuilder | None) -> Iterator[Sample]:
+        if builder is None:
+            return
+        if builder.problem is not None:
+            on_fault(Fault(url, builder.problem, builder.sample.key, builder.sample.index))
+        else:
+            yield builder.sample
+
+    try:
+        stream = open_shard(url)
+    except Exception as error:  # noqa: BLE001 - any open failure is a shard fault
+        on_fault(Fault(url, f"cannot open shard: {type(error).__name__}: {error}"))
+        return
+    try:
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for member in archive:
+                if member.isdir():
+                    continue
+                parsed = split_member_name(member.name)
+                key = parsed[0] if parsed else member.name
+                if current is None or current.sample.key != key or (
+                    parsed is not None and parsed[1] in current.sample.files
+                ):
+                    yield from finish(current)
+                    current = _SampleBuilder(url, key, next_index)
+                    next_index += 1
+                if member.name.startswith("__") or "/__" in member.name:
+                    current.refuse(f"member {member.name!r} is a reserved webdataset name")
+                    continue
+                reason = unsafe_name_reason(member.name)
+                if reason is None and not member.isfile():
+                    kind = "a link" if (member.issym() or member.islnk()) else "not a regular file"
+                    reason = f"member {member.name!r} is {kind}; only regular files are read"
+                if reason is None and parsed is None:
+                    reason = f"member {member.name!r} has no extension, so it belongs to no sample field"
+                if reason is None and member.size > max_member_bytes:
+                    reason = f"member {member.name!r} is {member.size} bytes, over the limit of {max_member_bytes}"
+                if reason is not None:
+                    current.refuse(reason)
+                    continue
+                handle = archive.extractfile(member)
+                current.add(parsed[1], handle.read() if handle else b"")
+        yield from finish(current)
+    except Exception as error:  # noqa: BLE001 - a broken shard ends that shard only
+        if current is not None:
+            current.refuse(f"shard ended while this sample was read: {type(error).__name__}: {error}")
+            yield from finish(current)
+        on_fault(Fault(url, _describe_shard_error(error, next_index)))
+
+
+def _describe_shard_error(error: Exception, samples_seen: int) -> str:
+    text = f"{type(error).__name__}: {error}"
+    if samples_seen == 0 and "empty file" in str(error):
+        return "zero-byte or empty shard: it holds no tar data"
+    if samples_seen == 0:
+        return f"not a readable tar or tar.gz file ({text})"
+    return f"shard is truncated or corrupt after {samples_seen} samples ({text})"

@@ -1,0 +1,141 @@
+"""Candidate duplicate pairs from each signal. Every function returns (a, b) index arrays with a < b.
+
+- exact: equal content hashes (sha256 of the image bytes);
+- phash: 64-bit perceptual hashes within a Hamming radius (faiss multi-index hashing, exact by the
+  pigeonhole principle: with r differing bits, one of r + 1 disjoint bit blocks is identical);
+- embedding: cosine similarity at or above a threshold (faiss range search; exact where the memory
+  budget and size allow, IVF beyond).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from dedup.settings import FindSettings
+
+QUERY_BATCH = 16_384
+
+
+def _ordered_unique(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keep = lo != hi
+    lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
+    if len(lo) == 0:
+        return lo, hi
+    packed = np.unique(lo * (1 << 32) + hi)
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
+def exact_pairs(sha256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Star edges from the first sample of each content hash to the others (enough for connectivity)."""
+    valid = np.flatnonzero(np.array([h is not None for h in sha256], dtype=bool))
+    if len(valid) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    _, first, inverse = np.unique(sha256[valid].astype(str), return_index=True, return_inverse=True)
+    heads = valid[first][inverse]
+    duplicate = heads != valid
+    return _ordered_unique(heads[duplicate], valid[duplicate])
+
+
+def hashes_to_bytes(phash: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(phash.astype(">u8")).view(np.uint8).reshape(-1, 8)
+
+
+def hamming(phash: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    xor = np.bitwise_xor(phash[a], phash[b]).astype(np.uint64)
+    return np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).astype(np.int32)
+
+
+def phash_pairs(phash: np.ndarray, radius: int, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs within `radius` bits among the rows where `present` is true."""
+    valid = np.flatnonzero(present)
+    if len(valid) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes = hashes_to_bytes(phash[valid])
+    blocks = radius + 1
+    index = faiss.IndexBinaryMultiHash(64, blocks, 64 // blocks)
+    index.add(codes)
+    a_parts, b_parts = [], []
+    for start in range(0, len(codes), QUERY_BATCH):
+        lims, _, found = index.range_search(codes[start:start + QUERY_BATCH], radius + 1)
+        queries = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
+        a_parts.append(queries)
+        b_parts.append(found.astype(np.int64))
+    a, b = _ordered_unique(valid[np.concatenate(a_parts)], valid[np.concatenate(b_parts)])
+    within = hamming(phash, a, b) <= radius
+    return a[within], b[within]
+
+
+@dataclass
+class IndexChoice:
+    kind: str  # flat | ivf
+    nlist: int = 0
+    nprobe: int = 0
+    reason: str = ""
+
+
+def choose_index(rows: int, dim: int, settings: FindSettings) -> IndexChoice:
+    vector_bytes = rows * dim * 4
+    budget = settings.memory_budget_gb * 1024**3
+    if vector_bytes > budget:
+        raise MemoryError(
+            f"{rows} x {dim} float32 embeddings need {vector_bytes / 1024**3:.1f} GiB, over the "
+            f"{settings.memory_budget_gb} GiB budget; raise find.memory_budget_gb"
+        )
+    if settings.index == "flat" or (settings.index == "auto" and rows <= settings.exact_search_max):
+        return IndexChoice("flat", reason=f"{rows} vectors <= exact_search_max {settings.exact_search_max}: exact search")
+    nlist = int(min(max(16, 4 * math.sqrt(rows)), rows // 39 or 1))
+    return IndexChoice("ivf", nlist=nlist, nprobe=min(settings.nprobe, nlist),
+                       reason=f"{rows} vectors: IVF{nlist} with nprobe {min(settings.nprobe, nlist)}")
+
+
+def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
+    dim = embeddings.shape[1]
+    if choice.kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, choice.nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample_size = min(len(embeddings), max(choice.nlist * 64, 50_000))
+        sample = embeddings[np.sort(rng.choice(len(embeddings), sample_size, replace=False))]
+        index.cp.seed = seed
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        index.nprobe = choice.nprobe
+    for start in range(0, len(embeddings), 262_144):
+        index.add(np.ascontiguousarray(embeddings[start:start + 262_144], dtype=np.float32))
+    return index
+
+
+def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """All (query, hit) pairs with inner product >= threshold; query ids start at `offset`."""
+    a_parts, b_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    radius = np.nextafter(np.float32(threshold), np.float32(-np.inf))  # faiss keeps similarity > radius
+    for start in range(0, len(queries), QUERY_BATCH):
+        batch = np.ascontiguousarray(queries[start:start + QUERY_BATCH], dtype=np.float32)
+        lims, _, found = index.range_search(batch, float(radius))
+        counts = np.diff(lims).astype(np.int64)
+        a_parts.append(np.repeat(np.arange(offset + start, offset + start + len(batch)), counts))
+        b_parts.append(found.astype(np.int64))
+    return np.concatenate(a_parts), np.concatenate(b_parts)
+
+
+def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+    if settings.threads:
+        faiss.omp_set_num_threads(settings.threads)
+    choice = choose_index(len(embeddings), embeddings.shape[1], settings)
+    index = build_index(embeddings, choice)
+    a, b = range_pairs(index, embeddings, threshold)
+    a, b = _ordered_unique(a, b)
+    return a, b, choice
+
+
+def cosine(embeddings: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    out = np.empty(len(a), dtype=np.float32)
+    for start in range(0, len(a), chunk):
+        sl = slice(start, start + chunk)
+        out[sl] = np.einsum("ij,ij->i", embeddings[a[sl]], embeddings[b[sl]])
+    return out

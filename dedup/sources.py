@@ -1,0 +1,109 @@
+"""Turn what a user types (paths, folders, brace patterns, globs, fsspec URLs) into a sorted list of shard URLs."""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Iterable
+
+import braceexpand
+import fsspec
+
+from dedup.errors import InputError
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _strip_file_scheme(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def _is_shard_name(name: str) -> bool:
+    return name.endswith(SHARD_SUFFIXES)
+
+
+def _expand_one(spec: str) -> list[str]:
+    if is_remote(spec):
+        if any(ch in spec for ch in "*?["):
+            fs, _, paths = fsspec.get_fs_token_paths(spec)
+            protocol = spec.split("://", 1)[0]
+            return sorted(f"{protocol}://{p}" if "://" not in p else p for p in paths)
+        return [spec]
+    path = _strip_file_scheme(spec)
+    if os.path.isdir(path):
+        found = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and _is_shard_name(p.name))
+        if not found:
+            raise InputError(
+                f"folder {path!r} holds no shards (looked for {', '.join(SHARD_SUFFIXES)}); "
+                "give shard files, a folder of them, or a pattern such as data/{00000..00009}.tar"
+            )
+        return found
+    if any(ch in path for ch in "*?["):
+        found = sorted(glob.glob(path))
+        if not found:
+            raise InputError(f"pattern {path!r} matches no file; check the path and the pattern")
+        return found
+    if not os.path.exists(path):
+        raise InputError(f"shard {path!r} does not exist; check the path (relative paths start at {os.getcwd()})")
+    return [path]
+
+
+def expand_shards(specs: str | Iterable[str]) -> list[str]:
+    """Expand shard specifications into unique shard URLs, in the order given (each spec sorted)."""
+    if isinstance(specs, str):
+        specs = [specs]
+    urls: list[str] = []
+    for spec in specs:
+        for expanded in braceexpand.braceexpand(str(spec)):
+            urls.extend(_expand_one(expanded))
+    if not urls:
+        raise InputError("no input shards were given; pass shard paths, folders, patterns or URLs")
+    seen: set[str] = set()
+    unique = [u for u in urls if not (u in seen or seen.add(u))]
+    return unique
+
+
+def open_shard(url: str) -> IO[bytes]:
+    """A readable binary stream for a local path or any fsspec URL."""
+    if is_remote(url):
+        return fsspec.open(url, "rb").open()
+    return open(_strip_file_scheme(url), "rb")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What we record about a shard at `embed` to detect that it changed before `write`."""
+
+    size: int | None
+    mtime: float | None
+    etag: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fingerprint(url: str) -> Fingerprint:
+    if is_remote(url):
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+        etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        return Fingerprint(size=info.get("size"), mtime=_as_timestamp(mtime), etag=str(etag) if etag else None)
+    stat = os.stat(_strip_file_scheme(url))
+    return Fingerprint(size=stat.st_size, mtime=stat.st_mtime)
+
+
+def _as_timestamp(value) -> float | None:
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return value.timestamp()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

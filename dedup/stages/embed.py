@@ -1,0 +1,206 @@
+"""`embed`: per input shard, the content hash, perceptual hash and embedding of every sample's image.
+
+One unit of work per shard; a unit writes part N of the embeddings store and its stats file last, so a
+rerun skips the shards already done. Decoding runs in threads while the model embeds the previous batch.
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from dedup.atomic import remove_stale_temporaries
+from dedup.embedders import Embedder, build_embedder
+from dedup.engine import LocalEngine, Unit, failed
+from dedup.errors import DedupError, InputError, SettingsError
+from dedup.imaging import UnreadableImage, caption_of, decode
+from dedup.progress import SILENT, Reporter
+from dedup.reader import Fault, Sample, iter_shard
+from dedup.settings import EmbedSettings
+from dedup.sources import expand_shards, fingerprint
+from dedup.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
+
+_EMBEDDER_CACHE: dict[str, Embedder] = {}
+
+
+def cached_embedder(settings: EmbedSettings) -> Embedder:
+    """One embedder per process and settings: a worker loads its model once, not once per shard."""
+    key = json.dumps(asdict(settings), sort_keys=True)
+    if key not in _EMBEDDER_CACHE:
+        _EMBEDDER_CACHE.clear()
+        _EMBEDDER_CACHE[key] = build_embedder(settings.embedder, **settings.embedder_options())
+    return _EMBEDDER_CACHE[key]
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class _PartBuilder:
+    """Accumulates one shard's rows, vectors and faults."""
+
+    def __init__(self, url: str, part: int, embedder: Embedder, with_text: bool):
+        self.url, self.part, self.embedder, self.with_text = url, part, embedder, with_text
+        self.rows: dict[str, list] = {name: [] for name in METADATA_SCHEMA.names}
+        self.vectors: list[np.ndarray] = []
+        self.text_vectors: list[np.ndarray] = []
+        self.failures: dict[str, list] = {name: [] for name in FAILURE_SCHEMA.names}
+        self.shard_faults: list[str] = []
+
+    def on_fault(self, fault: Fault) -> None:
+        if fault.key is None:
+            self.shard_faults.append(fault.reason)
+        else:
+            self.add_failure(fault.key, fault.index, fault.reason)
+
+    def add_failure(self, key: str, index: int | None, reason: str) -> None:
+        for name, value in zip(FAILURE_SCHEMA.names, (key, self.url, self.part, index, reason)):
+            self.failures[name].append(value)
+
+    def add_batch(self, decoded: list[tuple]) -> None:
+        good = [(sample, image, prepared) for sample, image, prepared, error in decoded if error is None]
+        for sample, _, _, error in decoded:
+            if error is not None:
+                self.add_failure(sample.key, sample.index, error)
+        if not good:
+            return
+        self.vectors.append(self.embedder.embed([prepared for _, _, prepared in good]))
+        captions = [caption_of(sample.files) for sample, _, _ in good]
+        if self.with_text:
+            self.text_vectors.append(self.embedder.embed_texts(captions))
+        for (sample, image, _), caption in zip(good, captions):
+            values = (sample.key, self.url, self.part, sample.index, image.sha256, image.phash,
+                      image.width, image.height, caption)
+            for name, value in zip(METADATA_SCHEMA.names, values):
+                self.rows[name].append(value)
+
+    def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
+        dim = self.embedder.dim
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
+        text = (np.concatenate(self.text_vectors) if self.text_vectors else np.zeros((0, dim), np.float32)) if self.with_text else None
+        metadata = pa.table(self.rows, schema=METADATA_SCHEMA)
+        failures = pa.table(self.failures, schema=FAILURE_SCHEMA)
+        return vectors, metadata, failures, text
+
+
+def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -> dict:
+    """Embed one shard into part `part` of the store. Returns the part's stats."""
+    started = time.perf_counter()
+    embedder = cached_embedder(settings)
+    store = EmbeddingStore(store_root)
+    shard_fingerprint = fingerprint(url).to_dict()
+    builder = _PartBuilder(url, part, embedder, with_text=settings.text and settings.embedder == "clip")
+
+    def decode_one(sample: Sample) -> tuple:
+        try:
+            image = decode(sample.files, settings.max_pixels)
+            return sample, image, embedder.prepare(image.image), None
+        except UnreadableImage as error:
+            return sample, None, None, str(error)
+
+    samples = iter_shard(url, builder.on_fault, max_member_bytes=settings.max_member_bytes)
+    pending: list[Future] | None = None
+    with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
+        for batch in batched(samples, settings.batch_size):
+            submitted = [pool.submit(decode_one, sample) for sample in batch]
+            if pending is not None:
+                builder.add_batch([future.result() for future in pending])
+            pending = submitted
+        if pending is not None:
+            builder.add_batch([future.result() for future in pending])
+
+    vectors, metadata, failures, text = builder.tables()
+    stats = {
+        "shard": url,
+        "part": part,
+        "fingerprint": shard_fingerprint,
+        "samples": len(metadata) + len(failures),
+        "embedded": len(metadata),
+        "failed": len(failures),
+        "shard_faults": builder.shard_faults,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    store.write_part(part, vectors, metadata, failures, stats, text)
+    return stats
+
+
+def check_store_spec(store: EmbeddingStore, spec: dict) -> None:
+    existing = store.read_spec()
+    if existing is None:
+        store.write_spec(spec)
+        return
+    if existing.get("embedder") != spec["embedder"]:
+        raise SettingsError(
+            f"{store.root} already holds embeddings made with {existing.get('embedder')}; "
+            f"this run asks for {spec['embedder']}. Use another folder, or delete it to start over."
+        )
+    if existing.get("shards") != spec["shards"]:
+        raise SettingsError(
+            f"{store.root} was made for a different list of shards ({len(existing.get('shards', []))} before, "
+            f"{len(spec['shards'])} now); use another folder for other input"
+        )
+
+
+def embed(
+    shards: str | list[str],
+    out: str | Path,
+    settings: EmbedSettings | None = None,
+    engine=None,
+    reporter: Reporter = SILENT,
+) -> dict:
+    """Embed every sample of `shards` into the store at `out`, skipping parts already complete."""
+    settings = settings or EmbedSettings()
+    settings.validate()
+    urls = expand_shards(shards)
+    embedder = cached_embedder(settings)  # fails fast on missing weights, before any shard is read
+    store = EmbeddingStore(out)
+    remove_stale_temporaries(store.root)
+    check_store_spec(store, {"embedder": embedder.spec(), "shards": urls})
+
+    done = store.completed_parts()
+    units = [
+        Unit(f"embed:{part}", embed_shard, {"url": url, "part": part, "store_root": str(store.root), "settings": settings})
+        for part, url in enumerate(urls)
+        if part not in done
+    ]
+    if done:
+        reporter.info(f"embed: {len(done)} of {len(urls)} shards already done, {len(units)} to go")
+    engine = engine or LocalEngine(settings.workers)
+    with reporter.task("embed", total=len(urls)) as progress:
+        progress.advance(len(done))
+        results = engine.map(units, on_done=lambda r: progress.advance(1, samples=(r.value or {}).get("samples", 0)))
+    problems = failed(results)
+    if problems:
+        listing = "; ".join(f"{r.name}: {r.error.splitlines()[0]}" for r in problems[:5])
+        raise DedupError(f"embed: {len(problems)} shard(s) failed ({listing}); rerun the same command to retry them")
+    return summarize_store(store, urls, reporter)
+
+
+def summarize_store(store: EmbeddingStore, urls: list[str], reporter: Reporter) -> dict:
+    stats = [store.part_stats(part) for part in range(len(urls))]
+    for item in stats:
+        for reason in item["shard_faults"]:
+            reporter.warn(f"shard {item['shard']}: {reason}")
+    total = {
+        "shards": len(urls),
+        "samples": sum(s["samples"] for s in stats),
+        "embedded": sum(s["embedded"] for s in stats),
+        "failed": sum(s["failed"] for s in stats),
+        "unreadable_shards": [{"shard": s["shard"], "reason": r} for s in stats for r in s["shard_faults"] if s["samples"] == 0],
+    }
+    if total["embedded"] == 0:
+        reasons = "; ".join(f"{s['shard']}: {s['shard_faults'] or 'no image in any sample'}" for s in stats[:3])
+        raise InputError(
+            f"no sample of the {len(urls)} input shard(s) could be read ({reasons}); "
+            "check that they are WebDataset tar files with images"
+        )
+    return total

@@ -1,0 +1,192 @@
+"""`find`: duplicate pairs from every signal, then connected components into duplicate groups.
+
+Writes, into the run folder:
+- pairs.parquet: one row per duplicate pair (a, b as row numbers of groups.parquet), the signal that
+  matched first (exact, then phash, then embedding), the cosine similarity and the Hamming distance;
+  scores are stored so a stricter threshold can be applied later without searching again;
+- groups.parquet: one row per embedded sample: key, shard, group id, group size, its nearest duplicate
+  and that pair's similarity and signal;
+- find.json: settings, index choice, counts, timings.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from dedup import search
+from dedup.atomic import write_json, write_parquet
+from dedup.errors import InputError
+from dedup.progress import SILENT, Reporter
+from dedup.settings import FindSettings
+from dedup.store import EmbeddingStore
+
+SIGNALS = ("exact", "phash", "embedding")
+
+
+def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group id (the smallest row of the component) and group size for every row."""
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(rows, rows))
+    _, labels = connected_components(graph, directed=False)
+    smallest = np.full(labels.max() + 1 if rows else 0, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(rows, dtype=np.int64))
+    return smallest[labels], np.bincount(labels)[labels]
+
+
+def collect_pairs(store_data, settings: FindSettings, reporter: Reporter) -> tuple[dict, dict]:
+    metadata, embeddings = store_data.metadata, store_data.embeddings
+    rows = len(metadata)
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    timings: dict[str, float] = {}
+    info: dict = {}
+    if settings.exact:
+        started = time.perf_counter()
+        found["exact"] = search.exact_pairs(np.asarray(metadata["sha256"].to_pylist(), dtype=object))
+        timings["exact"] = time.perf_counter() - started
+    phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
+    phash_present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
+    if settings.phash_radius is not None and phash_present.any():
+        started = time.perf_counter()
+        found["phash"] = search.phash_pairs(phash, settings.phash_radius, phash_present)
+        timings["phash"] = time.perf_counter() - started
+    if settings.threshold is not None and rows > 1:
+        started = time.perf_counter()
+        a, b, choice = search.embedding_pairs(embeddings, settings.threshold, settings)
+        found["embedding"] = (a, b)
+        timings["embedding"] = time.perf_counter() - started
+        info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
+        reporter.info(f"find: {choice.reason}")
+    info["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    return found, info
+
+
+def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_present: np.ndarray) -> pa.Table:
+    """One row per unordered pair, labelled with the first signal (in SIGNALS order) that found it."""
+    a_parts, b_parts, code_parts = [], [], []
+    for code, signal in enumerate(SIGNALS):
+        if signal in found:
+            a, b = found[signal]
+            a_parts.append(a)
+            b_parts.append(b)
+            code_parts.append(np.full(len(a), code, dtype=np.int8))
+    if not a_parts:
+        a = b = np.zeros(0, np.int64)
+        codes = np.zeros(0, np.int8)
+    else:
+        a, b, codes = np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(code_parts)
+    packed = a * (1 << 32) + b
+    order = np.lexsort((codes, packed))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = packed[order][1:] != packed[order][:-1]
+    keep = order[first]
+    a, b, codes = a[keep], b[keep], codes[keep]
+    both_hashed = phash_present[a] & phash_present[b]
+    distances = np.where(both_hashed, search.hamming(phash, a, b), -1).astype(np.int32)
+    return pa.table(
+        {
+            "a": pa.array(a, pa.int64()),
+            "b": pa.array(b, pa.int64()),
+            "signal": pa.array(np.asarray(SIGNALS, dtype=object)[codes].tolist() if len(codes) else [], pa.string()),
+            "similarity": pa.array(search.cosine(embeddings, a, b), pa.float32()),
+            "hamming": pa.array(distances, pa.int32()),
+        }
+    )
+
+
+def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row, the partner of its best pair (strongest signal, then highest similarity); -1 if none."""
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    codes = np.array([SIGNALS.index(s) for s in pairs["signal"].to_pylist()], dtype=np.int8)
+    similarity = pairs["similarity"].to_numpy()
+    node = np.concatenate([a, b])
+    partner = np.concatenate([b, a])
+    code2 = np.concatenate([codes, codes])
+    sim2 = np.concatenate([similarity, similarity])
+    order = np.lexsort((-sim2, code2, node))
+    best = np.ones(len(order), dtype=bool)
+    best[1:] = node[order][1:] != node[order][:-1]
+    chosen = order[best]
+    nearest = np.full(rows, -1, dtype=np.int64)
+    nearest_sim = np.full(rows, np.nan, dtype=np.float32)
+    nearest_code = np.full(rows, -1, dtype=np.int8)
+    nearest[node[chosen]] = partner[chosen]
+    nearest_sim[node[chosen]] = sim2[chosen]
+    nearest_code[node[chosen]] = code2[chosen]
+    return nearest, nearest_sim, nearest_code
+
+
+def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | None = None, reporter: Reporter = SILENT) -> dict:
+    """Find duplicate groups among the embeddings in `store_dir`; write groups.parquet and pairs.parquet."""
+    settings = settings or FindSettings()
+    settings.validate()
+    started = time.perf_counter()
+    data = EmbeddingStore(store_dir).load()
+    metadata, embeddings = data.metadata, data.embeddings
+    rows = len(metadata)
+    if settings.threshold is not None and data.spec.get("embedder", {}) == "external":
+        reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
+    reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
+
+    found, info = collect_pairs(data, settings, reporter)
+    phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
+    phash_present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
+    pairs = merge_pairs(found, embeddings, phash, phash_present)
+    group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
+    nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)
+
+    keys = metadata["key"]
+    shards = metadata["shard"]
+    has_nearest = nearest >= 0
+    safe = np.where(has_nearest, nearest, 0)
+    groups = pa.table(
+        {
+            "row": pa.array(np.arange(rows, dtype=np.int64)),
+            "key": keys,
+            "shard": shards,
+            "shard_index": metadata["shard_index"],
+            "sample_index": metadata["sample_index"],
+            "group_id": pa.array(group_id),
+            "group_size": pa.array(group_size.astype(np.int64)),
+            "nearest_key": pc.if_else(pa.array(has_nearest), keys.take(pa.array(safe)), pa.scalar(None, pa.string())),
+            "nearest_shard": pc.if_else(pa.array(has_nearest), shards.take(pa.array(safe)), pa.scalar(None, pa.string())),
+            "nearest_similarity": pa.array(np.where(has_nearest, nearest_sim, np.nan), pa.float32(), mask=~has_nearest),
+            "match": pa.array([SIGNALS[c] if c >= 0 else None for c in nearest_code], pa.string()),
+            "width": metadata["width"],
+            "height": metadata["height"],
+            "caption": metadata["caption"],
+        }
+    )
+    run_dir = Path(run_dir)
+    write_parquet(run_dir / "pairs.parquet", pairs)
+    write_parquet(run_dir / "groups.parquet", groups)
+    counts = {s: int(pc.sum(pc.equal(pairs["signal"], s)).as_py() or 0) for s in SIGNALS}
+    in_groups = int((group_size > 1).sum())
+    summary = {
+        "store": str(store_dir),
+        "samples": rows,
+        "pairs": len(pairs),
+        "pairs_by_signal": counts,
+        "groups": int(len(np.unique(group_id[group_size > 1]))),
+        "samples_in_groups": in_groups,
+        "settings": settings.__dict__,
+        "seconds": round(time.perf_counter() - started, 3),
+        **info,
+    }
+    write_json(run_dir / "find.json", summary)
+    reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})
+    reporter.info(f"find: {summary['groups']} duplicate groups holding {in_groups} samples ({len(pairs)} pairs: {counts})")
+    return summary
+
+
+def load_groups(run_dir: str | Path) -> pa.Table:
+    path = Path(run_dir) / "groups.parquet"
+    if not path.exists():
+        raise InputError(f"{path} does not exist; run `dedup find` first")
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)

@@ -1,0 +1,165 @@
+"""`select`: a keep decision for every input sample, with its reason, written to manifest.parquet.
+
+Keep rule inside a group (documented in docs/pipeline.md): largest image (width x height), then longest
+caption, then first seen (input shard order, then position in the shard). Policies:
+- one: keep the best sample of each group;
+- cap:K: keep the K best of each group;
+- none: keep everything, only report the groups.
+Samples that could not be embedded are listed as unreadable with their reason, so the manifest has one row
+per input sample.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dedup.atomic import write_parquet
+from dedup.errors import InputError
+from dedup.progress import SILENT, Reporter
+from dedup.settings import SelectSettings, parse_policy
+from dedup.stages.find import load_groups
+from dedup.store import EmbeddingStore
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("shard_index", pa.int32()),
+        ("sample_index", pa.int32()),
+        ("key", pa.string()),
+        ("status", pa.string()),  # kept | dropped | unreadable
+        ("reason", pa.string()),
+        ("group_id", pa.int64()),
+        ("group_size", pa.int64()),
+        ("rank", pa.int32()),  # position in the group under the keep rule, 0 = best
+        ("kept_key", pa.string()),  # the group's best sample
+        ("kept_shard", pa.string()),
+        ("match", pa.string()),  # signal of the sample's nearest duplicate
+        ("similarity", pa.float32()),
+    ]
+)
+
+
+def rank_in_groups(groups: pa.Table) -> np.ndarray:
+    """Rank of each row within its group under the keep rule (0 = keep first)."""
+    width = groups["width"].fill_null(0).to_numpy().astype(np.int64)
+    height = groups["height"].fill_null(0).to_numpy().astype(np.int64)
+    caption_length = pc.utf8_length(groups["caption"].fill_null("")).to_numpy().astype(np.int64)
+    group_id = groups["group_id"].to_numpy()
+    order = np.lexsort((
+        groups["sample_index"].to_numpy(),
+        groups["shard_index"].to_numpy(),
+        -caption_length,
+        -(width * height),
+        group_id,
+    ))
+    sorted_groups = group_id[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    start_positions = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    ranks = np.empty(len(order), dtype=np.int32)
+    ranks[order] = np.arange(len(order)) - start_positions
+    return ranks
+
+
+def decide(groups: pa.Table, policy: str) -> pa.Table:
+    kind, cap = parse_policy(policy)
+    rows = len(groups)
+    ranks = rank_in_groups(groups)
+    group_id = groups["group_id"].to_numpy()
+    size = groups["group_size"].to_numpy()
+    best_row = np.zeros(rows, dtype=np.int64)
+    best_row_of_group = {}
+    for row in np.flatnonzero(ranks == 0):
+        best_row_of_group[group_id[row]] = row
+    best_row = np.array([best_row_of_group[g] for g in group_id], dtype=np.int64) if rows else best_row
+    keys = groups["key"].to_pylist()
+    shards = groups["shard"].to_pylist()
+    matches = groups["match"].to_pylist()
+    similarity = groups["nearest_similarity"].to_pylist()
+    nearest = groups["nearest_key"].to_pylist()
+
+    limit = {"one": 1, "cap": cap, "none": None}[kind]
+    status, reasons = [], []
+    for row in range(rows):
+        if size[row] == 1:
+            status.append("kept")
+            reasons.append("unique")
+            continue
+        best = best_row[row]
+        described = f"{matches[row]} match with {nearest[row]}, similarity {similarity[row]:.4f}" if matches[row] else ""
+        if limit is None:
+            status.append("kept")
+            reasons.append(f"in duplicate group of {size[row]} (policy none: report only; {described})")
+        elif ranks[row] < limit:
+            status.append("kept")
+            reasons.append(
+                f"kept: best of duplicate group of {size[row]}" if ranks[row] == 0
+                else f"kept: rank {ranks[row] + 1} of duplicate group of {size[row]}, within cap {limit}"
+            )
+        else:
+            status.append("dropped")
+            reasons.append(f"duplicate of {shards[best]}:{keys[best]} ({described})")
+    return pa.table(
+        {
+            "shard": groups["shard"],
+            "shard_index": groups["shard_index"],
+            "sample_index": groups["sample_index"],
+            "key": groups["key"],
+            "status": pa.array(status, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "group_id": groups["group_id"],
+            "group_size": groups["group_size"],
+            "rank": pa.array(ranks, pa.int32()),
+            "kept_key": pa.array([keys[i] for i in best_row], pa.string()),
+            "kept_shard": pa.array([shards[i] for i in best_row], pa.string()),
+            "match": groups["match"],
+            "similarity": groups["nearest_similarity"],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def unreadable_rows(failures: pa.Table) -> pa.Table:
+    rows = len(failures)
+    nulls = {name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
+             for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")}
+    return pa.table(
+        {
+            "shard": failures["shard"],
+            "shard_index": failures["shard_index"],
+            "sample_index": failures["sample_index"],
+            "key": failures["key"],
+            "status": pa.array(["unreadable"] * rows, pa.string()),
+            "reason": failures["reason"],
+            **nulls,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def select(store_dir: str | Path, run_dir: str | Path, settings: SelectSettings | None = None, reporter: Reporter = SILENT) -> dict:
+    """Apply the keep policy to groups.parquet; write manifest.parquet with one row per input sample."""
+    settings = settings or SelectSettings()
+    settings.validate()
+    groups = load_groups(run_dir)
+    failures = EmbeddingStore(store_dir).load().failures
+    manifest = pa.concat_tables([decide(groups, settings.policy), unreadable_rows(failures)])
+    order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
+    manifest = manifest.take(order)
+    write_parquet(Path(run_dir) / "manifest.parquet", manifest)
+    counts = {status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0) for status in ("kept", "dropped", "unreadable")}
+    reporter.info(f"select ({settings.policy}): {counts['kept']} kept, {counts['dropped']} dropped, {counts['unreadable']} unreadable")
+    return {"policy": settings.policy, "samples": len(manifest), **counts}
+
+
+def load_manifest(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.parquet"
+    if not path.exists():
+        raise InputError(f"{path} does not exist; run `dedup select` first")
+    return pq.read_table(path)

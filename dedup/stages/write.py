@@ -1,0 +1,235 @@
+"""`write`: stream the input shards again and copy the kept samples into new shards, byte for byte.
+
+The kept samples, in input order, are cut into output shards of `samples_per_shard`. Each output shard
+is one unit of work: it reads only the input shards it needs (stopping as soon as it has its samples),
+writes `PREFIX-NNNNN.tar` under a temporary name, renames it, then writes `PREFIX-NNNNN_stats.json`
+as its completion marker. A rerun skips shards whose marker matches the plan. `summary.json` comes last.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import webdataset as wds
+
+from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
+from dedup.engine import LocalEngine, Unit, failed
+from dedup.errors import DedupError, InputError, SettingsError
+from dedup.progress import SILENT, Reporter
+from dedup.reader import iter_shard
+from dedup.settings import WriteSettings
+from dedup.sources import fingerprint, is_remote
+from dedup.stages.select import load_manifest
+from dedup.store import EmbeddingStore
+
+FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
+
+
+def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[dict]]:
+    kept = manifest.filter(pc.equal(manifest["status"], "kept"))
+    kept = kept.take(pc.sort_indices(kept, [("shard_index", "ascending"), ("sample_index", "ascending")]))
+    rows = kept.select(["shard", "shard_index", "sample_index", "key"]).to_pylist()
+    return [rows[i:i + samples_per_shard] for i in range(0, len(rows), samples_per_shard)]
+
+
+def plan_digest(rows: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row['shard']}\0{row['sample_index']}\0{row['key']}\n".encode())
+    return digest.hexdigest()
+
+
+def shard_name(prefix: str, number: int) -> str:
+    return f"{prefix}-{number:05d}.tar"
+
+
+def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int) -> dict:
+    """Copy the samples listed in `rows` (in order) into one output shard."""
+    started = time.perf_counter()
+    by_shard: dict[str, dict[int, str]] = {}
+    for row in rows:
+        by_shard.setdefault(row["shard"], {})[row["sample_index"]] = row["key"]
+    path = Path(out_dir) / shard_name(prefix, number)
+    written, payload_bytes = 0, 0
+    with atomic_open(path, "wb") as handle:
+        writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
+        for shard, wanted in by_shard.items():
+            last_needed = max(wanted)
+            found = 0
+            for sample in iter_shard(shard, on_fault=lambda fault: None, max_member_bytes=max_member_bytes):
+                if sample.index in wanted:
+                    if sample.key != wanted[sample.index]:
+                        raise InputError(
+                            f"shard {shard} changed since embed: sample {sample.index} is now {sample.key!r}, "
+                            f"was {wanted[sample.index]!r}; rerun from `dedup embed` with a new run folder"
+                        )
+                    payload_bytes += writer.write({"__key__": sample.key, **sample.files})
+                    written += 1
+                    found += 1
+                if sample.index >= last_needed:
+                    break
+            if found != len(wanted):
+                raise InputError(f"shard {shard} changed since embed: {len(wanted) - found} kept samples are gone")
+        writer.close()
+    stats = {
+        "shard": path.name,
+        "samples": written,
+        "payload_bytes": payload_bytes,
+        "tar_bytes": path.stat().st_size,
+        "plan_digest": plan_digest(rows),
+        "inputs": sorted(by_shard),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(Path(out_dir) / f"{prefix}-{number:05d}_stats.json", stats)
+    return stats
+
+
+def check_inputs_unchanged(store_dir: str | Path) -> None:
+    store = EmbeddingStore(store_dir)
+    for part in sorted(store.completed_parts()):
+        stats = store.part_stats(part)
+        recorded = stats["fingerprint"]
+        try:
+            current = fingerprint(stats["shard"]).to_dict()
+        except (OSError, FileNotFoundError) as error:
+            raise InputError(f"shard {stats['shard']} embedded earlier cannot be read now ({error}); restore it or rerun embed") from error
+        changed = [f for f in ("size", "mtime", "etag") if recorded.get(f) is not None and recorded.get(f) != current.get(f)]
+        if changed:
+            details = ", ".join(f"{f} {recorded[f]} -> {current[f]}" for f in changed)
+            raise InputError(
+                f"shard {stats['shard']} changed since `dedup embed` ({details}); writing now would mix old "
+                "decisions with new data. Rerun the pipeline (embed, find, select, write) in a new run folder."
+            )
+
+
+def check_output_location(out_dir: Path, shards: list[str]) -> None:
+    out = out_dir.resolve()
+    for shard in shards:
+        if is_remote(shard):
+            continue
+        parent = Path(shard).resolve().parent
+        if out == parent or parent.is_relative_to(out):
+            raise SettingsError(
+                f"output folder {out_dir} holds or contains the input shard {shard}; choose an output folder outside the input"
+            )
+
+
+def reason_class(reason: str) -> str:
+    lowered = reason.lower()
+    for needle, label in (
+        ("no image file", "no image"),
+        ("decompression bomb", "decompression bomb"),
+        ("over the limit", "too large"),
+        ("cannot be decoded", "corrupt image"),
+        ("is empty", "empty image"),
+        ("shard ended", "truncated shard"),
+        ("absolute path", "unsafe member name"),
+        ("'..'", "unsafe member name"),
+        ("is a link", "link member"),
+        ("not a regular file", "special member"),
+        ("no extension", "member without extension"),
+        ("reserved", "reserved member name"),
+    ):
+        if needle in lowered:
+            return label
+    return "other"
+
+
+def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: list[dict]) -> dict:
+    status = manifest["status"].to_pylist()
+    counts = Counter(status)
+    dropped_by = Counter(
+        f"duplicate ({m})" for s, m in zip(status, manifest["match"].to_pylist()) if s == "dropped"
+    )
+    unreadable_by = Counter(reason_class(r) for s, r in zip(status, manifest["reason"].to_pylist()) if s == "unreadable")
+    written = sum(s["samples"] for s in shard_stats)
+    input_samples = len(manifest)
+    summary = {
+        "input_samples": input_samples,
+        "kept": counts["kept"],
+        "dropped": counts["dropped"],
+        "dropped_by_reason": dict(sorted(dropped_by.items())),
+        "unreadable": counts["unreadable"],
+        "unreadable_by_reason": dict(sorted(unreadable_by.items())),
+        "unreadable_shards": unreadable_shards,
+        "written_samples": written,
+        "output_shards": [s["shard"] for s in shard_stats],
+        "output_bytes": sum(s["tar_bytes"] for s in shard_stats),
+    }
+    summary["reconciles"] = (
+        input_samples == counts["kept"] + counts["dropped"] + counts["unreadable"]
+        and written == counts["kept"]
+        and sum(dropped_by.values()) == counts["dropped"]
+        and sum(unreadable_by.values()) == counts["unreadable"]
+    )
+    return summary
+
+
+def write(
+    store_dir: str | Path,
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    settings: WriteSettings | None = None,
+    engine=None,
+    reporter: Reporter = SILENT,
+) -> dict:
+    """Write the kept samples of manifest.parquet into new shards; write summary.json."""
+    settings = settings or WriteSettings()
+    settings.validate()
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "shards"
+    manifest = load_manifest(run_dir)
+    store = EmbeddingStore(store_dir)
+    inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
+    check_output_location(out_dir, [s["shard"] for s in inputs])
+    check_inputs_unchanged(store_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+
+    plan = plan_output(manifest, settings.samples_per_shard)
+    _remove_outputs_beyond(out_dir, settings.prefix, len(plan))
+    units, done = [], []
+    for number, rows in enumerate(plan):
+        marker = out_dir / f"{settings.prefix}-{number:05d}_stats.json"
+        if marker.exists() and (out_dir / shard_name(settings.prefix, number)).exists() and read_json(marker).get("plan_digest") == plan_digest(rows):
+            done.append(number)
+            continue
+        units.append(Unit(f"write:{number}", write_output_shard, {
+            "number": number, "rows": rows, "out_dir": str(out_dir), "prefix": settings.prefix,
+            "max_member_bytes": 256 * 1024 * 1024,
+        }))
+    if done:
+        reporter.info(f"write: {len(done)} of {len(plan)} output shards already done, {len(units)} to go")
+    engine = engine or LocalEngine(settings.workers)
+    with reporter.task("write", total=len(plan)) as progress:
+        progress.advance(len(done))
+        results = engine.map(units, on_done=lambda r: progress.advance(1, samples=(r.value or {}).get("samples", 0)))
+    problems = failed(results)
+    if problems:
+        first = problems[0].error.splitlines()[0]
+        raise (InputError if "changed since embed" in first else DedupError)(
+            f"write: {len(problems)} output shard(s) failed: {first}; rerun the same command to retry"
+        )
+    shard_stats = [read_json(out_dir / f"{settings.prefix}-{n:05d}_stats.json") for n in range(len(plan))]
+    unreadable_shards = [
+        {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
+    ]
+    summary = summarize(manifest, shard_stats, unreadable_shards)
+    summary["output_dir"] = str(out_dir)
+    write_json(run_dir / "summary.json", summary)
+    reporter.event("write_done", **summary)
+    if not summary["reconciles"]:
+        raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")
+    return summary
+
+
+def _remove_outputs_beyond(out_dir: Path, prefix: str, count: int) -> None:
+    """Output shards numbered past the current plan belong to an older plan; they would be read as data."""
+    for path in list(out_dir.glob(f"{prefix}-*.tar")) + list(out_dir.glob(f"{prefix}-*_stats.json")):
+        number = path.name[len(prefix) + 1:len(prefix) + 6]
+        if number.isdigit() and int(number) >= count:
+            path.unlink()

@@ -1,0 +1,178 @@
+"""The embeddings store, in clip-retrieval's layout so published LAION embeddings can be read as they are.
+
+    ROOT/embed.json                      the embedder spec and the shard list (ours only)
+    ROOT/img_emb/img_emb_N.npy           float32 (n, dim), L2-normalised, row i <-> metadata row i
+    ROOT/metadata/metadata_N.parquet     key, shard, shard_index, sample_index, sha256, phash, width, height, caption
+    ROOT/txt_emb/txt_emb_N.npy           caption embeddings, when asked for
+    ROOT/failures/failures_N.parquet     samples that could not be embedded, with the reason (ours only)
+    ROOT/stats/stats_N.json              the completion marker of part N, written last (ours only)
+
+Part N holds the samples of input shard N. A folder written by clip-retrieval has no stats or failures;
+its metadata columns are mapped onto ours (`image_path` or `url` becomes the key).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dedup.atomic import read_json, write_json, write_npy, write_parquet
+from dedup.errors import InputError
+
+METADATA_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("shard_index", pa.int32()),
+        ("sample_index", pa.int32()),
+        ("sha256", pa.string()),
+        ("phash", pa.uint64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("caption", pa.string()),
+    ]
+)
+FAILURE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("shard_index", pa.int32()),
+        ("sample_index", pa.int32()),
+        ("reason", pa.string()),
+    ]
+)
+PART_NUMBER = re.compile(r"_(\d+)\.(?:npy|parquet|json)$")
+
+
+def _part_number(path: Path) -> int:
+    match = PART_NUMBER.search(path.name)
+    return int(match.group(1)) if match else -1
+
+
+@dataclass
+class LoadedStore:
+    metadata: pa.Table  # one row per embedded sample, in part order
+    embeddings: np.ndarray  # float32 (rows, dim)
+    failures: pa.Table
+    spec: dict
+
+
+class EmbeddingStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- paths
+    def emb_path(self, part: int) -> Path:
+        return self.root / "img_emb" / f"img_emb_{part}.npy"
+
+    def txt_path(self, part: int) -> Path:
+        return self.root / "txt_emb" / f"txt_emb_{part}.npy"
+
+    def metadata_path(self, part: int) -> Path:
+        return self.root / "metadata" / f"metadata_{part}.parquet"
+
+    def failures_path(self, part: int) -> Path:
+        return self.root / "failures" / f"failures_{part}.parquet"
+
+    def stats_path(self, part: int) -> Path:
+        return self.root / "stats" / f"stats_{part}.json"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.root / "embed.json"
+
+    # -- writing
+    def write_part(
+        self,
+        part: int,
+        embeddings: np.ndarray,
+        metadata: pa.Table,
+        failures: pa.Table,
+        stats: dict,
+        text_embeddings: np.ndarray | None = None,
+    ) -> None:
+        """Write one part; the stats file goes last, so its presence means the part is complete."""
+        write_npy(self.emb_path(part), np.ascontiguousarray(embeddings, dtype=np.float32))
+        if text_embeddings is not None:
+            write_npy(self.txt_path(part), np.ascontiguousarray(text_embeddings, dtype=np.float32))
+        write_parquet(self.metadata_path(part), metadata)
+        write_parquet(self.failures_path(part), failures)
+        write_json(self.stats_path(part), stats)
+
+    def completed_parts(self) -> set[int]:
+        return {_part_number(p) for p in (self.root / "stats").glob("stats_*.json")}
+
+    def part_stats(self, part: int) -> dict:
+        return read_json(self.stats_path(part))
+
+    def read_spec(self) -> dict | None:
+        return read_json(self.spec_path) if self.spec_path.exists() else None
+
+    def write_spec(self, spec: dict) -> None:
+        write_json(self.spec_path, spec)
+
+    # -- reading
+    def parts(self) -> list[int]:
+        metadata_parts = {_part_number(p) for p in (self.root / "metadata").glob("metadata_*.parquet")}
+        embedding_parts = {_part_number(p) for p in (self.root / "img_emb").glob("img_emb_*.npy")}
+        ours = self.spec_path.exists()
+        parts = self.completed_parts() if ours else metadata_parts & embedding_parts
+        return sorted(parts)
+
+    def load(self, mmap: bool = True) -> LoadedStore:
+        if not self.root.exists():
+            raise InputError(f"embeddings folder {str(self.root)!r} does not exist; run `dedup embed` first")
+        parts = self.parts()
+        if not parts:
+            raise InputError(
+                f"embeddings folder {str(self.root)!r} holds no complete part "
+                "(expected img_emb/img_emb_N.npy with metadata/metadata_N.parquet); run `dedup embed` first"
+            )
+        spec = self.read_spec() or {"embedder": "external", "layout": "clip-retrieval"}
+        tables, arrays, failures = [], [], []
+        for part in parts:
+            array = np.load(self.emb_path(part), mmap_mode="r" if mmap else None)
+            table = normalise_metadata(pq.read_table(self.metadata_path(part)), part)
+            if len(table) != len(array):
+                raise InputError(f"part {part} of {self.root}: {len(table)} metadata rows but {len(array)} embeddings")
+            if arrays and array.shape[1] != arrays[0].shape[1]:
+                raise InputError(f"part {part} of {self.root} has {array.shape[1]}-d embeddings, others {arrays[0].shape[1]}-d")
+            tables.append(table)
+            arrays.append(array)
+            if self.failures_path(part).exists():
+                failures.append(pq.read_table(self.failures_path(part)).cast(FAILURE_SCHEMA))
+        embeddings = np.concatenate(arrays).astype(np.float32, copy=False) if len(arrays) > 1 else np.asarray(arrays[0], dtype=np.float32)
+        return LoadedStore(
+            metadata=pa.concat_tables(tables),
+            embeddings=embeddings,
+            failures=pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table(),
+            spec=spec,
+        )
+
+
+def normalise_metadata(table: pa.Table, part: int) -> pa.Table:
+    """Map a metadata table (ours or clip-retrieval's) onto METADATA_SCHEMA."""
+    rows = len(table)
+    names = set(table.column_names)
+    columns = {}
+    for name in ("image_path", "url", "key"):
+        if name in names:
+            columns["key"] = table[name].cast(pa.string())
+    columns.setdefault("key", pa.array([f"{part}:{i}" for i in range(rows)], pa.string()))
+    defaults = {
+        "shard": pa.nulls(rows, pa.string()),
+        "shard_index": pa.array(np.full(rows, part, dtype=np.int32)),
+        "sample_index": pa.array(np.arange(rows, dtype=np.int32)),
+        "sha256": pa.nulls(rows, pa.string()),
+        "phash": pa.nulls(rows, pa.uint64()),
+        "width": pa.nulls(rows, pa.int32()),
+        "height": pa.nulls(rows, pa.int32()),
+        "caption": pa.nulls(rows, pa.string()),
+    }
+    for name, default in defaults.items():
+        columns[name] = table[name].cast(METADATA_SCHEMA.field(name).type) if name in names else default
+    return pa.table([columns[f.name] for f in METADATA_SCHEMA], schema=METADATA_SCHEMA)
