@@ -54,6 +54,9 @@ class FindSettings:
     exact: bool = True
     phash_radius: int | None = 4  # Hamming radius on the 64-bit perceptual hash; None: off
     threshold: float | None = 0.95  # cosine similarity at or above which two embeddings are duplicates; None: off
+    # two weak signals that agree: cosine >= corroborate_threshold AND Hamming <= corroborate_radius
+    corroborate_threshold: float | None = None
+    corroborate_radius: int = 12
     index: str = "auto"  # auto | flat | ivf
     nprobe: int = 16
     memory_budget_gb: float = 8.0
@@ -63,12 +66,16 @@ class FindSettings:
     def validate(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise SettingsError(f"threshold must be in (0, 1] (a cosine similarity), got {self.threshold}")
+        if self.corroborate_threshold is not None and not 0.0 < self.corroborate_threshold <= 1.0:
+            raise SettingsError(f"corroborate_threshold must be in (0, 1], got {self.corroborate_threshold}")
+        if not 0 <= self.corroborate_radius <= 32:
+            raise SettingsError(f"corroborate_radius must be between 0 and 32 bits, got {self.corroborate_radius}")
         if self.phash_radius is not None and not 0 <= self.phash_radius <= 32:
             raise SettingsError(f"phash_radius must be between 0 and 32 bits, got {self.phash_radius}")
         if self.index not in ("auto", "flat", "ivf"):
             raise SettingsError(f"index must be auto, flat or ivf, got {self.index!r}")
         _positive(nprobe=self.nprobe, memory_budget_gb=self.memory_budget_gb, exact_search_max=self.exact_search_max)
-        if not (self.exact or self.phash_radius is not None or self.threshold is not None):
+        if not (self.exact or self.phash_radius is not None or self.threshold is not None or self.corroborate_threshold is not None):
             raise SettingsError("every signal is off: enable exact, phash_radius or threshold")
 
 
@@ -138,7 +145,7 @@ def _coerce(cls: type, key: str, value: Any, origin: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     if key not in names:
         raise SettingsError(f"{origin}: unknown key {key!r}; known keys: {', '.join(sorted(names))}")
-    if isinstance(value, str) and value.lower() in OFF_VALUES and key in ("phash_radius", "threshold", "pretrained"):
+    if isinstance(value, str) and value.lower() in OFF_VALUES and key in ("phash_radius", "threshold", "pretrained", "corroborate_threshold"):
         return None
     default = getattr(cls(), key)
     try:
@@ -156,7 +163,7 @@ def _coerce(cls: type, key: str, value: Any, origin: str) -> Any:
         raise SettingsError(f"{origin}: {key} = {value!r} is not a valid {type(default).__name__}") from None
     if key in ("phash_radius",) and value is not None:
         return int(value)
-    if key in ("threshold",) and value is not None:
+    if key in ("threshold", "corroborate_threshold") and value is not None:
         return float(value)
     return value
 
@@ -183,12 +190,14 @@ def apply(settings: RunSettings, values: dict[str, Any], origin: str) -> RunSett
 
 
 def resolve_config_path(config: str) -> Path:
+    """A config file path, or a preset name looked up in ./configs, then in the checkout's configs/."""
     path = Path(config)
     if path.is_file():
         return path
-    preset = Path("configs") / f"{config}.toml"
-    if preset.is_file():
-        return preset
+    for folder in (Path("configs"), Path(__file__).resolve().parents[1] / "configs"):
+        preset = folder / f"{config}.toml"
+        if preset.is_file():
+            return preset
     raise SettingsError(f"config {config!r} not found (neither a file nor a preset configs/{config}.toml)")
 
 

@@ -71,7 +71,9 @@ def expand_shards(specs: str | Iterable[str]) -> list[str]:
 def open_shard(url: str) -> IO[bytes]:
     """A readable binary stream for a local path or any fsspec URL."""
     if is_remote(url):
-        return fsspec.open(url, "rb").open()
+        # shards are read front to back: stream HTTP rather than fetch ranges, which many servers lack
+        options = {"block_size": 0} if url.startswith(("http://", "https://")) else {}
+        return fsspec.open(url, "rb", **options).open()
     return open(_strip_file_scheme(url), "rb")
 
 

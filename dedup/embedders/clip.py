@@ -34,6 +34,58 @@ def pick_precision(device: str, requested: str = "auto") -> str:
     return "fp16" if device.startswith("cuda") else "fp32"
 
 
+HUB_HOST = ("huggingface.co", 443)
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _cached_weights(cfg: dict) -> str | None:
+    """The weights of a pretrained tag already in the Hugging Face cache, found without any network call."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return None
+    parts = repo.split("/")
+    repo_id, names = "/".join(parts[:2]), ([parts[2]] if len(parts) > 2 else list(WEIGHT_FILES))
+    for name in names:
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_weights(model: str, pretrained: str) -> tuple[str, dict]:
+    """A local weights file for an open_clip tag: from the cache, else downloaded; never a silent fallback.
+
+    Checking the cache and the network first makes an offline machine fail in seconds, instead of after
+    the hub client's minute of retries.
+    """
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    cached = _cached_weights(cfg)
+    if cached:
+        return cached, cfg
+    if not _hub_reachable():
+        raise ModelUnavailableError(_missing_weights_message(model, pretrained, ConnectionError("the model hub cannot be reached and the weights are not in the cache")))
+    try:
+        return open_clip.download_pretrained(cfg), cfg
+    except Exception as error:  # noqa: BLE001 - any download failure means no weights
+        raise ModelUnavailableError(_missing_weights_message(model, pretrained, error)) from error
+
+
 def _missing_weights_message(model: str, pretrained: str, error: Exception) -> str:
     return (
         f"CLIP weights {model} / {pretrained} could not be loaded ({type(error).__name__}: {error}). "
@@ -78,9 +130,18 @@ class ClipEmbedder(Embedder):
             )
         self.device = pick_device(device)
         self.precision = pick_precision(self.device, precision)
+        weights, cfg = (pretrained, {}) if local else resolve_weights(model, pretrained)
         try:
             created = open_clip.create_model_and_transforms(
-                model, pretrained=pretrained, device=self.device, precision=self.precision
+                model,
+                pretrained=weights,
+                device=self.device,
+                precision=self.precision,
+                force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+                image_mean=cfg.get("mean"),
+                image_std=cfg.get("std"),
+                image_interpolation=cfg.get("interpolation"),
+                image_resize_mode=cfg.get("resize_mode"),
             )
         except (RuntimeError, OSError, ValueError, KeyError) as error:
             raise ModelUnavailableError(_missing_weights_message(model, pretrained, error)) from error

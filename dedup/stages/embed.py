@@ -198,7 +198,7 @@ def summarize_store(store: EmbeddingStore, urls: list[str], reporter: Reporter) 
         "unreadable_shards": [{"shard": s["shard"], "reason": r} for s in stats for r in s["shard_faults"] if s["samples"] == 0],
     }
     if total["embedded"] == 0:
-        reasons = "; ".join(f"{s['shard']}: {s['shard_faults'] or 'no image in any sample'}" for s in stats[:3])
+        reasons = "; ".join(f"{s['shard']}: {', '.join(s['shard_faults']) or 'no image in any sample'}" for s in stats[:3])
         raise InputError(
             f"no sample of the {len(urls)} input shard(s) could be read ({reasons}); "
             "check that they are WebDataset tar files with images"

@@ -26,7 +26,7 @@ from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
 from dedup.store import EmbeddingStore
 
-SIGNALS = ("exact", "phash", "embedding")
+SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
 
 
 def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,14 @@ def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarra
     return smallest[labels], np.bincount(labels)[labels]
 
 
-def collect_pairs(store_data, settings: FindSettings, reporter: Reporter) -> tuple[dict, dict]:
+def phash_columns(metadata: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The perceptual hashes as uint64, and where they are present (clip-retrieval metadata has none)."""
+    phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
+    return phash, ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
+
+
+def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, settings: FindSettings,
+                  reporter: Reporter) -> tuple[dict, dict]:
     metadata, embeddings = store_data.metadata, store_data.embeddings
     rows = len(metadata)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -48,16 +55,23 @@ def collect_pairs(store_data, settings: FindSettings, reporter: Reporter) -> tup
         started = time.perf_counter()
         found["exact"] = search.exact_pairs(np.asarray(metadata["sha256"].to_pylist(), dtype=object))
         timings["exact"] = time.perf_counter() - started
-    phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
-    phash_present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
     if settings.phash_radius is not None and phash_present.any():
         started = time.perf_counter()
         found["phash"] = search.phash_pairs(phash, settings.phash_radius, phash_present)
         timings["phash"] = time.perf_counter() - started
-    if settings.threshold is not None and rows > 1:
+    search_at = [t for t in (settings.threshold, settings.corroborate_threshold) if t is not None]
+    if search_at and rows > 1:
         started = time.perf_counter()
-        a, b, choice = search.embedding_pairs(embeddings, settings.threshold, settings)
-        found["embedding"] = (a, b)
+        a, b, choice = search.embedding_pairs(embeddings, min(search_at), settings)
+        similarity = search.cosine(embeddings, a, b)
+        if settings.threshold is not None:
+            alone = similarity >= settings.threshold
+            found["embedding"] = (a[alone], b[alone])
+        if settings.corroborate_threshold is not None:
+            both_hashed = phash_present[a] & phash_present[b]
+            agree = (similarity >= settings.corroborate_threshold) & both_hashed
+            agree[agree] = search.hamming(phash, a[agree], b[agree]) <= settings.corroborate_radius
+            found["embedding+phash"] = (a[agree], b[agree])
         timings["embedding"] = time.perf_counter() - started
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
         reporter.info(f"find: {choice.reason}")
@@ -132,9 +146,8 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
         reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
-    found, info = collect_pairs(data, settings, reporter)
-    phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
-    phash_present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
+    phash, phash_present = phash_columns(metadata)
+    found, info = collect_pairs(data, phash, phash_present, settings, reporter)
     pairs = merge_pairs(found, embeddings, phash, phash_present)
     group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
     nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)

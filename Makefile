@@ -1,0 +1,19 @@
+# One command each: set up, run the demo end to end, run the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch and torchvision as a pair that import together on this machine kind (see README)
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[test,onnx,attack]'
+
+demo:
+	$(BIN)/dedup demo demo-data
+	$(BIN)/dedup run --config configs/demo.toml
+
+test:
+	$(BIN)/python -m pytest -q -p no:cacheprovider

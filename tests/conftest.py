@@ -1,0 +1,78 @@
+"""Shared fixtures: real images from ../shared/data, with planted duplicates whose ground truth we know."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FLICKR = SHARED / "flickr8k"
+CIFAR = SHARED / "cifar10"
+DEDUP = [sys.executable, "-m", "dedup.cli"]
+
+
+def require_shared() -> Path:
+    if not FLICKR.is_dir() or not CIFAR.is_dir():
+        raise RuntimeError(f"the tests need the shared real images at {SHARED} (see ../shared/data/README.md)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return require_shared()
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would, in a subprocess (by default in a fresh temporary folder)."""
+    full_env = {**os.environ, **(env or {})}
+    if cwd is None:
+        import tempfile
+
+        cwd = Path(tempfile.mkdtemp(prefix="dedup-cli-"))
+    result = subprocess.run([*DEDUP, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dedup {' '.join(map(str, args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def planted_flickr(tmp_path_factory, shared):
+    """Three Flickr8k shards (3,000 photos) with 120 sources planted 1-3 times across shards."""
+    from dedup.planting import plant
+
+    out = tmp_path_factory.mktemp("planted-flickr")
+    planted = plant(
+        [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(3)], out, sources=120, copies=(1, 3), seed=7
+    )
+    return out, planted
+
+
+def tar_bytes(members: list[tuple[str, bytes]], gzip: bool = False) -> bytes:
+    """A tar archive in memory from (name, data) pairs."""
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gzip else "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
