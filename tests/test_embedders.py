@@ -1,0 +1,131 @@
+"""The model-based embedders, tested for their mechanics with weights the tests save themselves."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FLICKR, run_cli
+from dedup.embedders import build_embedder
+from dedup.errors import ModelUnavailableError, SettingsError
+from dedup.imaging import decode
+from dedup.reader import iter_shard
+from dedup.store import EmbeddingStore
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny open_clip architecture and a checkpoint of its random weights, saved as users save theirs."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    config = folder / "tiny-clip-test.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip-test")
+    checkpoint = folder / "tiny.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    return config, checkpoint
+
+
+def some_images(count=8):
+    images = []
+    for sample in iter_shard(str(FLICKR / "flickr8k-224-00008.tar"), print):
+        images.append(decode(sample.files).image)
+        if len(images) == count:
+            return images
+
+
+def test_clip_loads_local_checkpoint_and_embeds(tiny_clip):
+    config, checkpoint = tiny_clip
+    embedder = build_embedder("clip", model="tiny-clip-test", pretrained=str(checkpoint), model_config=str(config), text=True)
+    assert embedder.device == "cpu" and embedder.precision == "fp32"
+    images = some_images()
+    vectors = embedder.embed([embedder.prepare(image) for image in images])
+    assert vectors.shape == (8, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(vectors[0], embedder.embed([embedder.prepare(images[0])])[0], atol=1e-5)
+    text = embedder.embed_texts(["a dog", "a cat"])
+    assert text.shape == (2, 32)
+    # the checkpoint's weights are the ones used, not a fresh random init
+    import open_clip
+
+    reference = open_clip.create_model("tiny-clip-test", pretrained=str(checkpoint)).eval()
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(reference.encode_image(embedder.prepare(images[0]).unsqueeze(0)), dim=-1)
+    assert np.allclose(vectors[0], expected.numpy()[0], atol=1e-5)
+
+
+def test_clip_embed_stage_writes_clip_retrieval_layout(tiny_clip, tmp_path):
+    config, checkpoint = tiny_clip
+    run_cli("embed", FLICKR / "flickr8k-224-00008.tar", "--run-dir", tmp_path, "--embedder", "clip",
+            "--model", "tiny-clip-test", "--model-config", config, "--pretrained", checkpoint, "--text")
+    store = tmp_path / "embeddings"
+    images = np.load(store / "img_emb" / "img_emb_0.npy")
+    texts = np.load(store / "txt_emb" / "txt_emb_0.npy")
+    assert images.shape == texts.shape == (91, 32)
+    loaded = EmbeddingStore(store).load()
+    assert loaded.metadata.column_names[:2] == ["key", "shard"] and len(loaded.metadata) == 91
+    assert json.loads((store / "embed.json").read_text())["embedder"]["model"] == "tiny-clip-test"
+
+
+def test_clip_refuses_unknown_things(tiny_clip, tmp_path):
+    config, _ = tiny_clip
+    with pytest.raises(SettingsError, match="unknown open_clip architecture"):
+        build_embedder("clip", model="ViT-Nope", pretrained="x")
+    with pytest.raises(SettingsError, match="no pretrained tag"):
+        build_embedder("clip", model="ViT-B-32", pretrained="not-a-tag")
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        build_embedder("clip", model="tiny-clip-test", model_config=str(config), pretrained=str(tmp_path / "missing.pt"))
+    with pytest.raises(SettingsError, match="never used silently"):
+        build_embedder("clip", model="tiny-clip-test", model_config=str(config), pretrained=None)
+
+
+class TinyEncoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=4)
+        self.head = torch.nn.Linear(16, 24)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_exported_model_torchscript_and_onnx_agree(tmp_path):
+    torch.manual_seed(0)
+    encoder = TinyEncoder().eval()
+    example = torch.zeros(1, 3, 96, 96)
+    torchscript = tmp_path / "encoder.pt"
+    torch.jit.trace(encoder, example).save(str(torchscript))
+    onnx_path = tmp_path / "encoder.onnx"
+    torch.onnx.export(encoder, example, str(onnx_path), input_names=["image"], output_names=["embedding"],
+                      dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+    images = some_images(4)
+    results = []
+    for path in (torchscript, onnx_path):
+        embedder = build_embedder("model", model_path=str(path), input_size=96)
+        assert embedder.dim == 24
+        results.append(embedder.embed([embedder.prepare(image) for image in images]))
+    assert np.allclose(results[0], results[1], atol=1e-4)
+    assert np.allclose(np.linalg.norm(results[0], axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ModelUnavailableError):
+        build_embedder("model", model_path=str(tmp_path / "nothing.onnx"))
+
+
+def test_pixels_embedder_is_brightness_invariant():
+    from PIL import ImageEnhance
+
+    embedder = build_embedder("pixels", pixel_size=8)
+    image = some_images(1)[0]
+    brighter = ImageEnhance.Brightness(image).enhance(1.2)
+    a, b = embedder.embed([embedder.prepare(image), embedder.prepare(brighter)])
+    assert embedder.dim == 192 and float(a @ b) > 0.98

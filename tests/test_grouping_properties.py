@@ -1,0 +1,133 @@
+"""Invariants of search, grouping and the keep policy, checked on generated inputs (hypothesis)."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dedup import search
+from dedup.settings import FindSettings
+from dedup.stages.find import connected_groups, find
+from dedup.stages.select import decide
+
+
+def components_by_search(rows, edges):
+    """Reference: connected components by repeated graph search, the slow obvious way."""
+    neighbours = {i: set() for i in range(rows)}
+    for a, b in edges:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    label = {}
+    for start in range(rows):
+        if start in label:
+            continue
+        stack, members = [start], []
+        label[start] = start
+        while stack:
+            node = stack.pop()
+            members.append(node)
+            for other in neighbours[node]:
+                if other not in label:
+                    label[other] = start
+                    stack.append(other)
+        smallest = min(members)
+        for node in members:
+            label[node] = smallest
+    return [label[i] for i in range(rows)]
+
+
+@given(st.integers(1, 40).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=60))))
+@settings(max_examples=200, deadline=None)
+def test_groups_equal_connected_components(case):
+    rows, edges = case
+    a = np.array([e[0] for e in edges], dtype=np.int64)
+    b = np.array([e[1] for e in edges], dtype=np.int64)
+    group_id, group_size = connected_groups(rows, a, b)
+    assert group_id.tolist() == components_by_search(rows, edges)
+    assert group_size.tolist() == [group_id.tolist().count(g) for g in group_id.tolist()]
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=2, max_size=80), st.integers(0, 10), st.randoms())
+@settings(max_examples=100, deadline=None)
+def test_phash_search_equals_brute_force(base, radius, rnd):
+    hashes = list(base)
+    for value in base[:20]:  # add near neighbours so there is something to find
+        flipped = value
+        for bit in rnd.sample(range(64), rnd.randint(0, 12)):
+            flipped ^= 1 << bit
+        hashes.append(flipped)
+    phash = np.array(hashes, dtype=np.uint64)
+    a, b = search.phash_pairs(phash, radius, np.ones(len(phash), dtype=bool))
+    expected = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+                if bin(hashes[i] ^ hashes[j]).count("1") <= radius}
+    assert set(zip(a.tolist(), b.tolist())) == expected
+
+
+def groups_table(group_ids, widths, captions):
+    rows = len(group_ids)
+    sizes = [group_ids.count(g) for g in group_ids]
+    return pa.table({
+        "key": [f"k{i}" for i in range(rows)], "shard": ["s"] * rows,
+        "shard_index": pa.array([0] * rows, pa.int32()), "sample_index": pa.array(list(range(rows)), pa.int32()),
+        "group_id": pa.array(group_ids, pa.int64()), "group_size": pa.array(sizes, pa.int64()),
+        "nearest_key": [None if s == 1 else "k0" for s in sizes], "nearest_similarity": pa.array([None if s == 1 else 0.99 for s in sizes], pa.float32()),
+        "match": [None if s == 1 else "embedding" for s in sizes],
+        "width": pa.array(widths, pa.int32()), "height": pa.array(widths, pa.int32()), "caption": captions,
+    })
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(1, 4), st.text(max_size=5)), min_size=1, max_size=40),
+       st.sampled_from(["one", "cap:1", "cap:2", "cap:3", "none"]))
+@settings(max_examples=200, deadline=None)
+def test_keep_policy_invariants(rows, policy):
+    group_ids = [g for g, _, _ in rows]
+    table = groups_table(group_ids, [w * 10 for _, w, _ in rows], [c for _, _, c in rows])
+    manifest = decide(table, policy).to_pylist()
+    limit = None if policy == "none" else 1 if policy == "one" else int(policy.split(":")[1])
+    for group in set(group_ids):
+        members = [m for m, g in zip(manifest, group_ids) if g == group]
+        kept = [m for m in members if m["status"] == "kept"]
+        assert len(kept) >= 1
+        if policy == "none":
+            assert len(kept) == len(members)
+        else:
+            assert len(kept) == min(limit, len(members))
+        best = max(members, key=lambda m: (table["width"][int(m["key"][1:])].as_py(),
+                                           len(table["caption"][int(m["key"][1:])].as_py()), -int(m["key"][1:])))
+        assert best["status"] == "kept" and best["rank"] == 0
+        assert all(m["kept_key"] == best["key"] for m in members)
+
+
+def test_ivf_range_search_keeps_recall_on_planted_pairs():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((60_000, 64)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    copies = base[:500] + 0.02 * rng.standard_normal((500, 64)).astype(np.float32)
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    vectors = np.vstack([base, copies])
+    exact_a, exact_b, _ = search.embedding_pairs(vectors, 0.9, FindSettings(index="flat"))
+    ivf_a, ivf_b, choice = search.embedding_pairs(vectors, 0.9, FindSettings(index="ivf", nprobe=16))
+    assert choice.kind == "ivf"
+    exact = set(zip(exact_a.tolist(), exact_b.tolist()))
+    assert len(exact) >= 500
+    assert len(exact & set(zip(ivf_a.tolist(), ivf_b.tolist()))) / len(exact) >= 0.99
+
+
+def test_find_reads_clip_retrieval_layout(tmp_path):
+    """A folder as clip-retrieval writes it (no dedup files) is a valid input to find."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((200, 16)).astype(np.float32)
+    vectors[5] = vectors[7] * 1.01
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    (tmp_path / "emb" / "img_emb").mkdir(parents=True)
+    (tmp_path / "emb" / "metadata").mkdir()
+    np.save(tmp_path / "emb" / "img_emb" / "img_emb_0.npy", vectors)
+    pq.write_table(pa.table({"image_path": [f"img{i}.jpg" for i in range(200)], "caption": ["c"] * 200}),
+                   tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    summary = find(tmp_path / "emb", tmp_path, FindSettings(threshold=0.99, phash_radius=None, exact=False))
+    assert summary["pairs"] == 1
+    groups = pq.read_table(tmp_path / "groups.parquet").to_pylist()
+    assert groups[5]["nearest_key"] == "img7.jpg" and groups[5]["group_size"] == 2
