@@ -201,6 +201,33 @@ def run_command(
         )
 
 
+@app.command("purge")
+def purge_command(
+    shards: Optional[List[str]] = typer.Argument(None, help="Training shards (default: the config's; none: reuse RUN_DIR/embeddings)."),
+    against: List[str] = typer.Option(..., "--against", "-a", help="Reference set: shards, a folder of images, or one image (repeatable)."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    run_dir: Optional[Path] = RUN_DIR,
+    reference_embeddings: Optional[Path] = typer.Option(None, help="Where the reference embeddings are kept and reused (default RUN_DIR/reference)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output shard folder (default RUN_DIR/shards)."),
+    threshold: Optional[str] = typer.Option(None, help="Cosine similarity threshold, or 'off'."),
+    phash_radius: Optional[str] = typer.Option(None, help="Hamming radius, or 'off'."),
+    write_output: bool = typer.Option(True, "--write/--no-write", help="Write the remaining samples as new shards."),
+) -> None:
+    """Drop every training sample that is a near-copy of a reference image (eval decontamination, takedowns)."""
+    from dedup.pipeline import purge_run
+
+    with handled() as reporter:
+        settings = _settings(config, overrides, find=dict(threshold=threshold, phash_radius=phash_radius))
+        if shards:
+            settings.shards = list(shards)
+        if run_dir:
+            settings.run_dir = str(run_dir)
+        if out:
+            settings.output = str(out)
+        _print(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Argument(Path("demo-data"), help="Where to write the demo shards."),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dedup.atomic import remove_stale_temporaries
 from dedup.errors import SettingsError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import RunSettings
@@ -31,8 +32,30 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     urls = expand_shards(settings.shards)
     check_output_location(settings.output_dir(), urls)
     run_dir = Path(settings.run_dir)
+    remove_stale_temporaries(run_dir)  # a killed run's leftovers are never valid outputs
     store = embeddings_dir(run_dir)
     embed(urls, store, settings.embed, engine=engine, reporter=reporter)
     find(store, run_dir, settings.find, reporter=reporter)
     select(store, run_dir, settings.select, reporter=reporter)
     return write(store, run_dir, settings.output_dir(), settings.write, engine=engine, reporter=reporter)
+
+
+def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Path | None = None,
+              write_output: bool = True, engine=None, reporter: Reporter = SILENT) -> dict:
+    """Embed the training shards and the reference set, drop the training samples that match, write the rest."""
+    from dedup.stages.purge import purge
+
+    settings.validate()
+    run_dir = Path(settings.run_dir)
+    remove_stale_temporaries(run_dir)
+    store = embeddings_dir(run_dir)
+    if settings.shards:
+        urls = expand_shards(settings.shards)
+        check_output_location(settings.output_dir(), urls)
+        embed(urls, store, settings.embed, engine=engine, reporter=reporter)
+    reference_dir = Path(reference_dir) if reference_dir else run_dir / "reference"
+    embed(expand_shards(against), reference_dir, settings.embed, engine=engine, reporter=reporter)
+    summary = {"purge": purge(store, reference_dir, run_dir, settings.find, reporter=reporter)}
+    if write_output:
+        summary["write"] = write(store, run_dir, settings.output_dir(), settings.write, engine=engine, reporter=reporter)
+    return summary

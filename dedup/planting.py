@@ -68,12 +68,14 @@ def plant(
     shard_size: int | None = None,
     prefix: str = "planted",
     eligible: Callable[[Sample], bool] | None = None,
+    donors: str | list[str] | None = None,
 ) -> PlantedSet:
     """Copy the samples of `source_shards` into `out_dir` with planted near-duplicates.
 
     `sources` samples are picked at random; each gets `copies` copies (or a random count in a range),
     transform cycled through `transforms`. With `shard_size` the output is re-cut into shards of that many
-    samples; otherwise it keeps the input's shard count.
+    samples; otherwise it keeps the input's shard count. With `donors`, the copies are made of the donor
+    shards' images instead (for example test images hidden in training shards); donors are not copied in.
     """
     rng = random.Random(seed)
     urls = expand_shards(source_shards)
@@ -92,10 +94,11 @@ def plant(
 
     kinds = list(transforms)
     planted = PlantedSet(shards=[])
-    candidates = [i for i, sample in enumerate(originals) if eligible is None or eligible(sample)]
+    pool = [s for url in expand_shards(donors) for s in iter_shard(url, on_fault=lambda fault: None)] if donors else originals
+    candidates = [i for i, sample in enumerate(pool) if eligible is None or eligible(sample)]
     chosen = rng.sample(candidates, min(sources, len(candidates)))
     for number, source_index in enumerate(chosen):
-        source = originals[source_index]
+        source = pool[source_index]
         image_field = next(ext for ext in ("jpg", "jpeg", "png", "webp") if ext in source.files)
         count = copies if isinstance(copies, int) else rng.randint(*copies)
         group = [source.key]

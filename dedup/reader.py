@@ -14,7 +14,10 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from dedup.sources import open_shard
+import os
+from pathlib import Path
+
+from dedup.sources import image_files, is_image_name, is_remote, open_shard
 
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
@@ -140,3 +143,27 @@ def _describe_shard_error(error: Exception, samples_seen: int) -> str:
     if samples_seen == 0:
         return f"not a readable tar or tar.gz file ({text})"
     return f"shard is truncated or corrupt after {samples_seen} samples ({text})"
+
+
+def iter_images(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Sample]:
+    """A plain image file, or a folder of them: each image is a sample keyed by its path without suffix."""
+    root = Path(url)
+    paths = [root] if root.is_file() else image_files(root)
+    for index, path in enumerate(paths):
+        relative = path.name if root.is_file() else path.relative_to(root).as_posix()
+        key, extension = relative.split(".", 1) if "." in relative else (relative, "")
+        try:
+            size = path.stat().st_size
+            if size > max_member_bytes:
+                on_fault(Fault(url, f"{relative} is {size} bytes, over the limit of {max_member_bytes}", key, index))
+                continue
+            yield Sample(shard=url, key=key, index=index, files={extension: path.read_bytes()}, order=[extension])
+        except OSError as error:
+            on_fault(Fault(url, f"{relative} cannot be read: {error}", key, index))
+
+
+def iter_source(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Sample]:
+    """Samples of a shard, an image file, or a folder of images."""
+    if not is_remote(url) and (os.path.isdir(url) or is_image_name(url)):
+        return iter_images(url, on_fault, max_member_bytes)
+    return iter_shard(url, on_fault, max_member_bytes)

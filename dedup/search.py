@@ -44,29 +44,39 @@ def hashes_to_bytes(phash: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(phash.astype(">u8")).view(np.uint8).reshape(-1, 8)
 
 
-def hamming(phash: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    xor = np.bitwise_xor(phash[a], phash[b]).astype(np.uint64)
+def hamming_between(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Elementwise Hamming distance of two arrays of 64-bit hashes."""
+    xor = np.bitwise_xor(x, y).astype(np.uint64)
     return np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).astype(np.int32)
+
+
+def hamming(phash: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return hamming_between(phash[a], phash[b])
+
+
+def phash_matches(queries: np.ndarray, indexed: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (query row, indexed row) with Hamming distance <= radius."""
+    if len(queries) == 0 or len(indexed) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    blocks = radius + 1
+    index = faiss.IndexBinaryMultiHash(64, blocks, 64 // blocks)
+    index.add(hashes_to_bytes(indexed))
+    codes = hashes_to_bytes(queries)
+    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start in range(0, len(codes), QUERY_BATCH):
+        lims, _, found = index.range_search(codes[start:start + QUERY_BATCH], radius + 1)
+        q_parts.append(np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64)))
+        r_parts.append(found.astype(np.int64))
+    q, r = np.concatenate(q_parts), np.concatenate(r_parts)
+    within = hamming_between(queries[q], indexed[r]) <= radius
+    return q[within], r[within]
 
 
 def phash_pairs(phash: np.ndarray, radius: int, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within `radius` bits among the rows where `present` is true."""
     valid = np.flatnonzero(present)
-    if len(valid) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    codes = hashes_to_bytes(phash[valid])
-    blocks = radius + 1
-    index = faiss.IndexBinaryMultiHash(64, blocks, 64 // blocks)
-    index.add(codes)
-    a_parts, b_parts = [], []
-    for start in range(0, len(codes), QUERY_BATCH):
-        lims, _, found = index.range_search(codes[start:start + QUERY_BATCH], radius + 1)
-        queries = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
-        a_parts.append(queries)
-        b_parts.append(found.astype(np.int64))
-    a, b = _ordered_unique(valid[np.concatenate(a_parts)], valid[np.concatenate(b_parts)])
-    within = hamming(phash, a, b) <= radius
-    return a[within], b[within]
+    q, r = phash_matches(phash[valid], phash[valid], radius)
+    return _ordered_unique(valid[q], valid[r])
 
 
 @dataclass
@@ -87,9 +97,13 @@ def choose_index(rows: int, dim: int, settings: FindSettings) -> IndexChoice:
         )
     if settings.index == "flat" or (settings.index == "auto" and rows <= settings.exact_search_max):
         return IndexChoice("flat", reason=f"{rows} vectors <= exact_search_max {settings.exact_search_max}: exact search")
-    nlist = int(min(max(16, 4 * math.sqrt(rows)), rows // 39 or 1))
+    # lists ~ sqrt(N * nprobe) balance the scan (N * nprobe / nlist per query) against the list lookup
+    nlist = int(min(max(16, math.sqrt(rows * settings.nprobe)), max(1, rows // 39)))
     return IndexChoice("ivf", nlist=nlist, nprobe=min(settings.nprobe, nlist),
                        reason=f"{rows} vectors: IVF{nlist} with nprobe {min(settings.nprobe, nlist)}")
+
+
+HNSW_QUANTIZER_FROM = 1024  # lists; beyond this, finding a query's nearest lists by brute force costs too much
 
 
 def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
@@ -97,14 +111,19 @@ def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
     if choice.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, choice.nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer = "_HNSW32" if choice.nlist >= HNSW_QUANTIZER_FROM else ""
+        index = faiss.index_factory(dim, f"IVF{choice.nlist}{quantizer},Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        ivf.cp.niter = 10
+        ivf.cp.max_points_per_centroid = 64
         rng = np.random.default_rng(seed)
-        sample_size = min(len(embeddings), max(choice.nlist * 64, 50_000))
+        sample_size = min(len(embeddings), choice.nlist * 64)
         sample = embeddings[np.sort(rng.choice(len(embeddings), sample_size, replace=False))]
-        index.cp.seed = seed
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        index.nprobe = choice.nprobe
+        ivf.nprobe = choice.nprobe
+        if quantizer:
+            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 4 * choice.nprobe)
     for start in range(0, len(embeddings), 262_144):
         index.add(np.ascontiguousarray(embeddings[start:start + 262_144], dtype=np.float32))
     return index
@@ -123,12 +142,18 @@ def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0) -
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
-def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float, settings: FindSettings) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+    """All (query row, indexed row) with cosine >= threshold, through an index chosen by size and budget."""
     if settings.threads:
         faiss.omp_set_num_threads(settings.threads)
-    choice = choose_index(len(embeddings), embeddings.shape[1], settings)
-    index = build_index(embeddings, choice)
-    a, b = range_pairs(index, embeddings, threshold)
+    choice = choose_index(len(indexed), indexed.shape[1], settings)
+    index = build_index(indexed, choice)
+    q, r = range_pairs(index, queries, threshold)
+    return q, r, choice
+
+
+def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings)
     a, b = _ordered_unique(a, b)
     return a, b, choice
 

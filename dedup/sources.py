@@ -13,6 +13,7 @@ import fsspec
 from dedup.errors import InputError
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def is_remote(url: str) -> bool:
@@ -27,6 +28,15 @@ def _is_shard_name(name: str) -> bool:
     return name.endswith(SHARD_SUFFIXES)
 
 
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image file under a folder, recursively, in a stable order."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p.name))
+
+
 def _expand_one(spec: str) -> list[str]:
     if is_remote(spec):
         if any(ch in spec for ch in "*?["):
@@ -37,10 +47,12 @@ def _expand_one(spec: str) -> list[str]:
     path = _strip_file_scheme(spec)
     if os.path.isdir(path):
         found = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and _is_shard_name(p.name))
+        if not found and image_files(path):
+            return [path]  # a plain folder of images is one source; each image is a sample
         if not found:
             raise InputError(
-                f"folder {path!r} holds no shards (looked for {', '.join(SHARD_SUFFIXES)}); "
-                "give shard files, a folder of them, or a pattern such as data/{00000..00009}.tar"
+                f"folder {path!r} holds no shards (looked for {', '.join(SHARD_SUFFIXES)}) and no images; "
+                "give shard files, a folder of them, a folder of images, or a pattern such as data/{00000..00009}.tar"
             )
         return found
     if any(ch in path for ch in "*?["):
@@ -96,7 +108,11 @@ def fingerprint(url: str) -> Fingerprint:
         etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         return Fingerprint(size=info.get("size"), mtime=_as_timestamp(mtime), etag=str(etag) if etag else None)
-    stat = os.stat(_strip_file_scheme(url))
+    path = _strip_file_scheme(url)
+    if os.path.isdir(path):
+        stats = [p.stat() for p in image_files(path)]
+        return Fingerprint(size=sum(s.st_size for s in stats), mtime=max((s.st_mtime for s in stats), default=0.0))
+    stat = os.stat(path)
     return Fingerprint(size=stat.st_size, mtime=stat.st_mtime)
 
 

@@ -22,7 +22,7 @@ from dedup.engine import LocalEngine, Unit, failed
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.imaging import UnreadableImage, caption_of, decode
 from dedup.progress import SILENT, Reporter
-from dedup.reader import Fault, Sample, iter_shard
+from dedup.reader import Fault, Sample, iter_source
 from dedup.settings import EmbedSettings
 from dedup.sources import expand_shards, fingerprint
 from dedup.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
@@ -107,7 +107,7 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
         except UnreadableImage as error:
             return sample, None, None, str(error)
 
-    samples = iter_shard(url, builder.on_fault, max_member_bytes=settings.max_member_bytes)
+    samples = iter_source(url, builder.on_fault, max_member_bytes=settings.max_member_bytes)
     pending: list[Future] | None = None
     with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
         for batch in batched(samples, settings.batch_size):

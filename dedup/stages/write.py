@@ -20,7 +20,7 @@ from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write
 from dedup.engine import LocalEngine, Unit, failed
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
-from dedup.reader import iter_shard
+from dedup.reader import iter_source
 from dedup.settings import WriteSettings
 from dedup.sources import fingerprint, is_remote
 from dedup.stages.select import load_manifest
@@ -54,20 +54,26 @@ def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str,
     for row in rows:
         by_shard.setdefault(row["shard"], {})[row["sample_index"]] = row["key"]
     path = Path(out_dir) / shard_name(prefix, number)
-    written, payload_bytes = 0, 0
+    written, payload_bytes, previous_key, renamed = 0, 0, None, []
     with atomic_open(path, "wb") as handle:
         writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
         for shard, wanted in by_shard.items():
             last_needed = max(wanted)
             found = 0
-            for sample in iter_shard(shard, on_fault=lambda fault: None, max_member_bytes=max_member_bytes):
+            for sample in iter_source(shard, on_fault=lambda fault: None, max_member_bytes=max_member_bytes):
                 if sample.index in wanted:
                     if sample.key != wanted[sample.index]:
                         raise InputError(
                             f"shard {shard} changed since embed: sample {sample.index} is now {sample.key!r}, "
                             f"was {wanted[sample.index]!r}; rerun from `dedup embed` with a new run folder"
                         )
-                    payload_bytes += writer.write({"__key__": sample.key, **sample.files})
+                    key = sample.key
+                    if key == previous_key:
+                        # two samples with one key side by side would be read back as one sample
+                        key = f"{sample.key}_dup-{Path(shard).name.split('.')[0]}-{sample.index}"
+                        renamed.append({"shard": shard, "sample_index": sample.index, "key": sample.key, "written_as": key})
+                    payload_bytes += writer.write({"__key__": key, **sample.files})
+                    previous_key = key
                     written += 1
                     found += 1
                 if sample.index >= last_needed:
@@ -81,6 +87,7 @@ def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str,
         "payload_bytes": payload_bytes,
         "tar_bytes": path.stat().st_size,
         "plan_digest": plan_digest(rows),
+        "renamed_keys": renamed,
         "inputs": sorted(by_shard),
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -111,10 +118,15 @@ def check_output_location(out_dir: Path, shards: list[str]) -> None:
     for shard in shards:
         if is_remote(shard):
             continue
-        parent = Path(shard).resolve().parent
-        if out == parent or parent.is_relative_to(out):
+        source = Path(shard).resolve()
+        # an image-folder source is read recursively, so an output inside it would be read back as input;
+        # a shard folder is read one level deep, so only the folder itself is off limits
+        folder = source if source.is_dir() else source.parent
+        inside = out.is_relative_to(folder) if source.is_dir() else out == folder
+        if inside or folder.is_relative_to(out):
             raise SettingsError(
-                f"output folder {out_dir} holds or contains the input shard {shard}; choose an output folder outside the input"
+                f"output folder {out_dir} is inside the input folder of {shard}, or holds it; "
+                "choose an output folder outside the input"
             )
 
 
@@ -142,8 +154,10 @@ def reason_class(reason: str) -> str:
 def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: list[dict]) -> dict:
     status = manifest["status"].to_pylist()
     counts = Counter(status)
+    reference = manifest["reference_match"].to_pylist() if "reference_match" in manifest.column_names else [None] * len(status)
     dropped_by = Counter(
-        f"duplicate ({m})" for s, m in zip(status, manifest["match"].to_pylist()) if s == "dropped"
+        f"reference match ({r})" if r else f"duplicate ({m})"
+        for s, m, r in zip(status, manifest["match"].to_pylist(), reference) if s == "dropped"
     )
     unreadable_by = Counter(reason_class(r) for s, r in zip(status, manifest["reason"].to_pylist()) if s == "unreadable")
     written = sum(s["samples"] for s in shard_stats)
@@ -159,6 +173,7 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
         "written_samples": written,
         "output_shards": [s["shard"] for s in shard_stats],
         "output_bytes": sum(s["tar_bytes"] for s in shard_stats),
+        "renamed_keys": [item for s in shard_stats for item in s.get("renamed_keys", [])],
     }
     summary["reconciles"] = (
         input_samples == counts["kept"] + counts["dropped"] + counts["unreadable"]

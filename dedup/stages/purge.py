@@ -1,0 +1,159 @@
+"""`purge`: drop every training sample that is a near-copy of any image of a reference set.
+
+For evaluation decontamination (training images that near-duplicate a benchmark's test images) and for
+takedown or privacy requests (an image and all its copies must go). The reference set (shards, a folder of
+images, or one image) is embedded once into its own store and reused. Each training sample is matched
+against it with the same signals as `find` (exact, perceptual hash, embedding, both agreeing); a match
+turns the sample's manifest row into `dropped`, naming the reference image it matched and how closely.
+When the run already has a manifest from `select`, purge adds its drops to it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dedup import search
+from dedup.atomic import write_json, write_parquet
+from dedup.errors import SettingsError
+from dedup.progress import SILENT, Reporter
+from dedup.settings import FindSettings
+from dedup.stages.find import SIGNALS, phash_columns
+from dedup.stages.select import MANIFEST_SCHEMA, load_manifest, unreadable_rows
+from dedup.store import EmbeddingStore
+
+PURGE_COLUMNS = [
+    ("reference_key", pa.string()),
+    ("reference_shard", pa.string()),
+    ("reference_similarity", pa.float32()),
+    ("reference_match", pa.string()),
+]
+
+
+def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(train row, reference row) pairs for each signal."""
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if settings.exact:
+        train_sha = np.asarray(train.metadata["sha256"].to_pylist(), dtype=object)
+        reference_rows: dict[str, int] = {}
+        for row, digest in enumerate(reference.metadata["sha256"].to_pylist()):
+            if digest is not None:
+                reference_rows.setdefault(digest, row)
+        hits = [(i, reference_rows[d]) for i, d in enumerate(train_sha) if d is not None and d in reference_rows]
+        found["exact"] = (np.array([h[0] for h in hits], np.int64), np.array([h[1] for h in hits], np.int64))
+    train_hash, train_has = phash_columns(train.metadata)
+    reference_hash, reference_has = phash_columns(reference.metadata)
+    if settings.phash_radius is not None:
+        t_rows, r_rows = np.flatnonzero(train_has), np.flatnonzero(reference_has)
+        q, r = search.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
+        found["phash"] = (t_rows[q], r_rows[r])
+    search_at = [t for t in (settings.threshold, settings.corroborate_threshold) if t is not None]
+    if search_at:
+        q, r, _ = search.embedding_matches(train.embeddings, reference.embeddings, min(search_at), settings)
+        similarity = np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
+        if settings.threshold is not None:
+            alone = similarity >= settings.threshold
+            found["embedding"] = (q[alone], r[alone])
+        if settings.corroborate_threshold is not None:
+            agree = (similarity >= settings.corroborate_threshold) & train_has[q] & reference_has[r]
+            agree[agree] = search.hamming_between(train_hash[q[agree]], reference_hash[r[agree]]) <= settings.corroborate_radius
+            found["embedding+phash"] = (q[agree], r[agree])
+    return found
+
+
+def best_reference(rows: int, found: dict, train_embeddings: np.ndarray, reference_embeddings: np.ndarray):
+    """For each training row, its best reference match (strongest signal, then highest cosine); -1 if none."""
+    q_parts, r_parts, code_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int8)]
+    for code, signal in enumerate(SIGNALS):
+        if signal in found:
+            q_parts.append(found[signal][0])
+            r_parts.append(found[signal][1])
+            code_parts.append(np.full(len(found[signal][0]), code, np.int8))
+    q, r, codes = np.concatenate(q_parts), np.concatenate(r_parts), np.concatenate(code_parts)
+    similarity = np.einsum("ij,ij->i", train_embeddings[q], reference_embeddings[r]) if len(q) else np.zeros(0, np.float32)
+    order = np.lexsort((-similarity, codes, q))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = q[order][1:] != q[order][:-1]
+    chosen = order[first]
+    best = np.full(rows, -1, np.int64)
+    best_similarity = np.full(rows, np.nan, np.float32)
+    best_code = np.full(rows, -1, np.int8)
+    best[q[chosen]] = r[chosen]
+    best_similarity[q[chosen]] = similarity[chosen]
+    best_code[q[chosen]] = codes[chosen]
+    return best, best_similarity, best_code
+
+
+def base_manifest(run_dir: Path, train) -> pa.Table:
+    """The run's manifest from `select` when there is one; else every readable sample kept."""
+    if (run_dir / "manifest.parquet").exists():
+        return load_manifest(run_dir)
+    meta = train.metadata
+    rows = len(meta)
+    nulls = {name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
+             for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")}
+    kept = pa.table({
+        "shard": meta["shard"], "shard_index": meta["shard_index"], "sample_index": meta["sample_index"], "key": meta["key"],
+        "status": pa.array(["kept"] * rows, pa.string()), "reason": pa.array(["no reference match"] * rows, pa.string()), **nulls,
+    }, schema=MANIFEST_SCHEMA)
+    return pa.concat_tables([kept, unreadable_rows(train.failures)])
+
+
+def purge(train_store: str | Path, reference_store: str | Path, run_dir: str | Path,
+          settings: FindSettings | None = None, reporter: Reporter = SILENT) -> dict:
+    settings = settings or FindSettings()
+    settings.validate()
+    run_dir = Path(run_dir)
+    train = EmbeddingStore(train_store).load()
+    reference = EmbeddingStore(reference_store).load()
+    if train.spec.get("embedder") != reference.spec.get("embedder"):
+        raise SettingsError(
+            f"training embeddings ({train.spec.get('embedder')}) and reference embeddings "
+            f"({reference.spec.get('embedder')}) were made differently; embed both with the same embedder"
+        )
+    found = match_reference(train, reference, settings)
+    best, similarity, code = best_reference(len(train.metadata), found, train.embeddings, reference.embeddings)
+
+    manifest = base_manifest(run_dir, train)
+    row_of = {(s, i): n for n, (s, i) in enumerate(zip(train.metadata["shard_index"].to_pylist(), train.metadata["sample_index"].to_pylist()))}
+    ref_keys, ref_shards = reference.metadata["key"].to_pylist(), reference.metadata["shard"].to_pylist()
+    status, reasons = manifest["status"].to_pylist(), manifest["reason"].to_pylist()
+    # an earlier purge's matches (another reference set) stay in place
+    extra = {name: manifest[name].to_pylist() if name in manifest.column_names else [None] * len(manifest)
+             for name, _ in PURGE_COLUMNS}
+    matched = 0
+    for n, (shard_index, sample_index) in enumerate(zip(manifest["shard_index"].to_pylist(), manifest["sample_index"].to_pylist())):
+        row = row_of.get((shard_index, sample_index), -1) if status[n] != "unreadable" else -1
+        hit = best[row] if row >= 0 else -1
+        if hit < 0:
+            continue
+        matched += 1
+        signal = SIGNALS[code[row]]
+        extra["reference_key"][n] = ref_keys[hit]
+        extra["reference_shard"][n] = ref_shards[hit]
+        extra["reference_similarity"][n] = float(similarity[row])
+        extra["reference_match"][n] = signal
+        status[n] = "dropped"
+        reasons[n] = f"near-copy of reference {ref_shards[hit]}:{ref_keys[hit]} ({signal} match, similarity {similarity[row]:.4f})"
+    manifest = manifest.set_column(manifest.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+    manifest = manifest.set_column(manifest.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+    for name, kind in PURGE_COLUMNS:
+        if name in manifest.column_names:
+            manifest = manifest.drop_columns([name])
+        manifest = manifest.append_column(pa.field(name, kind), pa.array(extra[name], kind))
+    write_parquet(run_dir / "manifest.parquet", manifest)
+    summary = {
+        "training_samples": len(manifest),
+        "reference_images": len(reference.metadata),
+        "matched": matched,
+        "matched_by_signal": {s: int(pc.sum(pc.equal(manifest["reference_match"], s)).as_py() or 0) for s in SIGNALS},
+        "kept": status.count("kept"),
+        "dropped": status.count("dropped"),
+        "unreadable": status.count("unreadable"),
+        "reference_store": str(reference_store),
+    }
+    write_json(run_dir / "purge.json", summary)
+    reporter.info(f"purge: {matched} of {len(manifest)} training samples are near-copies of the {len(reference.metadata)} reference images")
+    return summary
