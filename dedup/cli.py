@@ -228,6 +228,54 @@ def purge_command(
         _print(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
 
 
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="The run folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)."),
+    embeddings: Optional[Path] = EMBEDDINGS,
+    max_groups: int = typer.Option(20, help="Largest groups shown."),
+    pairs_per_band: int = typer.Option(4, help="Pairs shown per similarity band."),
+) -> None:
+    """Write one self-contained HTML report: counts, largest groups with thumbnails, pairs around the threshold."""
+    from dedup.report import build_report
+
+    with handled() as reporter:
+        path = build_report(run_dir, out, embeddings, max_groups=max_groups, pairs_per_band=pairs_per_band)
+        reporter.info(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB)")
+        typer.echo(str(path))
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run_dir: Path = typer.Argument(..., help="The run folder (its embeddings are sampled)."),
+    embeddings: Optional[Path] = EMBEDDINGS,
+    labels: Optional[Path] = typer.Option(None, help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate."),
+    sample: int = typer.Option(20_000, help="Rows sampled from the embeddings (labelled rows always included)."),
+    low: float = typer.Option(0.80, help="Lowest threshold tried."),
+    step: float = typer.Option(0.01, help="Step between thresholds."),
+) -> None:
+    """Groups and removals per threshold (and precision/recall with labels); suggests a threshold."""
+    import numpy as np
+
+    from dedup.calibrate import calibrate
+
+    with handled() as reporter:
+        thresholds = tuple(round(float(t), 4) for t in np.arange(low, 0.9999, step))
+        result = calibrate(embeddings or run_dir / "embeddings", run_dir, thresholds, sample, labels)
+        columns = ["threshold", "pairs", "groups", "removed", "removed_fraction"] + (["precision", "recall", "f1"] if labels else [])
+        from rich.table import Table
+
+        table = Table(title=f"thresholds on {result.sample_rows:,} of {result.total_rows:,} samples")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for row in result.rows:
+            style = "bold green" if row["threshold"] == result.suggested else None
+            table.add_row(*[str(row[c]) for c in columns], style=style)
+        reporter.console.print(table) if not reporter.quiet else None
+        typer.echo(f"suggested threshold: {result.suggested} ({result.reason})")
+        typer.echo(f"table: {run_dir / 'calibration.json'}, plot: {run_dir / 'calibration.png'}")
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Argument(Path("demo-data"), help="Where to write the demo shards."),

@@ -46,16 +46,32 @@ def check_complete(path: Path) -> None:
                 archive.extractfile(member).read()
 
 
-def stage_reached(run_dir: Path) -> str:
+STAGES = ("embed", "find", "select", "write", "done")
+
+
+def stage_reached(run_dir: Path, shards: int) -> str:
+    """The stage a run is in, read from the files it has finished."""
     if (run_dir / "summary.json").exists():
         return "done"
     if (run_dir / "manifest.parquet").exists():
         return "write"
     if (run_dir / "groups.parquet").exists():
         return "select"
-    if (run_dir / "embeddings" / "stats").exists() and len(list((run_dir / "embeddings" / "stats").glob("*.json"))) == 6:
+    if len(list((run_dir / "embeddings" / "stats").glob("*.json"))) == shards:
         return "find"
     return "embed"
+
+
+def kill_inside(process: subprocess.Popen, run_dir: Path, shards: int, target: str, rng: random.Random) -> str:
+    """Wait until the run reaches `target` (or passes it), then kill it at a random moment inside it."""
+    while process.poll() is None and STAGES.index(stage_reached(run_dir, shards)) < STAGES.index(target):
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, {"embed": 0.6, "find": 0.25, "select": 0.03, "write": 0.5}[target]))
+    stage = stage_reached(run_dir, shards)
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return stage
 
 
 def digest_outputs(run_dir: Path) -> dict:
@@ -83,17 +99,14 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     rng = random.Random(SEED)
     print(f"DEDUP_KILL_SEED={SEED} kills={KILLS} reference run {duration:.1f}s")
     victim = tmp_path / "victim"
+    shards = len(list((root / "in").glob("*.tar")))
     killed_in: dict[str, int] = {}
     for attempt in range(KILLS):
-        if stage_reached(victim) == "done":
+        if stage_reached(victim, shards) == "done":
             shutil.rmtree(victim)  # start over, so kills keep landing inside the stages
         process = subprocess.Popen([*DEDUP, "--quiet", "run", str(root / "in"), "--run-dir", str(victim), *RUN_ARGS],
                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-        time.sleep(rng.uniform(0.3, duration))
-        stage = stage_reached(victim)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stage = kill_inside(process, victim, shards, STAGES[attempt % 4], rng)
         killed_in[stage] = killed_in.get(stage, 0) + 1
         for path in victim.rglob("*"):
             if path.is_file():

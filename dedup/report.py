@@ -1,0 +1,220 @@
+"""`report`: one self-contained HTML file a person can open from disk to see what a run removed and why.
+
+Counts and how they reconcile; group sizes; the largest groups as thumbnail strips (caption, key, shard,
+similarity to the kept sample); pairs sampled in similarity bands around the threshold, so one can see where
+duplicates stop; purge and verify results when present. Bounded in size whatever the run's size: a fixed
+number of groups and pairs, chosen deterministically.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from dedup import search
+from dedup.atomic import atomic_open
+from dedup.errors import InputError
+from dedup.settings import FindSettings
+from dedup.store import EmbeddingStore
+from dedup.thumbnails import fetch_thumbnails
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
+h1{margin-bottom:.2rem} h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
+table{border-collapse:collapse} td,th{padding:.25rem .7rem;border-bottom:1px solid #eee;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#176f2c;font-weight:600} .bad{color:#b00020;font-weight:600}
+.strip{display:flex;gap:.6rem;overflow-x:auto;padding:.4rem 0}
+figure{margin:0;width:140px;flex:none;font-size:.75rem}
+figure img{width:128px;height:128px;object-fit:contain;background:#f4f4f4;display:block}
+figure.kept img{outline:3px solid #2e7d32} figure.dropped img{outline:3px solid #c62828;opacity:.9}
+figcaption b{word-break:break-all}
+.muted{color:#777} .pair{display:flex;gap:.4rem;align-items:center;margin:.3rem 1rem .3rem 0}
+.band{display:flex;flex-wrap:wrap}
+"""
+
+
+def _figure_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def group_size_histogram(sizes: list[int]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values, counts = np.unique(sizes, return_counts=True) if sizes else (np.array([]), np.array([]))
+    figure, axis = plt.subplots(figsize=(6, 2.8), dpi=100)
+    axis.bar([str(v) for v in values], counts, color="#5b7db1")
+    axis.set_xlabel("group size (samples)")
+    axis.set_ylabel("groups")
+    axis.set_yscale("log" if len(counts) and counts.max() > 50 else "linear")
+    figure.tight_layout()
+    uri = _figure_uri(figure)
+    plt.close(figure)
+    return uri
+
+
+def _esc(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _shard_name(shard: str | None) -> str:
+    return (shard or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def choose_groups(groups, max_groups: int) -> list[int]:
+    sizes = groups["group_size"].to_numpy()
+    ids = groups["group_id"].to_numpy()
+    multi = sizes > 1
+    pairs = sorted({(int(-s), int(g)) for s, g in zip(sizes[multi], ids[multi])})
+    return [g for _, g in pairs[:max_groups]]
+
+
+def similarity_bands(threshold: float) -> list[tuple[float, float]]:
+    edges = [threshold - 0.08, threshold - 0.04, threshold - 0.02, threshold, threshold + 0.01, threshold + 0.02]
+    edges = [e for e in edges if 0 < e < 1] + [1.0001]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def near_pairs(embeddings: np.ndarray, pairs, lowest: float, seed: int, sample: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's duplicate pairs, plus near misses below the threshold found on a sample of rows."""
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    similarity = pairs["similarity"].to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(embeddings), min(sample, len(embeddings)), replace=False))
+    if len(rows) > 1:
+        sa, sb, _ = search.embedding_pairs(np.ascontiguousarray(embeddings[rows]), lowest, FindSettings(phash_radius=None))
+        a, b = np.concatenate([a, rows[sa]]), np.concatenate([b, rows[sb]])
+        similarity = np.concatenate([similarity, search.cosine(embeddings, rows[sa], rows[sb])])
+    return a, b, similarity
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings: str | Path | None = None,
+                 max_groups: int = 20, max_members: int = 8, pairs_per_band: int = 4, seed: int = 0) -> Path:
+    run_dir = Path(run_dir)
+    for name in ("groups.parquet", "manifest.parquet"):
+        if not (run_dir / name).exists():
+            raise InputError(f"{run_dir / name} does not exist; run `dedup run` (or find and select) first")
+    out = Path(out) if out else run_dir / "report.html"
+    groups = pq.read_table(run_dir / "groups.parquet")
+    manifest = pq.read_table(run_dir / "manifest.parquet")
+    pairs = pq.read_table(run_dir / "pairs.parquet")
+    find_info = json.loads((run_dir / "find.json").read_text()) if (run_dir / "find.json").exists() else {}
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
+    store = EmbeddingStore(embeddings or run_dir / "embeddings").load()
+    threshold = (find_info.get("settings") or {}).get("threshold") or 0.95
+
+    status_of = {(s, i): (st, r) for s, i, st, r in zip(manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist(),
+                                                        manifest["status"].to_pylist(), manifest["reason"].to_pylist())}
+    chosen_groups = choose_groups(groups, max_groups)
+    records = groups.to_pylist()
+    members: dict[int, list[dict]] = {g: [] for g in chosen_groups}
+    for record in records:
+        if record["group_id"] in members:
+            members[record["group_id"]].append(record)
+    for group_id, rows in members.items():
+        rows.sort(key=lambda r: (status_of.get((r["shard"], r["sample_index"]), ("", ""))[0] != "kept", r["row"]))
+        members[group_id] = rows[:max_members]
+
+    lowest = similarity_bands(threshold)[0][0]
+    a, b, similarity = near_pairs(store.embeddings, pairs, lowest, seed)
+    rng = np.random.default_rng(seed)
+    band_pairs = []
+    for low, high in similarity_bands(threshold):
+        inside = np.flatnonzero((similarity >= low) & (similarity < high) & (a != b))
+        _, unique_positions = np.unique(np.stack([np.minimum(a[inside], b[inside]), np.maximum(a[inside], b[inside])]), axis=1, return_index=True) if len(inside) else (None, np.zeros(0, int))
+        inside = inside[np.sort(unique_positions)]
+        picked = rng.choice(inside, min(pairs_per_band, len(inside)), replace=False) if len(inside) else []
+        band_pairs.append((low, high, len(inside), [(int(a[i]), int(b[i]), float(similarity[i])) for i in sorted(picked)]))
+
+    wanted = [(r["shard"], r["sample_index"]) for rows in members.values() for r in rows]
+    for _, _, _, picked in band_pairs:
+        for i, j, _ in picked:
+            wanted += [(records[i]["shard"], records[i]["sample_index"]), (records[j]["shard"], records[j]["sample_index"])]
+    thumbs = fetch_thumbnails(wanted)
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dedup report: {_esc(run_dir.name)}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>dedup report</h1><p class='muted'>run folder {_esc(run_dir)}</p>"]
+    parts.append(counts_section(summary, manifest))
+    sizes = [s for s, g in zip(groups["group_size"].to_pylist(), groups["group_id"].to_pylist()) if s > 1]
+    group_sizes = list({g: s for s, g in zip(groups["group_size"].to_pylist(), groups["group_id"].to_pylist()) if s > 1}.values())
+    parts.append(f"<h2>Duplicate groups</h2><p>{len(group_sizes)} groups hold {len(sizes)} samples; "
+                 f"largest {max(group_sizes, default=0)}.</p><img id='histogram' alt='histogram of group sizes' src='{group_size_histogram(group_sizes)}'>")
+    parts.append(f"<h2>The {len(chosen_groups)} largest groups</h2><p class='muted'>green: kept; red: dropped. "
+                 "Similarity is the cosine to the kept sample.</p>")
+    for group_id in chosen_groups:
+        parts.append(group_section(group_id, members[group_id], records, status_of, thumbs, store.embeddings))
+    parts.append(f"<h2>Pairs by similarity band</h2><p>Threshold {threshold}. Bands below it hold near misses found on a sample; "
+                 "look where the pairs stop being the same picture.</p>")
+    for low, high, total, picked in band_pairs:
+        parts.append(band_section(low, min(high, 1.0), total, picked, records, thumbs, threshold))
+    for extra in ("purge.json", "verify.json"):
+        if (run_dir / extra).exists():
+            parts.append(f"<h2>{_esc(extra[:-5])}</h2><pre id='{extra[:-5]}'>{_esc(json.dumps(json.loads((run_dir / extra).read_text()), indent=2))}</pre>")
+    parts.append("</body></html>")
+    with atomic_open(out, "w") as handle:
+        handle.write("\n".join(parts))
+    return out
+
+
+def counts_section(summary: dict | None, manifest) -> str:
+    status = manifest["status"].to_pylist()
+    counts = {s: status.count(s) for s in ("kept", "dropped", "unreadable")}
+    total = len(status)
+    reconciles = total == sum(counts.values()) and (summary is None or summary.get("reconciles"))
+    rows = [("input samples", total), ("kept", counts["kept"]), ("dropped", counts["dropped"])]
+    if summary:
+        rows += [(f"&nbsp;&nbsp;{_esc(k)}", v) for k, v in summary.get("dropped_by_reason", {}).items()]
+    rows.append(("unreadable", counts["unreadable"]))
+    if summary:
+        rows += [(f"&nbsp;&nbsp;{_esc(k)}", v) for k, v in summary.get("unreadable_by_reason", {}).items()]
+        rows.append(("written to output shards", summary.get("written_samples")))
+    table = "".join(f"<tr><td>{label}</td><td class='n'>{value:,}</td></tr>" for label, value in rows if value is not None)
+    check = (f"<p id='reconcile' class='{'ok' if reconciles else 'bad'}'>input = kept + dropped + unreadable: "
+             f"{total:,} = {counts['kept']:,} + {counts['dropped']:,} + {counts['unreadable']:,} "
+             f"{'(reconciles)' if reconciles else '(DOES NOT RECONCILE)'}</p>")
+    shards = ""
+    if summary and summary.get("unreadable_shards"):
+        shards = "<p>Unreadable shards:</p><ul>" + "".join(
+            f"<li>{_esc(s['shard'])}: {_esc(s['reason'])}</li>" for s in summary["unreadable_shards"]) + "</ul>"
+    return f"<h2>Counts</h2><table id='counts'>{table}</table>{check}{shards}"
+
+
+def _figure(record: dict, status: str, thumbs: dict, note: str) -> str:
+    uri = thumbs.get((record["shard"], record["sample_index"]))
+    image = f"<img src='{uri}' alt='{_esc(record['key'])}' data-key='{_esc(record['key'])}'>" if uri else "<div class='muted'>(image unavailable)</div>"
+    caption = _esc((record.get("caption") or "")[:90])
+    return (f"<figure class='{status}'>{image}<figcaption><b>{_esc(record['key'])}</b><br>{_esc(_shard_name(record['shard']))}"
+            f"<br>{note}<br><span class='muted'>{caption}</span></figcaption></figure>")
+
+
+def group_section(group_id: int, rows: list[dict], records: list[dict], status_of: dict, thumbs: dict, embeddings: np.ndarray) -> str:
+    kept = next((r for r in rows if status_of.get((r["shard"], r["sample_index"]), ("",))[0] == "kept"), rows[0])
+    figures = []
+    for record in rows:
+        status = status_of.get((record["shard"], record["sample_index"]), ("unknown", ""))[0]
+        cosine = float(embeddings[record["row"]] @ embeddings[kept["row"]])
+        note = "kept" if record is kept else f"{status}, cos {cosine:.3f} ({_esc(record['match'])})"
+        figures.append(_figure(record, status, thumbs, note))
+    size = records[group_id]["group_size"]
+    return (f"<section class='group' data-group-id='{group_id}' data-group-size='{size}'><h3>group {group_id}: {size} samples"
+            f"{'' if size <= len(rows) else f' (first {len(rows)} shown)'}</h3><div class='strip'>{''.join(figures)}</div></section>")
+
+
+def band_section(low: float, high: float, total: int, picked: list, records: list[dict], thumbs: dict, threshold: float) -> str:
+    side = "duplicates" if low >= threshold else "below the threshold"
+    items = []
+    for i, j, cosine in picked:
+        items.append(f"<div class='pair' data-similarity='{cosine:.4f}'>{_figure(records[i], '', thumbs, '')}"
+                     f"{_figure(records[j], '', thumbs, f'cos {cosine:.4f}')}</div>")
+    return (f"<section class='band' data-low='{low:.3f}'><h3>cosine {low:.3f} to {high:.3f} ({side}): {total:,} pairs seen</h3>"
+            f"<div class='band'>{''.join(items) or '<p class=muted>none</p>'}</div></section>")

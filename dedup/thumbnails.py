@@ -1,0 +1,38 @@
+"""Small JPEG thumbnails of chosen samples, read by streaming each needed shard once."""
+from __future__ import annotations
+
+import base64
+import io
+from collections import defaultdict
+
+from PIL import Image
+
+from dedup.imaging import UnreadableImage, decode
+from dedup.reader import iter_source
+
+
+def thumbnail_uri(image: Image.Image, size: int = 128) -> str:
+    image = image.copy()
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def fetch_thumbnails(wanted: list[tuple[str, int]], size: int = 128) -> dict[tuple[str, int], str]:
+    """(shard, sample_index) -> data URI. A shard is read only up to the last sample wanted from it."""
+    by_shard: dict[str, set[int]] = defaultdict(set)
+    for shard, index in wanted:
+        by_shard[shard].add(index)
+    found: dict[tuple[str, int], str] = {}
+    for shard, indices in by_shard.items():
+        last = max(indices)
+        for sample in iter_source(shard, on_fault=lambda fault: None):
+            if sample.index in indices:
+                try:
+                    found[(shard, sample.index)] = thumbnail_uri(decode(sample.files).image, size)
+                except UnreadableImage:
+                    pass
+            if sample.index >= last:
+                break
+    return found
