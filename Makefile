@@ -3,13 +3,19 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
-setup:
+.PHONY: setup img2dataset demo test
+setup: img2dataset
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	# torch and torchvision as a pair that import together on this machine kind (see README)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -e '.[test,onnx,attack]'
+
+# img2dataset pins old webdataset and pandas: it gets an environment of its own, used by `dedup download`
+img2dataset:
+	$(PY) -m venv .venv-img2dataset
+	.venv-img2dataset/bin/pip install --upgrade pip
+	WANDB_MODE=disabled .venv-img2dataset/bin/pip install img2dataset
 
 demo:
 	$(BIN)/dedup demo demo-data

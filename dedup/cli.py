@@ -276,6 +276,36 @@ def calibrate_command(
         typer.echo(f"table: {run_dir / 'calibration.json'}, plot: {run_dir / 'calibration.png'}")
 
 
+@app.command("download")
+def download_command(
+    url_list: Path = typer.Argument(..., help="Parquet, CSV, TSV, JSON or TXT file of image URLs (and captions)."),
+    out: Path = typer.Argument(..., help="Output folder for the WebDataset shards."),
+    url_col: str = typer.Option("url"),
+    caption_col: Optional[str] = typer.Option("caption"),
+    input_format: Optional[str] = typer.Option(None, help="parquet | csv | tsv | json | txt (default: from the suffix)."),
+    image_size: int = typer.Option(256),
+    resize_mode: str = typer.Option("border", help="no | border | keep_ratio | keep_ratio_largest | center_crop"),
+    processes: int = typer.Option(2),
+    threads: int = typer.Option(16),
+    retries: int = typer.Option(2),
+    timeout: int = typer.Option(10, help="Seconds per request."),
+    samples_per_shard: int = typer.Option(10_000),
+    resume: bool = typer.Option(True, "--resume/--overwrite", help="Skip shards img2dataset already finished."),
+    img2dataset_python: Optional[str] = typer.Option(None, help="Interpreter with img2dataset installed."),
+) -> None:
+    """Download a URL list into shards with img2dataset (dead links and broken images are counted, not fatal)."""
+    from dedup.download import DownloadSettings, download
+
+    with handled() as reporter:
+        settings = DownloadSettings(url_col=url_col, caption_col=caption_col, input_format=input_format, image_size=image_size,
+                                    resize_mode=resize_mode, processes=processes, threads=threads, retries=retries,
+                                    timeout=timeout, samples_per_shard=samples_per_shard, resume=resume)
+        summary = download(url_list, out, settings, img2dataset_python)
+        _print(summary)
+        reporter.info(f"download: {summary['downloaded']} of {summary['urls']} images into {len(summary['shards'])} shards "
+                      f"({summary['failed_to_download']} failed to download, {summary['failed_to_resize']} failed to decode)")
+
+
 @app.command("demo")
 def demo_command(
     out: Path = typer.Argument(Path("demo-data"), help="Where to write the demo shards."),

@@ -102,11 +102,12 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     shards = len(list((root / "in").glob("*.tar")))
     killed_in: dict[str, int] = {}
     for attempt in range(KILLS):
-        if stage_reached(victim, shards) == "done":
-            shutil.rmtree(victim)  # start over, so kills keep landing inside the stages
+        target = STAGES[attempt % 4]
+        if victim.exists() and STAGES.index(stage_reached(victim, shards)) > STAGES.index(target):
+            shutil.rmtree(victim)  # start over, so this kill lands inside its target stage
         process = subprocess.Popen([*DEDUP, "--quiet", "run", str(root / "in"), "--run-dir", str(victim), *RUN_ARGS],
                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-        stage = kill_inside(process, victim, shards, STAGES[attempt % 4], rng)
+        stage = kill_inside(process, victim, shards, target, rng)
         killed_in[stage] = killed_in.get(stage, 0) + 1
         for path in victim.rglob("*"):
             if path.is_file():
