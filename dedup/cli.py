@@ -180,6 +180,7 @@ def run_command(
     threshold: Optional[str] = typer.Option(None, help="Cosine similarity threshold, or 'off'."),
     policy: Optional[str] = typer.Option(None, help="one | cap:K | none"),
     workers: Optional[int] = typer.Option(None, help="Shard processes for embed and write."),
+    verify: Optional[str] = typer.Option(None, "--verify", help="Then prove it: run `dedup verify` with this preset."),
 ) -> None:
     """embed -> find -> select -> write, from a config with command-line overrides."""
     from dedup.pipeline import run
@@ -199,6 +200,10 @@ def run_command(
             f"[bold]{summary['input_samples']}[/bold] samples in: {summary['kept']} kept, {summary['dropped']} dropped as "
             f"duplicates, {summary['unreadable']} unreadable -> {summary['output_dir']}"
         )
+        if verify:
+            from dedup.attack.verify import load_preset, verify as verify_stage, verify_settings
+
+            print_verify_table(verify_stage(settings.run_dir, verify_settings(load_preset(verify), verify), reporter=reporter), reporter)
 
 
 @app.command("purge")
@@ -304,6 +309,38 @@ def download_command(
         _print(summary)
         reporter.info(f"download: {summary['downloaded']} of {summary['urls']} images into {len(summary['shards'])} shards "
                       f"({summary['failed_to_download']} failed to download, {summary['failed_to_resize']} failed to decode)")
+
+
+@app.command("verify")
+def verify_command(
+    run_dir: Path = typer.Argument(..., help="The run folder (planted data and the dedup run go here when the preset plants)."),
+    preset: str = typer.Option("cifar-quick", "--preset", "-p", help="configs/verify-PRESET.toml, or a path."),
+    shards: Optional[List[str]] = typer.Option(None, "--shards", help="Verify these shards instead of the preset's planted data."),
+) -> None:
+    """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction."""
+    from dedup.pipeline import verify_run
+
+    with handled() as reporter:
+        report = verify_run(preset, run_dir, reporter, shards)
+        print_verify_table(report, reporter)
+
+
+def print_verify_table(report: dict, reporter: Reporter) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"verify: model A (original, {report['training_images']['A']} images) vs B (deduplicated, {report['training_images']['B']})")
+    table.add_column("measure")
+    table.add_column("A", justify="right")
+    table.add_column("B", justify="right")
+    for label, key in (("membership AUC, duplicated vs held-out", "membership_auc_duplicated_vs_heldout"),
+                       ("membership AUC, unique vs held-out", "membership_auc_unique_vs_heldout"),
+                       ("images extracted", "extracted_images"),
+                       ("generations", "generations"),
+                       ("training seconds", None)):
+        values = [str(report[m]["training"]["seconds"] if key is None else report[m][key]) for m in ("A", "B")]
+        table.add_row(label, *values)
+    reporter.console.print(table)
+    typer.echo(json.dumps({k: report[k] for k in ("extracted_reduction", "figures", "seconds")}, indent=2))
 
 
 @app.command("demo")

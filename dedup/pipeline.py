@@ -59,3 +59,30 @@ def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Pa
     if write_output:
         summary["write"] = write(store, run_dir, settings.output_dir(), settings.write, engine=engine, reporter=reporter)
     return summary
+
+
+def verify_run(preset_name: str, run_dir: str | Path, reporter: Reporter = SILENT, shards: list[str] | None = None) -> dict:
+    """A verify preset end to end: plant its data (if it says so), `dedup run`, then train and attack A and B."""
+    from dedup.attack.verify import load_preset, verify, verify_settings
+    from dedup.planting import plant
+    from dedup.settings import load_settings
+
+    preset = load_preset(preset_name)
+    settings_for_verify = verify_settings(preset, preset_name)
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        if shards is None and "plant" in preset:
+            options = dict(preset["plant"])
+            data = run_dir / "data"
+            if not (data / "planted.json").exists():
+                reporter.info(f"verify: planting {options.get('sources')} images x {options.get('copies')} copies into {data}")
+                plant(options.pop("source"), data, sources=options.pop("sources", 10), copies=options.pop("copies", 100),
+                      transforms=tuple(options.pop("transforms", ("exact", "reencode"))), limit=options.pop("unique", None),
+                      shard_size=options.pop("shard_size", None), seed=options.pop("seed", 0))
+            shards = [str(data)]
+        if not shards:
+            raise SettingsError(f"preset {preset_name!r} plants no data; give the shards to verify")
+        settings = load_settings((preset.get("dedup") or {}).get("config", "offline"))
+        settings.shards, settings.run_dir = list(shards), str(run_dir)
+        run(settings, reporter=reporter)
+    return verify(run_dir, settings_for_verify, reporter=reporter)
