@@ -59,6 +59,16 @@ def _settings(config: Optional[str], overrides: Optional[List[str]], **cli: dict
     return apply(settings, {k: v for k, v in values.items() if v}, "command line")
 
 
+def _place(settings: RunSettings, shards: Optional[List[str]], run_dir: Optional[Path], out: Optional[Path]) -> None:
+    """Command-line inputs and folders win over the config's."""
+    if shards:
+        settings.shards = list(shards)
+    if run_dir:
+        settings.run_dir = str(run_dir)
+    if out:
+        settings.output = str(out)
+
+
 def _print(summary: dict) -> None:
     if not STATE["reporter"].quiet:
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -188,12 +198,7 @@ def run_command(
     with handled() as reporter:
         settings = _settings(config, overrides, embed=dict(embedder=embedder, pretrained=pretrained, workers=workers),
                              find=dict(threshold=threshold), select=dict(policy=policy), write=dict(workers=workers))
-        if shards:
-            settings.shards = list(shards)
-        if run_dir:
-            settings.run_dir = str(run_dir)
-        if out:
-            settings.output = str(out)
+        _place(settings, shards, run_dir, out)
         summary = run(settings, reporter=reporter)
         _print(summary)
         reporter.info(
@@ -224,12 +229,7 @@ def purge_command(
 
     with handled() as reporter:
         settings = _settings(config, overrides, find=dict(threshold=threshold, phash_radius=phash_radius))
-        if shards:
-            settings.shards = list(shards)
-        if run_dir:
-            settings.run_dir = str(run_dir)
-        if out:
-            settings.output = str(out)
+        _place(settings, shards, run_dir, out)
         _print(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
 
 

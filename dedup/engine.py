@@ -27,6 +27,7 @@ class UnitResult:
     name: str
     value: Any = None
     error: str | None = None
+    kind: str | None = None  # the exception class, so a stage can keep "bad input" apart from a bug
 
     @property
     def ok(self) -> bool:
@@ -40,8 +41,8 @@ def _call(unit: Unit) -> UnitResult:
         from dedup.errors import DedupError
 
         if isinstance(error, DedupError):
-            return UnitResult(unit.name, error=str(error))
-        return UnitResult(unit.name, error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+            return UnitResult(unit.name, error=str(error), kind=type(error).__name__)
+        return UnitResult(unit.name, error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}", kind=type(error).__name__)
 
 
 class LocalEngine:
@@ -85,3 +86,25 @@ def make_engine(name: str, workers: int = 1, address: str | None = None):
 
 def failed(results: Iterable[UnitResult]) -> list[UnitResult]:
     return [r for r in results if not r.ok]
+
+
+def run_units(engine, units: Sequence[Unit], stage: str, total: int, what: str, reporter) -> list[UnitResult]:
+    """Run a stage's pending units with progress; raise once, naming the failed units, if any failed.
+
+    `total` counts every unit of the stage, finished ones included, so progress and messages tell the
+    whole stage, not just this rerun's share.
+    """
+    from dedup.errors import DedupError, InputError
+
+    done = total - len(units)
+    if done:
+        reporter.info(f"{stage}: {done} of {total} {what} already done, {len(units)} to go")
+    with reporter.task(stage, total=total) as progress:
+        progress.advance(done)
+        results = engine.map(units, on_done=lambda r: progress.advance(1, samples=(r.value or {}).get("samples", 0)))
+    problems = failed(results)
+    if problems:
+        listing = "; ".join(f"{r.name}: {r.error.splitlines()[0]}" for r in problems[:5])
+        error = InputError if any(r.kind == "InputError" for r in problems) else DedupError
+        raise error(f"{stage}: {len(problems)} of {len(units)} {what} failed ({listing}); rerun the same command to retry them")
+    return results

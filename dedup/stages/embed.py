@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from dedup.atomic import remove_stale_temporaries
 from dedup.embedders import Embedder, build_embedder
-from dedup.engine import LocalEngine, Unit, failed
-from dedup.errors import DedupError, InputError, SettingsError
+from dedup.engine import LocalEngine, Unit, run_units
+from dedup.errors import InputError, SettingsError
 from dedup.imaging import UnreadableImage, caption_of, decode
 from dedup.progress import SILENT, Reporter
 from dedup.reader import Fault, Sample, iter_source
@@ -148,6 +148,9 @@ def check_store_spec(store: EmbeddingStore, spec: dict) -> None:
             f"{store.root} was made for a different list of shards ({len(existing.get('shards', []))} before, "
             f"{len(spec['shards'])} now); use another folder for other input"
         )
+    limit = max(existing.get("max_member_bytes", 0), spec["max_member_bytes"])
+    if existing.get("max_member_bytes") != limit:  # write must copy whatever any embed pass accepted
+        store.write_spec({**existing, "max_member_bytes": limit})
 
 
 def embed(
@@ -164,7 +167,7 @@ def embed(
     embedder = cached_embedder(settings)  # fails fast on missing weights, before any shard is read
     store = EmbeddingStore(out)
     remove_stale_temporaries(store.root)
-    check_store_spec(store, {"embedder": embedder.spec(), "shards": urls})
+    check_store_spec(store, {"embedder": embedder.spec(), "shards": urls, "max_member_bytes": settings.max_member_bytes})
 
     done = store.completed_parts()
     units = [
@@ -172,16 +175,7 @@ def embed(
         for part, url in enumerate(urls)
         if part not in done
     ]
-    if done:
-        reporter.info(f"embed: {len(done)} of {len(urls)} shards already done, {len(units)} to go")
-    engine = engine or LocalEngine(settings.workers)
-    with reporter.task("embed", total=len(urls)) as progress:
-        progress.advance(len(done))
-        results = engine.map(units, on_done=lambda r: progress.advance(1, samples=(r.value or {}).get("samples", 0)))
-    problems = failed(results)
-    if problems:
-        listing = "; ".join(f"{r.name}: {r.error.splitlines()[0]}" for r in problems[:5])
-        raise DedupError(f"embed: {len(problems)} shard(s) failed ({listing}); rerun the same command to retry them")
+    run_units(engine or LocalEngine(settings.workers), units, "embed", len(urls), "shards", reporter)
     return summarize_store(store, urls, reporter)
 
 

@@ -17,10 +17,10 @@ import pyarrow.compute as pc
 import webdataset as wds
 
 from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
-from dedup.engine import LocalEngine, Unit, failed
+from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
-from dedup.reader import iter_source
+from dedup.reader import DEFAULT_MAX_MEMBER_BYTES, iter_source
 from dedup.settings import WriteSettings
 from dedup.sources import fingerprint, is_remote
 from dedup.stages.select import load_manifest
@@ -207,28 +207,18 @@ def write(
 
     plan = plan_output(manifest, settings.samples_per_shard)
     _remove_outputs_beyond(out_dir, settings.prefix, len(plan))
-    units, done = [], []
+    # read members with the limit embed used, so every sample it accepted can be copied
+    max_member_bytes = (store.read_spec() or {}).get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES)
+    units = []
     for number, rows in enumerate(plan):
         marker = out_dir / f"{settings.prefix}-{number:05d}_stats.json"
         if marker.exists() and (out_dir / shard_name(settings.prefix, number)).exists() and read_json(marker).get("plan_digest") == plan_digest(rows):
-            done.append(number)
             continue
         units.append(Unit(f"write:{number}", write_output_shard, {
             "number": number, "rows": rows, "out_dir": str(out_dir), "prefix": settings.prefix,
-            "max_member_bytes": 256 * 1024 * 1024,
+            "max_member_bytes": max_member_bytes,
         }))
-    if done:
-        reporter.info(f"write: {len(done)} of {len(plan)} output shards already done, {len(units)} to go")
-    engine = engine or LocalEngine(settings.workers)
-    with reporter.task("write", total=len(plan)) as progress:
-        progress.advance(len(done))
-        results = engine.map(units, on_done=lambda r: progress.advance(1, samples=(r.value or {}).get("samples", 0)))
-    problems = failed(results)
-    if problems:
-        first = problems[0].error.splitlines()[0]
-        raise (InputError if "changed since embed" in first else DedupError)(
-            f"write: {len(problems)} output shard(s) failed: {first}; rerun the same command to retry"
-        )
+    run_units(engine or LocalEngine(settings.workers), units, "write", len(plan), "output shards", reporter)
     shard_stats = [read_json(out_dir / f"{settings.prefix}-{n:05d}_stats.json") for n in range(len(plan))]
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
