@@ -129,8 +129,9 @@ def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
     return index
 
 
-def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """All (query, hit) pairs with inner product >= threshold; query ids start at `offset`."""
+def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+    """All (query, hit) pairs with inner product >= threshold; query ids start at `offset`.
+    `on_batch(n)` is called after each batch of n queries (progress)."""
     a_parts, b_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     radius = np.nextafter(np.float32(threshold), np.float32(-np.inf))  # faiss keeps similarity > radius
     for start in range(0, len(queries), QUERY_BATCH):
@@ -139,21 +140,25 @@ def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0) -
         counts = np.diff(lims).astype(np.int64)
         a_parts.append(np.repeat(np.arange(offset + start, offset + start + len(batch)), counts))
         b_parts.append(found.astype(np.int64))
+        if on_batch:
+            on_batch(len(batch))
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
-def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float, settings: FindSettings) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float, settings: FindSettings,
+                      on_batch=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
     """All (query row, indexed row) with cosine >= threshold, through an index chosen by size and budget."""
     if settings.threads:
         faiss.omp_set_num_threads(settings.threads)
     choice = choose_index(len(indexed), indexed.shape[1], settings)
     index = build_index(indexed, choice)
-    q, r = range_pairs(index, queries, threshold)
+    q, r = range_pairs(index, queries, threshold, on_batch=on_batch)
     return q, r, choice
 
 
-def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
-    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings)
+def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings,
+                    on_batch=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch)
     a, b = _ordered_unique(a, b)
     return a, b, choice
 

@@ -145,3 +145,25 @@ def test_missing_clip_weights_fail_fast_with_instructions(tmp_path):
 def test_expand_reports_missing_path():
     with pytest.raises(InputError, match="does not exist"):
         expand_shards("/no/such/shard.tar")
+
+
+def test_log_json_records_every_stage(tmp_path):
+    log = tmp_path / "events.jsonl"
+    run_cli("--quiet", "--log-json", log, "run", FLICKR / "flickr8k-224-00008.tar", "--config", "offline",
+            "--run-dir", tmp_path / "run")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = [e["stage"] for e in events if e["event"] == "stage_start"]
+    assert starts == ["embed", "find: embedding search", "write"]
+    assert all(e["event"] in ("stage_start", "stage_end", "progress", "info", "warning", "find_done", "write_done") for e in events)
+    done = next(e for e in events if e["event"] == "write_done")
+    assert done["input_samples"] == 91 and done["reconciles"] is True
+    progress = [e for e in events if e["event"] == "progress" and e["stage"] == "embed"]
+    assert progress and progress[-1]["samples"] == 91 and progress[-1]["samples_per_s"] > 0
+
+
+def test_errors_are_logged_as_json_too(tmp_path):
+    log = tmp_path / "events.jsonl"
+    result = run_cli("--log-json", log, "run", "/no/such.tar", check=False)
+    assert result.returncode == 2
+    event = json.loads(log.read_text().splitlines()[-1])
+    assert event["event"] == "error" and event["exit_code"] == 2 and "does not exist" in event["message"]

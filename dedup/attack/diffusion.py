@@ -70,7 +70,7 @@ def train(images: np.ndarray, labels: np.ndarray | None, settings: ModelSettings
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if log and (step + 1) % max(1, settings.train_steps // 10) == 0:
             log(f"step {step + 1}/{settings.train_steps}: loss {np.mean(losses[-50:]):.4f}")
     model.eval()

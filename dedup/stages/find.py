@@ -62,7 +62,9 @@ def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, sett
     search_at = [t for t in (settings.threshold, settings.corroborate_threshold) if t is not None]
     if search_at and rows > 1:
         started = time.perf_counter()
-        a, b, choice = search.embedding_pairs(embeddings, min(search_at), settings)
+        with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
+            a, b, choice = search.embedding_pairs(embeddings, min(search_at), settings,
+                                                  on_batch=lambda n: progress.advance(n, samples=n))
         similarity = search.cosine(embeddings, a, b)
         if settings.threshold is not None:
             alone = similarity >= settings.threshold
