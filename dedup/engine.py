@@ -12,7 +12,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from dedup.errors import SettingsError
 
 
 @dataclass
@@ -72,16 +71,6 @@ class LocalEngine:
                     on_done(result)
         order = {unit.name: i for i, unit in enumerate(units)}
         return sorted(results, key=lambda r: order[r.name])
-
-
-def make_engine(name: str, workers: int = 1, address: str | None = None):
-    if name == "local":
-        return LocalEngine(workers)
-    if name == "ray":
-        from dedup.ray_engine import RayEngine
-
-        return RayEngine(workers=workers, address=address)
-    raise SettingsError(f"unknown engine {name!r}; choose local or ray")
 
 
 def failed(results: Iterable[UnitResult]) -> list[UnitResult]:
