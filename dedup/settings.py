@@ -64,6 +64,11 @@ class FindSettings:
     exact_search_max: int = 20_000
     threads: int = 0  # 0: all cores
 
+    def search_threshold(self) -> float | None:
+        """The cosine the embedding search must reach to serve every embedding-based signal; None: no search."""
+        wanted = [t for t in (self.threshold, self.corroborate_threshold) if t is not None]
+        return min(wanted) if wanted else None
+
     def validate(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise SettingsError(f"threshold must be in (0, 1] (a cosine similarity), got {self.threshold}")

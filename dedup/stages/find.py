@@ -59,21 +59,13 @@ def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, sett
         started = time.perf_counter()
         found["phash"] = search.phash_pairs(phash, settings.phash_radius, phash_present)
         timings["phash"] = time.perf_counter() - started
-    search_at = [t for t in (settings.threshold, settings.corroborate_threshold) if t is not None]
-    if search_at and rows > 1:
+    if settings.search_threshold() is not None and rows > 1:
         started = time.perf_counter()
         with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
-            a, b, choice = search.embedding_pairs(embeddings, min(search_at), settings,
+            a, b, choice = search.embedding_pairs(embeddings, settings.search_threshold(), settings,
                                                   on_batch=lambda n: progress.advance(n, samples=n))
-        similarity = search.cosine(embeddings, a, b)
-        if settings.threshold is not None:
-            alone = similarity >= settings.threshold
-            found["embedding"] = (a[alone], b[alone])
-        if settings.corroborate_threshold is not None:
-            both_hashed = phash_present[a] & phash_present[b]
-            agree = (similarity >= settings.corroborate_threshold) & both_hashed
-            agree[agree] = search.hamming(phash, a[agree], b[agree]) <= settings.corroborate_radius
-            found["embedding+phash"] = (a[agree], b[agree])
+        masks = search.signal_masks(search.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings)
+        found.update({signal: (a[mask], b[mask]) for signal, mask in masks.items()})
         timings["embedding"] = time.perf_counter() - started
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
         reporter.info(f"find: {choice.reason}")

@@ -49,17 +49,11 @@ def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple
         t_rows, r_rows = np.flatnonzero(train_has), np.flatnonzero(reference_has)
         q, r = search.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
         found["phash"] = (t_rows[q], r_rows[r])
-    search_at = [t for t in (settings.threshold, settings.corroborate_threshold) if t is not None]
-    if search_at:
-        q, r, _ = search.embedding_matches(train.embeddings, reference.embeddings, min(search_at), settings)
+    if settings.search_threshold() is not None:
+        q, r, _ = search.embedding_matches(train.embeddings, reference.embeddings, settings.search_threshold(), settings)
         similarity = np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
-        if settings.threshold is not None:
-            alone = similarity >= settings.threshold
-            found["embedding"] = (q[alone], r[alone])
-        if settings.corroborate_threshold is not None:
-            agree = (similarity >= settings.corroborate_threshold) & train_has[q] & reference_has[r]
-            agree[agree] = search.hamming_between(train_hash[q[agree]], reference_hash[r[agree]]) <= settings.corroborate_radius
-            found["embedding+phash"] = (q[agree], r[agree])
+        masks = search.signal_masks(similarity, train_hash[q], train_has[q], reference_hash[r], reference_has[r], settings)
+        found.update({signal: (q[mask], r[mask]) for signal, mask in masks.items()})
     return found
 
 
