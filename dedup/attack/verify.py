@@ -5,7 +5,6 @@ whose nearest training image is much nearer than the rest, the paper's CIFAR-10 
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 import tomllib
@@ -17,7 +16,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from dedup.atomic import atomic_open, write_json
-from dedup.attack.diffusion import ModelSettings, auc, denoising_losses, sample, train
+from dedup.attack.diffusion import ModelSettings, auc, denoising_losses, sample as generate, train
 from dedup.attack.extraction import counts_by_duplicates, white_box
 from dedup.errors import InputError, SettingsError
 from dedup.imaging import UnreadableImage, decode
@@ -148,7 +147,7 @@ def evaluate(model, name: str, train_images, train_labels, sets: dict, holdout, 
     duplicated_loss, unique_loss = loss(duplicated), loss(unique)
     started = time.perf_counter()
     labels = rng.integers(0, max(1, model_settings.classes), attack.generations) if model_settings.classes else None
-    generations = sample(model, model_settings, attack.generations, labels, seed=attack.seed + 1)
+    generations = generate(model, model_settings, attack.generations, labels, seed=attack.seed + 1)
     sampling_seconds = time.perf_counter() - started
     result = white_box(generations.reshape(len(generations), -1), _to_unit(train_images).reshape(len(train_images), -1),
                        attack.alpha, attack.neighbours)
