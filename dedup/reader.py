@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import os
 from pathlib import Path
@@ -167,3 +167,19 @@ def iter_source(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAUL
     if not is_remote(url) and (os.path.isdir(url) or is_image_name(url)):
         return iter_images(url, on_fault, max_member_bytes)
     return iter_shard(url, on_fault, max_member_bytes)
+
+
+def iter_selected(wanted: Iterable[tuple[str, int]], max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Sample]:
+    """The samples at the given (shard, sample_index) places, shard by shard in the order first named;
+    each shard is read only up to the last index wanted from it. Faults were recorded when the shard was
+    embedded, so they are not reported again."""
+    by_shard: dict[str, set[int]] = {}
+    for shard, index in wanted:
+        by_shard.setdefault(shard, set()).add(index)
+    for shard, indices in by_shard.items():
+        last = max(indices)
+        for sample in iter_source(shard, lambda fault: None, max_member_bytes):
+            if sample.index in indices:
+                yield sample
+            if sample.index >= last:
+                break

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import base64
 import io
-from collections import defaultdict
 
 from PIL import Image
 
 from dedup.imaging import UnreadableImage, decode
-from dedup.reader import iter_source
+from dedup.reader import iter_selected
 
 
 def thumbnail_uri(image: Image.Image, size: int = 128) -> str:
@@ -21,18 +20,10 @@ def thumbnail_uri(image: Image.Image, size: int = 128) -> str:
 
 def fetch_thumbnails(wanted: list[tuple[str, int]], size: int = 128) -> dict[tuple[str, int], str]:
     """(shard, sample_index) -> data URI. A shard is read only up to the last sample wanted from it."""
-    by_shard: dict[str, set[int]] = defaultdict(set)
-    for shard, index in wanted:
-        by_shard[shard].add(index)
     found: dict[tuple[str, int], str] = {}
-    for shard, indices in by_shard.items():
-        last = max(indices)
-        for sample in iter_source(shard, on_fault=lambda fault: None):
-            if sample.index in indices:
-                try:
-                    found[(shard, sample.index)] = thumbnail_uri(decode(sample.files).image, size)
-                except UnreadableImage:
-                    pass
-            if sample.index >= last:
-                break
+    for sample in iter_selected(wanted):
+        try:
+            found[(sample.shard, sample.index)] = thumbnail_uri(decode(sample.files).image, size)
+        except UnreadableImage:
+            pass
     return found

@@ -21,7 +21,7 @@ from dedup.attack.extraction import counts_by_duplicates, white_box
 from dedup.errors import InputError, SettingsError
 from dedup.imaging import UnreadableImage, decode
 from dedup.progress import SILENT, Reporter
-from dedup.reader import iter_source
+from dedup.reader import iter_selected, iter_source
 from dedup.sources import expand_shards
 from dedup.stages.select import load_manifest
 
@@ -82,30 +82,23 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
 
 def load_images(rows: list[tuple[str, int]], resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 3, r, r) in [-1, 1] and class labels (json label_id, else 0), in the order of `rows`."""
-    wanted: dict[str, dict[int, int]] = {}
-    for position, (shard, index) in enumerate(rows):
-        wanted.setdefault(shard, {})[index] = position
+    position_of = {place: position for position, place in enumerate(rows)}
     images = np.zeros((len(rows), 3, resolution, resolution), np.float32)
     labels = np.zeros(len(rows), np.int64)
     found = 0
-    for shard, positions in wanted.items():
-        last = max(positions)
-        for sample in iter_source(shard, on_fault=lambda fault: None):
-            if sample.index in positions:
-                try:
-                    image = decode(sample.files).image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-                except UnreadableImage:
-                    continue
-                position = positions[sample.index]
-                images[position] = np.asarray(image, np.float32).transpose(2, 0, 1) / 127.5 - 1
-                if "json" in sample.files:
-                    try:
-                        labels[position] = int(json.loads(sample.files["json"]).get("label_id", 0))
-                    except (ValueError, TypeError, AttributeError):
-                        pass
-                found += 1
-            if sample.index >= last:
-                break
+    for sample in iter_selected(rows):
+        try:
+            image = decode(sample.files).image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        except UnreadableImage:
+            continue
+        position = position_of[(sample.shard, sample.index)]
+        images[position] = np.asarray(image, np.float32).transpose(2, 0, 1) / 127.5 - 1
+        if "json" in sample.files:
+            try:
+                labels[position] = int(json.loads(sample.files["json"]).get("label_id", 0))
+            except (ValueError, TypeError, AttributeError):
+                pass
+        found += 1
     if found != len(rows):
         raise InputError(f"{len(rows) - found} training images could not be read back; did the shards change since the run?")
     return images, labels

@@ -73,20 +73,20 @@ def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, sett
     return found, info
 
 
-def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_present: np.ndarray) -> pa.Table:
-    """One row per unordered pair, labelled with the first signal (in SIGNALS order) that found it."""
-    a_parts, b_parts, code_parts = [], [], []
+def stack_signals(found: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of every signal as (a, b, signal code), codes in SIGNALS order (lower = stronger)."""
+    a_parts, b_parts, code_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int8)]
     for code, signal in enumerate(SIGNALS):
         if signal in found:
-            a, b = found[signal]
-            a_parts.append(a)
-            b_parts.append(b)
-            code_parts.append(np.full(len(a), code, dtype=np.int8))
-    if not a_parts:
-        a = b = np.zeros(0, np.int64)
-        codes = np.zeros(0, np.int8)
-    else:
-        a, b, codes = np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(code_parts)
+            a_parts.append(found[signal][0])
+            b_parts.append(found[signal][1])
+            code_parts.append(np.full(len(found[signal][0]), code, dtype=np.int8))
+    return np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(code_parts)
+
+
+def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_present: np.ndarray) -> pa.Table:
+    """One row per unordered pair, labelled with the first signal (in SIGNALS order) that found it."""
+    a, b, codes = stack_signals(found)
     packed = a * (1 << 32) + b
     order = np.lexsort((codes, packed))
     first = np.ones(len(order), dtype=bool)
@@ -106,26 +106,30 @@ def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_pr
     )
 
 
+def best_partner(rows: int, node: np.ndarray, partner: np.ndarray, codes: np.ndarray,
+                 similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of `rows`, the partner of its best candidate (strongest signal, then highest similarity),
+    that similarity and that signal's code; -1, NaN and -1 where a row has no candidate."""
+    order = np.lexsort((-similarity, codes, node))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = node[order][1:] != node[order][:-1]
+    chosen = order[first]
+    best = np.full(rows, -1, dtype=np.int64)
+    best_similarity = np.full(rows, np.nan, dtype=np.float32)
+    best_code = np.full(rows, -1, dtype=np.int8)
+    best[node[chosen]] = partner[chosen]
+    best_similarity[node[chosen]] = similarity[chosen]
+    best_code[node[chosen]] = codes[chosen]
+    return best, best_similarity, best_code
+
+
 def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each row, the partner of its best pair (strongest signal, then highest similarity); -1 if none."""
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     codes = np.array([SIGNALS.index(s) for s in pairs["signal"].to_pylist()], dtype=np.int8)
     similarity = pairs["similarity"].to_numpy()
-    node = np.concatenate([a, b])
-    partner = np.concatenate([b, a])
-    code2 = np.concatenate([codes, codes])
-    sim2 = np.concatenate([similarity, similarity])
-    order = np.lexsort((-sim2, code2, node))
-    best = np.ones(len(order), dtype=bool)
-    best[1:] = node[order][1:] != node[order][:-1]
-    chosen = order[best]
-    nearest = np.full(rows, -1, dtype=np.int64)
-    nearest_sim = np.full(rows, np.nan, dtype=np.float32)
-    nearest_code = np.full(rows, -1, dtype=np.int8)
-    nearest[node[chosen]] = partner[chosen]
-    nearest_sim[node[chosen]] = sim2[chosen]
-    nearest_code[node[chosen]] = code2[chosen]
-    return nearest, nearest_sim, nearest_code
+    return best_partner(rows, np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([codes, codes]),
+                        np.concatenate([similarity, similarity]))
 
 
 def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | None = None, reporter: Reporter = SILENT) -> dict:

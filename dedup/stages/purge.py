@@ -20,7 +20,7 @@ from dedup.atomic import write_json, write_parquet
 from dedup.errors import SettingsError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
-from dedup.stages.find import SIGNALS, phash_columns
+from dedup.stages.find import SIGNALS, best_partner, phash_columns, stack_signals
 from dedup.stages.select import MANIFEST_SCHEMA, load_manifest, unreadable_rows
 from dedup.store import EmbeddingStore
 
@@ -59,25 +59,9 @@ def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple
 
 def best_reference(rows: int, found: dict, train_embeddings: np.ndarray, reference_embeddings: np.ndarray):
     """For each training row, its best reference match (strongest signal, then highest cosine); -1 if none."""
-    q_parts, r_parts, code_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int8)]
-    for code, signal in enumerate(SIGNALS):
-        if signal in found:
-            q_parts.append(found[signal][0])
-            r_parts.append(found[signal][1])
-            code_parts.append(np.full(len(found[signal][0]), code, np.int8))
-    q, r, codes = np.concatenate(q_parts), np.concatenate(r_parts), np.concatenate(code_parts)
+    q, r, codes = stack_signals(found)
     similarity = np.einsum("ij,ij->i", train_embeddings[q], reference_embeddings[r]) if len(q) else np.zeros(0, np.float32)
-    order = np.lexsort((-similarity, codes, q))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = q[order][1:] != q[order][:-1]
-    chosen = order[first]
-    best = np.full(rows, -1, np.int64)
-    best_similarity = np.full(rows, np.nan, np.float32)
-    best_code = np.full(rows, -1, np.int8)
-    best[q[chosen]] = r[chosen]
-    best_similarity[q[chosen]] = similarity[chosen]
-    best_code[q[chosen]] = codes[chosen]
-    return best, best_similarity, best_code
+    return best_partner(rows, q, r, codes, similarity)
 
 
 def base_manifest(run_dir: Path, train) -> pa.Table:

@@ -20,7 +20,7 @@ from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
-from dedup.reader import DEFAULT_MAX_MEMBER_BYTES, iter_source
+from dedup.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
 from dedup.settings import WriteSettings
 from dedup.sources import fingerprint, is_remote
 from dedup.stages.select import load_manifest
@@ -50,45 +50,40 @@ def shard_name(prefix: str, number: int) -> str:
 def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int) -> dict:
     """Copy the samples listed in `rows` (in order) into one output shard."""
     started = time.perf_counter()
-    by_shard: dict[str, dict[int, str]] = {}
-    for row in rows:
-        by_shard.setdefault(row["shard"], {})[row["sample_index"]] = row["key"]
+    expected = {(row["shard"], row["sample_index"]): row["key"] for row in rows}
     path = Path(out_dir) / shard_name(prefix, number)
-    written, payload_bytes, previous_key, renamed = 0, 0, None, []
+    written, payload_bytes, previous_key, renamed = set(), 0, None, []
     with atomic_open(path, "wb") as handle:
         writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
-        for shard, wanted in by_shard.items():
-            last_needed = max(wanted)
-            found = 0
-            for sample in iter_source(shard, on_fault=lambda fault: None, max_member_bytes=max_member_bytes):
-                if sample.index in wanted:
-                    if sample.key != wanted[sample.index]:
-                        raise InputError(
-                            f"shard {shard} changed since embed: sample {sample.index} is now {sample.key!r}, "
-                            f"was {wanted[sample.index]!r}; rerun from `dedup embed` with a new run folder"
-                        )
-                    key = sample.key
-                    if key == previous_key:
-                        # two samples with one key side by side would be read back as one sample
-                        key = f"{sample.key}_dup-{Path(shard).name.split('.')[0]}-{sample.index}"
-                        renamed.append({"shard": shard, "sample_index": sample.index, "key": sample.key, "written_as": key})
-                    payload_bytes += writer.write({"__key__": key, **sample.files})
-                    previous_key = key
-                    written += 1
-                    found += 1
-                if sample.index >= last_needed:
-                    break
-            if found != len(wanted):
-                raise InputError(f"shard {shard} changed since embed: {len(wanted) - found} kept samples are gone")
+        for sample in iter_selected(expected, max_member_bytes):
+            was = expected[(sample.shard, sample.index)]
+            if sample.key != was:
+                raise InputError(
+                    f"shard {sample.shard} changed since embed: sample {sample.index} is now {sample.key!r}, "
+                    f"was {was!r}; rerun from `dedup embed` with a new run folder"
+                )
+            key = sample.key
+            if key == previous_key:
+                # two samples with one key side by side would be read back as one sample
+                key = f"{sample.key}_dup-{Path(sample.shard).name.split('.')[0]}-{sample.index}"
+                renamed.append({"shard": sample.shard, "sample_index": sample.index, "key": sample.key, "written_as": key})
+            payload_bytes += writer.write({"__key__": key, **sample.files})
+            previous_key = key
+            written.add((sample.shard, sample.index))
+        missing = [place for place in expected if place not in written]
+        if missing:
+            shard = missing[0][0]
+            gone = sum(1 for place in missing if place[0] == shard)
+            raise InputError(f"shard {shard} changed since embed: {gone} kept samples are gone")
         writer.close()
     stats = {
         "shard": path.name,
-        "samples": written,
+        "samples": len(written),
         "payload_bytes": payload_bytes,
         "tar_bytes": path.stat().st_size,
         "plan_digest": plan_digest(rows),
         "renamed_keys": renamed,
-        "inputs": sorted(by_shard),
+        "inputs": sorted({shard for shard, _ in expected}),
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json(Path(out_dir) / f"{prefix}-{number:05d}_stats.json", stats)
