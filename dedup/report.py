@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dedup import search
@@ -71,12 +73,18 @@ def _shard_name(shard: str | None) -> str:
     return (shard or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-def choose_groups(groups, max_groups: int) -> list[int]:
+def duplicate_groups(groups) -> tuple[np.ndarray, np.ndarray, int]:
+    """Ids and sizes of the groups holding more than one sample, and how many samples they hold."""
     sizes = groups["group_size"].to_numpy()
-    ids = groups["group_id"].to_numpy()
     multi = sizes > 1
-    pairs = sorted({(int(-s), int(g)) for s, g in zip(sizes[multi], ids[multi])})
-    return [g for _, g in pairs[:max_groups]]
+    ids, first = np.unique(groups["group_id"].to_numpy()[multi], return_index=True)
+    return ids, sizes[multi][first], int(multi.sum())
+
+
+def choose_groups(groups, max_groups: int) -> list[int]:
+    """The largest groups, ties broken by group id, so the choice is the same on every run."""
+    ids, sizes, _ = duplicate_groups(groups)
+    return ids[np.lexsort((ids, -sizes))][:max_groups].tolist()
 
 
 def similarity_bands(threshold: float) -> list[tuple[float, float]]:
@@ -113,16 +121,14 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings:
     store = EmbeddingStore(embeddings or run_dir / "embeddings").load()
     threshold = (find_info.get("settings") or {}).get("threshold") or 0.95
 
-    status_of = {(s, i): (st, r) for s, i, st, r in zip(manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist(),
-                                                        manifest["status"].to_pylist(), manifest["reason"].to_pylist())}
     chosen_groups = choose_groups(groups, max_groups)
-    records = groups.to_pylist()
+    shown = groups.filter(pc.is_in(groups["group_id"], value_set=pa.array(chosen_groups, pa.int64()))).to_pylist()
+    status_of = statuses(manifest, shown)
     members: dict[int, list[dict]] = {g: [] for g in chosen_groups}
-    for record in records:
-        if record["group_id"] in members:
-            members[record["group_id"]].append(record)
+    for record in shown:
+        members[record["group_id"]].append(record)
     for group_id, rows in members.items():
-        rows.sort(key=lambda r: (status_of.get((r["shard"], r["sample_index"]), ("", ""))[0] != "kept", r["row"]))
+        rows.sort(key=lambda r: (status_of.get((r["shard"], r["sample_index"]), "") != "kept", r["row"]))
         members[group_id] = rows[:max_members]
 
     lowest = similarity_bands(threshold)[0][0]
@@ -136,23 +142,22 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings:
         picked = rng.choice(inside, min(pairs_per_band, len(inside)), replace=False) if len(inside) else []
         band_pairs.append((low, high, len(inside), [(int(a[i]), int(b[i]), float(similarity[i])) for i in sorted(picked)]))
 
+    pair_rows = sorted({row for _, _, _, picked in band_pairs for i, j, _ in picked for row in (i, j)})
+    records = dict(zip(pair_rows, groups.take(pa.array(pair_rows, pa.int64())).to_pylist()))
     wanted = [(r["shard"], r["sample_index"]) for rows in members.values() for r in rows]
-    for _, _, _, picked in band_pairs:
-        for i, j, _ in picked:
-            wanted += [(records[i]["shard"], records[i]["sample_index"]), (records[j]["shard"], records[j]["sample_index"])]
+    wanted += [(records[row]["shard"], records[row]["sample_index"]) for row in pair_rows]
     thumbs = fetch_thumbnails(wanted)
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dedup report: {_esc(run_dir.name)}</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>dedup report</h1><p class='muted'>run folder {_esc(run_dir)}</p>"]
     parts.append(counts_section(summary, manifest))
-    sizes = [s for s, g in zip(groups["group_size"].to_pylist(), groups["group_id"].to_pylist()) if s > 1]
-    group_sizes = list({g: s for s, g in zip(groups["group_size"].to_pylist(), groups["group_id"].to_pylist()) if s > 1}.values())
-    parts.append(f"<h2>Duplicate groups</h2><p>{len(group_sizes)} groups hold {len(sizes)} samples; "
-                 f"largest {max(group_sizes, default=0)}.</p><img id='histogram' alt='histogram of group sizes' src='{group_size_histogram(group_sizes)}'>")
+    _, group_sizes, samples_in_groups = duplicate_groups(groups)
+    parts.append(f"<h2>Duplicate groups</h2><p>{len(group_sizes)} groups hold {samples_in_groups} samples; "
+                 f"largest {int(group_sizes.max(initial=0))}.</p><img id='histogram' alt='histogram of group sizes' src='{group_size_histogram(group_sizes.tolist())}'>")
     parts.append(f"<h2>The {len(chosen_groups)} largest groups</h2><p class='muted'>green: kept; red: dropped. "
                  "Similarity is the cosine to the kept sample.</p>")
     for group_id in chosen_groups:
-        parts.append(group_section(group_id, members[group_id], records, status_of, thumbs, store.embeddings))
+        parts.append(group_section(group_id, members[group_id], status_of, thumbs, store.embeddings))
     parts.append(f"<h2>Pairs by similarity band</h2><p>Threshold {threshold}. Bands below it hold near misses found on a sample; "
                  "look where the pairs stop being the same picture.</p>")
     for low, high, total, picked in band_pairs:
@@ -197,20 +202,28 @@ def _figure(record: dict, status: str, thumbs: dict, note: str) -> str:
             f"<br>{note}<br><span class='muted'>{caption}</span></figcaption></figure>")
 
 
-def group_section(group_id: int, rows: list[dict], records: list[dict], status_of: dict, thumbs: dict, embeddings: np.ndarray) -> str:
-    kept = next((r for r in rows if status_of.get((r["shard"], r["sample_index"]), ("",))[0] == "kept"), rows[0])
+def statuses(manifest, rows: list[dict]) -> dict[tuple[str, int], str]:
+    """Manifest status of the given samples, reading only the manifest rows that can match them."""
+    places = {(r["shard"], r["sample_index"]) for r in rows}
+    candidates = manifest.filter(pc.is_in(manifest["sample_index"], value_set=pa.array(sorted({i for _, i in places}), pa.int32())))
+    return {(s, i): st for s, i, st in zip(candidates["shard"].to_pylist(), candidates["sample_index"].to_pylist(),
+                                             candidates["status"].to_pylist()) if (s, i) in places}
+
+
+def group_section(group_id: int, rows: list[dict], status_of: dict, thumbs: dict, embeddings: np.ndarray) -> str:
+    kept = next((r for r in rows if status_of.get((r["shard"], r["sample_index"])) == "kept"), rows[0])
     figures = []
     for record in rows:
-        status = status_of.get((record["shard"], record["sample_index"]), ("unknown", ""))[0]
+        status = status_of.get((record["shard"], record["sample_index"]), "unknown")
         cosine = float(embeddings[record["row"]] @ embeddings[kept["row"]])
         note = "kept" if record is kept else f"{status}, cos {cosine:.3f} ({_esc(record['match'])})"
         figures.append(_figure(record, status, thumbs, note))
-    size = records[group_id]["group_size"]
+    size = rows[0]["group_size"]
     return (f"<section class='group' data-group-id='{group_id}' data-group-size='{size}'><h3>group {group_id}: {size} samples"
             f"{'' if size <= len(rows) else f' (first {len(rows)} shown)'}</h3><div class='strip'>{''.join(figures)}</div></section>")
 
 
-def band_section(low: float, high: float, total: int, picked: list, records: list[dict], thumbs: dict, threshold: float) -> str:
+def band_section(low: float, high: float, total: int, picked: list, records: dict[int, dict], thumbs: dict, threshold: float) -> str:
     side = "duplicates" if low >= threshold else "below the threshold"
     items = []
     for i, j, cosine in picked:
