@@ -77,6 +77,8 @@ def _print(summary: dict) -> None:
 CONFIG = typer.Option(None, "--config", "-c", help="A TOML config file, or the name of a preset in configs/.")
 SET = typer.Option(None, "--set", help="Override a config value: section.key=value (repeatable).")
 RUN_DIR = typer.Option(None, "--run-dir", "-r", help="The run folder (default: from the config, else dedup-run).")
+ENGINE = typer.Option(None, "--engine", help="local (processes on this machine) | ray (Ray Data actors).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="An existing Ray cluster (auto, ray://host:10001); default: start a local Ray.")
 EMBEDDINGS = typer.Option(None, "--embeddings", help="Embeddings folder (default RUN_DIR/embeddings); a clip-retrieval output works too.")
 
 
@@ -102,6 +104,8 @@ def embed_command(
     decode_threads: Optional[int] = typer.Option(None),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | fp16 | bf16"),
+    engine: Optional[str] = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
     config: Optional[str] = CONFIG,
     overrides: Optional[List[str]] = SET,
 ) -> None:
@@ -112,9 +116,10 @@ def embed_command(
         settings = _settings(config, overrides, embed=dict(
             embedder=embedder, model=model, pretrained=pretrained, model_config=model_config, model_path=model_path,
             input_size=input_size, pixel_size=pixel_size, text=text, batch_size=batch_size, workers=workers,
-            decode_threads=decode_threads, device=device, precision=precision))
+            decode_threads=decode_threads, device=device, precision=precision),
+            engine=dict(kind=engine, address=ray_address))
         target = out or _run_dir(settings, run_dir) / "embeddings"
-        _print(embed(shards, target, settings.embed, reporter=reporter))
+        _print(embed(shards, target, settings.embed, engine=settings.engine.make(settings.embed.workers), reporter=reporter))
 
 
 @app.command("find")
@@ -166,6 +171,8 @@ def write_command(
     samples_per_shard: Optional[int] = typer.Option(None),
     prefix: Optional[str] = typer.Option(None),
     workers: Optional[int] = typer.Option(None),
+    engine: Optional[str] = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
     config: Optional[str] = CONFIG,
     overrides: Optional[List[str]] = SET,
 ) -> None:
@@ -173,9 +180,11 @@ def write_command(
     from dedup.stages.write import write
 
     with handled() as reporter:
-        settings = _settings(config, overrides, write=dict(samples_per_shard=samples_per_shard, prefix=prefix, workers=workers))
+        settings = _settings(config, overrides, write=dict(samples_per_shard=samples_per_shard, prefix=prefix, workers=workers),
+                             engine=dict(kind=engine, address=ray_address))
         folder = _run_dir(settings, run_dir)
-        _print(write(embeddings or folder / "embeddings", folder, out or settings.output, settings.write, reporter=reporter))
+        _print(write(embeddings or folder / "embeddings", folder, out or settings.output, settings.write,
+                     engine=settings.engine.make(settings.write.workers), reporter=reporter))
 
 
 @app.command("run")
@@ -189,7 +198,9 @@ def run_command(
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or local checkpoint path."),
     threshold: Optional[str] = typer.Option(None, help="Cosine similarity threshold, or 'off'."),
     policy: Optional[str] = typer.Option(None, help="one | cap:K | none"),
-    workers: Optional[int] = typer.Option(None, help="Shard processes for embed and write."),
+    workers: Optional[int] = typer.Option(None, help="Shard processes (or Ray actors) for embed and write."),
+    engine: Optional[str] = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
     verify: Optional[str] = typer.Option(None, "--verify", help="Then prove it: run `dedup verify` with this preset."),
 ) -> None:
     """embed -> find -> select -> write, from a config with command-line overrides."""
@@ -197,7 +208,8 @@ def run_command(
 
     with handled() as reporter:
         settings = _settings(config, overrides, embed=dict(embedder=embedder, pretrained=pretrained, workers=workers),
-                             find=dict(threshold=threshold), select=dict(policy=policy), write=dict(workers=workers))
+                             find=dict(threshold=threshold), select=dict(policy=policy), write=dict(workers=workers),
+                             engine=dict(kind=engine, address=ray_address))
         _place(settings, shards, run_dir, out)
         summary = run(settings, reporter=reporter)
         _print(summary)

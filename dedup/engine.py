@@ -97,3 +97,79 @@ def run_units(engine, units: Sequence[Unit], stage: str, total: int, what: str, 
         error = InputError if any(r.kind == "InputError" for r in problems) else DedupError
         raise error(f"{stage}: {len(problems)} of {len(units)} {what} failed ({listing}); rerun the same command to retry them")
     return results
+
+
+class _UnitRunner:
+    """A Ray Data actor: runs pickled units. Actors live for the whole stage, so a unit that caches a model
+    per process (embed does) loads it once per actor: an actor pool of model replicas."""
+
+    def __call__(self, batch: dict) -> dict:
+        from ray import cloudpickle
+
+        results = [cloudpickle.dumps(_call(cloudpickle.loads(blob))) for blob in batch["unit"]]
+        return {"position": batch["position"], "result": results}
+
+
+class RayEngine:
+    """Units as rows of a Ray Data dataset, mapped by an actor pool (one GPU an actor when asked) on a
+    local Ray started here or an existing cluster (`address`, e.g. "auto" or "ray://head:10001").
+
+    A unit reads and writes the same files as under the local engine, so outputs are the same and a
+    rerun under either engine resumes the other's work. On a cluster, every node needs `dedup` installed
+    and the input and output paths reachable (a shared file system or fsspec URLs)."""
+
+    name = "ray"
+
+    def __init__(self, workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0):
+        self.workers = max(1, int(workers))
+        self.address = address or None
+        self.gpus_per_worker = gpus_per_worker
+
+    def _connect(self):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, ignore_reinit_error=True,
+                     **({} if self.address else {"num_cpus": max(self.workers, 1)}))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # our reporter shows progress
+        context.print_on_execution_start = False
+        return ray
+
+    def map(self, units: Sequence[Unit], on_done: Callable[[UnitResult], None] | None = None) -> list[UnitResult]:
+        if not units:
+            return []
+        from ray import cloudpickle
+
+        ray = self._connect()
+        dataset = ray.data.from_items(
+            [{"position": i, "unit": cloudpickle.dumps(unit)} for i, unit in enumerate(units)],
+            override_num_blocks=len(units),
+        )
+        mapped = dataset.map_batches(_UnitRunner, batch_size=1, concurrency=min(self.workers, len(units)),
+                                     num_cpus=1, num_gpus=self.gpus_per_worker or None)
+        results: list[tuple[int, UnitResult]] = []
+        for row in mapped.iter_rows():
+            result = cloudpickle.loads(row["result"])
+            results.append((int(row["position"]), result))
+            if on_done:
+                on_done(result)
+        return [result for _, result in sorted(results, key=lambda item: item[0])]
+
+
+def make_engine(kind: str, workers: int, address: str | None = None, gpus_per_worker: float = 0.0):
+    """The engine a stage runs its units on: "local" (processes on this machine) or "ray"."""
+    if kind == "local":
+        return LocalEngine(workers)
+    if kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            from dedup.errors import SettingsError
+
+            raise SettingsError("engine ray needs Ray Data: pip install 'dedup[ray]' (ray[data])") from None
+        return RayEngine(workers, address, gpus_per_worker)
+    from dedup.errors import SettingsError
+
+    raise SettingsError(f"unknown engine {kind!r}; use local or ray")

@@ -34,10 +34,11 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     run_dir = Path(settings.run_dir)
     remove_stale_temporaries(run_dir)  # a killed run's leftovers are never valid outputs
     store = embeddings_dir(run_dir)
-    embed(urls, store, settings.embed, engine=engine, reporter=reporter)
+    embed(urls, store, settings.embed, engine=engine or settings.engine.make(settings.embed.workers), reporter=reporter)
     find(store, run_dir, settings.find, reporter=reporter)
     select(store, run_dir, settings.select, reporter=reporter)
-    return write(store, run_dir, settings.output_dir(), settings.write, engine=engine, reporter=reporter)
+    return write(store, run_dir, settings.output_dir(), settings.write,
+                 engine=engine or settings.engine.make(settings.write.workers), reporter=reporter)
 
 
 def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Path | None = None,
@@ -49,15 +50,17 @@ def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Pa
     run_dir = Path(settings.run_dir)
     remove_stale_temporaries(run_dir)
     store = embeddings_dir(run_dir)
+    embed_engine = engine or settings.engine.make(settings.embed.workers)
     if settings.shards:
         urls = expand_shards(settings.shards)
         check_output_location(settings.output_dir(), urls)
-        embed(urls, store, settings.embed, engine=engine, reporter=reporter)
+        embed(urls, store, settings.embed, engine=embed_engine, reporter=reporter)
     reference_dir = Path(reference_dir) if reference_dir else run_dir / "reference"
-    embed(expand_shards(against), reference_dir, settings.embed, engine=engine, reporter=reporter)
+    embed(expand_shards(against), reference_dir, settings.embed, engine=embed_engine, reporter=reporter)
     summary = {"purge": purge(store, reference_dir, run_dir, settings.find, reporter=reporter)}
     if write_output:
-        summary["write"] = write(store, run_dir, settings.output_dir(), settings.write, engine=engine, reporter=reporter)
+        summary["write"] = write(store, run_dir, settings.output_dir(), settings.write,
+                                 engine=engine or settings.engine.make(settings.write.workers), reporter=reporter)
     return summary
 
 

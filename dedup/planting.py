@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import webdataset as wds
 from PIL import Image
 
@@ -159,3 +160,36 @@ def score(truth_groups: list[list[str]], keys: list[str], group_ids: list[int], 
         "precision": len(truth & touching) / len(touching) if touching else 1.0,
         "other_found_pairs": len(found - touching),
     }
+
+
+def planted_embeddings(rows: int, dim: int = 512, seed: int = 0, kind: str = "clustered", low: float = 0.92,
+                       high: float = 0.99, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of which the last 1% are planted copies of others at a cosine drawn uniformly from
+    [low, high]; returns (vectors, planted pairs as an (n, 2) array of (source, copy)).
+
+    `clustered`: topics around a shared direction, as image embeddings are (unrelated vectors have cosine
+    ~0.2, same-topic ones ~0.6); `isotropic`: no structure at all, the hardest case for partitioning."""
+    rng = np.random.default_rng(seed)
+    planted = rows // 100
+    base = rows - planted
+    vectors = np.empty((rows, dim), np.float32)
+    if kind == "clustered":
+        shared = rng.standard_normal(dim).astype(np.float32)
+        topics = rng.standard_normal((max(1, rows // 200), dim), dtype=np.float32)
+        topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+        topics += 0.8 * shared / np.linalg.norm(shared)
+        topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+    elif kind != "isotropic":
+        raise ValueError(f"kind must be clustered or isotropic, got {kind!r}")
+    for start in range(0, rows, chunk):
+        count = min(rows, start + chunk) - start
+        noise = rng.standard_normal((count, dim), dtype=np.float32)
+        vectors[start:start + count] = noise if kind == "isotropic" else topics[rng.integers(0, len(topics), count)] + noise / np.sqrt(dim)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sources = rng.choice(base, planted, replace=False)
+    cosine = rng.uniform(low, high, planted).astype(np.float32)
+    direction = rng.standard_normal((planted, dim), dtype=np.float32)
+    direction -= np.einsum("ij,ij->i", direction, vectors[sources])[:, None] * vectors[sources]
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    vectors[base:] = cosine[:, None] * vectors[sources] + np.sqrt(1 - cosine**2)[:, None] * direction
+    return vectors, np.stack([sources, np.arange(base, rows)], axis=1).astype(np.int64)

@@ -3,8 +3,8 @@
 - exact: equal content hashes (sha256 of the image bytes);
 - phash: 64-bit perceptual hashes within a Hamming radius (faiss multi-index hashing, exact by the
   pigeonhole principle: with r differing bits, one of r + 1 disjoint bit blocks is identical);
-- embedding: cosine similarity at or above a threshold (faiss range search; exact where the memory
-  budget and size allow, IVF beyond).
+- embedding: cosine similarity at or above a threshold: exact search up to `exact_search_max` vectors,
+  the partitioned search of dedup/partitioned.py beyond (or faiss IVF when asked).
 """
 from __future__ import annotations
 
@@ -81,26 +81,34 @@ def phash_pairs(phash: np.ndarray, radius: int, present: np.ndarray) -> tuple[np
 
 @dataclass
 class IndexChoice:
-    kind: str  # flat | ivf
+    kind: str  # flat | partitioned | ivf
     nlist: int = 0
     nprobe: int = 0
     reason: str = ""
 
 
 def choose_index(rows: int, dim: int, settings: FindSettings) -> IndexChoice:
-    vector_bytes = rows * dim * 4
-    budget = settings.memory_budget_gb * 1024**3
-    if vector_bytes > budget:
-        raise MemoryError(
-            f"{rows} x {dim} float32 embeddings need {vector_bytes / 1024**3:.1f} GiB, over the "
-            f"{settings.memory_budget_gb} GiB budget; raise find.memory_budget_gb"
-        )
     if settings.index == "flat" or (settings.index == "auto" and rows <= settings.exact_search_max):
+        check_memory(rows, dim, settings)
         return IndexChoice("flat", reason=f"{rows} vectors <= exact_search_max {settings.exact_search_max}: exact search")
+    if settings.index in ("auto", "partitioned"):
+        return IndexChoice("partitioned", reason=f"{rows} vectors: partitioned exact search, partitions of "
+                           f"~{settings.leaf_size}, boundary {settings.boundary}")
+    check_memory(rows, dim, settings)
     # lists ~ sqrt(N * nprobe) balance the scan (N * nprobe / nlist per query) against the list lookup
     nlist = int(min(max(16, math.sqrt(rows * settings.nprobe)), max(1, rows // 39)))
     return IndexChoice("ivf", nlist=nlist, nprobe=min(settings.nprobe, nlist),
                        reason=f"{rows} vectors: IVF{nlist} with nprobe {min(settings.nprobe, nlist)}")
+
+
+def check_memory(rows: int, dim: int, settings: FindSettings) -> None:
+    """flat and IVF indexes hold every vector in memory."""
+    vector_bytes = rows * dim * 4
+    if vector_bytes > settings.memory_budget_gb * 1024**3:
+        raise MemoryError(
+            f"{rows} x {dim} float32 embeddings need {vector_bytes / 1024**3:.1f} GiB, over the "
+            f"{settings.memory_budget_gb} GiB budget; raise find.memory_budget_gb or use find.index = partitioned"
+        )
 
 
 HNSW_QUANTIZER_FROM = 1024  # lists; beyond this, finding a query's nearest lists by brute force costs too much
@@ -146,11 +154,21 @@ def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0, o
 
 
 def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float, settings: FindSettings,
-                      on_batch=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
-    """All (query row, indexed row) with cosine >= threshold, through an index chosen by size and budget."""
+                      on_batch=None, same: bool = False) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+    """All (query row, indexed row) with cosine >= threshold, through an index chosen by size and budget.
+    `same`: the queries are the indexed vectors (a self-join)."""
     if settings.threads:
         faiss.omp_set_num_threads(settings.threads)
     choice = choose_index(len(indexed), indexed.shape[1], settings)
+    if choice.kind == "partitioned":
+        from dedup import partitioned
+
+        options = partitioned.PartitionSettings(threshold, leaf_size=settings.leaf_size, boundary=settings.boundary)
+        q, r, stats = partitioned.partitioned_matches(
+            partitioned.as_reader(queries), len(queries), partitioned.as_reader(indexed), len(indexed),
+            indexed.shape[1], options, same=same, on_home_rows=on_batch)
+        choice.reason += f" ({stats.joins} exact joins, {stats.products / max(len(queries), 1):.0f} products a query)"
+        return q, r, choice
     index = build_index(indexed, choice)
     q, r = range_pairs(index, queries, threshold, on_batch=on_batch)
     return q, r, choice
@@ -158,7 +176,7 @@ def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float
 
 def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings,
                     on_batch=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
-    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch)
+    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch, same=True)
     a, b = _ordered_unique(a, b)
     return a, b, choice
 

@@ -57,11 +57,15 @@ class FindSettings:
     # two weak signals that agree: cosine >= corroborate_threshold AND Hamming <= corroborate_radius
     corroborate_threshold: float | None = None
     corroborate_radius: int = 12
-    index: str = "auto"  # auto | flat | ivf
-    nprobe: int = 16
-    memory_budget_gb: float = 8.0
-    # above this many vectors, auto picks IVF: exact search costs N^2 x dim (100k x 512 took 84 s on 2 cores)
+    index: str = "auto"  # auto | flat | partitioned | ivf
+    nprobe: int = 16  # ivf
+    memory_budget_gb: float = 8.0  # flat and ivf hold every vector; partitioned reads them from disk as it goes
+    # above this many vectors, auto picks the partitioned search: exact search costs N^2 x dim
     exact_search_max: int = 20_000
+    # partitioned: vectors a partition; how near a partition boundary (in typical duplicate displacements)
+    # a vector must lie to be compared across it (higher: more recall, more work; see dedup/partitioned.py)
+    leaf_size: int = 1_024
+    boundary: float = 2.0
     threads: int = 0  # 0: all cores
 
     def search_threshold(self) -> float | None:
@@ -78,9 +82,12 @@ class FindSettings:
             raise SettingsError(f"corroborate_radius must be between 0 and 32 bits, got {self.corroborate_radius}")
         if self.phash_radius is not None and not 0 <= self.phash_radius <= 32:
             raise SettingsError(f"phash_radius must be between 0 and 32 bits, got {self.phash_radius}")
-        if self.index not in ("auto", "flat", "ivf"):
-            raise SettingsError(f"index must be auto, flat or ivf, got {self.index!r}")
-        _positive(nprobe=self.nprobe, memory_budget_gb=self.memory_budget_gb, exact_search_max=self.exact_search_max)
+        if self.index not in ("auto", "flat", "partitioned", "ivf"):
+            raise SettingsError(f"index must be auto, flat, partitioned or ivf, got {self.index!r}")
+        _positive(nprobe=self.nprobe, memory_budget_gb=self.memory_budget_gb, exact_search_max=self.exact_search_max,
+                  leaf_size=self.leaf_size)
+        if self.boundary < 0:
+            raise SettingsError(f"boundary must be >= 0 (0: no comparison across partitions), got {self.boundary}")
         if not (self.exact or self.phash_radius is not None or self.threshold is not None or self.corroborate_threshold is not None):
             raise SettingsError("every signal is off: enable exact, phash_radius or threshold")
 
@@ -106,6 +113,24 @@ class WriteSettings:
 
 
 @dataclass
+class EngineSettings:
+    kind: str = "local"  # local | ray
+    address: str = ""  # ray: an existing cluster ("auto", "ray://head:10001"); empty starts a local Ray
+    gpus_per_worker: float = 0.0  # ray: GPUs each embed actor asks for
+
+    def validate(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise SettingsError(f"engine must be local or ray, got {self.kind!r}")
+        if self.gpus_per_worker < 0:
+            raise SettingsError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+
+    def make(self, workers: int):
+        from dedup.engine import make_engine
+
+        return make_engine(self.kind, workers, self.address, self.gpus_per_worker)
+
+
+@dataclass
 class RunSettings:
     shards: list[str] = field(default_factory=list)
     run_dir: str = "dedup-run"
@@ -114,9 +139,10 @@ class RunSettings:
     find: FindSettings = field(default_factory=FindSettings)
     select: SelectSettings = field(default_factory=SelectSettings)
     write: WriteSettings = field(default_factory=WriteSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     def validate(self) -> None:
-        for part in (self.embed, self.find, self.select, self.write):
+        for part in (self.embed, self.find, self.select, self.write, self.engine):
             part.validate()
 
     def output_dir(self) -> Path:
@@ -142,7 +168,8 @@ def _positive(**values: Any) -> None:
             raise SettingsError(f"{name} must be positive, got {value}")
 
 
-SECTIONS = {"embed": EmbedSettings, "find": FindSettings, "select": SelectSettings, "write": WriteSettings}
+SECTIONS = {"embed": EmbedSettings, "find": FindSettings, "select": SelectSettings, "write": WriteSettings,
+            "engine": EngineSettings}
 TOP_LEVEL = ("shards", "run_dir", "output")
 OFF_VALUES = ("off", "none", "false")
 

@@ -123,7 +123,9 @@ class EmbeddingStore:
         parts = self.completed_parts() if ours else metadata_parts & embedding_parts
         return sorted(parts)
 
-    def load(self, mmap: bool = True) -> LoadedStore:
+    def load(self, mmap: bool = True, lazy: bool = False) -> LoadedStore:
+        """The whole store. `lazy`: embeddings stay memory-mapped on disk and are read (as float32) only
+        where indexed, so a store larger than memory can be searched part by part."""
         if not self.root.exists():
             raise InputError(f"embeddings folder {str(self.root)!r} does not exist; run `dedup embed` first")
         parts = self.parts()
@@ -145,13 +147,45 @@ class EmbeddingStore:
             arrays.append(array)
             if self.failures_path(part).exists():
                 failures.append(pq.read_table(self.failures_path(part)).cast(FAILURE_SCHEMA))
-        embeddings = np.concatenate(arrays).astype(np.float32, copy=False) if len(arrays) > 1 else np.asarray(arrays[0], dtype=np.float32)
+        if lazy:
+            embeddings = RowStack(arrays)
+        elif len(arrays) > 1:
+            embeddings = np.concatenate(arrays).astype(np.float32, copy=False)
+        else:
+            embeddings = np.asarray(arrays[0], dtype=np.float32)
         return LoadedStore(
             metadata=pa.concat_tables(tables),
             embeddings=embeddings,
             failures=pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table(),
             spec=spec,
         )
+
+
+class RowStack:
+    """The rows of several memory-mapped parts as one read-only float32 matrix that reads only the rows
+    asked for (a slice, an index array or a mask): what `find` needs to search a store larger than memory."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.offsets = np.cumsum([0, *(len(p) for p in parts)])
+        self.shape = (int(self.offsets[-1]), parts[0].shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(self)))
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        part_of = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty((len(index), self.shape[1]), dtype=np.float32)
+        for part in np.unique(part_of):
+            chosen = part_of == part
+            out[chosen] = self.parts[part][index[chosen] - self.offsets[part]]
+        return out
 
 
 def normalise_metadata(table: pa.Table, part: int) -> pa.Table:

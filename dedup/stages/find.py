@@ -137,7 +137,7 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
     settings = settings or FindSettings()
     settings.validate()
     started = time.perf_counter()
-    data = EmbeddingStore(store_dir).load()
+    data = EmbeddingStore(store_dir).load(lazy=True)
     metadata, embeddings = data.metadata, data.embeddings
     rows = len(metadata)
     if settings.threshold is not None and data.spec.get("embedder", {}) == "external":

@@ -1,0 +1,202 @@
+"""Partitioned exact search: the similarity join for collections too large for one exact search.
+
+faiss k-means splits the indexed vectors into a few dozen partitions; each vector has one *home*, its
+nearest centroid. Duplicates with the same home are found by joining each partition with itself. A pair
+whose members have different homes i and j lies across the hyperplane bisecting the two centroids, and
+both members lie near it; so every vector also notes the neighbouring partitions whose bisector it is near,
+and the vectors of i near the (i, j) bisector are joined with the vectors of j near it. Every join that is
+still large is partitioned again the same way; small ones are exact: blocks of one side times the other,
+one BLAS matrix product each, thresholded.
+
+"Near": a duplicate at cosine t lies sqrt(2 - 2t) away in a direction unrelated to the partitions, which
+moves its distance to a hyperplane by about sqrt(2 - 2t) / sqrt(dim). A vector is near a bisector when
+its distance, (s_i - s_j) / |c_i - c_j| with s the cosines to the centroids, is at most `boundary` such
+displacements. Larger `boundary` finds more of the pairs that straddle boundaries and costs more;
+`benchmarks/find_scale.py` measures the recall against exact search.
+
+SemDeDup's k-means + intra-cluster search is the `boundary = 0` case, which misses the cross-cluster pairs.
+Vectors are read through `read(rows) -> float32 array`, so a memory-mapped store is never loaded whole.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import faiss
+import numpy as np
+
+RowReader = Callable[[np.ndarray], np.ndarray]
+ROUTE_CHUNK = 131_072
+QUERY_BLOCK = 2_048
+SELF_BLOCK = 512  # a self-join computes its upper triangle in blocks of this many rows
+MAX_DEPTH = 8
+
+
+@dataclass
+class PartitionSettings:
+    threshold: float
+    leaf_size: int = 1_024  # joins with at most this many indexed vectors are searched exactly
+    branching: int = 1_024  # most partitions a join is split into (wide and shallow costs least)
+    boundary: float = 2.0  # typical duplicate displacements from a bisector within which a vector is "near" it
+    seed: int = 0
+
+
+@dataclass
+class PartitionStats:
+    joins: int = 0  # exact joins at the leaves
+    products: int = 0  # similarities computed
+    largest: int = 0
+    timings_s: dict = field(default_factory=lambda: {"kmeans": 0.0, "route": 0.0, "search": 0.0})
+
+    def add_time(self, step: str, started: float) -> None:
+        self.timings_s[step] += time.perf_counter() - started
+
+
+def as_reader(vectors: np.ndarray) -> RowReader:
+    return lambda rows: np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def train_centroids(vectors: RowReader, rows: np.ndarray, dim: int, partitions: int, seed: int) -> np.ndarray:
+    """Spherical k-means on a sample of 64 points a centroid (plenty for partitioning)."""
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(rows, min(len(rows), partitions * 64), replace=False))
+    kmeans = faiss.Kmeans(dim, partitions, niter=10, seed=seed, spherical=True, max_points_per_centroid=64,
+                          verbose=False)
+    kmeans.train(vectors(sample))
+    return kmeans.centroids
+
+
+@dataclass
+class Assignment:
+    home: np.ndarray  # partition of each row
+    near_row: np.ndarray  # position of a row near a bisector ...
+    near_partition: np.ndarray  # ... and the partition on its other side
+
+
+def assign(vectors: RowReader, rows: np.ndarray, centroids: np.ndarray, reach: float) -> Assignment:
+    """Each row's home partition, and the other partitions whose bisector with the home lies within `reach`
+    of it (all are looked at: in high dimensions a far centroid's bisector can pass close by)."""
+    gap = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centroids @ centroids.T))).astype(np.float32)
+    widest = gap.max(axis=1)
+    homes, near_rows, near_parts = [], [], []
+    for start in range(0, len(rows), ROUTE_CHUNK):
+        sims = vectors(rows[start:start + ROUTE_CHUNK]) @ centroids.T
+        home = sims.argmax(axis=1)
+        home_sim = sims[np.arange(len(home)), home]
+        # a cheap per-row bound first (the home's widest gap), then the exact test on the few candidates
+        position, partition = np.nonzero(sims >= (home_sim - reach * widest[home])[:, None])
+        exact = sims[position, partition] >= home_sim[position] - reach * gap[home[position], partition]
+        exact &= partition != home[position]
+        homes.append(home)
+        near_rows.append(position[exact] + start)
+        near_parts.append(partition[exact])
+    return Assignment(np.concatenate(homes), np.concatenate(near_rows), np.concatenate(near_parts))
+
+
+class Buckets:
+    """`members` grouped by a bucket number in 0..count-1, without a Python list of `count` arrays
+    (bucket numbers of neighbouring-partition pairs run to partitions squared)."""
+
+    def __init__(self, bucket_of: np.ndarray, members: np.ndarray, count: int):
+        order = np.argsort(bucket_of, kind="stable")
+        self.members = members[order]
+        self.bounds = np.searchsorted(bucket_of[order], np.arange(count + 1))
+
+    def __getitem__(self, bucket: int) -> np.ndarray:
+        return self.members[self.bounds[bucket]:self.bounds[bucket + 1]]
+
+    def nonempty(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.bounds))
+
+
+def block_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float,
+                  same: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(query position, indexed position) with inner product >= threshold, by blocks of BLAS products.
+    With `same` (queries is indexed) only blocks on or above the diagonal are computed."""
+    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    block = SELF_BLOCK if same else QUERY_BLOCK
+    for start in range(0, len(queries), block):
+        first = start if same else 0
+        similarity = queries[start:start + block] @ indexed[first:].T
+        hot = np.flatnonzero(similarity.max(axis=1) >= threshold)  # hits are rare: scan only rows with one
+        q, r = np.nonzero(similarity[hot] >= threshold)
+        q_parts.append(hot[q].astype(np.int64) + start)
+        r_parts.append(r.astype(np.int64) + first)
+    return np.concatenate(q_parts), np.concatenate(r_parts)
+
+
+class PartitionedJoin:
+    """All (query row, indexed row) pairs with cosine >= threshold, found partition by partition."""
+
+    def __init__(self, read_queries: RowReader, read_indexed: RowReader, dim: int, settings: PartitionSettings,
+                 on_home_rows: Callable[[int], None] | None = None):
+        self.read_queries, self.read_indexed, self.dim = read_queries, read_indexed, dim
+        self.settings = settings
+        self.on_home_rows = on_home_rows
+        self.stats = PartitionStats()
+        displacement = math.sqrt(max(0.0, 2.0 - 2.0 * settings.threshold)) / math.sqrt(dim)
+        self.reach = settings.boundary * displacement
+        self.found_q: list[np.ndarray] = []
+        self.found_r: list[np.ndarray] = []
+
+    def run(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool) -> tuple[np.ndarray, np.ndarray]:
+        self._join(query_rows, indexed_rows, same, home=True, depth=0)
+        self.stats.timings_s = {k: round(v, 3) for k, v in self.stats.timings_s.items()}
+        if not self.found_q:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(self.found_q), np.concatenate(self.found_r)
+
+    def _join(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool, depth: int) -> None:
+        """`same`: the two sides are the same rows (a self-join); `home`: this join is on the path that
+        covers every query once (progress counts it)."""
+        if len(query_rows) == 0 or len(indexed_rows) == 0:
+            return
+        partitions = min(self.settings.branching, math.ceil(len(indexed_rows) / self.settings.leaf_size),
+                         len(indexed_rows) // 64)
+        if len(indexed_rows) <= self.settings.leaf_size or partitions < 2 or depth >= MAX_DEPTH:
+            self._leaf(query_rows, indexed_rows, same, home)
+            return
+        started = time.perf_counter()
+        centroids = train_centroids(self.read_indexed, indexed_rows, self.dim, partitions, self.settings.seed + depth)
+        self.stats.add_time("kmeans", started)
+        started = time.perf_counter()
+        indexed = assign(self.read_indexed, indexed_rows, centroids, self.reach)
+        queries = indexed if same else assign(self.read_queries, query_rows, centroids, self.reach)
+        indexed_home = Buckets(indexed.home, indexed_rows, partitions)
+        query_home = indexed_home if same else Buckets(queries.home, query_rows, partitions)
+        query_near = Buckets(queries.home[queries.near_row] * partitions + queries.near_partition,
+                             query_rows[queries.near_row], partitions * partitions)
+        indexed_near = query_near if same else Buckets(indexed.home[indexed.near_row] * partitions + indexed.near_partition,
+                                                       indexed_rows[indexed.near_row], partitions * partitions)
+        self.stats.add_time("route", started)
+        for p in range(partitions):
+            self._join(query_home[p], indexed_home[p], same, home, depth + 1)
+        for key in query_near.nonempty():
+            i, j = divmod(int(key), partitions)
+            if not same or i < j:
+                self._join(query_near[key], indexed_near[j * partitions + i], False, False, depth + 1)
+
+    def _leaf(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
+        started = time.perf_counter()
+        indexed = self.read_indexed(indexed_rows)
+        queries = indexed if same else self.read_queries(query_rows)
+        q, r = block_matches(queries, indexed, self.settings.threshold, same)
+        self.found_q.append(query_rows[q])
+        self.found_r.append(indexed_rows[r])
+        self.stats.joins += 1
+        self.stats.products += len(query_rows) * len(indexed_rows) // (2 if same else 1)
+        self.stats.largest = max(self.stats.largest, len(indexed_rows))
+        self.stats.add_time("search", started)
+        if home and self.on_home_rows:
+            self.on_home_rows(len(query_rows))
+
+
+def partitioned_matches(read_queries: RowReader, query_count: int, read_indexed: RowReader, indexed_count: int,
+                        dim: int, settings: PartitionSettings, same: bool = False,
+                        on_home_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
+    """(query row, indexed row) with cosine >= threshold. `same`: queries and indexed rows are one set."""
+    join = PartitionedJoin(read_queries, read_indexed, dim, settings, on_home_rows)
+    q, r = join.run(np.arange(query_count, dtype=np.int64), np.arange(indexed_count, dtype=np.int64), same)
+    return q, r, join.stats
