@@ -5,6 +5,7 @@ does not depend on the weight values. The `model` embedder runs a TorchScript Re
 SSCD, the copy-detection model memorization studies use.
 
     .venv/bin/python benchmarks/embed_throughput.py --shards 2
+    .venv/bin/python benchmarks/embed_throughput.py --shards 1 --only clip   # torch vs ONNX Runtime fp32 / int8
 """
 from __future__ import annotations
 
@@ -39,8 +40,12 @@ def resnet50_torchscript(folder: Path) -> str:
     return str(path)
 
 
-def time_embed(shards: list[str], settings) -> dict:
-    from dedup.stages.embed import embed, cached_embedder
+def time_embed(shards: list[str], settings, reference=None) -> tuple[dict, "np.ndarray"]:
+    """Images/s of `embed`; with `reference` (the fp32 torch embeddings), the worst and mean cosine to it."""
+    import numpy as np
+
+    from dedup.stages.embed import cached_embedder, embed
+    from dedup.store import EmbeddingStore
 
     started = time.perf_counter()
     cached_embedder(settings)
@@ -49,8 +54,13 @@ def time_embed(shards: list[str], settings) -> dict:
         started = time.perf_counter()
         result = embed(shards, out, settings)
         seconds = time.perf_counter() - started
-    return {"images": result["embedded"], "seconds": round(seconds, 2), "images_per_s": round(result["embedded"] / seconds, 1),
-            "model_load_seconds": round(load_seconds, 2)}
+        vectors = np.array(EmbeddingStore(out).load().embeddings)
+    row = {"images": result["embedded"], "seconds": round(seconds, 2), "images_per_s": round(result["embedded"] / seconds, 1),
+           "model_load_seconds": round(load_seconds, 2)}
+    if reference is not None:
+        cosine = (vectors * reference).sum(axis=1)
+        row.update(cosine_to_fp32_min=round(float(cosine.min()), 5), cosine_to_fp32_mean=round(float(cosine.mean()), 5))
+    return row, vectors
 
 
 def main() -> None:
@@ -59,17 +69,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=["pixels", "clip", "model"])
+    parser.add_argument("--runtimes", nargs="*", default=["onnx", "onnx-int8"], help="clip runtimes timed beside torch")
     args = parser.parse_args()
     shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(args.shards)]
     folder = Path(tempfile.mkdtemp())
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}"}
     if "pixels" in args.only:
-        results["pixels (8x8), 2 processes"] = time_embed(shards, EmbedSettings(embedder="pixels", pixel_size=8, workers=2))
-        results["pixels (8x8), 1 process"] = time_embed(shards, EmbedSettings(embedder="pixels", pixel_size=8, workers=1))
+        results["pixels (8x8), 2 processes"] = time_embed(shards, EmbedSettings(embedder="pixels", pixel_size=8, workers=2))[0]
+        results["pixels (8x8), 1 process"] = time_embed(shards, EmbedSettings(embedder="pixels", pixel_size=8, workers=1))[0]
     if "clip" in args.only:
-        results["clip ViT-B-32 fp32"] = time_embed(shards, EmbedSettings(embedder="clip", model="ViT-B-32", pretrained=clip_checkpoint(folder, "ViT-B-32")))
+        checkpoint = clip_checkpoint(folder, "ViT-B-32")
+        results["clip ViT-B-32 fp32, torch"], reference = time_embed(
+            shards, EmbedSettings(embedder="clip", model="ViT-B-32", pretrained=checkpoint))
+        for runtime in args.runtimes:
+            try:
+                results[f"clip ViT-B-32, runtime {runtime}"] = time_embed(
+                    shards, EmbedSettings(embedder="clip", model="ViT-B-32", pretrained=checkpoint, runtime=runtime), reference)[0]
+            except Exception as error:  # noqa: BLE001 - a refused runtime is a result too
+                results[f"clip ViT-B-32, runtime {runtime}"] = {"refused": str(error)}
     if "model" in args.only:
-        results["model: TorchScript ResNet-50 (SSCD backbone)"] = time_embed(shards, EmbedSettings(embedder="model", model_path=resnet50_torchscript(folder)))
+        results["model: TorchScript ResNet-50 (SSCD backbone)"] = time_embed(shards, EmbedSettings(embedder="model", model_path=resnet50_torchscript(folder)))[0]
     print(json.dumps(results, indent=2))
 
 

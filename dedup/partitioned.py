@@ -32,6 +32,9 @@ ROUTE_CHUNK = 131_072
 QUERY_BLOCK = 2_048
 SELF_BLOCK = 512  # a self-join computes its upper triangle in blocks of this many rows
 MAX_DEPTH = 8
+DIRECT_PRODUCTS = 16 * 1_024**2  # a join this small is cheaper to compute whole than to partition
+# in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few
+NEIGHBOURS_LOOKED_AT = 32
 
 
 @dataclass
@@ -62,7 +65,7 @@ def train_centroids(vectors: RowReader, rows: np.ndarray, dim: int, partitions: 
     """Spherical k-means on a sample of 64 points a centroid (plenty for partitioning)."""
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(rows, min(len(rows), partitions * 64), replace=False))
-    kmeans = faiss.Kmeans(dim, partitions, niter=10, seed=seed, spherical=True, max_points_per_centroid=64,
+    kmeans = faiss.Kmeans(dim, partitions, niter=6, seed=seed, spherical=True, max_points_per_centroid=64,
                           verbose=False)
     kmeans.train(vectors(sample))
     return kmeans.centroids
@@ -76,22 +79,21 @@ class Assignment:
 
 
 def assign(vectors: RowReader, rows: np.ndarray, centroids: np.ndarray, reach: float) -> Assignment:
-    """Each row's home partition, and the other partitions whose bisector with the home lies within `reach`
-    of it (all are looked at: in high dimensions a far centroid's bisector can pass close by)."""
-    gap = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centroids @ centroids.T))).astype(np.float32)
-    widest = gap.max(axis=1)
+    """Each row's home partition, and the other partitions among its NEIGHBOURS_LOOKED_AT nearest whose
+    bisector with the home lies within `reach` of it."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    k = min(NEIGHBOURS_LOOKED_AT, len(centroids))
+    reach_of = reach * np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centroids @ centroids.T))).astype(np.float32)
     homes, near_rows, near_parts = [], [], []
     for start in range(0, len(rows), ROUTE_CHUNK):
-        sims = vectors(rows[start:start + ROUTE_CHUNK]) @ centroids.T
-        home = sims.argmax(axis=1)
-        home_sim = sims[np.arange(len(home)), home]
-        # a cheap per-row bound first (the home's widest gap), then the exact test on the few candidates
-        position, partition = np.nonzero(sims >= (home_sim - reach * widest[home])[:, None])
-        exact = sims[position, partition] >= home_sim[position] - reach * gap[home[position], partition]
-        exact &= partition != home[position]
+        sims, ids = index.search(vectors(rows[start:start + ROUTE_CHUNK]), k)
+        home = ids[:, 0]
+        near = sims[:, 1:] >= sims[:, :1] - reach_of[home[:, None], ids[:, 1:]]
+        position, column = np.nonzero(near)
         homes.append(home)
-        near_rows.append(position[exact] + start)
-        near_parts.append(partition[exact])
+        near_rows.append(position + start)
+        near_parts.append(ids[position, column + 1])
     return Assignment(np.concatenate(homes), np.concatenate(near_rows), np.concatenate(near_parts))
 
 
@@ -155,7 +157,8 @@ class PartitionedJoin:
             return
         partitions = min(self.settings.branching, math.ceil(len(indexed_rows) / self.settings.leaf_size),
                          len(indexed_rows) // 64)
-        if len(indexed_rows) <= self.settings.leaf_size or partitions < 2 or depth >= MAX_DEPTH:
+        small = len(indexed_rows) <= self.settings.leaf_size or len(query_rows) * len(indexed_rows) <= DIRECT_PRODUCTS
+        if small or partitions < 2 or depth >= MAX_DEPTH:
             self._leaf(query_rows, indexed_rows, same, home)
             return
         started = time.perf_counter()

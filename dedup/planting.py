@@ -163,19 +163,22 @@ def score(truth_groups: list[list[str]], keys: list[str], group_ids: list[int], 
 
 
 def planted_embeddings(rows: int, dim: int = 512, seed: int = 0, kind: str = "clustered", low: float = 0.92,
-                       high: float = 0.99, chunk: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+                       high: float = 0.99, chunk: int = 262_144, topic_seed: int | None = None,
+                       topic_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors of which the last 1% are planted copies of others at a cosine drawn uniformly from
     [low, high]; returns (vectors, planted pairs as an (n, 2) array of (source, copy)).
 
     `clustered`: topics around a shared direction, as image embeddings are (unrelated vectors have cosine
-    ~0.2, same-topic ones ~0.6); `isotropic`: no structure at all, the hardest case for partitioning."""
+    ~0.2, same-topic ones ~0.6); `isotropic`: no structure at all, the hardest case for partitioning.
+    Parts of one large collection share `topic_seed` and `topic_count` and differ in `seed`."""
     rng = np.random.default_rng(seed)
+    topic_rng = np.random.default_rng(seed if topic_seed is None else topic_seed)
     planted = rows // 100
     base = rows - planted
     vectors = np.empty((rows, dim), np.float32)
     if kind == "clustered":
-        shared = rng.standard_normal(dim).astype(np.float32)
-        topics = rng.standard_normal((max(1, rows // 200), dim), dtype=np.float32)
+        shared = topic_rng.standard_normal(dim).astype(np.float32)
+        topics = topic_rng.standard_normal((topic_count or max(1, rows // 200), dim), dtype=np.float32)
         topics /= np.linalg.norm(topics, axis=1, keepdims=True)
         topics += 0.8 * shared / np.linalg.norm(shared)
         topics /= np.linalg.norm(topics, axis=1, keepdims=True)

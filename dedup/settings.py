@@ -22,6 +22,7 @@ class EmbedSettings:
     model_config: str | None = None  # an open_clip model config JSON for architectures it does not ship
     device: str = "auto"
     precision: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    runtime: str = "torch"  # clip image tower: torch | onnx | onnx-int8 (ONNX Runtime, exported once and cached)
     text: bool = False  # also store caption embeddings (txt_emb/), clip only
     pixel_size: int = 16
     model_path: str | None = None
@@ -44,6 +45,8 @@ class EmbedSettings:
                   max_pixels=self.max_pixels, pixel_size=self.pixel_size, input_size=self.input_size)
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise SettingsError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if self.runtime not in ("torch", "onnx", "onnx-int8"):
+            raise SettingsError(f"runtime must be torch, onnx or onnx-int8, got {self.runtime!r}")
 
     def embedder_options(self) -> dict:
         return dataclasses.asdict(self)

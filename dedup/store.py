@@ -125,7 +125,7 @@ class EmbeddingStore:
 
     def load(self, mmap: bool = True, lazy: bool = False) -> LoadedStore:
         """The whole store. `lazy`: embeddings stay memory-mapped on disk and are read (as float32) only
-        where indexed, so a store larger than memory can be searched part by part."""
+        where indexed, so a store larger than memory can be searched part by part; see `in_memory`."""
         if not self.root.exists():
             raise InputError(f"embeddings folder {str(self.root)!r} does not exist; run `dedup embed` first")
         parts = self.parts()
@@ -161,6 +161,14 @@ class EmbeddingStore:
         )
 
 
+def in_memory(embeddings, budget_bytes: float):
+    """A lazily loaded store as one float32 array in memory when that fits the budget (random reads from
+    memory are far cheaper than from memory-mapped parts); otherwise as it is."""
+    if isinstance(embeddings, RowStack) and embeddings.shape[0] * embeddings.shape[1] * 4 <= budget_bytes:
+        return embeddings[0:len(embeddings)]
+    return embeddings
+
+
 class RowStack:
     """The rows of several memory-mapped parts as one read-only float32 matrix that reads only the rows
     asked for (a slice, an index array or a mask): what `find` needs to search a store larger than memory."""
@@ -180,6 +188,8 @@ class RowStack:
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
+        if len(self.parts) == 1:
+            return np.asarray(self.parts[0][index], dtype=np.float32)
         part_of = np.searchsorted(self.offsets, index, side="right") - 1
         out = np.empty((len(index), self.shape[1]), dtype=np.float32)
         for part in np.unique(part_of):

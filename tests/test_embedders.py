@@ -65,6 +65,35 @@ def test_clip_loads_local_checkpoint_and_embeds(tiny_clip):
     assert np.allclose(vectors[0], expected.numpy()[0], atol=1e-5)
 
 
+def test_clip_onnx_runtime_agrees_with_torch_and_is_cached(tiny_clip, tmp_path, monkeypatch):
+    """runtime onnx exports the image tower once (cached by the weights) and embeds as torch does;
+    onnx-int8 is kept only where it agrees to cosine >= 0.99, otherwise refused with the reason."""
+    from dedup.errors import SettingsError
+
+    monkeypatch.setenv("DEDUP_CACHE", str(tmp_path / "cache"))
+    config, checkpoint = tiny_clip
+    options = dict(model="tiny-clip-test", pretrained=str(checkpoint), model_config=str(config))
+    images = some_images()
+    torch_embedder = build_embedder("clip", **options)
+    reference = torch_embedder.embed([torch_embedder.prepare(image) for image in images])
+    onnx_embedder = build_embedder("clip", runtime="onnx", **options)
+    vectors = onnx_embedder.embed([onnx_embedder.prepare(image) for image in images])
+    assert (vectors * reference).sum(axis=1).min() >= 0.9999
+    assert onnx_embedder.spec()["runtime"] == "onnx"
+    exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    before = exported[0].stat().st_mtime_ns
+    build_embedder("clip", runtime="onnx", **options)
+    assert exported[0].stat().st_mtime_ns == before  # reused, not exported again
+    try:
+        int8 = build_embedder("clip", runtime="onnx-int8", **options)
+    except SettingsError as error:
+        assert "cosine" in str(error) and "runtime onnx" in str(error)
+    else:
+        quantized = int8.embed([int8.prepare(image) for image in images])
+        assert (quantized * reference).sum(axis=1).min() >= 0.99
+
+
 def test_clip_embed_stage_writes_clip_retrieval_layout(tiny_clip, tmp_path):
     config, checkpoint = tiny_clip
     run_cli("embed", FLICKR / "flickr8k-224-00008.tar", "--run-dir", tmp_path, "--embedder", "clip",

@@ -23,6 +23,7 @@ def build_embedder(name: str, **options) -> Embedder:
             precision=options.get("precision", "auto"),
             model_config=options.get("model_config"),
             text=options.get("text", False),
+            runtime=options.get("runtime", "torch"),
         )
     if name == "model":
         from dedup.embedders.model import ExportedModelEmbedder

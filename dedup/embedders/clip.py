@@ -106,6 +106,7 @@ class ClipEmbedder(Embedder):
         precision: str = "auto",
         model_config: str | None = None,
         text: bool = False,
+        runtime: str = "torch",
     ):
         import open_clip
         import torch
@@ -152,6 +153,14 @@ class ClipEmbedder(Embedder):
         with torch.inference_mode():
             probe = self.preprocess(Image.new("RGB", (8, 8))).unsqueeze(0).to(self.device, dtype=self._dtype())
             self.dim = int(self.model.encode_image(probe).shape[-1])
+        self.runtime = runtime
+        self.onnx_tower = None
+        if runtime != "torch":
+            from dedup.embedders.onnx_tower import OnnxImageTower
+
+            if self.device != "cpu" or self.precision != "fp32":
+                raise SettingsError(f"runtime {runtime} is for CPU fp32 models; use runtime torch on {self.device}/{self.precision}")
+            self.onnx_tower = OnnxImageTower.for_model(self.model.visual, probe, model, weights, quantize=runtime == "onnx-int8")
 
     def _dtype(self):
         import torch
@@ -164,6 +173,7 @@ class ClipEmbedder(Embedder):
             "model": self.model_name,
             "pretrained": self.pretrained,
             "precision": self.precision,
+            "runtime": self.runtime,
             "dim": self.dim,
             "text": self.text,
         }
@@ -177,6 +187,9 @@ class ClipEmbedder(Embedder):
         if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = torch.stack(list(prepared)).to(self.device, dtype=self._dtype())
+        if self.onnx_tower is not None:
+            features = self.onnx_tower(batch.numpy())
+            return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
         with torch.inference_mode():
             features = self.model.encode_image(batch).float()
             features = torch.nn.functional.normalize(features, dim=-1)

@@ -1,0 +1,71 @@
+"""MB/s of `dedup write` against a plain copy of the same shards (`cp`, and `tar` unpack + repack).
+
+The run keeps every sample (policy none), so write copies as many bytes as cp does. Each command runs
+`--repeats` times after one warm-up read of the shards (page cache warm for all); the best time counts.
+
+    .venv/bin/python benchmarks/write_throughput.py --shards 9
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
+DEDUP = [sys.executable, "-m", "dedup.cli", "--quiet"]
+
+
+def best_seconds(command: list[str] | str, repeats: int, before=None, shell: bool = False) -> float:
+    times = []
+    for _ in range(repeats):
+        if before:
+            before()
+        started = time.perf_counter()
+        subprocess.run(command, check=True, shell=shell, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shards", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    shards = [FLICKR / f"flickr8k-224-{i:05d}.tar" for i in range(args.shards)]
+    total_mb = sum(p.stat().st_size for p in shards) / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        run = tmp / "run"
+        subprocess.run([*DEDUP, "run", *map(str, shards), "--config", str(ROOT / "configs" / "offline.toml"),
+                        "--run-dir", str(run), "--policy", "none", "--set", "write.samples_per_shard=1000"], check=True)
+        for shard in shards:
+            shard.read_bytes()  # warm the page cache for every command alike
+        out = tmp / "out"
+
+        def clear() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+
+        results = {}
+        for workers in (1, 2):
+            results[f"dedup write, {workers} worker(s)"] = best_seconds(
+                [*DEDUP, "write", "--run-dir", str(run), "--out", str(out), "--workers", str(workers),
+                 "--set", "write.samples_per_shard=1000"], args.repeats, clear)
+        results["cp"] = best_seconds(["cp", *map(str, shards), str(out)], args.repeats, clear)
+        repack = " && ".join(f"mkdir -p {out}/x{i} && tar -xf {s} -C {out}/x{i} && tar -cf {out}/{s.name} -C {out}/x{i} ." for i, s in enumerate(shards))
+        results["tar unpack + repack"] = best_seconds(repack, args.repeats, clear, shell=True)
+        written_mb = sum(p.stat().st_size for p in (run / "shards").glob("*.tar")) / 1e6
+    print(json.dumps({"input_mb": round(total_mb, 1), "dedup_output_mb": round(written_mb, 1),
+                      **{name: {"seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1)} for name, s in results.items()},
+                      "write_vs_cp": round(results["cp"] / min(results["dedup write, 1 worker(s)"], results["dedup write, 2 worker(s)"]), 3)},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
