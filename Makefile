@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup img2dataset demo test
+.PHONY: setup img2dataset demo test clip-retrieval
 setup: img2dataset
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
@@ -23,3 +23,9 @@ demo:
 
 test:
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# clip-retrieval in its own environment (it pins numpy<2, pyarrow<16, webdataset<0.3): benchmarks only
+clip-retrieval:
+	$(PY) -m venv .venv-clip-retrieval
+	.venv-clip-retrieval/bin/pip install torch==2.14.1 torchvision==0.29.1
+	WANDB_MODE=disabled .venv-clip-retrieval/bin/pip install clip-retrieval==2.45.0 'setuptools<70'  # its clip package imports pkg_resources

@@ -5,11 +5,12 @@ search (our partitioned search without routing across partition boundaries: boun
 Embeddings: N x 512 unit vectors (no CLIP weights here), `clustered` like image embeddings or `isotropic`
 (no structure, the hardest case), written as a clip-retrieval store in float16 parts of 1M rows; 1% of rows
 are planted copies at cosine 0.92-0.99. Recall: every pair at or above the threshold that exact search finds
-for a sample of queries (2,000 planted copies and 2,000 random rows, against all N), and the fraction of
+for a sample of queries (`--sample` planted copies and as many random rows, against all N), and the fraction of
 those that the method found. Each run is a fresh process, so its peak RSS is its own.
 
     .venv/bin/python benchmarks/find_scale.py --sizes 10000 100000 1000000 --methods partitioned semdedup
     .venv/bin/python benchmarks/find_scale.py --sizes 100000 --methods flat ivf
+    .venv/bin/python benchmarks/find_scale.py --sizes 10000000 --methods partitioned --sample 1000
 """
 from __future__ import annotations
 
@@ -71,18 +72,18 @@ def exact_sample_pairs(store: Path, sample: np.ndarray, threshold: float) -> set
     return found
 
 
-def run_one(rows: int, dim: int, threshold: float, method: str, kind: str) -> dict:
+def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sample_size: int = 2_000) -> dict:
     import pyarrow.parquet as pq
 
     from dedup.settings import FindSettings
     from dedup.stages.find import find
 
-    with tempfile.TemporaryDirectory(dir=ROOT.parent if (ROOT.parent / "tmp").exists() else None) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         copies = make_store(folder / "emb", rows, dim, kind)
         rng = np.random.default_rng(0)
-        sample = np.unique(np.concatenate([rng.choice(copies, min(2_000, len(copies)), replace=False),
-                                           rng.choice(rows, min(2_000, rows), replace=False)]))
+        sample = np.unique(np.concatenate([rng.choice(copies, min(sample_size, len(copies)), replace=False),
+                                           rng.choice(rows, min(sample_size, rows), replace=False)]))
         settings = FindSettings(exact=False, phash_radius=None, threshold=threshold, **METHODS[method])
         started = time.perf_counter()
         summary = find(folder / "emb", folder, settings)
@@ -106,17 +107,19 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["clustered"], choices=["clustered", "isotropic"])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--sample", type=int, default=2_000, help="planted copies and random rows checked by brute force")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         rows, method, kind = args.one
-        print(json.dumps(run_one(int(rows), args.dim, args.threshold, method, kind)))
+        print(json.dumps(run_one(int(rows), args.dim, args.threshold, method, kind, args.sample)))
         return
     for kind in args.kinds:
         for rows in args.sizes:
             for method in args.methods:
                 out = subprocess.run([sys.executable, __file__, "--one", str(rows), method, kind, "--dim", str(args.dim),
-                                      "--threshold", str(args.threshold)], capture_output=True, text=True)
+                                      "--threshold", str(args.threshold), "--sample", str(args.sample)],
+                                     capture_output=True, text=True)
                 if out.returncode != 0:
                     print(json.dumps({"rows": rows, "kind": kind, "method": method, "error": out.stderr.strip().splitlines()[-1]}), flush=True)
                     continue

@@ -119,7 +119,7 @@ def embed_command(
             decode_threads=decode_threads, device=device, precision=precision),
             engine=dict(kind=engine, address=ray_address))
         target = out or _run_dir(settings, run_dir) / "embeddings"
-        _print(embed(shards, target, settings.embed, engine=settings.engine.make(settings.embed.workers), reporter=reporter))
+        _print(embed(shards, target, settings.embed, engine=settings.engine.make(settings.embed.workers, uses_gpu=True), reporter=reporter))
 
 
 @app.command("find")

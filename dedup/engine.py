@@ -121,19 +121,24 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, workers: int = 1, address: str | None = None, gpus_per_worker: float = 0.0):
+        """`gpus_per_worker` -1: one GPU an actor if the cluster has GPUs, else none."""
         self.workers = max(1, int(workers))
         self.address = address or None
         self.gpus_per_worker = gpus_per_worker
 
     def _connect(self):
+        import logging
+
         import ray
 
+        for name in ("ray", "ray.data"):  # our reporter shows progress; Ray's own lines would drown it
+            logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False, ignore_reinit_error=True,
                      **({} if self.address else {"num_cpus": max(self.workers, 1)}))
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # our reporter shows progress
+        context.enable_progress_bars = False
         context.print_on_execution_start = False
         return ray
 
@@ -143,12 +148,15 @@ class RayEngine:
         from ray import cloudpickle
 
         ray = self._connect()
+        gpus = self.gpus_per_worker
+        if gpus < 0:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         dataset = ray.data.from_items(
             [{"position": i, "unit": cloudpickle.dumps(unit)} for i, unit in enumerate(units)],
             override_num_blocks=len(units),
         )
-        mapped = dataset.map_batches(_UnitRunner, batch_size=1, concurrency=min(self.workers, len(units)),
-                                     num_cpus=1, num_gpus=self.gpus_per_worker or None)
+        mapped = dataset.map_batches(_UnitRunner, batch_size=1, num_cpus=1, num_gpus=gpus or None,
+                                     compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(units))))
         results: list[tuple[int, UnitResult]] = []
         for row in mapped.iter_rows():
             result = cloudpickle.loads(row["result"])
@@ -160,16 +168,14 @@ class RayEngine:
 
 def make_engine(kind: str, workers: int, address: str | None = None, gpus_per_worker: float = 0.0):
     """The engine a stage runs its units on: "local" (processes on this machine) or "ray"."""
-    if kind == "local":
-        return LocalEngine(workers)
-    if kind == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            from dedup.errors import SettingsError
-
-            raise SettingsError("engine ray needs Ray Data: pip install 'dedup[ray]' (ray[data])") from None
-        return RayEngine(workers, address, gpus_per_worker)
     from dedup.errors import SettingsError
 
-    raise SettingsError(f"unknown engine {kind!r}; use local or ray")
+    if kind == "local":
+        return LocalEngine(workers)
+    if kind != "ray":
+        raise SettingsError(f"unknown engine {kind!r}; use local or ray")
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SettingsError("engine ray needs Ray Data: pip install 'dedup[ray]' (ray[data])") from None
+    return RayEngine(workers, address, gpus_per_worker)

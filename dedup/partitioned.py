@@ -1,7 +1,7 @@
 """Partitioned exact search: the similarity join for collections too large for one exact search.
 
-faiss k-means splits the indexed vectors into a few dozen partitions; each vector has one *home*, its
-nearest centroid. Duplicates with the same home are found by joining each partition with itself. A pair
+faiss k-means splits the indexed vectors into up to 1,024 partitions of ~1,024; each vector has one *home*,
+its nearest centroid. Duplicates with the same home are found by joining each partition with itself. A pair
 whose members have different homes i and j lies across the hyperplane bisecting the two centroids, and
 both members lie near it; so every vector also notes the neighbouring partitions whose bisector it is near,
 and the vectors of i near the (i, j) bisector are joined with the vectors of j near it. Every join that is

@@ -119,18 +119,19 @@ class WriteSettings:
 class EngineSettings:
     kind: str = "local"  # local | ray
     address: str = ""  # ray: an existing cluster ("auto", "ray://head:10001"); empty starts a local Ray
-    gpus_per_worker: float = 0.0  # ray: GPUs each embed actor asks for
+    gpus_per_worker: float = -1.0  # ray: GPUs each embed actor asks for; -1: one where the cluster has GPUs
 
     def validate(self) -> None:
         if self.kind not in ("local", "ray"):
             raise SettingsError(f"engine must be local or ray, got {self.kind!r}")
-        if self.gpus_per_worker < 0:
-            raise SettingsError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.gpus_per_worker < 0 and self.gpus_per_worker != -1:
+            raise SettingsError(f"gpus_per_worker must be >= 0, or -1 for one where GPUs exist; got {self.gpus_per_worker}")
 
-    def make(self, workers: int):
+    def make(self, workers: int, uses_gpu: bool = False):
+        """The engine for a stage; `uses_gpu`: the stage's units can use a GPU (embed)."""
         from dedup.engine import make_engine
 
-        return make_engine(self.kind, workers, self.address, self.gpus_per_worker)
+        return make_engine(self.kind, workers, self.address, self.gpus_per_worker if uses_gpu else 0.0)
 
 
 @dataclass

@@ -153,3 +153,26 @@ def test_partitioned_search_agrees_with_exact_search(kind):
     assert routed <= exact
     assert len(routed) / len(exact) >= 0.99
     assert len(unrouted) / len(exact) < 0.97
+
+
+def test_components_from_disk_edges_and_memory_mapped_labels(tmp_path, monkeypatch):
+    """The billion-row path: labels memory-mapped on disk, edges streamed from pairs.parquet in small
+    batches over several passes; the same components as scipy's."""
+    import pyarrow.parquet as pq
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from dedup import components
+
+    rng = np.random.default_rng(5)
+    rows = 50_000
+    a = rng.integers(0, rows, 40_000)
+    b = np.where(rng.random(40_000) < 0.5, a + rng.integers(1, 50, 40_000), rng.integers(0, rows, 40_000)) % rows
+    pq.write_table(pa.table({"a": a, "b": b}), tmp_path / "pairs.parquet", row_group_size=3_000)
+    monkeypatch.setattr(components, "IN_MEMORY_ROWS", 1_000)
+    labels = components.component_labels(rows, components.parquet_chunks(tmp_path / "pairs.parquet", size=3_000), tmp_path)
+    assert isinstance(labels, np.memmap)
+    _, expected = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(rows, rows)), directed=False)
+    smallest = np.full(expected.max() + 1, rows)
+    np.minimum.at(smallest, expected, np.arange(rows))
+    assert np.array_equal(np.asarray(labels), smallest[expected])

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from dedup import search
+from dedup.components import component_labels, in_chunks
 from dedup.atomic import write_json, write_parquet
 from dedup.errors import InputError
 from dedup.progress import SILENT, Reporter
@@ -32,11 +31,8 @@ SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
 
 def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group id (the smallest row of the component) and group size for every row."""
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(rows, rows))
-    _, labels = connected_components(graph, directed=False)
-    smallest = np.full(labels.max() + 1 if rows else 0, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(smallest, labels, np.arange(rows, dtype=np.int64))
-    return smallest[labels], np.bincount(labels)[labels]
+    labels = np.asarray(component_labels(rows, in_chunks(a, b)), dtype=np.int64)
+    return labels, np.bincount(labels, minlength=rows)[labels]
 
 
 def phash_columns(metadata: pa.Table) -> tuple[np.ndarray, np.ndarray]:
