@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -67,6 +68,16 @@ def test_output_shards_read_back_and_are_byte_identical(flickr_run):
     assert set(written) == kept
     for key, files in written.items():
         assert files == originals[key], key
+    # plain tar inputs are copied as byte ranges: each member's header comes through unchanged too
+    stats = [json.loads(p.read_text()) for p in sorted((run_dir / "shards").glob("*_stats.json"))]
+    assert {s["copy"] for s in stats} == {"byte ranges"}
+    headers = {}
+    for shard in sorted(shards_dir.glob("*.tar")):
+        with tarfile.open(shard) as archive:
+            headers.update({m.name: (m.mtime, m.mode, m.uname, m.size) for m in archive.getmembers()})
+    with tarfile.open(outputs[0]) as archive:
+        members = archive.getmembers()
+    assert members and all((m.mtime, m.mode, m.uname, m.size) == headers[m.name] for m in members)
 
 
 def test_rerun_resumes_without_redoing_work(flickr_run):

@@ -8,6 +8,7 @@ as its completion marker. A rerun skips shards whose marker matches the plan. `s
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import webdataset as wds
 
+from dedup import tarspans
 from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
@@ -47,11 +49,49 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:05d}.tar"
 
 
-def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int) -> dict:
-    """Copy the samples listed in `rows` (in order) into one output shard."""
-    started = time.perf_counter()
+def raw_spans(rows: list[dict]) -> list[tuple[str, tarspans.SampleSpan]] | None:
+    """Each row's byte range in its input shard, or None when this output shard must be written member by
+    member (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry)."""
+    keys = [row["key"] for row in rows]
+    if any(a == b for a, b in zip(keys, keys[1:])) or not all(tarspans.is_plain_local_tar(row["shard"]) for row in rows):
+        return None
+    chosen = []
+    for row in rows:
+        spans = tarspans.sample_spans(row["shard"])
+        index = row["sample_index"]
+        if index >= len(spans) or spans[index].key != row["key"]:
+            found = spans[index].key if index < len(spans) else "nothing"
+            raise InputError(
+                f"shard {row['shard']} changed since embed: sample {index} is now {found!r}, was {row['key']!r}; "
+                "rerun from `dedup embed` with a new run folder"
+            )
+        if not spans[index].contiguous:
+            return None
+        chosen.append((row["shard"], spans[index]))
+    return chosen
+
+
+def copy_spans(path: Path, spans: list[tuple[str, "tarspans.SampleSpan"]]) -> int:
+    size = 0
+    with atomic_open(path, "wb") as handle:
+        handle.flush()
+        target = handle.fileno()
+        sources: dict[str, int] = {}
+        try:
+            for shard, span in spans:
+                if shard not in sources:
+                    sources[shard] = os.open(shard, os.O_RDONLY)
+                tarspans.copy_range(sources[shard], target, span.start, span.end - span.start)
+                size += span.end - span.start
+        finally:
+            for fd in sources.values():
+                os.close(fd)
+        os.write(target, tarspans.end_of_archive(size))
+    return len(spans)
+
+
+def rewrite_members(path: Path, rows: list[dict], max_member_bytes: int) -> tuple[int, int, list[dict]]:
     expected = {(row["shard"], row["sample_index"]): row["key"] for row in rows}
-    path = Path(out_dir) / shard_name(prefix, number)
     written, payload_bytes, previous_key, renamed = set(), 0, None, []
     with atomic_open(path, "wb") as handle:
         writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
@@ -76,14 +116,28 @@ def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str,
             gone = sum(1 for place in missing if place[0] == shard)
             raise InputError(f"shard {shard} changed since embed: {gone} kept samples are gone")
         writer.close()
+    return len(written), payload_bytes, renamed
+
+
+def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int) -> dict:
+    """Copy the samples listed in `rows` (in order) into one output shard: as raw byte ranges when every
+    input is a plain local tar and no key repeats side by side, else member by member."""
+    started = time.perf_counter()
+    path = Path(out_dir) / shard_name(prefix, number)
+    spans = raw_spans(rows)
+    if spans is not None:
+        written, payload_bytes, renamed = copy_spans(path, spans), sum(span.payload for _, span in spans), []
+    else:
+        written, payload_bytes, renamed = rewrite_members(path, rows, max_member_bytes)
     stats = {
         "shard": path.name,
-        "samples": len(written),
+        "samples": written,
         "payload_bytes": payload_bytes,
         "tar_bytes": path.stat().st_size,
         "plan_digest": plan_digest(rows),
         "renamed_keys": renamed,
-        "inputs": sorted({shard for shard, _ in expected}),
+        "inputs": sorted({row["shard"] for row in rows}),
+        "copy": "byte ranges" if spans is not None else "members",
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json(Path(out_dir) / f"{prefix}-{number:05d}_stats.json", stats)
