@@ -91,9 +91,9 @@ def assign(vectors: RowReader, rows: np.ndarray, centroids: np.ndarray, reach: f
         home = ids[:, 0]
         near = sims[:, 1:] >= sims[:, :1] - reach_of[home[:, None], ids[:, 1:]]
         position, column = np.nonzero(near)
-        homes.append(home)
-        near_rows.append(position + start)
-        near_parts.append(ids[position, column + 1])
+        homes.append(home.astype(np.int32))
+        near_rows.append((position + start).astype(np.int64 if len(rows) >= np.iinfo(np.int32).max else np.int32))
+        near_parts.append(ids[position, column + 1].astype(np.int32))
     return Assignment(np.concatenate(homes), np.concatenate(near_rows), np.concatenate(near_parts))
 
 
@@ -169,7 +169,7 @@ class PartitionedJoin:
         queries = indexed if same else assign(self.read_queries, query_rows, centroids, self.reach)
         indexed_home = Buckets(indexed.home, indexed_rows, partitions)
         query_home = indexed_home if same else Buckets(queries.home, query_rows, partitions)
-        query_near = Buckets(queries.home[queries.near_row] * partitions + queries.near_partition,
+        query_near = Buckets(queries.home[queries.near_row] * partitions + queries.near_partition,  # < 2^20: int32
                              query_rows[queries.near_row], partitions * partitions)
         indexed_near = query_near if same else Buckets(indexed.home[indexed.near_row] * partitions + indexed.near_partition,
                                                        indexed_rows[indexed.near_row], partitions * partitions)
@@ -201,5 +201,6 @@ def partitioned_matches(read_queries: RowReader, query_count: int, read_indexed:
                         on_home_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
     """(query row, indexed row) with cosine >= threshold. `same`: queries and indexed rows are one set."""
     join = PartitionedJoin(read_queries, read_indexed, dim, settings, on_home_rows)
-    q, r = join.run(np.arange(query_count, dtype=np.int64), np.arange(indexed_count, dtype=np.int64), same)
-    return q, r, join.stats
+    row_type = np.int32 if max(query_count, indexed_count) < np.iinfo(np.int32).max else np.int64  # halves routing memory
+    q, r = join.run(np.arange(query_count, dtype=row_type), np.arange(indexed_count, dtype=row_type), same)
+    return q.astype(np.int64), r.astype(np.int64), join.stats
