@@ -104,6 +104,7 @@ def embed_command(
     decode_threads: Optional[int] = typer.Option(None),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | fp16 | bf16"),
+    runtime: Optional[str] = typer.Option(None, help="clip image tower: torch | onnx | onnx-int8 (ONNX Runtime, CPU)."),
     engine: Optional[str] = ENGINE,
     ray_address: Optional[str] = RAY_ADDRESS,
     config: Optional[str] = CONFIG,
@@ -116,7 +117,7 @@ def embed_command(
         settings = _settings(config, overrides, embed=dict(
             embedder=embedder, model=model, pretrained=pretrained, model_config=model_config, model_path=model_path,
             input_size=input_size, pixel_size=pixel_size, text=text, batch_size=batch_size, workers=workers,
-            decode_threads=decode_threads, device=device, precision=precision),
+            decode_threads=decode_threads, device=device, precision=precision, runtime=runtime),
             engine=dict(kind=engine, address=ray_address))
         target = out or _run_dir(settings, run_dir) / "embeddings"
         _print(embed(shards, target, settings.embed, engine=settings.engine.make(settings.embed.workers, uses_gpu=True), reporter=reporter))

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import webdataset as wds
 
 from dedup import tarspans
 from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
@@ -91,6 +90,8 @@ def copy_spans(path: Path, spans: list[tuple[str, "tarspans.SampleSpan"]]) -> in
 
 
 def rewrite_members(path: Path, rows: list[dict], max_member_bytes: int) -> tuple[int, int, list[dict]]:
+    import webdataset as wds  # imports torch: seconds, paid only on this path
+
     expected = {(row["shard"], row["sample_index"]): row["key"] for row in rows}
     written, payload_bytes, previous_key, renamed = set(), 0, None, []
     with atomic_open(path, "wb") as handle:
