@@ -120,7 +120,7 @@ def embed_command(
             decode_threads=decode_threads, device=device, precision=precision, runtime=runtime),
             engine=dict(kind=engine, address=ray_address))
         target = out or _run_dir(settings, run_dir) / "embeddings"
-        _print(embed(shards, target, settings.embed, engine=settings.engine.make(settings.embed.workers, uses_gpu=True), reporter=reporter))
+        _print(embed(shards, target, settings.embed, engine=settings.embed_engine(), reporter=reporter))
 
 
 @app.command("find")
@@ -185,7 +185,7 @@ def write_command(
                              engine=dict(kind=engine, address=ray_address))
         folder = _run_dir(settings, run_dir)
         _print(write(embeddings or folder / "embeddings", folder, out or settings.output, settings.write,
-                     engine=settings.engine.make(settings.write.workers), reporter=reporter))
+                     engine=settings.write_engine(), reporter=reporter))
 
 
 @app.command("run")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 
-
 @dataclass
 class Unit:
     name: str

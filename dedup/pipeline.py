@@ -34,11 +34,11 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     run_dir = Path(settings.run_dir)
     remove_stale_temporaries(run_dir)  # a killed run's leftovers are never valid outputs
     store = embeddings_dir(run_dir)
-    embed(urls, store, settings.embed, engine=engine or settings.engine.make(settings.embed.workers, uses_gpu=True), reporter=reporter)
+    embed(urls, store, settings.embed, engine=engine or settings.embed_engine(), reporter=reporter)
     find(store, run_dir, settings.find, reporter=reporter)
     select(store, run_dir, settings.select, reporter=reporter)
     return write(store, run_dir, settings.output_dir(), settings.write,
-                 engine=engine or settings.engine.make(settings.write.workers), reporter=reporter)
+                 engine=engine or settings.write_engine(), reporter=reporter)
 
 
 def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Path | None = None,
@@ -50,7 +50,7 @@ def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Pa
     run_dir = Path(settings.run_dir)
     remove_stale_temporaries(run_dir)
     store = embeddings_dir(run_dir)
-    embed_engine = engine or settings.engine.make(settings.embed.workers, uses_gpu=True)
+    embed_engine = engine or settings.embed_engine()
     if settings.shards:
         urls = expand_shards(settings.shards)
         check_output_location(settings.output_dir(), urls)
@@ -60,7 +60,7 @@ def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Pa
     summary = {"purge": purge(store, reference_dir, run_dir, settings.find, reporter=reporter)}
     if write_output:
         summary["write"] = write(store, run_dir, settings.output_dir(), settings.write,
-                                 engine=engine or settings.engine.make(settings.write.workers), reporter=reporter)
+                                 engine=engine or settings.write_engine(), reporter=reporter)
     return summary
 
 

@@ -152,6 +152,12 @@ class RunSettings:
     def output_dir(self) -> Path:
         return Path(self.output) if self.output else Path(self.run_dir) / "shards"
 
+    def embed_engine(self):
+        return self.engine.make(self.embed.workers, uses_gpu=True)
+
+    def write_engine(self):
+        return self.engine.make(self.write.workers)
+
 
 def parse_policy(policy: str) -> tuple[str, int | None]:
     if policy in ("one", "none"):
