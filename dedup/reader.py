@@ -51,6 +51,17 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2)
 
 
+def member_key(name: str) -> tuple[str, str | None]:
+    """A member's sample key and field (its extension); a name without an extension is its own key."""
+    parsed = split_member_name(name)
+    return parsed if parsed else (name, None)
+
+
+def starts_new_sample(key: str, extension: str | None, current_key: str | None, current_extensions) -> bool:
+    """webdataset's rule: consecutive members with one key form a sample, unless a field repeats."""
+    return key != current_key or (extension is not None and extension in current_extensions)
+
+
 def unsafe_name_reason(name: str) -> str | None:
     if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
         return f"member {name!r} has an absolute path"
@@ -104,11 +115,8 @@ def iter_shard(
             for member in archive:
                 if member.isdir():
                     continue
-                parsed = split_member_name(member.name)
-                key = parsed[0] if parsed else member.name
-                if current is None or current.sample.key != key or (
-                    parsed is not None and parsed[1] in current.sample.files
-                ):
+                key, extension = member_key(member.name)
+                if current is None or starts_new_sample(key, extension, current.sample.key, current.sample.files):
                     yield from finish(current)
                     current = _SampleBuilder(url, key, next_index)
                     next_index += 1
@@ -119,7 +127,7 @@ def iter_shard(
                 if reason is None and not member.isfile():
                     kind = "a link" if (member.issym() or member.islnk()) else "not a regular file"
                     reason = f"member {member.name!r} is {kind}; only regular files are read"
-                if reason is None and parsed is None:
+                if reason is None and extension is None:
                     reason = f"member {member.name!r} has no extension, so it belongs to no sample field"
                 if reason is None and member.size > max_member_bytes:
                     reason = f"member {member.name!r} is {member.size} bytes, over the limit of {max_member_bytes}"
@@ -127,7 +135,7 @@ def iter_shard(
                     current.refuse(reason)
                     continue
                 handle = archive.extractfile(member)
-                current.add(parsed[1], handle.read() if handle else b"")
+                current.add(extension, handle.read() if handle else b"")
         yield from finish(current)
     except Exception as error:  # noqa: BLE001 - a broken shard ends that shard only
         if current is not None:

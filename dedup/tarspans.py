@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from dedup.reader import split_member_name
+from dedup.reader import member_key, starts_new_sample
 
 BLOCK = tarfile.BLOCKSIZE
 
@@ -47,11 +47,9 @@ def _scan(path: str, size: int, mtime_ns: int) -> list[SampleSpan]:
             if member.isdir():
                 skipped = True
                 continue
-            parsed = split_member_name(member.name)
-            key = parsed[0] if parsed else member.name
-            extension = parsed[1] if parsed else None
+            key, extension = member_key(member.name)
             end = member.offset_data + -(-member.size // BLOCK) * BLOCK if member.isfile() else member.offset_data
-            if current is None or current.key != key or (extension is not None and extension in current.extensions):
+            if current is None or starts_new_sample(key, extension, current.key, current.extensions):
                 current = SampleSpan(key, member.offset, end)
                 spans.append(current)
             elif skipped:

@@ -48,6 +48,11 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:05d}.tar"
 
 
+def changed_since_embed(shard: str, index: int, now: str, was: str) -> InputError:
+    return InputError(f"shard {shard} changed since embed: sample {index} is now {now!r}, was {was!r}; "
+                      "rerun from `dedup embed` with a new run folder")
+
+
 def raw_spans(rows: list[dict]) -> list[tuple[str, tarspans.SampleSpan]] | None:
     """Each row's byte range in its input shard, or None when this output shard must be written member by
     member (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry)."""
@@ -59,11 +64,7 @@ def raw_spans(rows: list[dict]) -> list[tuple[str, tarspans.SampleSpan]] | None:
         spans = tarspans.sample_spans(row["shard"])
         index = row["sample_index"]
         if index >= len(spans) or spans[index].key != row["key"]:
-            found = spans[index].key if index < len(spans) else "nothing"
-            raise InputError(
-                f"shard {row['shard']} changed since embed: sample {index} is now {found!r}, was {row['key']!r}; "
-                "rerun from `dedup embed` with a new run folder"
-            )
+            raise changed_since_embed(row["shard"], index, spans[index].key if index < len(spans) else "nothing", row["key"])
         if not spans[index].contiguous:
             return None
         chosen.append((row["shard"], spans[index]))
@@ -99,10 +100,7 @@ def rewrite_members(path: Path, rows: list[dict], max_member_bytes: int) -> tupl
         for sample in iter_selected(expected, max_member_bytes):
             was = expected[(sample.shard, sample.index)]
             if sample.key != was:
-                raise InputError(
-                    f"shard {sample.shard} changed since embed: sample {sample.index} is now {sample.key!r}, "
-                    f"was {was!r}; rerun from `dedup embed` with a new run folder"
-                )
+                raise changed_since_embed(sample.shard, sample.index, sample.key, was)
             key = sample.key
             if key == previous_key:
                 # two samples with one key side by side would be read back as one sample
