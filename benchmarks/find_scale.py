@@ -60,7 +60,7 @@ def exact_sample_pairs(store: Path, sample: np.ndarray, threshold: float) -> set
     """Every pair at or above `threshold` that involves a sampled row, by brute force against all rows."""
     from dedup.store import EmbeddingStore
 
-    vectors = EmbeddingStore(store).load(lazy=True).embeddings
+    vectors = EmbeddingStore(store).load(max_in_memory_bytes=0).embeddings
     queries = vectors[sample]
     found = set()
     for start in range(0, len(vectors), 262_144):

@@ -123,9 +123,10 @@ class EmbeddingStore:
         parts = self.completed_parts() if ours else metadata_parts & embedding_parts
         return sorted(parts)
 
-    def load(self, mmap: bool = True, lazy: bool = False) -> LoadedStore:
-        """The whole store. `lazy`: embeddings stay memory-mapped on disk and are read (as float32) only
-        where indexed, so a store larger than memory can be searched part by part; see `in_memory`."""
+    def load(self, mmap: bool = True, max_in_memory_bytes: float | None = None) -> LoadedStore:
+        """The whole store. Embeddings come as one float32 array in memory, unless that would take more than
+        `max_in_memory_bytes`: then they stay memory-mapped on disk (a `RowStack`) and are read only where
+        indexed, so a store larger than memory can be searched part by part."""
         if not self.root.exists():
             raise InputError(f"embeddings folder {str(self.root)!r} does not exist; run `dedup embed` first")
         parts = self.parts()
@@ -147,26 +148,15 @@ class EmbeddingStore:
             arrays.append(array)
             if self.failures_path(part).exists():
                 failures.append(pq.read_table(self.failures_path(part)).cast(FAILURE_SCHEMA))
-        if lazy:
-            embeddings = RowStack(arrays)
-        elif len(arrays) > 1:
-            embeddings = np.concatenate(arrays).astype(np.float32, copy=False)
-        else:
-            embeddings = np.asarray(arrays[0], dtype=np.float32)
+        stack = RowStack(arrays)
+        fits = max_in_memory_bytes is None or stack.shape[0] * stack.shape[1] * 4 <= max_in_memory_bytes
+        embeddings = stack.in_memory() if fits else stack
         return LoadedStore(
             metadata=pa.concat_tables(tables),
             embeddings=embeddings,
             failures=pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table(),
             spec=spec,
         )
-
-
-def in_memory(embeddings, budget_bytes: float):
-    """A lazily loaded store as one float32 array in memory when that fits the budget (random reads from
-    memory are far cheaper than from memory-mapped parts); otherwise as it is."""
-    if isinstance(embeddings, RowStack) and embeddings.shape[0] * embeddings.shape[1] * 4 <= budget_bytes:
-        return embeddings[0:len(embeddings)]
-    return embeddings
 
 
 class RowStack:
@@ -181,6 +171,11 @@ class RowStack:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def in_memory(self) -> np.ndarray:
+        if len(self.parts) == 1:
+            return np.asarray(self.parts[0], dtype=np.float32)
+        return np.concatenate(self.parts).astype(np.float32, copy=False)
 
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, slice):

@@ -176,3 +176,30 @@ def test_components_from_disk_edges_and_memory_mapped_labels(tmp_path, monkeypat
     smallest = np.full(expected.max() + 1, rows)
     np.minimum.at(smallest, expected, np.arange(rows))
     assert np.array_equal(np.asarray(labels), smallest[expected])
+
+
+def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs(tmp_path):
+    """A store over find.memory_budget_gb stays memory-mapped (several float16 parts, as clip-retrieval
+    writes them) and is read partition by partition; the pairs are those of the in-memory search."""
+    import pyarrow.parquet as pq
+
+    from dedup.planting import planted_embeddings
+    from dedup.store import EmbeddingStore, RowStack
+
+    vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
+    (tmp_path / "emb" / "img_emb").mkdir(parents=True)
+    (tmp_path / "emb" / "metadata").mkdir()
+    for part, start in enumerate(range(0, len(vectors), 12_000)):
+        np.save(tmp_path / "emb" / "img_emb" / f"img_emb_{part}.npy", vectors[start:start + 12_000].astype(np.float16))
+        pq.write_table(pa.table({"key": [str(i) for i in range(start, min(start + 12_000, len(vectors)))]}),
+                       tmp_path / "emb" / "metadata" / f"metadata_{part}.parquet")
+    assert isinstance(EmbeddingStore(tmp_path / "emb").load(max_in_memory_bytes=1_000).embeddings, RowStack)
+    pairs = {}
+    for name, budget in (("memory", 8.0), ("lazy", 1e-6)):
+        run = tmp_path / name
+        find(tmp_path / "emb", run, FindSettings(exact=False, phash_radius=None, threshold=0.9, index="partitioned",
+                                                 memory_budget_gb=budget))
+        table = pq.read_table(run / "pairs.parquet")
+        pairs[name] = set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
+    assert len(pairs["memory"]) >= 290
+    assert pairs["lazy"] == pairs["memory"]

@@ -10,7 +10,6 @@ Writes, into the run folder:
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from dedup.atomic import write_json, write_parquet
 from dedup.errors import InputError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
-from dedup.store import EmbeddingStore, in_memory
+from dedup.store import EmbeddingStore
 
 SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
 
@@ -134,8 +133,7 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
     settings = settings or FindSettings()
     settings.validate()
     started = time.perf_counter()
-    data = EmbeddingStore(store_dir).load(lazy=True)
-    data = dataclasses.replace(data, embeddings=in_memory(data.embeddings, settings.memory_budget_gb * 1024**3))
+    data = EmbeddingStore(store_dir).load(max_in_memory_bytes=settings.memory_budget_gb * 1024**3)
     metadata, embeddings = data.metadata, data.embeddings
     rows = len(metadata)
     if settings.threshold is not None and data.spec.get("embedder", {}) == "external":
