@@ -347,11 +347,16 @@ def print_verify_table(report: dict, reporter: Reporter) -> None:
     table.add_column("B", justify="right")
     for label, key in (("membership AUC, duplicated vs held-out", "membership_auc_duplicated_vs_heldout"),
                        ("membership AUC, unique vs held-out", "membership_auc_unique_vs_heldout"),
+                       ("Wen detector AUC, duplicated vs unique captions", "detector_auc_duplicated_vs_unique_prompts"),
+                       ("captions flagged (clique), of the duplicated", "flagged_prompts"),
+                       ("control captions flagged", "flagged_control_prompts"),
                        ("images extracted", "extracted_images"),
                        ("generations", "generations"),
                        ("training seconds", None)):
-        values = [str(report[m]["training"]["seconds"] if key is None else report[m][key]) for m in ("A", "B")]
-        table.add_row(label, *values)
+        if key is not None and key not in report["A"]:
+            continue
+        values = [report[m]["training"]["seconds"] if key is None else report[m][key] for m in ("A", "B")]
+        table.add_row(label, *("n/a" if value is None else str(value) for value in values))
     reporter.console.print(table)
     typer.echo(json.dumps({k: report[k] for k in ("extracted_reduction", "figures", "seconds")}, indent=2))
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from conftest import CIFAR, run_cli
+from conftest import CIFAR, FLICKR, run_cli
 from dedup.attack.diffusion import auc
 from dedup.attack.distances import normalized_l2, pairwise_l2, relative_ratio, tiled_l2
 from dedup.attack.extraction import counts_by_duplicates, flag_memorized, largest_clique, white_box
@@ -91,3 +92,127 @@ unique_sample = 40
         assert report[model]["generations"] == 16
     assert (tmp_path / "run" / "verify-counts.png").exists() and (tmp_path / "run" / "verify-pairs.png").exists()
     assert "membership AUC" in result.stderr + result.stdout
+
+
+def test_caption_vocabulary_and_empty_caption():
+    from dedup.attack.text import BEGIN, PAD, UNKNOWN, CaptionVocabulary
+
+    vocabulary = CaptionVocabulary.build(["A dog runs.", "a dog sleeps", "two cats"], size=3, max_words=4)
+    assert vocabulary.vocabulary[:2] == ["a", "dog"]
+    tokens = vocabulary.encode(["a dog flies over the moon", ""])
+    assert tokens.shape == (2, 5) and tokens[0, 0] == BEGIN
+    assert tokens[0, 1:3].tolist() == [vocabulary._ids["a"], vocabulary._ids["dog"]] and tokens[0, 3] == UNKNOWN
+    assert tokens[1].tolist() == [BEGIN, PAD, PAD, PAD, PAD] and (vocabulary.empty()[0] == tokens[1]).all()
+
+
+@pytest.fixture(scope="module")
+def flickr_run(tmp_path_factory):
+    """300 Flickr8k photos, 3 of them planted 20 times with their captions, through `dedup run` (pixels)."""
+    from dedup.pipeline import run
+    from dedup.planting import plant
+    from dedup.settings import load_settings
+
+    root = tmp_path_factory.mktemp("flickr-verify")
+    planted = plant(str(FLICKR / "flickr8k-224-00000.tar"), root / "data", sources=3, copies=20, limit=300,
+                    shard_size=150, seed=0)
+    settings = load_settings("offline")
+    settings.shards, settings.run_dir = [str(root / "data")], str(root / "run")
+    run(settings)
+    return root, planted, settings
+
+
+def test_store_confirmation_finds_the_training_image_a_generation_copies(flickr_run):
+    """A 'generation' that is a training photo (re-encoded, at 16 px) is matched to that photo through the
+    run's store; noise matches nothing within delta; the generate-and-filter attack flags and confirms only
+    the prompt whose generations copy a training image."""
+    from dedup.attack.confirm import images_from_shards, nearest_training_images
+    from dedup.attack.extraction import generate_and_filter
+    from dedup.embedders import build_embedder
+
+    root, planted, settings = flickr_run
+    store = root / "run" / "embeddings"
+    embedder = build_embedder(settings.embed.embedder, **settings.embed.embedder_options())
+    source_key = planted.groups[0][0]
+    groups = pq.read_table(root / "run" / "groups.parquet").to_pylist()
+    place = next((g["shard"], g["sample_index"]) for g in groups if g["key"] == source_key)
+    photo = images_from_shards([place], 16)[0]
+    rng = np.random.default_rng(0)
+    copies = np.clip(photo[None] + 0.01 * rng.standard_normal((12, 16, 16, 3)), 0, 1).astype(np.float32)
+    noise = rng.random((12, 16, 16, 3)).astype(np.float32)
+    matches = nearest_training_images(np.concatenate([copies[:1], noise[:1]]), store, embedder)
+    expected_keys = set(planted.groups[0])  # the photo or any of its planted copies
+    assert matches[0].key in expected_keys and matches[0].tiled_l2 < 0.05
+    assert matches[1].tiled_l2 > 0.15
+
+    result = generate_and_filter({"memorized": copies, "diverse": noise},
+                                 lambda images: nearest_training_images(images, store, embedder), delta=0.15, min_clique=10)
+    assert list(result.flagged) == ["memorized"] and result.extracted["diverse"] == []
+    assert len(result.extracted["memorized"]) == 12
+    assert {(m.shard, m.sample_index) for m in result.extracted["memorized"]} <= {
+        (g["shard"], g["sample_index"]) for g in groups if g["key"] in expected_keys}
+
+
+def test_confirmation_refuses_another_embedder(flickr_run):
+    from dedup.attack.confirm import nearest_training_images
+    from dedup.embedders import build_embedder
+    from dedup.errors import SettingsError
+
+    root, _, _ = flickr_run
+    with pytest.raises(SettingsError, match="embedded with"):
+        nearest_training_images(np.zeros((1, 16, 16, 3), np.float32), root / "run" / "embeddings",
+                                build_embedder("pixels", pixel_size=4))
+
+
+def test_largest_group_prompts_are_the_planted_captions(flickr_run):
+    from dedup.attack.prompts import largest_group_prompts, unique_image_prompts
+
+    root, planted, _ = flickr_run
+    prompts = largest_group_prompts(root / "run", 3)
+    assert [p.group_size for p in prompts] == [21, 21, 21]
+    groups = pq.read_table(root / "run" / "groups.parquet").to_pylist()
+    caption_of = {g["key"]: g["caption"] for g in groups}
+    assert {p.caption for p in prompts} == {caption_of[group[0]].strip() for group in planted.groups}
+    controls = unique_image_prompts(root / "run", 5)
+    assert len(controls) == 5 and all(p.group_size == 1 for p in controls)
+
+
+def test_tiny_caption_verify_end_to_end(tmp_path):
+    """The Flickr8k setting in miniature: caption-conditioned model, black-box attack, Wen detector."""
+    preset = tmp_path / "verify-tiny-flickr.toml"
+    preset.write_text(f"""
+[plant]
+source = "{FLICKR / 'flickr8k-224-00001.tar'}"
+unique = 200
+sources = 3
+copies = 20
+shard_size = 100
+[holdout]
+shards = "{FLICKR / 'flickr8k-224-00008.tar'}"
+count = 30
+[model]
+captions = true
+resolution = 8
+channels = [16, 16]
+train_steps = 4
+batch_size = 16
+sample_steps = 3
+[attack]
+prompts = 3
+control_prompts = 3
+generations_per_prompt = 4
+min_clique = 2
+duplicated_min = 10
+unique_sample = 30
+detector_repeats = 2
+""")
+    result = run_cli("verify", tmp_path / "run", "--preset", preset)
+    report = json.loads((tmp_path / "run" / "verify.json").read_text())
+    assert report["training_images"] == {"A": 260, "B": 200}
+    for model in ("A", "B"):
+        measured = report[model]
+        assert measured["duplicated_images"] == 3 and measured["prompts"] == 3 and measured["control_prompts"] == 3
+        assert measured["generations"] == 24
+        assert [p["copies"] for p in measured["per_prompt"]] == [21, 21, 21, 1, 1, 1]
+        assert 0 <= measured["detector_auc_duplicated_vs_unique_prompts"] <= 1
+        assert len(measured["lowest_tiled_l2"]) == 10
+    assert "Wen detector AUC" in result.stderr + result.stdout

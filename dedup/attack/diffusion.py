@@ -1,8 +1,13 @@
 """A small diffusion model trained here from scratch with diffusers: DDPM training, DDIM sampling.
 
-Unconditional or class-conditional UNet2DModel at low resolution (16 or 32 px), a few hundred thousand to a
-few million parameters, trainable on 2 CPU cores. Training draws samples uniformly from the training set,
-so an image present 200 times is seen 200 times as often: the mechanism behind memorization.
+Unconditional, class-conditional (UNet2DModel) or caption-conditioned (UNet2DConditionModel with a small
+caption encoder trained jointly, caption dropout so classifier-free guidance and the Wen et al. detector
+work), at low resolution (16 or 32 px) and a few million parameters, trainable on 2 CPU cores. Training
+draws samples uniformly from the training set, so an image present 200 times is seen 200 times as often:
+the mechanism behind memorization.
+
+A condition array goes with the images everywhere: None (unconditional), class ids (n,), or caption token
+ids (n, length) from `text.CaptionVocabulary`.
 """
 from __future__ import annotations
 
@@ -12,13 +17,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from dedup.attack.text import PAD, CaptionEncoder
+
 
 @dataclass
 class ModelSettings:
     resolution: int = 16
     channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
-    classes: int = 0  # 0: unconditional
+    classes: int = 0  # > 0: class-conditional
+    captions: bool = False  # caption-conditioned (takes precedence over classes)
+    caption_dropout: float = 0.1  # share of training captions replaced by the empty caption
+    guidance_scale: float = 3.0  # classifier-free guidance when sampling with captions
+    text_width: int = 64
+    text_layers: int = 2
+    vocabulary_size: int = 2000
+    max_words: int = 16
     train_steps: int = 600
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -26,11 +40,23 @@ class ModelSettings:
     sample_steps: int = 50
     seed: int = 0
 
+    @property
+    def conditioning(self) -> str:
+        return "caption" if self.captions else "class" if self.classes else "none"
+
 
 def build_unet(settings: ModelSettings):
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DConditionModel, UNet2DModel
 
     depth = len(settings.channels)
+    if settings.captions:  # cross-attention on the captions at every level but the first (full resolution)
+        return UNet2DConditionModel(
+            sample_size=settings.resolution, in_channels=3, out_channels=3,
+            layers_per_block=settings.layers_per_block, block_out_channels=tuple(settings.channels),
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
+            cross_attention_dim=settings.text_width, attention_head_dim=8, norm_num_groups=8,
+        )
     down = ["DownBlock2D"] * depth
     up = ["UpBlock2D"] * depth
     down[-2], up[1] = "AttnDownBlock2D", "AttnUpBlock2D"  # one attention level, at the lower resolution
@@ -42,31 +68,61 @@ def build_unet(settings: ModelSettings):
     )
 
 
+class Denoiser(torch.nn.Module):
+    """Predicts the noise in x_t given t and the condition (None, class ids or caption tokens)."""
+
+    def __init__(self, settings: ModelSettings, vocabulary_length: int = 0, caption_length: int = 0):
+        super().__init__()
+        self.settings = settings
+        self.unet = build_unet(settings)
+        self.captions = (CaptionEncoder(vocabulary_length, caption_length, settings.text_width, settings.text_layers)
+                         if settings.captions else None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if self.captions is not None:
+            return self.unet(x, t, encoder_hidden_states=self.captions(condition),
+                             encoder_attention_mask=(condition != PAD).float()).sample
+        return self.unet(x, t, class_labels=condition if self.settings.classes else None).sample
+
+
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train(images: np.ndarray, labels: np.ndarray | None, settings: ModelSettings, log=None) -> tuple[torch.nn.Module, dict]:
-    """Train on images (n, 3, H, W) in [-1, 1]; returns the model and training stats."""
+def _condition(conditions: np.ndarray | None, rows) -> torch.Tensor | None:
+    return None if conditions is None else torch.from_numpy(np.asarray(conditions[rows])).long()
+
+
+def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSettings, log=None,
+          vocabulary_length: int = 0, empty_caption: np.ndarray | None = None) -> tuple[Denoiser, dict]:
+    """Train on images (n, 3, H, W) in [-1, 1]; returns the model and training stats.
+
+    With captions, `conditions` are token ids, `vocabulary_length` the encoder's vocabulary and
+    `empty_caption` (length,) the token row that caption dropout substitutes."""
     from diffusers import DDPMScheduler
 
+    if settings.captions and (conditions is None or conditions.ndim != 2 or empty_caption is None):
+        raise ValueError("a caption-conditioned model needs caption tokens and the empty caption")
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    model = build_unet(settings)
+    model = Denoiser(settings, vocabulary_length, conditions.shape[1] if settings.captions else 0)
     scheduler = DDPMScheduler(num_train_timesteps=settings.timesteps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     data = torch.from_numpy(images)
-    targets = torch.from_numpy(labels).long() if labels is not None and settings.classes else None
+    if settings.conditioning == "none":
+        conditions = None
     started, losses = time.perf_counter(), []
     model.train()
     for step in range(settings.train_steps):
-        rows = torch.from_numpy(generator.integers(0, len(data), settings.batch_size))
-        clean = data[rows]
+        rows = generator.integers(0, len(data), settings.batch_size)
+        clean = data[torch.from_numpy(rows)]
+        condition = _condition(conditions, rows)
+        if settings.captions:
+            dropped = torch.from_numpy(generator.random(len(rows)) < settings.caption_dropout)
+            condition[dropped] = torch.from_numpy(empty_caption).long()
         noise = torch.randn_like(clean)
         t = torch.randint(0, settings.timesteps, (len(clean),))
-        noisy = scheduler.add_noise(clean, noise, t)
-        predicted = model(noisy, t, class_labels=targets[rows] if targets is not None else None).sample
-        loss = torch.nn.functional.mse_loss(predicted, noise)
+        loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(clean, noise, t), t, condition), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,11 +134,21 @@ def train(images: np.ndarray, labels: np.ndarray | None, settings: ModelSettings
                    "parameters": parameter_count(model), "settings": asdict(settings)}
 
 
+def _guided(model: Denoiser, x, t, condition, empty, scale: float):
+    """Classifier-free guidance: eps(empty) + scale * (eps(caption) - eps(empty)), both in one batch.
+    Also returns the text-conditional part eps(caption) - eps(empty) (the Wen et al. signal)."""
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([condition, empty]))
+    conditional, unconditional = both.chunk(2)
+    return unconditional + scale * (conditional - unconditional), conditional - unconditional
+
+
 @torch.inference_mode()
-def sample(model, settings: ModelSettings, count: int, labels: np.ndarray | None = None, seed: int = 1, batch: int = 256) -> np.ndarray:
-    """DDIM samples as (count, H, W, 3) in [0, 1]."""
+def sample(model: Denoiser, count: int, conditions: np.ndarray | None = None, empty_caption: np.ndarray | None = None,
+           seed: int = 1, batch: int = 256) -> np.ndarray:
+    """DDIM samples as (count, H, W, 3) in [0, 1]; conditions (count, ...) when the model is conditional."""
     from diffusers import DDIMScheduler
 
+    settings = model.settings
     scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
     scheduler.set_timesteps(settings.sample_steps)
     generator = torch.Generator().manual_seed(seed)
@@ -90,32 +156,63 @@ def sample(model, settings: ModelSettings, count: int, labels: np.ndarray | None
     for start in range(0, count, batch):
         size = min(batch, count - start)
         x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator)
-        classes = torch.from_numpy(labels[start:start + size]).long() if labels is not None and settings.classes else None
+        condition = _condition(conditions, slice(start, start + size)) if settings.conditioning != "none" else None
+        empty = torch.from_numpy(np.repeat(empty_caption[None], size, 0)).long() if settings.captions else None
         for t in scheduler.timesteps:
-            eps = model(x, t, class_labels=classes).sample
+            timestep = torch.full((size,), int(t))
+            if settings.captions:
+                eps, _ = _guided(model, x, timestep, condition, empty, settings.guidance_scale)
+            else:
+                eps = model(x, timestep, condition)
             x = scheduler.step(eps, t, x).prev_sample
         out.append(((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else np.zeros((0, settings.resolution, settings.resolution, 3), np.float32)
 
 
 @torch.inference_mode()
-def denoising_losses(model, images: np.ndarray, labels: np.ndarray | None, settings: ModelSettings,
+def text_guidance_magnitude(model: Denoiser, captions: np.ndarray, empty_caption: np.ndarray, repeats: int = 4,
+                            steps: int = 1, seed: int = 7, batch: int = 256) -> np.ndarray:
+    """Wen et al. (ICLR 2024): per caption, the norm of eps(x_t, caption) - eps(x_t, empty) over the first
+    `steps` guided DDIM steps, averaged over `repeats` starting noises. Memorized captions score high."""
+    from diffusers import DDIMScheduler
+
+    settings = model.settings
+    scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
+    scheduler.set_timesteps(settings.sample_steps)
+    tokens = np.repeat(captions, repeats, axis=0)
+    generator = torch.Generator().manual_seed(seed)
+    scores = np.zeros(len(tokens))
+    for start in range(0, len(tokens), batch):
+        size = min(batch, len(tokens) - start)
+        x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator)
+        condition = torch.from_numpy(tokens[start:start + size]).long()
+        empty = torch.from_numpy(np.repeat(empty_caption[None], size, 0)).long()
+        for t in scheduler.timesteps[:steps]:
+            eps, text_part = _guided(model, x, torch.full((size,), int(t)), condition, empty, settings.guidance_scale)
+            scores[start:start + size] += text_part.flatten(1).norm(dim=1).numpy() / steps
+            x = scheduler.step(eps, t, x).prev_sample
+    return scores.reshape(len(captions), repeats).mean(1)
+
+
+@torch.inference_mode()
+def denoising_losses(model: Denoiser, images: np.ndarray, conditions: np.ndarray | None,
                      timesteps: tuple[int, ...] = (50, 100, 200, 400), seed: int = 123, batch: int = 256) -> np.ndarray:
     """Per-image denoising loss at fixed noise and timesteps (the paper's membership signal): lower = member."""
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler(num_train_timesteps=settings.timesteps)
+    scheduler = DDPMScheduler(num_train_timesteps=model.settings.timesteps)
     generator = torch.Generator().manual_seed(seed)
     data = torch.from_numpy(images)
     noises = [torch.randn(data.shape[1:], generator=generator) for _ in timesteps]
+    conditional = model.settings.conditioning != "none"
     losses = np.zeros(len(data), dtype=np.float64)
     for start in range(0, len(data), batch):
         clean = data[start:start + batch]
-        classes = torch.from_numpy(labels[start:start + batch]).long() if labels is not None and settings.classes else None
+        condition = _condition(conditions, slice(start, start + batch)) if conditional else None
         for noise, step in zip(noises, timesteps):
             noise_batch = noise.expand_as(clean)
             t = torch.full((len(clean),), step, dtype=torch.long)
-            predicted = model(scheduler.add_noise(clean, noise_batch, t), t, class_labels=classes).sample
+            predicted = model(scheduler.add_noise(clean, noise_batch, t), t, condition)
             losses[start:start + batch] += ((predicted - noise_batch) ** 2).mean(dim=(1, 2, 3)).numpy()
     return losses / len(timesteps)
 

@@ -10,7 +10,7 @@ least k; the flagged generations are then confirmed against the training set.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 import numpy as np
@@ -57,3 +57,34 @@ def flag_memorized(generations_by_prompt: dict[str, np.ndarray], delta: float = 
 def counts_by_duplicates(extracted_rows: list[int], duplicate_count: np.ndarray) -> dict[int, int]:
     """How many unique training images were extracted, by how many copies of them the training set held."""
     return dict(sorted(Counter(int(duplicate_count[row]) for row in extracted_rows).items()))
+
+
+@dataclass
+class BlackBoxResult:
+    flagged: dict[str, list[int]]  # prompt -> its generations in the largest clique (only prompts with >= k)
+    nearest: dict[str, list]  # prompt -> per generation, the nearest training image (confirm.Match)
+    extracted: dict[str, list]  # prompt -> matches within delta among its flagged clique
+
+    @property
+    def extracted_places(self) -> list[tuple[str, int]]:
+        """Unique training samples extracted, as (shard, sample_index)."""
+        return sorted({(m.shard, m.sample_index) for matches in self.extracted.values() for m in matches})
+
+
+def generate_and_filter(generations_by_prompt: dict[str, np.ndarray], nearest_training, delta: float = 0.15,
+                        min_clique: int = 10, grid: int = 4) -> BlackBoxResult:
+    """The paper's black-box attack: flag prompts whose generations form a clique of at least `min_clique`
+    within `delta`, then confirm the clique's generations against the training set with
+    `nearest_training(generations) -> [Match]` (see `confirm.nearest_training_images`). Every generation is
+    matched, flagged or not, so the report can show how close the unflagged ones came."""
+    flagged = flag_memorized(generations_by_prompt, delta, min_clique, grid)
+    prompts = list(generations_by_prompt)
+    matches = nearest_training(np.concatenate([generations_by_prompt[p] for p in prompts])) if prompts else []
+    nearest, extracted, start = {}, {}, 0
+    for prompt in prompts:
+        count = len(generations_by_prompt[prompt])
+        nearest[prompt] = [replace(m, generation=m.generation - start) for m in matches[start:start + count]]
+        start += count
+        clique = set(flagged.get(prompt, ()))
+        extracted[prompt] = [m for m in nearest[prompt] if m.generation in clique and m.tiled_l2 <= delta]
+    return BlackBoxResult(flagged, nearest, extracted)

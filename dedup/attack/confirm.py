@@ -1,0 +1,92 @@
+"""Confirming black-box generations against the training set through the pipeline's own embedding store.
+
+A generation flagged by the clique filter is embedded with the embedder that built the store, its nearest
+training samples are found with faiss, and each candidate is checked with the tiled l2 distance at the
+generation's resolution: within delta, the training sample counts as extracted. The store already holds
+every training image, so no second pass over the shards is needed except to read the few candidates back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from dedup.attack.distances import tiled_l2
+from dedup.embedders import Embedder
+from dedup.errors import SettingsError
+from dedup.imaging import UnreadableImage, decode
+from dedup.reader import iter_selected
+from dedup.store import EmbeddingStore
+
+Place = tuple[str, int]  # (shard, sample_index)
+ImageLoader = Callable[[list[Place], int], np.ndarray]  # places, side -> (n, side, side, 3) in [0, 1]
+
+
+@dataclass
+class Match:
+    generation: int  # position in the generations given
+    shard: str
+    sample_index: int
+    key: str
+    tiled_l2: float
+
+
+def images_from_shards(places: list[Place], side: int) -> np.ndarray:
+    """The training images at `places`, resized to side x side, in [0, 1] (the default loader)."""
+    out = np.zeros((len(places), side, side, 3), np.float32)
+    position_of = {place: i for i, place in enumerate(places)}
+    for sample in iter_selected(places):
+        try:
+            image = decode(sample.files).image.resize((side, side), Image.Resampling.BICUBIC)
+        except UnreadableImage:
+            continue
+        out[position_of[(sample.shard, sample.index)]] = np.asarray(image, np.float32) / 255
+    return out
+
+
+def embed_generations(embedder: Embedder, generations: np.ndarray) -> np.ndarray:
+    images = [Image.fromarray((np.clip(g, 0, 1) * 255).round().astype(np.uint8)) for g in generations]
+    return np.asarray(embedder.embed([embedder.prepare(image) for image in images]), np.float32)
+
+
+def check_embedder_matches(store: EmbeddingStore, embedder: Embedder) -> None:
+    made_with = (store.read_spec() or {}).get("embedder")
+    if made_with != embedder.spec():
+        raise SettingsError(
+            f"{store.root} was embedded with {made_with}, but the attack was given {embedder.spec()}; "
+            "confirm with the embedder settings of the dedup run that built the store"
+        )
+
+
+def nearest_training_images(generations: np.ndarray, store_dir: str | Path, embedder: Embedder, grid: int = 4,
+                            candidates: int = 5, load_images: ImageLoader = images_from_shards,
+                            chunk: int = 262_144) -> list[Match]:
+    """For each generation (n, H, W, 3) in [0, 1], the training image nearest by tiled l2 among the
+    `candidates` nearest in the store: the generation is a copy of it when that distance is within delta."""
+    import faiss
+
+    if len(generations) == 0:
+        return []
+    store = EmbeddingStore(store_dir)
+    check_embedder_matches(store, embedder)
+    loaded = store.load(max_in_memory_bytes=0)  # memory-mapped: the index reads it part by part
+    index = faiss.IndexFlatIP(loaded.embeddings.shape[1])
+    for start in range(0, len(loaded.embeddings), chunk):
+        index.add(np.ascontiguousarray(loaded.embeddings[start:start + chunk], np.float32))
+    _, nearest = index.search(embed_generations(embedder, generations), min(candidates, index.ntotal))
+    shards = loaded.metadata["shard"].to_pylist()
+    sample_indices = loaded.metadata["sample_index"].to_pylist()
+    keys = loaded.metadata["key"].to_pylist()
+    places = sorted({(shards[row], sample_indices[row]) for row in nearest.ravel() if row >= 0})
+    side = generations.shape[1]
+    training = dict(zip(places, load_images(places, side)))
+    matches = []
+    for position, rows in enumerate(nearest):
+        rows = [row for row in rows if row >= 0]
+        distances = [float(tiled_l2(generations[position], training[(shards[row], sample_indices[row])], grid)) for row in rows]
+        row = rows[int(np.argmin(distances))]
+        matches.append(Match(position, shards[row], sample_indices[row], keys[row], min(distances)))
+    return matches
