@@ -324,6 +324,37 @@ def download_command(
                       f"({summary['failed_to_download']} failed to download, {summary['failed_to_resize']} failed to decode)")
 
 
+@app.command("extract")
+def extract_command(
+    pipeline: Path = typer.Option(..., "--pipeline", help="A local folder holding a diffusers text-to-image pipeline (save_pretrained)."),
+    run_dir: Optional[Path] = RUN_DIR,
+    prompts: int = typer.Option(100, help="Attack with the captions of this many of the largest duplicate groups."),
+    prefilter: int = typer.Option(0, help="Keep only this many captions, those the Wen et al. detector scores highest (0: all)."),
+    generations: int = typer.Option(16, help="Generations per caption."),
+    steps: int = typer.Option(50, help="Denoising steps per generation."),
+    guidance_scale: float = typer.Option(7.5),
+    size: Optional[int] = typer.Option(None, help="Image side (default: the pipeline's)."),
+    delta: float = typer.Option(0.15, help="Tiled l2 within which two images are the same."),
+    min_clique: int = typer.Option(10, help="Near-identical generations that flag a caption as memorized."),
+    batch_size: int = typer.Option(8),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+) -> None:
+    """Black-box extraction attack on a text-to-image pipeline, with the captions of the run's largest groups."""
+    from dedup.attack.text_to_image import ExtractSettings, extract
+
+    with handled() as reporter:
+        settings = _settings(config, overrides)
+        folder = _run_dir(settings, run_dir)
+        report = extract(folder, pipeline, ExtractSettings(
+            prompts=prompts, prefilter=prefilter, generations_per_prompt=generations, steps=steps,
+            guidance_scale=guidance_scale, size=size, delta=delta, min_clique=min_clique, batch_size=batch_size,
+            device=device, seed=seed), settings.embed, reporter)
+        _print({k: report[k] for k in ("prompts", "flagged_prompts", "extracted_images", "extracted_groups", "figure", "seconds")})
+
+
 @app.command("verify")
 def verify_command(
     run_dir: Path = typer.Argument(..., help="The run folder (planted data and the dedup run go here when the preset plants)."),

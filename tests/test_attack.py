@@ -216,3 +216,82 @@ detector_repeats = 2
         assert 0 <= measured["detector_auc_duplicated_vs_unique_prompts"] <= 1
         assert len(measured["lowest_tiled_l2"]) == 10
     assert "Wen detector AUC" in result.stderr + result.stdout
+
+
+def tiny_stable_diffusion(folder):
+    """A Stable Diffusion pipeline of tiny randomly initialised components, saved where a user's would be."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocabulary = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [f"{c}</w>" for c in letters]:
+        vocabulary[token] = len(vocabulary)
+    (folder / "tokenizer-source").mkdir(parents=True)
+    (folder / "tokenizer-source" / "vocab.json").write_text(json.dumps(vocabulary))
+    (folder / "tokenizer-source" / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "tokenizer-source" / "vocab.json"), str(folder / "tokenizer-source" / "merges.txt"),
+                              model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocabulary), hidden_size=32, intermediate_size=37,
+                                                num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
+                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipeline")
+    return folder / "pipeline"
+
+
+def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
+    """`dedup extract` loads a diffusers pipeline from a local folder, attacks it with the captions of the largest
+    groups and writes extract.json; a pipeline that returns a training photo for one caption gets that photo
+    counted as extracted, through the run's store."""
+    from dedup.attack.confirm import images_from_shards
+    from dedup.attack.text_to_image import ExtractSettings, extract, load_pipeline
+
+    root, planted, settings = flickr_run
+    folder = tiny_stable_diffusion(tmp_path)
+    result = run_cli("extract", "--pipeline", folder, "--run-dir", root / "run", "--prompts", "3", "--generations", "2",
+                     "--steps", "2", "--min-clique", "2", "--config", "offline", "--prefilter", "2")
+    report = json.loads((root / "run" / "extract.json").read_text())
+    assert report["prompts"] == 2 and len(report["per_prompt"]) == 2  # the detector kept 2 of the 3 largest groups
+    assert all(p["copies"] == 21 and p["detector_score"] > 0 for p in report["per_prompt"])
+    assert report["extracted_images"] == 0  # random weights copy nothing
+    assert '"flagged_prompts"' in result.stdout
+
+    groups = pq.read_table(root / "run" / "groups.parquet").to_pylist()
+    source = next(g for g in groups if g["key"] == planted.groups[0][0])
+    photo = images_from_shards([(source["shard"], source["sample_index"])], 16)[0]
+    pipe = load_pipeline(folder, "cpu")
+
+    class MemorizingPipeline:  # the real pipeline, except that one caption brings back a training photo
+        def __getattr__(self, name):
+            return getattr(pipe, name)
+
+        def __call__(self, caption, num_images_per_prompt, **options):
+            if caption == source["caption"].strip():
+                return type("Output", (), {"images": np.repeat(photo[None], num_images_per_prompt, 0)})
+            return pipe(caption, num_images_per_prompt=num_images_per_prompt, **options)
+
+    report = extract(root / "run", folder, ExtractSettings(prompts=3, generations_per_prompt=3, steps=2, size=16, min_clique=3),
+                     settings.embed, pipe=MemorizingPipeline())
+    extracted = [p for p in report["per_prompt"] if p["extracted"]]
+    assert report["flagged_prompts"] >= 1 and report["extracted_groups"] == 1
+    assert [p["caption"] for p in extracted] == [source["caption"].strip()]
+    assert {e["key"] for e in extracted[0]["extracted"]} <= set(planted.groups[0])
+    assert report["figure"] and (root / "run" / "extract-pairs.png").exists()
+
+
+def test_extract_without_a_pipeline_folder_says_what_to_do(flickr_run, tmp_path):
+    root, _, _ = flickr_run
+    result = run_cli("extract", "--pipeline", tmp_path / "nowhere", "--run-dir", root / "run", "--config", "offline", check=False)
+    assert result.returncode == 3
+    assert "model_index.json" in result.stderr and "nothing is downloaded" in result.stderr
