@@ -62,7 +62,7 @@ def plant(
     source_shards: str | list[str],
     out_dir: str | Path,
     sources: int = 100,
-    copies: int | tuple[int, int] = 2,
+    copies: int | tuple[int, int] | list[int] = 2,
     transforms: Iterable[str] = TRANSFORMS,
     seed: int = 0,
     limit: int | None = None,
@@ -73,7 +73,8 @@ def plant(
 ) -> PlantedSet:
     """Copy the samples of `source_shards` into `out_dir` with planted near-duplicates.
 
-    `sources` samples are picked at random; each gets `copies` copies (or a random count in a range),
+    `sources` samples are picked at random; each gets `copies` copies (a random count in a (low, high) range,
+    or a list with one count per source, for heavy-tailed duplication),
     transform cycled through `transforms`. With `shard_size` the output is re-cut into shards of that many
     samples; otherwise it keeps the input's shard count. With `donors`, the copies are made of the donor
     shards' images instead (for example test images hidden in training shards); donors are not copied in.
@@ -97,11 +98,13 @@ def plant(
     planted = PlantedSet(shards=[])
     pool = [s for url in expand_shards(donors) for s in iter_shard(url, on_fault=lambda fault: None)] if donors else originals
     candidates = [i for i, sample in enumerate(pool) if eligible is None or eligible(sample)]
+    if isinstance(copies, list) and len(copies) != sources:
+        raise ValueError(f"copies lists {len(copies)} counts for {sources} sources")
     chosen = rng.sample(candidates, min(sources, len(candidates)))
     for number, source_index in enumerate(chosen):
         source = pool[source_index]
         image_field = next(ext for ext in ("jpg", "jpeg", "png", "webp") if ext in source.files)
-        count = copies if isinstance(copies, int) else rng.randint(*copies)
+        count = copies if isinstance(copies, int) else copies[number] if isinstance(copies, list) else rng.randint(*copies)
         group = [source.key]
         for copy_number in range(count):
             kind = kinds[(number + copy_number) % len(kinds)]

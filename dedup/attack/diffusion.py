@@ -36,9 +36,11 @@ class ModelSettings:
     train_steps: int = 600
     batch_size: int = 64
     learning_rate: float = 1e-3
+    ema: float = 0.0  # > 0: sample and measure with an exponential moving average of the weights (e.g. 0.999)
     timesteps: int = 1000
     sample_steps: int = 50
     seed: int = 0
+    device: str = "auto"  # auto: cuda when present, else cpu
 
     @property
     def conditioning(self) -> str:
@@ -89,8 +91,20 @@ def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _condition(conditions: np.ndarray | None, rows) -> torch.Tensor | None:
-    return None if conditions is None else torch.from_numpy(np.asarray(conditions[rows])).long()
+def pick_device(requested: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _condition(conditions: np.ndarray | None, rows, device: torch.device) -> torch.Tensor | None:
+    return None if conditions is None else torch.from_numpy(np.asarray(conditions[rows])).long().to(device)
+
+
+def _repeat_row(row: np.ndarray, count: int, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.repeat(row[None], count, 0)).long().to(device)
 
 
 def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSettings, log=None,
@@ -105,30 +119,36 @@ def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSett
         raise ValueError("a caption-conditioned model needs caption tokens and the empty caption")
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    model = Denoiser(settings, vocabulary_length, conditions.shape[1] if settings.captions else 0)
+    device = pick_device(settings.device)
+    model = Denoiser(settings, vocabulary_length, conditions.shape[1] if settings.captions else 0).to(device)
     scheduler = DDPMScheduler(num_train_timesteps=settings.timesteps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
-    data = torch.from_numpy(images)
+    data = torch.from_numpy(images).to(device)
+    empty = torch.from_numpy(empty_caption).long().to(device) if settings.captions else None
     if settings.conditioning == "none":
         conditions = None
+    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings.ema))
+                if settings.ema else None)
     started, losses = time.perf_counter(), []
     model.train()
     for step in range(settings.train_steps):
         rows = generator.integers(0, len(data), settings.batch_size)
-        clean = data[torch.from_numpy(rows)]
-        condition = _condition(conditions, rows)
+        clean = data[torch.from_numpy(rows).to(device)]
+        condition = _condition(conditions, rows, device)
         if settings.captions:
-            dropped = torch.from_numpy(generator.random(len(rows)) < settings.caption_dropout)
-            condition[dropped] = torch.from_numpy(empty_caption).long()
+            condition[torch.from_numpy(generator.random(len(rows)) < settings.caption_dropout).to(device)] = empty
         noise = torch.randn_like(clean)
-        t = torch.randint(0, settings.timesteps, (len(clean),))
+        t = torch.randint(0, settings.timesteps, (len(clean),), device=device)
         loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(clean, noise, t), t, condition), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         losses.append(loss.item())
         if log and (step + 1) % max(1, settings.train_steps // 10) == 0:
             log(f"step {step + 1}/{settings.train_steps}: loss {np.mean(losses[-50:]):.4f}")
+    model = averaged.module if averaged is not None else model
     model.eval()
     return model, {"seconds": round(time.perf_counter() - started, 1), "final_loss": float(np.mean(losses[-50:])),
                    "parameters": parameter_count(model), "settings": asdict(settings)}
@@ -148,24 +168,24 @@ def sample(model: Denoiser, count: int, conditions: np.ndarray | None = None, em
     """DDIM samples as (count, H, W, 3) in [0, 1]; conditions (count, ...) when the model is conditional."""
     from diffusers import DDIMScheduler
 
-    settings = model.settings
+    settings, device = model.settings, _device(model)
     scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
     scheduler.set_timesteps(settings.sample_steps)
     generator = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, count, batch):
         size = min(batch, count - start)
-        x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator)
-        condition = _condition(conditions, slice(start, start + size)) if settings.conditioning != "none" else None
-        empty = torch.from_numpy(np.repeat(empty_caption[None], size, 0)).long() if settings.captions else None
+        x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator).to(device)
+        condition = _condition(conditions, slice(start, start + size), device) if settings.conditioning != "none" else None
+        empty = _repeat_row(empty_caption, size, device) if settings.captions else None
         for t in scheduler.timesteps:
-            timestep = torch.full((size,), int(t))
+            timestep = torch.full((size,), int(t), device=device)
             if settings.captions:
                 eps, _ = _guided(model, x, timestep, condition, empty, settings.guidance_scale)
             else:
                 eps = model(x, timestep, condition)
             x = scheduler.step(eps, t, x).prev_sample
-        out.append(((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
+        out.append(((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, settings.resolution, settings.resolution, 3), np.float32)
 
 
@@ -176,7 +196,7 @@ def text_guidance_magnitude(model: Denoiser, captions: np.ndarray, empty_caption
     `steps` guided DDIM steps, averaged over `repeats` starting noises. Memorized captions score high."""
     from diffusers import DDIMScheduler
 
-    settings = model.settings
+    settings, device = model.settings, _device(model)
     scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
     scheduler.set_timesteps(settings.sample_steps)
     tokens = np.repeat(captions, repeats, axis=0)
@@ -184,12 +204,13 @@ def text_guidance_magnitude(model: Denoiser, captions: np.ndarray, empty_caption
     scores = np.zeros(len(tokens))
     for start in range(0, len(tokens), batch):
         size = min(batch, len(tokens) - start)
-        x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator)
-        condition = torch.from_numpy(tokens[start:start + size]).long()
-        empty = torch.from_numpy(np.repeat(empty_caption[None], size, 0)).long()
+        x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator).to(device)
+        condition = _condition(tokens, slice(start, start + size), device)
+        empty = _repeat_row(empty_caption, size, device)
         for t in scheduler.timesteps[:steps]:
-            eps, text_part = _guided(model, x, torch.full((size,), int(t)), condition, empty, settings.guidance_scale)
-            scores[start:start + size] += text_part.flatten(1).norm(dim=1).numpy() / steps
+            timestep = torch.full((size,), int(t), device=device)
+            eps, text_part = _guided(model, x, timestep, condition, empty, settings.guidance_scale)
+            scores[start:start + size] += text_part.flatten(1).norm(dim=1).float().cpu().numpy() / steps
             x = scheduler.step(eps, t, x).prev_sample
     return scores.reshape(len(captions), repeats).mean(1)
 
@@ -200,20 +221,21 @@ def denoising_losses(model: Denoiser, images: np.ndarray, conditions: np.ndarray
     """Per-image denoising loss at fixed noise and timesteps (the paper's membership signal): lower = member."""
     from diffusers import DDPMScheduler
 
+    device = _device(model)
     scheduler = DDPMScheduler(num_train_timesteps=model.settings.timesteps)
     generator = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(images)
-    noises = [torch.randn(data.shape[1:], generator=generator) for _ in timesteps]
+    data = torch.from_numpy(images).to(device)
+    noises = [torch.randn(data.shape[1:], generator=generator).to(device) for _ in timesteps]
     conditional = model.settings.conditioning != "none"
     losses = np.zeros(len(data), dtype=np.float64)
     for start in range(0, len(data), batch):
         clean = data[start:start + batch]
-        condition = _condition(conditions, slice(start, start + batch)) if conditional else None
+        condition = _condition(conditions, slice(start, start + batch), device) if conditional else None
         for noise, step in zip(noises, timesteps):
             noise_batch = noise.expand_as(clean)
-            t = torch.full((len(clean),), step, dtype=torch.long)
+            t = torch.full((len(clean),), step, dtype=torch.long, device=device)
             predicted = model(scheduler.add_noise(clean, noise_batch, t), t, condition)
-            losses[start:start + batch] += ((predicted - noise_batch) ** 2).mean(dim=(1, 2, 3)).numpy()
+            losses[start:start + batch] += ((predicted - noise_batch) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
     return losses / len(timesteps)
 
 
