@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import CIFAR, FLICKR, run_cli
 from dedup.attack.diffusion import auc
@@ -295,3 +296,35 @@ def test_extract_without_a_pipeline_folder_says_what_to_do(flickr_run, tmp_path)
     result = run_cli("extract", "--pipeline", tmp_path / "nowhere", "--run-dir", root / "run", "--config", "offline", check=False)
     assert result.returncode == 3
     assert "model_index.json" in result.stderr and "nothing is downloaded" in result.stderr
+
+
+def test_heavy_tailed_planting_tiers(tmp_path):
+    from dedup.errors import SettingsError
+    from dedup.pipeline import planted_counts
+    from dedup.planting import plant
+
+    assert planted_counts({"tiers": [[2, 5], [3, 2]]}, "preset") == (5, [5, 5, 2, 2, 2])
+    with pytest.raises(SettingsError, match="not both"):
+        planted_counts({"tiers": [[2, 5]], "copies": 3}, "preset")
+    with pytest.raises(SettingsError, match="tiers"):
+        planted_counts({"copies": [1, 3]}, "preset")
+    planted = plant(str(CIFAR / "cifar10-train-00001.tar.gz"), tmp_path, sources=5, copies=[5, 5, 2, 2, 2], limit=60, seed=0)
+    assert [len(group) - 1 for group in planted.groups] == [5, 5, 2, 2, 2]
+    assert planted.samples == 60 + 16
+
+
+def test_weight_average_is_what_training_returns():
+    from dedup.attack.diffusion import ModelSettings, train
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (32, 3, 8, 8)).astype(np.float32)
+    settings = dict(resolution=8, channels=(16, 16), train_steps=3, batch_size=8)
+    plain, _ = train(images, None, ModelSettings(**settings))
+    averaged, _ = train(images, None, ModelSettings(**settings, ema=0.5))
+    untrained, _ = train(images, None, ModelSettings(**{**settings, "train_steps": 0}))
+    for p, a, u in zip(plain.parameters(), averaged.parameters(), untrained.parameters()):
+        if not torch.equal(p, u):  # a parameter that training moved: the average is not the last weights
+            assert not torch.equal(a, p)
+            break
+    else:
+        raise AssertionError("training moved no parameter")
