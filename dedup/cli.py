@@ -221,7 +221,9 @@ def run_command(
         if verify:
             from dedup.attack.verify import load_preset, verify as verify_stage, verify_settings
 
-            print_verify_table(verify_stage(settings.run_dir, verify_settings(load_preset(verify), verify), reporter=reporter), reporter)
+            verifying = verify_settings(load_preset(verify), verify)
+            verifying.embed = settings.embed  # generations are confirmed through this run's store, as it was embedded
+            print_verify_table(verify_stage(settings.run_dir, verifying, reporter=reporter), reporter)
 
 
 @app.command("purge")

@@ -177,10 +177,7 @@ def test_largest_group_prompts_are_the_planted_captions(flickr_run):
     assert len(controls) == 5 and all(p.group_size == 1 for p in controls)
 
 
-def test_tiny_caption_verify_end_to_end(tmp_path):
-    """The Flickr8k setting in miniature: caption-conditioned model, black-box attack, Wen detector."""
-    preset = tmp_path / "verify-tiny-flickr.toml"
-    preset.write_text(f"""
+TINY_CAPTION_PRESET = f"""
 [plant]
 source = "{FLICKR / 'flickr8k-224-00001.tar'}"
 unique = 200
@@ -205,7 +202,13 @@ min_clique = 2
 duplicated_min = 10
 unique_sample = 30
 detector_repeats = 2
-""")
+"""
+
+
+def test_tiny_caption_verify_end_to_end(tmp_path):
+    """The Flickr8k setting in miniature: caption-conditioned model, black-box attack, Wen detector."""
+    preset = tmp_path / "verify-tiny-flickr.toml"
+    preset.write_text(TINY_CAPTION_PRESET)
     result = run_cli("verify", tmp_path / "run", "--preset", preset)
     report = json.loads((tmp_path / "run" / "verify.json").read_text())
     assert report["training_images"] == {"A": 260, "B": 200}
@@ -217,6 +220,19 @@ detector_repeats = 2
         assert 0 <= measured["detector_auc_duplicated_vs_unique_prompts"] <= 1
         assert len(measured["lowest_tiled_l2"]) == 10
     assert "Wen detector AUC" in result.stderr + result.stdout
+
+
+def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_path):
+    """`dedup run ... --verify PRESET` ends with verify, on the run's data and with the run's embedder."""
+    root, _, _ = flickr_run
+    preset = tmp_path / "verify-tiny-flickr.toml"
+    preset.write_text(TINY_CAPTION_PRESET)
+    run_cli("run", root / "data", "--config", "offline", "--set", "embed.pixel_size=6", "--run-dir", tmp_path / "run",
+            "--verify", preset)
+    report = json.loads((tmp_path / "run" / "verify.json").read_text())
+    assert report["training_images"] == {"A": 360, "B": 300}
+    assert report["settings"]["embed"]["pixel_size"] == 6  # the run's, not the preset's offline default (8)
+    assert report["A"]["prompts"] == 3
 
 
 def tiny_stable_diffusion(folder):
