@@ -222,6 +222,19 @@ def membership(model, data: Images, conditioning: Conditioning, sets: dict, hold
     }
 
 
+def closest_per_image(order, training_image_of, count: int = 8) -> list[int]:
+    """The first `count` generations in `order` whose training images differ: the figure shows 8 images, not
+    8 copies of the most memorized one."""
+    chosen, seen = [], set()
+    for i in order:
+        if training_image_of[i] not in seen:
+            seen.add(training_image_of[i])
+            chosen.append(i)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
 def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict, attack: AttackSettings) -> dict:
     """Samples from the model; extracted when the nearest training image is much nearer than the rest."""
     rng = np.random.default_rng(attack.seed + 1)
@@ -236,7 +249,7 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     extracted_groups = sorted({int(sets["group"][row]) for row in result.unique_extracted})
     first_row_of_group = {int(g): row for row, g in reversed(list(enumerate(sets["group"])))}
     closest = [(generations[i], train_unit[result.nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
-               for i in np.argsort(result.ratio)[:8]]
+               for i in closest_per_image(np.argsort(result.ratio), result.nearest)]
     return {
         "attack": "white box: relative l2 ratio",
         "generations": attack.generations,
@@ -280,7 +293,8 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     matches = [(int(p), m) for p, found in result.nearest.items() for m in found]
     matches.sort(key=lambda item: item[1].tiled_l2)
     closest = [(by_prompt[str(p)][m.generation], train_unit[position_of[(m.shard, m.sample_index)]], f"l2 {m.tiled_l2:.2f}",
-                m in result.extracted[str(p)]) for p, m in matches[:8]]
+                m in result.extracted[str(p)])
+               for p, m in (matches[i] for i in closest_per_image(range(len(matches)), [(m.shard, m.sample_index) for _, m in matches]))]
     return {
         "attack": "black box: generate-and-filter, confirmed through the embedding store",
         "prompts": len(prompts),
@@ -388,7 +402,7 @@ def write_figures(out_dir: Path, models: dict) -> dict:
         figure.savefig(handle, format="png")
     plt.close(figure)
 
-    rows = [(name, model["_closest"]) for name, model in models.items()]  # the 8 closest, extracted or not
+    rows = [(name, model["_closest"]) for name, model in models.items()]  # closest per training image, extracted or not
     figure, axes = plt.subplots(len(rows) * 2, 8, figsize=(12, 3.2 * len(rows)), dpi=100, squeeze=False)
     for block, (name, pairs) in enumerate(rows):
         for column in range(8):
@@ -401,7 +415,7 @@ def write_figures(out_dir: Path, models: dict) -> dict:
             top.imshow(generated, interpolation="nearest")
             bottom.imshow(nearest, interpolation="nearest")
             top.set_title(f"{name}: {label}" + (" *" if extracted else ""), fontsize=7)
-    figure.suptitle("closest generations (top) beside their nearest training image (bottom); * = extracted")
+    figure.suptitle("closest generation to each of 8 training images (top) beside it (bottom); * = extracted")
     figure.tight_layout()
     paths["closest_pairs"] = str(out_dir / "verify-pairs.png")
     with atomic_open(paths["closest_pairs"], "wb") as handle:
