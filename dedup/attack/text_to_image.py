@@ -87,7 +87,8 @@ def generate(pipe, captions: list[str], settings: ExtractSettings) -> dict[str, 
 
 def detector_scores(pipe, captions: list[str], settings: ExtractSettings) -> np.ndarray | None:
     """Wen et al.: the norm of the text-conditional noise prediction at the first step, per caption, mean over
-    `detector_repeats` starting latents. None for pipelines without a UNet and `encode_prompt`."""
+    `detector_repeats` starting latents. None for pipelines whose UNet takes more than the text states
+    (no `encode_prompt` returning (text, empty) embeddings)."""
     import torch
 
     if not (hasattr(pipe, "encode_prompt") and hasattr(pipe, "unet")):
@@ -99,7 +100,10 @@ def detector_scores(pipe, captions: list[str], settings: ExtractSettings) -> np.
     scores = []
     with torch.inference_mode():
         for caption in captions:
-            text, empty = pipe.encode_prompt(caption, pipe.device, settings.detector_repeats, True)
+            encoded = pipe.encode_prompt(caption, pipe.device, settings.detector_repeats, True)
+            if len(encoded) != 2:  # e.g. SDXL's pooled embeddings: its UNet needs more than the text states
+                return None
+            text, empty = encoded
             latents = torch.randn((settings.detector_repeats, pipe.unet.config.in_channels, size, size),
                                   generator=generator, device=pipe.device, dtype=text.dtype) * pipe.scheduler.init_noise_sigma
             latents = pipe.scheduler.scale_model_input(latents, first)

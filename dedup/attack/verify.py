@@ -7,7 +7,7 @@ seeds, then measure on both what an attacker gets:
   is much nearer than the rest, the paper's CIFAR-10 criterion);
 - caption-conditioned models: the black-box generate-and-filter attack on the captions of the largest
   duplicate groups (clique of near-identical generations, confirmed against the training set through the
-  run's embedding store), and the Wen et al. detector (text-conditional noise magnitude) as a pre-filter.
+  run's embedding store), and the Wen et al. detector (text-conditional noise magnitude) on every caption.
 """
 from __future__ import annotations
 
