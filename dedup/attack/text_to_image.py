@@ -127,6 +127,8 @@ def extract(run_dir: str | Path, pipeline_path: str | Path, settings: ExtractSet
     pipe = pipe or load_pipeline(pipeline_path, settings.device)
     captions = [p.caption for p in prompts]
     scores = detector_scores(pipe, captions, settings)
+    if settings.prefilter and scores is None:
+        reporter.warn(f"extract: the Wen et al. detector does not apply to {type(pipe).__name__}; all captions kept")
     if settings.prefilter and scores is not None:
         keep = sorted(np.argsort(-scores)[: settings.prefilter])
         reporter.info(f"extract: the detector keeps {len(keep)} of {len(prompts)} captions")
