@@ -344,3 +344,23 @@ def test_weight_average_is_what_training_returns():
             break
     else:
         raise AssertionError("training moved no parameter")
+
+
+def test_caption_verify_on_shards_without_captions_says_so(tmp_path):
+    """CIFAR-10 samples stripped of their captions: a caption preset stops with a clear input error."""
+    import webdataset as wds
+
+    from dedup.reader import iter_shard
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with wds.TarWriter(str(data / "nocaptions-00000.tar")) as writer:
+        for number, sample in enumerate(iter_shard(str(CIFAR / "cifar10-test-00005.tar.gz"), on_fault=lambda fault: None)):
+            writer.write({"__key__": sample.key, "jpg": sample.files["jpg"]})
+            if number == 59:
+                break
+    preset = tmp_path / "verify-tiny-flickr.toml"
+    preset.write_text(TINY_CAPTION_PRESET)
+    result = run_cli("verify", tmp_path / "run", "--preset", preset, "--shards", data, check=False)
+    assert result.returncode == 2
+    assert "none of the 60 training samples has a caption" in result.stderr

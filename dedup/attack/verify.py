@@ -333,6 +333,9 @@ def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | 
     data = load_images(sets["rows"], model_settings.resolution)
     holdout = load_holdout(settings.holdout, settings.holdout_count, model_settings.resolution)
     conditioning = Conditioning(model_settings, data.captions)
+    if model_settings.captions and not any(data.captions):
+        raise InputError(f"the preset trains a caption-conditioned model, but none of the {len(data.captions)} training "
+                         "samples has a caption (KEY.txt, or caption in KEY.json); use a preset without captions = true")
     if model_settings.captions:
         prompts = largest_group_prompts(run_dir, attack.prompts)
         controls = unique_image_prompts(run_dir, attack.control_prompts, attack.seed)
