@@ -107,6 +107,15 @@ def _repeat_row(row: np.ndarray, count: int, device: torch.device) -> torch.Tens
     return torch.from_numpy(np.repeat(row[None], count, 0)).long().to(device)
 
 
+def _ema_with_warmup(decay: float):
+    """Exponential moving average whose decay grows to `decay` over the first steps (as diffusers' EMAModel
+    does), so a short run's average is not dominated by the untrained first weights."""
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        step_decay = min(decay, (1 + float(updates)) / (10 + float(updates)))
+        return step_decay * averaged + (1 - step_decay) * current
+    return average
+
+
 def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSettings, log=None,
           vocabulary_length: int = 0, empty_caption: np.ndarray | None = None) -> tuple[Denoiser, dict]:
     """Train on images (n, 3, H, W) in [-1, 1]; returns the model and training stats.
@@ -127,8 +136,7 @@ def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSett
     empty = torch.from_numpy(empty_caption).long().to(device) if settings.captions else None
     if settings.conditioning == "none":
         conditions = None
-    averaged = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings.ema))
-                if settings.ema else None)
+    averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=_ema_with_warmup(settings.ema)) if settings.ema else None
     started, losses = time.perf_counter(), []
     model.train()
     for step in range(settings.train_steps):
