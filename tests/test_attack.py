@@ -92,6 +92,9 @@ unique_sample = 40
         assert 0 <= report[model]["membership_auc_duplicated_vs_heldout"] <= 1
         assert report[model]["generations"] == 16
     assert (tmp_path / "run" / "verify-counts.png").exists() and (tmp_path / "run" / "verify-pairs.png").exists()
+    assert report["A"]["reference_images"] == 300  # one image per group: copies are not each other's neighbours
+    saved = np.load(report["A"]["generations_file"])["generations"]
+    assert saved.shape == (16, 8, 8, 3) and saved.dtype == np.uint8
     assert "membership AUC" in result.stderr + result.stdout
 
 
@@ -364,3 +367,18 @@ def test_caption_verify_on_shards_without_captions_says_so(tmp_path):
     result = run_cli("verify", tmp_path / "run", "--preset", preset, "--shards", data, check=False)
     assert result.returncode == 2
     assert "none of the 60 training samples has a caption" in result.stderr
+
+
+def test_white_box_counts_a_copy_of_a_heavily_duplicated_image():
+    """A perfect copy of an image held 60 times: against every training row its 50 nearest are its own copies
+    (ratio ~1, never extracted); against one image per group it is extracted, as the paper's rule intends."""
+    from dedup.attack.verify import white_box_per_group
+
+    rng = np.random.default_rng(0)
+    unique = rng.random((100, 4, 4, 3))
+    training = np.concatenate([unique, np.repeat(unique[:1], 60, 0) + 0.002 * rng.standard_normal((60, 4, 4, 3))])
+    rank = np.r_[np.zeros(100, int), np.arange(1, 61)]  # row 0 and the 60 copies form one group, row 0 ranked first
+    generation = unique[:1] + 0.002 * rng.standard_normal((1, 4, 4, 3))  # as close to it as its copies are
+    assert not white_box(generation.reshape(1, -1), training.reshape(len(training), -1)).extracted[0]
+    result, nearest, references = white_box_per_group(generation, training, rank, 0.5, 50)
+    assert result.extracted[0] and nearest[0] == 0 and len(references) == 100

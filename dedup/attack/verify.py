@@ -235,6 +235,16 @@ def closest_per_image(order, training_image_of, count: int = 8) -> list[int]:
     return chosen
 
 
+def white_box_per_group(generations: np.ndarray, training: np.ndarray, rank: np.ndarray, alpha: float, neighbours: int):
+    """White-box extraction against one image per duplicate group (rank 0): an image's own copies are not
+    the "other training images" the ratio compares with, or an image held 300 times could never count as
+    extracted. Returns the result, each generation's nearest training row, and the reference rows."""
+    references = np.flatnonzero(rank == 0)
+    result = white_box(generations.reshape(len(generations), -1), training[references].reshape(len(references), -1),
+                       alpha, neighbours)
+    return result, references[result.nearest], references
+
+
 def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict, attack: AttackSettings) -> dict:
     """Samples from the model; extracted when the nearest training image is much nearer than the rest."""
     rng = np.random.default_rng(attack.seed + 1)
@@ -244,21 +254,21 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     generations = generate(model, attack.generations, labels, seed=attack.seed + 1)
     sampling_seconds = time.perf_counter() - started
     train_unit = _to_unit(data.images)
-    result = white_box(generations.reshape(len(generations), -1), train_unit.reshape(len(train_unit), -1),
-                       attack.alpha, attack.neighbours)
-    extracted_groups = sorted({int(sets["group"][row]) for row in result.unique_extracted})
-    first_row_of_group = {int(g): row for row, g in reversed(list(enumerate(sets["group"])))}
-    closest = [(generations[i], train_unit[result.nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
-               for i in closest_per_image(np.argsort(result.ratio), result.nearest)]
+    result, nearest, references = white_box_per_group(generations, train_unit, sets["rank"], attack.alpha, attack.neighbours)
+    extracted_rows = sorted({int(row) for row in nearest[result.extracted]})
+    closest = [(generations[i], train_unit[nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
+               for i in closest_per_image(np.argsort(result.ratio), nearest)]
     return {
         "attack": "white box: relative l2 ratio",
         "generations": attack.generations,
         "extracted_generations": int(result.extracted.sum()),
-        "extracted_images": len(extracted_groups),
-        "extracted_by_duplicate_count": counts_by_duplicates([first_row_of_group[g] for g in extracted_groups], sets["group_size"]),
+        "extracted_images": len(extracted_rows),
+        "extracted_by_duplicate_count": counts_by_duplicates(extracted_rows, sets["group_size"]),
         "lowest_ratios": [round(float(r), 4) for r in np.sort(result.ratio)[:10]],
+        "reference_images": int(len(references)),
         "sampling_seconds": round(sampling_seconds, 1),
         "_closest": closest,
+        "_generations": generations,
     }
 
 
@@ -312,6 +322,7 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
                         "detector_score": round(float(scores[i]), 4)} for i, caption in enumerate(captions)],
         "sampling_seconds": round(sampling_seconds, 1),
         "_closest": closest,
+        "_generations": generations,
     }
 
 
@@ -361,6 +372,7 @@ def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | 
         reporter.info(f"verify {name}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
                       f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
                       f"extracted from {measured['generations']} generations")
+        measured["generations_file"] = save_generations(out_dir / f"verify-generations-{name}.npz", measured["_generations"])
         models[name] = measured
     figures = write_figures(out_dir, models)
     report.update({name: {k: v for k, v in value.items() if not k.startswith("_")} for name, value in models.items()})
@@ -370,6 +382,13 @@ def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | 
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / "verify.json", report)
     return report
+
+
+def save_generations(path: Path, generations: np.ndarray) -> str:
+    """The generations as 8-bit images, so an attack can be scored again without sampling again."""
+    with atomic_open(path, "wb") as handle:
+        np.savez_compressed(handle, generations=(np.clip(generations, 0, 1) * 255).round().astype(np.uint8))
+    return str(path)
 
 
 def write_figures(out_dir: Path, models: dict) -> dict:
