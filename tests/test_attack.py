@@ -224,6 +224,13 @@ def test_tiny_caption_verify_end_to_end(tmp_path):
         assert len(measured["lowest_tiled_l2"]) == 10
     assert "Wen detector AUC" in result.stderr + result.stdout
 
+    again = run_cli("verify", tmp_path / "run", "--preset", preset)  # a rerun reuses both trained models
+    assert "reusing model A" in again.stderr and "reusing model B" in again.stderr
+    rerun = json.loads((tmp_path / "run" / "verify.json").read_text())
+    for model in ("A", "B"):
+        assert rerun[model]["training"] == report[model]["training"]
+        assert rerun[model]["membership_auc_duplicated_vs_heldout"] == report[model]["membership_auc_duplicated_vs_heldout"]
+
 
 def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_path):
     """`dedup run ... --verify PRESET` ends with verify, on the run's data and with the run's embedder."""

@@ -326,6 +326,36 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     }
 
 
+def trained_model(path: Path, name: str, data: Images, rows: np.ndarray, conditions: np.ndarray | None,
+                  conditioning: Conditioning, places: list, settings: ModelSettings, reporter: Reporter):
+    """Model `name` trained on `rows`, or the one a previous verify saved at `path` for the same settings,
+    training samples and vocabulary: a rerun after an interruption or a scoring change skips training."""
+    import hashlib
+
+    import torch
+
+    from dedup.attack.diffusion import Denoiser, pick_device
+
+    identity = json.dumps({"settings": asdict(settings), "places": hashlib.sha256(json.dumps(places).encode()).hexdigest(),
+                           "vocabulary": conditioning.vocabulary.to_json() if conditioning.vocabulary else None},
+                          sort_keys=True, default=str)
+    length = conditions.shape[1] if settings.captions else 0
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("identity") == identity:
+            reporter.info(f"verify: reusing model {name} from {path} (same settings and training samples)")
+            model = Denoiser(settings, conditioning.vocabulary_length, length)
+            model.load_state_dict(saved["state"])
+            return model.to(pick_device(settings.device)).eval(), json.loads(saved["stats"])
+    reporter.info(f"verify: training model {name} on {len(rows)} images ({settings.train_steps} steps)")
+    model, stats = train(data.images[rows], None if conditions is None else conditions[rows], settings,
+                         log=lambda message: reporter.info(f"  {name} {message}"),
+                         vocabulary_length=conditioning.vocabulary_length, empty_caption=conditioning.empty)
+    with atomic_open(path, "wb") as handle:
+        torch.save({"identity": identity, "state": model.state_dict(), "stats": json.dumps(stats, default=str)}, handle)
+    return model, stats
+
+
 def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | None = None, reporter: Reporter = SILENT) -> dict:
     """Train A (original) and B (deduplicated) and attack both; write verify.json and figures."""
     from dedup.attack.prompts import largest_group_prompts, unique_image_prompts
@@ -359,10 +389,8 @@ def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | 
     conditions = conditioning.of(data)
     models = {}
     for name, rows in (("A", np.arange(len(data.images))), ("B", np.flatnonzero(sets["kept"]))):
-        reporter.info(f"verify: training model {name} on {len(rows)} images ({model_settings.train_steps} steps)")
-        model, stats = train(data.images[rows], None if conditions is None else conditions[rows], model_settings,
-                             log=lambda m, n=name: reporter.info(f"  {n} {m}"),
-                             vocabulary_length=conditioning.vocabulary_length, empty_caption=conditioning.empty)
+        model, stats = trained_model(out_dir / f"verify-model-{name}.pt", name, data, rows, conditions, conditioning,
+                                     [sets["rows"][i] for i in rows], model_settings, reporter)
         measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
         if model_settings.captions:
             measured.update(black_box_attack(model, data, conditioning, sets, prompts, controls, attack,
