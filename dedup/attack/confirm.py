@@ -17,8 +17,6 @@ from PIL import Image
 from dedup.attack.distances import tiled_l2
 from dedup.embedders import Embedder
 from dedup.errors import SettingsError
-from dedup.imaging import UnreadableImage, decode
-from dedup.reader import iter_selected
 from dedup.store import EmbeddingStore
 
 Place = tuple[str, int]  # (shard, sample_index)
@@ -36,15 +34,10 @@ class Match:
 
 def images_from_shards(places: list[Place], side: int) -> np.ndarray:
     """The training images at `places`, resized to side x side, in [0, 1] (the default loader)."""
-    out = np.zeros((len(places), side, side, 3), np.float32)
-    position_of = {place: i for i, place in enumerate(places)}
-    for sample in iter_selected(places):
-        try:
-            image = decode(sample.files).image.resize((side, side), Image.Resampling.BICUBIC)
-        except UnreadableImage:
-            continue
-        out[position_of[(sample.shard, sample.index)]] = np.asarray(image, np.float32) / 255
-    return out
+    from dedup.attack.verify import load_images  # the one reader of training images for the attacks
+
+    images = load_images(places, side).images
+    return ((images.transpose(0, 2, 3, 1) + 1) / 2).clip(0, 1)
 
 
 def embed_generations(embedder: Embedder, generations: np.ndarray) -> np.ndarray:
