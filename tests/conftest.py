@@ -34,7 +34,8 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
     if cwd is None:
         import tempfile
 
-        cwd = Path(tempfile.mkdtemp(prefix="dedup-cli-"))
+        with tempfile.TemporaryDirectory(prefix="dedup-cli-") as scratch:
+            return run_cli(*args, cwd=Path(scratch), check=check, env=env)
     result = subprocess.run([*DEDUP, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"dedup {' '.join(map(str, args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")

@@ -71,6 +71,18 @@ def raw_spans(rows: list[dict]) -> list[tuple[str, tarspans.SampleSpan]] | None:
     return chosen
 
 
+def coalesced_ranges(spans: list[tuple[str, "tarspans.SampleSpan"]]) -> list[tuple[str, int, int]]:
+    """(shard, start, end) with samples that follow each other in their input merged into one range: a run of
+    kept samples is one copy_file_range call, not one per sample."""
+    ranges: list[list] = []
+    for shard, span in spans:
+        if ranges and ranges[-1][0] == shard and ranges[-1][2] == span.start:
+            ranges[-1][2] = span.end
+        else:
+            ranges.append([shard, span.start, span.end])
+    return [tuple(r) for r in ranges]
+
+
 def copy_spans(path: Path, spans: list[tuple[str, "tarspans.SampleSpan"]]) -> int:
     size = 0
     with atomic_open(path, "wb") as handle:
@@ -78,11 +90,11 @@ def copy_spans(path: Path, spans: list[tuple[str, "tarspans.SampleSpan"]]) -> in
         target = handle.fileno()
         sources: dict[str, int] = {}
         try:
-            for shard, span in spans:
+            for shard, start, end in coalesced_ranges(spans):
                 if shard not in sources:
                     sources[shard] = os.open(shard, os.O_RDONLY)
-                tarspans.copy_range(sources[shard], target, span.start, span.end - span.start)
-                size += span.end - span.start
+                tarspans.copy_range(sources[shard], target, start, end - start)
+                size += end - start
         finally:
             for fd in sources.values():
                 os.close(fd)

@@ -1,0 +1,82 @@
+"""The header scan behind write's byte-range copy: read straight from the 512-byte headers where every header
+is plain, and exactly what tarfile reads everywhere (a wrong span would copy the wrong bytes)."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from conftest import FLICKR
+from dedup import tarspans
+
+
+def spans_by_tarfile(path: str) -> list[tuple]:
+    """The reference: the same grouping over members read by tarfile."""
+    members = tarspans._tarfile_members(path)
+    original = tarspans._plain_ustar_members
+    try:
+        tarspans._plain_ustar_members = lambda _: members
+        return [(s.key, s.start, s.end, s.payload, sorted(s.extensions), s.contiguous)
+                for s in tarspans._scan.__wrapped__(path, 0, 0)]
+    finally:
+        tarspans._plain_ustar_members = original
+
+
+def spans(path: str) -> list[tuple]:
+    return [(s.key, s.start, s.end, s.payload, sorted(s.extensions), s.contiguous)
+            for s in tarspans._scan.__wrapped__(path, 0, 0)]
+
+
+def write_tar(path, members, format=tarfile.USTAR_FORMAT, end=True) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=format) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    if not end:  # drop the end-of-archive blocks, as some writers do
+        data = data[:data.rindex(b"end") + 512] if b"end" in data else data
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_real_shard_is_read_from_headers_and_matches_tarfile():
+    shard = str(FLICKR / "flickr8k-224-00000.tar")
+    assert tarspans._plain_ustar_members(shard) is not None  # the fast path is the one taken
+    assert spans(shard) == spans_by_tarfile(shard)
+    assert len(spans(shard)) == 1000
+
+
+def test_prefixed_names_folders_and_a_missing_end_match_tarfile(tmp_path):
+    deep = "a/" * 60  # a name over 100 bytes goes into ustar's prefix field
+    members = [("s1.jpg", b"x" * 700), ("s1.txt", b"caption"), ("folder", None), ("s1.json", b"{}"),
+               (f"{deep}s2.jpg", b"y" * 1024), (f"{deep}s2.txt", b""), ("s3.jpg", b"end")]
+    for end in (True, False):
+        path = write_tar(tmp_path / f"plain-{end}.tar", members, end=end)
+        assert tarspans._plain_ustar_members(path) is not None
+        assert spans(path) == spans_by_tarfile(path)
+    assert [s[0] for s in spans(path)] == ["s1", f"{deep}s2", "s3"]
+    assert spans(path)[0][5] is False  # the folder entry inside s1 makes it non-contiguous
+
+
+@pytest.mark.parametrize("format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_extended_headers_go_to_tarfile(tmp_path, format):
+    long_name = "b" * 150  # needs a pax or GNU long-name header
+    path = write_tar(tmp_path / "extended.tar", [("s1.jpg", b"x"), (f"{long_name}.jpg", b"y" * 600)], format=format)
+    assert tarspans._plain_ustar_members(path) is None
+    assert [s[0] for s in spans(path)] == ["s1", long_name]
+    assert spans(path) == spans_by_tarfile(path)
+
+
+def test_a_damaged_header_goes_to_tarfile(tmp_path):
+    path = write_tar(tmp_path / "damaged.tar", [("s1.jpg", b"x"), ("s2.jpg", b"y")])
+    data = bytearray(open(path, "rb").read())
+    data[1024 + 5] ^= 0xFF  # a byte of the second header's name: its checksum no longer holds
+    open(path, "wb").write(bytes(data))
+    assert tarspans._plain_ustar_members(path) is None
