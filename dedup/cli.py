@@ -130,9 +130,12 @@ def find_command(
     threshold: Optional[str] = typer.Option(None, help="Cosine similarity for embedding duplicates, or 'off'."),
     phash_radius: Optional[str] = typer.Option(None, help="Hamming radius on the 64-bit perceptual hash, or 'off'."),
     exact: Optional[bool] = typer.Option(None, "--exact/--no-exact", help="Group identical image bytes."),
-    index: Optional[str] = typer.Option(None, help="auto | flat | ivf"),
+    index: Optional[str] = typer.Option(None, help="auto | flat | partitioned | ivf"),
     nprobe: Optional[int] = typer.Option(None),
     memory_budget_gb: Optional[float] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None, help="Partitioned search: units run at once."),
+    engine: Optional[str] = ENGINE,
+    ray_address: Optional[str] = RAY_ADDRESS,
     config: Optional[str] = CONFIG,
     overrides: Optional[List[str]] = SET,
 ) -> None:
@@ -142,9 +145,10 @@ def find_command(
     with handled() as reporter:
         settings = _settings(config, overrides, find=dict(
             threshold=threshold, phash_radius=phash_radius, exact=exact, index=index, nprobe=nprobe,
-            memory_budget_gb=memory_budget_gb))
+            memory_budget_gb=memory_budget_gb, workers=workers), engine=dict(kind=engine, address=ray_address))
         folder = _run_dir(settings, run_dir)
-        _print(find(embeddings or folder / "embeddings", folder, settings.find, reporter=reporter))
+        _print(find(embeddings or folder / "embeddings", folder, settings.find, reporter=reporter,
+                    engine=settings.find_engine()))
 
 
 @app.command("select")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import faiss
 import numpy as np
@@ -44,6 +44,7 @@ class PartitionSettings:
     branching: int = 1_024  # most partitions a join is split into (wide and shallow costs least)
     boundary: float = 2.0  # typical duplicate displacements from a bisector within which a vector is "near" it
     seed: int = 0
+    unit_rows: int = 262_144  # rows a unit of work reads into memory (float32: 2 KiB a 512-d row)
 
 
 @dataclass
@@ -55,6 +56,13 @@ class PartitionStats:
 
     def add_time(self, step: str, started: float) -> None:
         self.timings_s[step] += time.perf_counter() - started
+
+    def add(self, other: "PartitionStats") -> None:
+        self.joins += other.joins
+        self.products += other.products
+        self.largest = max(self.largest, other.largest)
+        for step, seconds in other.timings_s.items():
+            self.timings_s[step] = self.timings_s.get(step, 0.0) + seconds
 
 
 def as_reader(vectors: np.ndarray) -> RowReader:
@@ -129,6 +137,9 @@ def block_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float,
     return np.concatenate(q_parts), np.concatenate(r_parts)
 
 
+Join = tuple[np.ndarray, np.ndarray, bool, bool]  # query rows, indexed rows, same (a self-join), home
+
+
 class PartitionedJoin:
     """All (query row, indexed row) pairs with cosine >= threshold, found partition by partition."""
 
@@ -140,27 +151,33 @@ class PartitionedJoin:
         self.stats = PartitionStats()
         displacement = math.sqrt(max(0.0, 2.0 - 2.0 * settings.threshold)) / math.sqrt(dim)
         self.reach = settings.boundary * displacement
-        self.found_q: list[np.ndarray] = []
-        self.found_r: list[np.ndarray] = []
+        self.found_q: list[np.ndarray] = [np.zeros(0, np.int64)]
+        self.found_r: list[np.ndarray] = [np.zeros(0, np.int64)]
 
-    def run(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool) -> tuple[np.ndarray, np.ndarray]:
-        self._join(query_rows, indexed_rows, same, home=True, depth=0)
-        self.stats.timings_s = {k: round(v, 3) for k, v in self.stats.timings_s.items()}
-        if not self.found_q:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(self.found_q), np.concatenate(self.found_r)
+    def found(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.found_q).astype(np.int64), np.concatenate(self.found_r).astype(np.int64)
 
-    def _join(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool, depth: int) -> None:
+    def join(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool, depth: int) -> None:
         """`same`: the two sides are the same rows (a self-join); `home`: this join is on the path that
         covers every query once (progress counts it)."""
         if len(query_rows) == 0 or len(indexed_rows) == 0:
             return
+        parts = self.split(query_rows, indexed_rows, same, depth)
+        if parts is None:
+            self._leaf(query_rows, indexed_rows, same, home)
+            return
+        for _, (queries, indexed, part_same, part_home) in parts:
+            self.join(queries, indexed, part_same, home and part_home, depth + 1)
+
+    def split(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool,
+              depth: int) -> list[tuple[int, Join]] | None:
+        """The join's sub-joins, each tagged with the partition of its queries (home joins first); None when
+        the join is small enough to compute whole."""
         partitions = min(self.settings.branching, math.ceil(len(indexed_rows) / self.settings.leaf_size),
                          len(indexed_rows) // 64)
         small = len(indexed_rows) <= self.settings.leaf_size or len(query_rows) * len(indexed_rows) <= DIRECT_PRODUCTS
         if small or partitions < 2 or depth >= MAX_DEPTH:
-            self._leaf(query_rows, indexed_rows, same, home)
-            return
+            return None
         started = time.perf_counter()
         centroids = train_centroids(self.read_indexed, indexed_rows, self.dim, partitions, self.settings.seed + depth)
         self.stats.add_time("kmeans", started)
@@ -174,12 +191,12 @@ class PartitionedJoin:
         indexed_near = query_near if same else Buckets(indexed.home[indexed.near_row] * partitions + indexed.near_partition,
                                                        indexed_rows[indexed.near_row], partitions * partitions)
         self.stats.add_time("route", started)
-        for p in range(partitions):
-            self._join(query_home[p], indexed_home[p], same, home, depth + 1)
+        parts = [(p, (query_home[p], indexed_home[p], same, True)) for p in range(partitions)]
         for key in query_near.nonempty():
             i, j = divmod(int(key), partitions)
             if not same or i < j:
-                self._join(query_near[key], indexed_near[j * partitions + i], False, False, depth + 1)
+                parts.append((i, (query_near[key], indexed_near[j * partitions + i], False, False)))
+        return parts
 
     def _leaf(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
         started = time.perf_counter()
@@ -196,11 +213,108 @@ class PartitionedJoin:
             self.on_home_rows(len(query_rows))
 
 
+@dataclass
+class UnitPlan:
+    """One unit of work after the first split: whole joins (rows are global), run apart from the others."""
+    joins: list[Join]
+
+    def home_rows(self) -> int:
+        return sum(len(queries) for queries, _, _, home in self.joins if home)
+
+    def save(self, path) -> None:
+        from dedup.atomic import atomic_open
+
+        with atomic_open(path, "wb") as handle:
+            np.savez(handle, **_flatten(self.joins))
+
+    @classmethod
+    def load(cls, path) -> "UnitPlan":
+        with np.load(path) as saved:
+            bounds_q, bounds_r = saved["query_bounds"], saved["indexed_bounds"]
+            return cls([(saved["query_rows"][bounds_q[k]:bounds_q[k + 1]], saved["indexed_rows"][bounds_r[k]:bounds_r[k + 1]],
+                         bool(saved["same"][k]), bool(saved["home"][k])) for k in range(len(saved["same"]))])
+
+
+def _flatten(joins: list[Join]) -> dict[str, np.ndarray]:
+    def bounds(arrays):
+        return np.cumsum([0, *(len(a) for a in arrays)])
+
+    return {"query_rows": np.concatenate([j[0] for j in joins]), "query_bounds": bounds([j[0] for j in joins]),
+            "indexed_rows": np.concatenate([j[1] for j in joins]), "indexed_bounds": bounds([j[1] for j in joins]),
+            "same": np.array([j[2] for j in joins]), "home": np.array([j[3] for j in joins])}
+
+
+def plan_units(read_queries: RowReader, query_count: int, read_indexed: RowReader, indexed_count: int, dim: int,
+               settings: PartitionSettings, same: bool = False) -> tuple[list[UnitPlan], PartitionStats]:
+    """Route every vector once (the first split) and group the resulting joins into units of about
+    `settings.unit_rows` rows to read, a partition's home join and its joins across borders together."""
+    row_type = np.int32 if max(query_count, indexed_count) < np.iinfo(np.int32).max else np.int64  # halves routing memory
+    query_rows, indexed_rows = np.arange(query_count, dtype=row_type), np.arange(indexed_count, dtype=row_type)
+    planner = PartitionedJoin(read_queries, read_indexed, dim, settings)
+    parts = planner.split(query_rows, indexed_rows, same, depth=0) if query_count and indexed_count else None
+    if parts is None:
+        return [UnitPlan([(query_rows, indexed_rows, same, True)])], planner.stats
+    parts.sort(key=lambda tagged: tagged[0])  # stable: each partition's home join, then its joins across borders
+    units: list[UnitPlan] = []
+    current: list[Join] = []
+    size, previous = 0, None
+    for partition, join in parts:
+        if current and size >= settings.unit_rows and partition != previous:
+            units.append(UnitPlan(current))
+            current, size = [], 0
+        current.append(join)
+        size += len(join[0]) + len(join[1])
+        previous = partition
+    units.append(UnitPlan(current))
+    return units, planner.stats
+
+
+def run_unit(plan: UnitPlan, read_queries: RowReader, read_indexed: RowReader, dim: int, settings: PartitionSettings,
+             one_source: bool, on_home_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
+    """The unit's pairs. Its vectors are read once, in row order, into memory: the joins below read them
+    there, not through the store (on a memory-mapped store of many parts, a read per small join was what
+    made 10M vectors slow). `one_source`: queries and indexed rows are rows of the same vectors."""
+    query_needed = np.unique(np.concatenate([j[0] for j in plan.joins]))
+    indexed_needed = np.unique(np.concatenate([j[1] for j in plan.joins]))
+    if one_source:
+        query_needed = indexed_needed = np.union1d(query_needed, indexed_needed)
+        queries = indexed = read_indexed(query_needed)
+    else:
+        queries, indexed = read_queries(query_needed), read_indexed(indexed_needed)
+    join = PartitionedJoin(as_reader(queries), as_reader(indexed), dim, settings, on_home_rows)
+    for query_rows, indexed_rows, same, home in plan.joins:
+        join.join(np.searchsorted(query_needed, query_rows), np.searchsorted(indexed_needed, indexed_rows), same, home, depth=1)
+    q, r = join.found()
+    return query_needed[q], indexed_needed[r], join.stats
+
+
+class UnitRunner(Protocol):
+    """Runs units elsewhere (an engine) and keeps their plans and pairs where a rerun finds them."""
+
+    def saved_plans(self, settings: PartitionSettings, rows: int) -> int | None: ...
+    def save_plans(self, plans: list[UnitPlan], settings: PartitionSettings, rows: int) -> int: ...
+    def run(self, count: int, dim: int, settings: PartitionSettings) -> list[tuple[np.ndarray, np.ndarray, PartitionStats]]: ...
+
+
 def partitioned_matches(read_queries: RowReader, query_count: int, read_indexed: RowReader, indexed_count: int,
                         dim: int, settings: PartitionSettings, same: bool = False,
-                        on_home_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
-    """(query row, indexed row) with cosine >= threshold. `same`: queries and indexed rows are one set."""
-    join = PartitionedJoin(read_queries, read_indexed, dim, settings, on_home_rows)
-    row_type = np.int32 if max(query_count, indexed_count) < np.iinfo(np.int32).max else np.int64  # halves routing memory
-    q, r = join.run(np.arange(query_count, dtype=row_type), np.arange(indexed_count, dtype=row_type), same)
-    return q.astype(np.int64), r.astype(np.int64), join.stats
+                        on_home_rows: Callable[[int], None] | None = None,
+                        units: UnitRunner | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
+    """(query row, indexed row) with cosine >= threshold. `same`: queries and indexed rows are one set.
+    With `units` the units run through it (an engine, resumable); otherwise here, one after the other."""
+    stats = PartitionStats()
+    count = units.saved_plans(settings, query_count) if units else None
+    if count is None:
+        plans, stats = plan_units(read_queries, query_count, read_indexed, indexed_count, dim, settings, same)
+    if units is None:
+        results = [run_unit(plan, read_queries, read_indexed, dim, settings, same, on_home_rows) for plan in plans]
+    else:
+        if count is None:
+            count = units.save_plans(plans, settings, query_count)
+            del plans
+        results = units.run(count, dim, settings)
+    for _, _, unit_stats in results:
+        stats.add(unit_stats)
+    stats.timings_s = {k: round(v, 3) for k, v in stats.timings_s.items()}
+    return (np.concatenate([np.zeros(0, np.int64), *(q for q, _, _ in results)]).astype(np.int64),
+            np.concatenate([np.zeros(0, np.int64), *(r for _, r, _ in results)]).astype(np.int64), stats)

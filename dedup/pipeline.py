@@ -35,7 +35,7 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     remove_stale_temporaries(run_dir)  # a killed run's leftovers are never valid outputs
     store = embeddings_dir(run_dir)
     embed(urls, store, settings.embed, engine=engine or settings.embed_engine(), reporter=reporter)
-    find(store, run_dir, settings.find, reporter=reporter)
+    find(store, run_dir, settings.find, reporter=reporter, engine=engine or settings.find_engine())
     select(store, run_dir, settings.select, reporter=reporter)
     return write(store, run_dir, settings.output_dir(), settings.write,
                  engine=engine or settings.write_engine(), reporter=reporter)

@@ -154,19 +154,21 @@ def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0, o
 
 
 def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float, settings: FindSettings,
-                      on_batch=None, same: bool = False) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+                      on_batch=None, same: bool = False, units=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
     """All (query row, indexed row) with cosine >= threshold, through an index chosen by size and budget.
-    `same`: the queries are the indexed vectors (a self-join)."""
+    `same`: the queries are the indexed vectors (a self-join); `units`: where a partitioned search runs its
+    units (`partitioned.UnitRunner`; default: here)."""
     if settings.threads:
         faiss.omp_set_num_threads(settings.threads)
     choice = choose_index(len(indexed), indexed.shape[1], settings)
     if choice.kind == "partitioned":
         from dedup import partitioned
 
-        options = partitioned.PartitionSettings(threshold, leaf_size=settings.leaf_size, boundary=settings.boundary)
+        options = partitioned.PartitionSettings(threshold, leaf_size=settings.leaf_size, boundary=settings.boundary,
+                                                unit_rows=settings.unit_rows)
         q, r, stats = partitioned.partitioned_matches(
             partitioned.as_reader(queries), len(queries), partitioned.as_reader(indexed), len(indexed),
-            indexed.shape[1], options, same=same, on_home_rows=on_batch)
+            indexed.shape[1], options, same=same, on_home_rows=on_batch, units=units)
         choice.reason += f" ({stats.joins} exact joins, {stats.products / max(len(queries), 1):.0f} products a query)"
         return q, r, choice
     index = build_index(indexed, choice)
@@ -175,8 +177,8 @@ def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float
 
 
 def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings,
-                    on_batch=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
-    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch, same=True)
+                    on_batch=None, units=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+    a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch, same=True, units=units)
     a, b = _ordered_unique(a, b)
     return a, b, choice
 

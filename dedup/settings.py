@@ -70,6 +70,8 @@ class FindSettings:
     leaf_size: int = 1_024
     boundary: float = 2.0
     threads: int = 0  # 0: all cores
+    workers: int = 1  # partitioned search: units run at once (each uses `threads` BLAS threads)
+    unit_rows: int = 262_144  # partitioned search: rows a unit reads into memory (float32, 2 KiB a 512-d row)
 
     def search_threshold(self) -> float | None:
         """The cosine the embedding search must reach to serve every embedding-based signal; None: no search."""
@@ -88,7 +90,8 @@ class FindSettings:
         if self.index not in ("auto", "flat", "partitioned", "ivf"):
             raise SettingsError(f"index must be auto, flat, partitioned or ivf, got {self.index!r}")
         _positive(nprobe=self.nprobe, memory_budget_gb=self.memory_budget_gb, exact_search_max=self.exact_search_max,
-                  leaf_size=self.leaf_size)
+                  leaf_size=self.leaf_size, workers=self.workers,
+                  unit_rows=self.unit_rows)
         if self.boundary < 0:
             raise SettingsError(f"boundary must be >= 0 (0: no comparison across partitions), got {self.boundary}")
         if not (self.exact or self.phash_radius is not None or self.threshold is not None or self.corroborate_threshold is not None):
@@ -157,6 +160,9 @@ class RunSettings:
 
     def write_engine(self):
         return self.engine.make(self.write.workers)
+
+    def find_engine(self):
+        return self.engine.make(self.find.workers)
 
 
 def parse_policy(policy: str) -> tuple[str, int | None]:

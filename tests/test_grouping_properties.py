@@ -203,3 +203,62 @@ def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs
         pairs[name] = set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
     assert len(pairs["memory"]) >= 290
     assert pairs["lazy"] == pairs["memory"]
+
+
+def clip_retrieval_store(folder, vectors: np.ndarray, part_rows: int) -> None:
+    """The vectors as a clip-retrieval store of float16 parts."""
+    import pyarrow.parquet as pq
+
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for part, start in enumerate(range(0, len(vectors), part_rows)):
+        np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors[start:start + part_rows].astype(np.float16))
+        pq.write_table(pa.table({"key": [str(i) for i in range(start, min(start + part_rows, len(vectors)))]}),
+                       folder / "metadata" / f"metadata_{part}.parquet")
+
+
+def test_partitioned_units_on_an_engine_find_the_same_pairs_and_resume(tmp_path, monkeypatch):
+    """With an engine, the partitioned search's units (plans and pairs on disk) run as engine units: two
+    worker processes find exactly the pairs of the in-process search; a unit that fails leaves the others'
+    pairs, and the rerun runs only it."""
+    import pyarrow.parquet as pq
+
+    from dedup.engine import LocalEngine
+    from dedup.errors import DedupError
+    from dedup.planting import planted_embeddings
+    from dedup.stages import find_units
+
+    vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
+    clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
+    settings = FindSettings(exact=False, phash_radius=None, threshold=0.9, index="partitioned", leaf_size=512,
+                            unit_rows=8_000)  # several units at this size
+
+    def pairs_of(run) -> set:
+        table = pq.read_table(run / "pairs.parquet")
+        return set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
+
+    find(tmp_path / "emb", tmp_path / "here", settings)
+    expected = pairs_of(tmp_path / "here")
+    assert len(expected) >= 290
+
+    find(tmp_path / "emb", tmp_path / "two", settings, engine=LocalEngine(2))
+    assert pairs_of(tmp_path / "two") == expected
+    assert not (tmp_path / "two" / "find-units").exists()  # removed once find's outputs are written
+
+    original, calls = find_units.search_unit, []
+
+    def third_unit_fails(**kwargs):
+        calls.append(kwargs["plan_path"])
+        if len(calls) == 3:
+            raise RuntimeError("worker lost")
+        return original(**kwargs)
+
+    monkeypatch.setattr(find_units, "search_unit", third_unit_fails)
+    with pytest.raises(DedupError, match="1 of .* units failed"):
+        find(tmp_path / "emb", tmp_path / "resumed", settings, engine=LocalEngine(1))
+    units = len(list((tmp_path / "resumed" / "find-units").glob("plan-*.npz")))
+    assert units >= 4 and len(list((tmp_path / "resumed" / "find-units").glob("pairs-*.npz"))) == units - 1
+    calls.clear()
+    find(tmp_path / "emb", tmp_path / "resumed", settings, engine=LocalEngine(1))
+    assert len(calls) == 1  # only the failed unit ran again
+    assert pairs_of(tmp_path / "resumed") == expected

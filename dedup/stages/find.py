@@ -23,6 +23,7 @@ from dedup.atomic import write_json, write_parquet
 from dedup.errors import InputError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
+from dedup.stages import find_units
 from dedup.store import EmbeddingStore
 
 SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
@@ -41,7 +42,7 @@ def phash_columns(metadata: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, settings: FindSettings,
-                  reporter: Reporter) -> tuple[dict, dict]:
+                  reporter: Reporter, units=None) -> tuple[dict, dict]:
     metadata, embeddings = store_data.metadata, store_data.embeddings
     rows = len(metadata)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -59,7 +60,7 @@ def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, sett
         started = time.perf_counter()
         with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
             a, b, choice = search.embedding_pairs(embeddings, settings.search_threshold(), settings,
-                                                  on_batch=lambda n: progress.advance(n, samples=n))
+                                                  on_batch=lambda n: progress.advance(n, samples=n), units=units)
         masks = search.signal_masks(search.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings)
         found.update({signal: (a[mask], b[mask]) for signal, mask in masks.items()})
         timings["embedding"] = time.perf_counter() - started
@@ -128,8 +129,10 @@ def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarr
                         np.concatenate([similarity, similarity]))
 
 
-def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | None = None, reporter: Reporter = SILENT) -> dict:
-    """Find duplicate groups among the embeddings in `store_dir`; write groups.parquet and pairs.parquet."""
+def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | None = None, reporter: Reporter = SILENT,
+         engine=None) -> dict:
+    """Find duplicate groups among the embeddings in `store_dir`; write groups.parquet and pairs.parquet.
+    With an `engine`, a partitioned search runs its units on it, resumably (`find_units`)."""
     settings = settings or FindSettings()
     settings.validate()
     started = time.perf_counter()
@@ -141,7 +144,8 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
     phash, phash_present = phash_columns(metadata)
-    found, info = collect_pairs(data, phash, phash_present, settings, reporter)
+    units = find_units.EngineUnits(store_dir, run_dir, engine, reporter) if engine is not None else None
+    found, info = collect_pairs(data, phash, phash_present, settings, reporter, units)
     pairs = merge_pairs(found, embeddings, phash, phash_present)
     group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
     nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)
@@ -185,6 +189,8 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
         **info,
     }
     write_json(run_dir / "find.json", summary)
+    if units is not None:
+        units.done()
     reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})
     reporter.info(f"find: {summary['groups']} duplicate groups holding {in_groups} samples ({len(pairs)} pairs: {counts})")
     return summary

@@ -1,0 +1,94 @@
+"""find's partitioned search as engine units: after the first split (routing every vector once, in this
+process), each unit's joins are written to `find-units/plan-NNNNN.npz`, the engine runs the units (local
+processes or Ray), and each unit writes its pairs to `find-units/pairs-NNNNN.npz` last, as its completion
+marker. A rerun with the same store and settings reuses the plans and runs only the units without pairs;
+the folder is removed once find has written its outputs.
+
+A unit opens the store itself, memory-mapped, and reads only the rows its joins need (`partitioned.run_unit`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from dedup import partitioned
+from dedup.atomic import atomic_open, read_json, write_json
+from dedup.engine import Unit, run_units
+from dedup.progress import Reporter
+
+FOLDER = "find-units"
+
+
+def units_folder(run_dir: str | Path) -> Path:
+    return Path(run_dir) / FOLDER
+
+
+@lru_cache(maxsize=2)
+def _store_rows(store_dir: str):
+    """The store's vectors, memory-mapped (once per worker process)."""
+    from dedup.store import EmbeddingStore
+
+    return EmbeddingStore(store_dir).load(max_in_memory_bytes=0).embeddings
+
+
+def search_unit(store_dir: str, plan_path: str, pairs_path: str, dim: int, settings: dict) -> dict:
+    """One unit: its joins' pairs, written to `pairs_path`."""
+    plan = partitioned.UnitPlan.load(plan_path)
+    reader = partitioned.as_reader(_store_rows(store_dir))
+    q, r, stats = partitioned.run_unit(plan, reader, reader, dim, partitioned.PartitionSettings(**settings), one_source=True)
+    with atomic_open(pairs_path, "wb") as handle:
+        np.savez(handle, query=q, indexed=r, stats=json.dumps(asdict(stats)))
+    return {"pairs": len(q), "samples": plan.home_rows()}
+
+
+def store_identity(store_dir: str | Path) -> list:
+    """What the plans were made from: every embeddings part's name, size and modification time."""
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(store_dir, "img_emb").glob("*.npy"))]
+
+
+class EngineUnits:
+    """`run_plans` for `partitioned.partitioned_matches`, through an engine, resumable from the run folder."""
+
+    def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter):
+        self.store_dir, self.folder = str(store_dir), units_folder(run_dir)
+        self.engine, self.reporter = engine, reporter
+
+    def identity(self, settings: partitioned.PartitionSettings, rows: int) -> str:
+        described = json.dumps([store_identity(self.store_dir), asdict(settings), rows], default=str)
+        return hashlib.sha256(described.encode()).hexdigest()
+
+    def saved_plans(self, settings: partitioned.PartitionSettings, rows: int) -> int | None:
+        """How many unit plans a previous run left for this store and these settings; None if none (or stale)."""
+        marker = self.folder / "plans.json"
+        if marker.exists() and read_json(marker).get("identity") == self.identity(settings, rows):
+            return read_json(marker)["units"]
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return None
+
+    def save_plans(self, plans: list[partitioned.UnitPlan], settings: partitioned.PartitionSettings, rows: int) -> int:
+        for number, plan in enumerate(plans):
+            plan.save(self.folder / f"plan-{number:05d}.npz")
+        write_json(self.folder / "plans.json", {"identity": self.identity(settings, rows), "units": len(plans)})  # last
+        return len(plans)
+
+    def run(self, count: int, dim: int, settings: partitioned.PartitionSettings) -> list[tuple]:
+        pairs_path = [self.folder / f"pairs-{number:05d}.npz" for number in range(count)]
+        pending = [Unit(f"find unit {number}", search_unit,
+                        dict(store_dir=self.store_dir, plan_path=str(self.folder / f"plan-{number:05d}.npz"),
+                             pairs_path=str(pairs_path[number]), dim=dim, settings=asdict(settings)))
+                   for number in range(count) if not pairs_path[number].exists()]
+        run_units(self.engine, pending, "find: partitions", total=count, what="units", reporter=self.reporter)
+        results = []
+        for path in pairs_path:
+            with np.load(path) as saved:
+                results.append((saved["query"], saved["indexed"], partitioned.PartitionStats(**json.loads(str(saved["stats"])))))
+        return results
+
+    def done(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
