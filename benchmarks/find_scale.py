@@ -72,9 +72,11 @@ def exact_sample_pairs(store: Path, sample: np.ndarray, threshold: float) -> set
     return found
 
 
-def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sample_size: int = 2_000) -> dict:
+def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sample_size: int = 2_000,
+            workers: int = 1) -> dict:
     import pyarrow.parquet as pq
 
+    from dedup.engine import LocalEngine
     from dedup.settings import FindSettings
     from dedup.stages.find import find
 
@@ -86,7 +88,7 @@ def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sampl
                                            rng.choice(rows, min(sample_size, rows), replace=False)]))
         settings = FindSettings(exact=False, phash_radius=None, threshold=threshold, **METHODS[method])
         started = time.perf_counter()
-        summary = find(folder / "emb", folder, settings)
+        summary = find(folder / "emb", folder, settings, engine=LocalEngine(workers))  # as `dedup find` runs it
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         pairs = pq.read_table(folder / "pairs.parquet")
@@ -96,7 +98,7 @@ def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sampl
         "rows": rows, "kind": kind, "method": method, "seconds": round(seconds, 1),
         "search_seconds": summary["timings_s"].get("embedding"), "peak_rss_gib": round(peak, 2),
         "sampled_exact_pairs": len(truth), "pair_recall": round(len(truth & found) / max(len(truth), 1), 4),
-        "pairs_found": len(found), "index": summary["index"]["reason"],
+        "pairs_found": len(found), "index": summary["index"]["reason"], "workers": workers,
     }
 
 
@@ -108,17 +110,19 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--sample", type=int, default=2_000, help="planted copies and random rows checked by brute force")
+    parser.add_argument("--workers", type=int, default=1, help="partitioned search: units at once (find.workers)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         rows, method, kind = args.one
-        print(json.dumps(run_one(int(rows), args.dim, args.threshold, method, kind, args.sample)))
+        print(json.dumps(run_one(int(rows), args.dim, args.threshold, method, kind, args.sample, args.workers)))
         return
     for kind in args.kinds:
         for rows in args.sizes:
             for method in args.methods:
                 out = subprocess.run([sys.executable, __file__, "--one", str(rows), method, kind, "--dim", str(args.dim),
-                                      "--threshold", str(args.threshold), "--sample", str(args.sample)],
+                                      "--threshold", str(args.threshold), "--sample", str(args.sample),
+                                      "--workers", str(args.workers)],
                                      capture_output=True, text=True)
                 if out.returncode != 0:
                     print(json.dumps({"rows": rows, "kind": kind, "method": method, "error": out.stderr.strip().splitlines()[-1]}), flush=True)
