@@ -77,3 +77,17 @@ def jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def clip_retrieval_store(folder, vectors: np.ndarray, part_rows: int) -> None:
+    """The vectors as a clip-retrieval store of float16 parts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for part, start in enumerate(range(0, len(vectors), part_rows)):
+        np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors[start:start + part_rows].astype(np.float16))
+        pq.write_table(pa.table({"key": [str(i) for i in range(start, min(start + part_rows, len(vectors)))]}),
+                       folder / "metadata" / f"metadata_{part}.parquet")

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from dedup import search
 from dedup.settings import FindSettings
+from conftest import clip_retrieval_store
 from dedup.stages.find import connected_groups, find
 from dedup.stages.select import decide
 
@@ -187,12 +188,7 @@ def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs
     from dedup.store import EmbeddingStore, RowStack
 
     vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
-    (tmp_path / "emb" / "img_emb").mkdir(parents=True)
-    (tmp_path / "emb" / "metadata").mkdir()
-    for part, start in enumerate(range(0, len(vectors), 12_000)):
-        np.save(tmp_path / "emb" / "img_emb" / f"img_emb_{part}.npy", vectors[start:start + 12_000].astype(np.float16))
-        pq.write_table(pa.table({"key": [str(i) for i in range(start, min(start + 12_000, len(vectors)))]}),
-                       tmp_path / "emb" / "metadata" / f"metadata_{part}.parquet")
+    clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
     assert isinstance(EmbeddingStore(tmp_path / "emb").load(max_in_memory_bytes=1_000).embeddings, RowStack)
     pairs = {}
     for name, budget in (("memory", 8.0), ("lazy", 1e-6)):
@@ -203,18 +199,6 @@ def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs
         pairs[name] = set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
     assert len(pairs["memory"]) >= 290
     assert pairs["lazy"] == pairs["memory"]
-
-
-def clip_retrieval_store(folder, vectors: np.ndarray, part_rows: int) -> None:
-    """The vectors as a clip-retrieval store of float16 parts."""
-    import pyarrow.parquet as pq
-
-    (folder / "img_emb").mkdir(parents=True)
-    (folder / "metadata").mkdir()
-    for part, start in enumerate(range(0, len(vectors), part_rows)):
-        np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors[start:start + part_rows].astype(np.float16))
-        pq.write_table(pa.table({"key": [str(i) for i in range(start, min(start + part_rows, len(vectors)))]}),
-                       folder / "metadata" / f"metadata_{part}.parquet")
 
 
 def test_partitioned_units_on_an_engine_find_the_same_pairs_and_resume(tmp_path, monkeypatch):

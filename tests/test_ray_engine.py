@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, clip_retrieval_store, run_cli
 from dedup.store import EmbeddingStore
 
 pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install 'dedup[ray]')")
@@ -38,6 +38,23 @@ def test_ray_engine_matches_local_engine(planted_flickr, tmp_path):
     assert local_manifest.equals(ray_manifest)
     assert digests(local / "shards") == digests(ray / "shards")
     assert len(digests(ray / "shards")) >= 3  # several write units really ran on the actor pool
+
+
+def test_partitioned_find_units_on_ray_match_local(tmp_path):
+    """find's partitioned search as units on Ray actors: the pairs of the local engine."""
+    from dedup.planting import planted_embeddings
+
+    vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
+    clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
+    pairs = {}
+    for engine in ("local", "ray"):
+        run_cli("find", "--run-dir", tmp_path / engine, "--embeddings", tmp_path / "emb", "--index", "partitioned",
+                "--threshold", "0.9", "--no-exact", "--phash-radius", "off", "--engine", engine, "--workers", "2",
+                "--set", "find.unit_rows=8000", "--set", "find.leaf_size=512")
+        table = pq.read_table(tmp_path / engine / "pairs.parquet")
+        pairs[engine] = set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
+    assert len(pairs["local"]) >= 290
+    assert pairs["ray"] == pairs["local"]
 
 
 def test_unknown_engine_is_refused(tmp_path):
