@@ -223,8 +223,8 @@ def membership(model, data: Images, conditioning: Conditioning, sets: dict, hold
 
 
 def closest_per_image(order, training_image_of, count: int = 8) -> list[int]:
-    """The first `count` generations in `order` whose training images differ: the figure shows 8 images, not
-    8 copies of the most memorized one."""
+    """The first `count` generations in `order` whose training images differ (`training_image_of`: one id per
+    image, its duplicate group): the figure shows 8 images, not 8 copies of the most memorized one."""
     chosen, seen = [], set()
     for i in order:
         if training_image_of[i] not in seen:
@@ -304,7 +304,8 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     matches.sort(key=lambda item: item[1].tiled_l2)
     closest = [(by_prompt[str(p)][m.generation], train_unit[position_of[(m.shard, m.sample_index)]], f"l2 {m.tiled_l2:.2f}",
                 m in result.extracted[str(p)])
-               for p, m in (matches[i] for i in closest_per_image(range(len(matches)), [(m.shard, m.sample_index) for _, m in matches]))]
+               for p, m in (matches[i] for i in closest_per_image(
+                   range(len(matches)), [int(sets["group"][position_of[(m.shard, m.sample_index)]]) for _, m in matches]))]
     return {
         "attack": "black box: generate-and-filter, confirmed through the embedding store",
         "prompts": len(prompts),
