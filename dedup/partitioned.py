@@ -229,10 +229,11 @@ class UnitPlan:
 
     @classmethod
     def load(cls, path) -> "UnitPlan":
-        with np.load(path) as saved:
-            bounds_q, bounds_r = saved["query_bounds"], saved["indexed_bounds"]
-            return cls([(saved["query_rows"][bounds_q[k]:bounds_q[k + 1]], saved["indexed_rows"][bounds_r[k]:bounds_r[k + 1]],
-                         bool(saved["same"][k]), bool(saved["home"][k])) for k in range(len(saved["same"]))])
+        with np.load(path) as saved:  # each item access reads the array from the archive again: once each
+            saved = {name: saved[name] for name in saved.files}
+        queries, indexed, bounds_q, bounds_r = (saved[name] for name in ("query_rows", "indexed_rows", "query_bounds", "indexed_bounds"))
+        return cls([(queries[bounds_q[k]:bounds_q[k + 1]], indexed[bounds_r[k]:bounds_r[k + 1]], bool(saved["same"][k]),
+                     bool(saved["home"][k])) for k in range(len(saved["same"]))])
 
 
 def _flatten(joins: list[Join]) -> dict[str, np.ndarray]:
