@@ -271,10 +271,18 @@ def plan_units(read_queries: RowReader, query_count: int, read_indexed: RowReade
 
 
 def run_unit(plan: UnitPlan, read_queries: RowReader, read_indexed: RowReader, dim: int, settings: PartitionSettings,
-             one_source: bool, on_home_rows: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
-    """The unit's pairs. Its vectors are read once, in row order, into memory: the joins below read them
-    there, not through the store (on a memory-mapped store of many parts, a read per small join was what
-    made 10M vectors slow). `one_source`: queries and indexed rows are rows of the same vectors."""
+             one_source: bool, on_home_rows: Callable[[int], None] | None = None,
+             gather: bool = True) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
+    """The unit's pairs. With `gather` its vectors are read once, in row order, into memory, and the joins
+    below read them there, not through the store (on a memory-mapped store of many parts, a read per small
+    join was what made 10M vectors slow); vectors already in memory are read where they are.
+    `one_source`: queries and indexed rows are rows of the same vectors."""
+    if not gather:
+        join = PartitionedJoin(read_queries, read_indexed, dim, settings, on_home_rows)
+        for query_rows, indexed_rows, same, home in plan.joins:
+            join.join(query_rows, indexed_rows, same, home, depth=1)
+        q, r = join.found()
+        return q, r, join.stats
     query_needed = np.unique(np.concatenate([j[0] for j in plan.joins]))
     indexed_needed = np.unique(np.concatenate([j[1] for j in plan.joins]))
     if one_source:
@@ -307,8 +315,9 @@ def partitioned_matches(read_queries: RowReader, query_count: int, read_indexed:
     count = units.saved_plans(settings, query_count) if units else None
     if count is None:
         plans, stats = plan_units(read_queries, query_count, read_indexed, indexed_count, dim, settings, same)
-    if units is None:
-        results = [run_unit(plan, read_queries, read_indexed, dim, settings, same, on_home_rows) for plan in plans]
+    if units is None:  # the readers are the caller's: in memory, or a memory-mapped store read unit by unit
+        results = [run_unit(plan, read_queries, read_indexed, dim, settings, same, on_home_rows, gather=False)
+                   for plan in plans]
     else:
         if count is None:
             count = units.save_plans(plans, settings, query_count)

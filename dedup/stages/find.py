@@ -144,8 +144,12 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
     phash, phash_present = phash_columns(metadata)
-    units = find_units.EngineUnits(store_dir, run_dir, engine, reporter) if engine is not None else None
-    found, info = collect_pairs(data, phash, phash_present, settings, reporter, units)
+    units = find_units.EngineUnits(store_dir, run_dir, engine, reporter, embeddings) if engine is not None else None
+    try:
+        found, info = collect_pairs(data, phash, phash_present, settings, reporter, units)
+    finally:
+        if units is not None:
+            units.release()
     pairs = merge_pairs(found, embeddings, phash, phash_present)
     group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
     nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)

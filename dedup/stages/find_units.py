@@ -29,8 +29,11 @@ def units_folder(run_dir: str | Path) -> Path:
     return Path(run_dir) / FOLDER
 
 
+_HELD: dict[str, np.ndarray] = {}  # vectors the driver holds in memory, for units that run in its process
+
+
 @lru_cache(maxsize=2)
-def _store_rows(store_dir: str):
+def _memory_mapped(store_dir: str):
     """The store's vectors, memory-mapped (once per worker process)."""
     from dedup.store import EmbeddingStore
 
@@ -40,8 +43,10 @@ def _store_rows(store_dir: str):
 def search_unit(store_dir: str, plan_path: str, pairs_path: str, dim: int, settings: dict) -> dict:
     """One unit: its joins' pairs, written to `pairs_path`."""
     plan = partitioned.UnitPlan.load(plan_path)
-    reader = partitioned.as_reader(_store_rows(store_dir))
-    q, r, stats = partitioned.run_unit(plan, reader, reader, dim, partitioned.PartitionSettings(**settings), one_source=True)
+    held = _HELD.get(store_dir)
+    reader = partitioned.as_reader(held if held is not None else _memory_mapped(store_dir))
+    q, r, stats = partitioned.run_unit(plan, reader, reader, dim, partitioned.PartitionSettings(**settings),
+                                       one_source=True, gather=held is None)
     with atomic_open(pairs_path, "wb") as handle:
         np.savez(handle, query=q, indexed=r, stats=json.dumps(asdict(stats)))
     return {"pairs": len(q), "samples": plan.home_rows()}
@@ -55,9 +60,13 @@ def store_identity(store_dir: str | Path) -> list:
 class EngineUnits:
     """`run_plans` for `partitioned.partitioned_matches`, through an engine, resumable from the run folder."""
 
-    def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter):
+    def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter, vectors=None):
+        """`vectors`: the store's vectors as find loaded them; units that run in this process read them where
+        they are when they are in memory (an array), instead of reading the store again."""
         self.store_dir, self.folder = str(store_dir), units_folder(run_dir)
         self.engine, self.reporter = engine, reporter
+        if isinstance(vectors, np.ndarray):
+            _HELD[self.store_dir] = vectors
 
     def identity(self, settings: partitioned.PartitionSettings, rows: int) -> str:
         described = json.dumps([store_identity(self.store_dir), asdict(settings), rows], default=str)
@@ -90,5 +99,10 @@ class EngineUnits:
                 results.append((saved["query"], saved["indexed"], partitioned.PartitionStats(**json.loads(str(saved["stats"])))))
         return results
 
+    def release(self) -> None:
+        """Forget the held vectors (the search is over, or failed)."""
+        _HELD.pop(self.store_dir, None)
+
     def done(self) -> None:
+        """find's outputs are written: the units' files are no longer needed."""
         shutil.rmtree(self.folder, ignore_errors=True)
