@@ -31,6 +31,9 @@ class Sample:
     files: dict[str, bytes] = field(default_factory=dict)
     # the member order, so output tars list files exactly as the input did
     order: list[str] = field(default_factory=list)
+    # bytes [start, end) of the tar stream that hold the sample, headers included; None where a folder entry
+    # interrupts it. For a plain tar these are file offsets: `write` copies the range as it is.
+    span: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,17 @@ def unsafe_name_reason(name: str) -> str | None:
 class _SampleBuilder:
     """Collects consecutive members of one key; a sample with any member fault is emitted as a fault."""
 
-    def __init__(self, shard: str, key: str, index: int):
-        self.sample = Sample(shard=shard, key=key, index=index)
+    def __init__(self, shard: str, key: str, index: int, start: int):
+        self.sample = Sample(shard=shard, key=key, index=index, span=(start, start))
         self.problem: str | None = None
+
+    def extend_to(self, member: tarfile.TarInfo, after_folder: bool) -> None:
+        """The sample's bytes now run to the end of this member's padded data."""
+        if self.sample.span is None or after_folder:
+            self.sample.span = None
+            return
+        end = member.offset_data + (-(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE if member.isfile() else 0)
+        self.sample.span = (self.sample.span[0], end)
 
     def add(self, extension: str, data: bytes) -> None:
         self.sample.files[extension] = data
@@ -112,14 +123,19 @@ def iter_shard(
         return
     try:
         with stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+            after_folder = False
             for member in archive:
                 if member.isdir():
+                    after_folder = True
                     continue
                 key, extension = member_key(member.name)
                 if current is None or starts_new_sample(key, extension, current.sample.key, current.sample.files):
                     yield from finish(current)
-                    current = _SampleBuilder(url, key, next_index)
+                    current = _SampleBuilder(url, key, next_index, member.offset)
                     next_index += 1
+                    after_folder = False
+                current.extend_to(member, after_folder)
+                after_folder = False
                 if member.name.startswith("__") or "/__" in member.name:
                     current.refuse(f"member {member.name!r} is a reserved webdataset name")
                     continue

@@ -81,6 +81,11 @@ class EmbeddingStore:
     def stats_path(self, part: int) -> Path:
         return self.root / "stats" / f"stats_{part}.json"
 
+    def spans_path(self, part: int) -> Path:
+        """(sample index, start, end, payload bytes) of each embedded sample in its plain tar shard (start and
+        end -1 where a folder entry interrupts it): `write` copies these ranges without scanning the shard."""
+        return self.root / "spans" / f"spans_{part}.npy"
+
     @property
     def spec_path(self) -> Path:
         return self.root / "embed.json"
@@ -94,9 +99,12 @@ class EmbeddingStore:
         failures: pa.Table,
         stats: dict,
         text_embeddings: np.ndarray | None = None,
+        spans: np.ndarray | None = None,
     ) -> None:
         """Write one part; the stats file goes last, so its presence means the part is complete."""
         write_npy(self.emb_path(part), np.ascontiguousarray(embeddings, dtype=np.float32))
+        if spans is not None:
+            write_npy(self.spans_path(part), spans)
         if text_embeddings is not None:
             write_npy(self.txt_path(part), np.ascontiguousarray(text_embeddings, dtype=np.float32))
         write_parquet(self.metadata_path(part), metadata)

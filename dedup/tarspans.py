@@ -95,23 +95,46 @@ def _plain_ustar_members(path: str) -> list[Member] | None:
             header = os.pread(fd, BLOCK, offset)
             if header == bytes(BLOCK) or (not header and members):  # the end (tarfile allows a missing one)
                 return members
-            if len(header) < BLOCK:
+            parsed = _plain_header(header)
+            if parsed is None:
                 return None
-            kind = header[156:157]
-            if header[124] & 0x80 or kind not in FILE_TYPES + (tarfile.DIRTYPE,) or not _checksum_ok(header):
-                return None
-            try:
-                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            except ValueError:
-                return None
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if header[257:263] == b"ustar\0":
-                prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                name = f"{prefix}/{name}" if prefix else name
-            is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith("/"))
-            members.append(Member(name.rstrip("/") if is_dir else name, offset, offset + BLOCK, size,
-                                  not is_dir, is_dir))
+            name, size, is_dir = parsed
+            members.append(Member(name, offset, offset + BLOCK, size, not is_dir, is_dir))
             offset += BLOCK + -(-size // BLOCK) * BLOCK
+
+
+def _plain_header(header: bytes) -> tuple[str, int, bool] | None:
+    """(name, size, is a folder) of a plain file or folder header, as tarfile would read them; None otherwise."""
+    if len(header) < BLOCK:
+        return None
+    kind = header[156:157]
+    if header[124] & 0x80 or kind not in FILE_TYPES + (tarfile.DIRTYPE,) or not _checksum_ok(header):
+        return None
+    try:
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if header[257:263] == b"ustar\0":
+        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        name = f"{prefix}/{name}" if prefix else name
+    is_dir = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith("/"))
+    return (name.rstrip("/") if is_dir else name), size, is_dir
+
+
+def key_at(path: str, fd: int, offset: int) -> str | None:
+    """The sample key of the member whose (first) header starts at `offset`, or None if none does."""
+    parsed = _plain_header(os.pread(fd, BLOCK, offset))
+    if parsed is not None:
+        return member_key(parsed[0])[0]
+    try:  # a pax or long-name header first: tarfile reads the member from there
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            with tarfile.open(fileobj=handle, mode="r:") as archive:
+                member = archive.next()
+    except tarfile.TarError:
+        return None
+    return member_key(member.name)[0] if member is not None else None
 
 
 def _checksum_ok(header: bytes) -> bool:

@@ -156,3 +156,27 @@ def test_embeddings_of_another_embedder_are_refused(tmp_path):
     run_cli("embed", shard, "--run-dir", tmp_path, "--embedder", "pixels", "--pixel-size", "8")
     result = run_cli("embed", shard, "--run-dir", tmp_path, "--embedder", "pixels", "--pixel-size", "16", check=False)
     assert result.returncode == 3 and "already holds embeddings made with" in result.stderr
+
+
+def test_shard_rewritten_with_the_same_size_and_time_is_caught_by_write(tmp_path):
+    """A shard rewritten between embed and write, keeping its size and modification time (so the fingerprint
+    matches): the recorded byte ranges no longer start at the samples embed saw, and write stops."""
+    import os
+    import shutil
+
+    shard = tmp_path / "in" / "s.tar"
+    shard.parent.mkdir()
+    shutil.copy(FLICKR / "flickr8k-224-00008.tar", shard)
+    run_cli("embed", shard, "--run-dir", tmp_path / "run", "--config", "offline")
+    run_cli("find", "--run-dir", tmp_path / "run", "--config", "offline")
+    run_cli("select", "--run-dir", tmp_path / "run")
+    stat = shard.stat()
+    with tarfile.open(shard) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    with tarfile.open(shard, "w") as archive:  # the same members, the first two samples swapped
+        for member, data in members[3:6] + members[:3] + members[6:]:
+            archive.addfile(member, io.BytesIO(data))
+    assert shard.stat().st_size == stat.st_size
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run_cli("write", "--run-dir", tmp_path / "run", check=False)
+    assert result.returncode == 2 and "changed since embed" in result.stderr, result.stderr

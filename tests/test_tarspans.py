@@ -80,3 +80,47 @@ def test_a_damaged_header_goes_to_tarfile(tmp_path):
     data[1024 + 5] ^= 0xFF  # a byte of the second header's name: its checksum no longer holds
     open(path, "wb").write(bytes(data))
     assert tarspans._plain_ustar_members(path) is None
+
+
+def test_reader_records_the_spans_the_scan_finds(tmp_path):
+    """embed records each sample's byte range while it reads (write then needs no scan); they are the scan's."""
+    from dedup.reader import iter_shard
+
+    deep = "a/" * 60
+    members = [("s1.jpg", b"x" * 700), ("s1.txt", b"caption"), ("folder", None), ("s1.json", b"{}"),
+               (f"{deep}s2.jpg", b"y" * 1024), ("s3.jpg", b"end")]
+    for path in (str(FLICKR / "flickr8k-224-00001.tar"), write_tar(tmp_path / "odd.tar", members),
+                 write_tar(tmp_path / "pax.tar", [("s1.jpg", b"x"), ("b" * 150 + ".jpg", b"y" * 600)], format=tarfile.PAX_FORMAT)):
+        recorded = [(s.key, s.span) for s in iter_shard(path, print)]
+        scanned = [(s[0], (s[1], s[2]) if s[5] else None) for s in spans(path)]
+        assert recorded == scanned
+
+
+def test_write_copies_recorded_spans_without_scanning(tmp_path, monkeypatch):
+    """With the spans embed recorded, write never scans a shard, and its output is byte for byte the input."""
+    import shutil
+
+    from dedup.engine import LocalEngine
+    from dedup.settings import EmbedSettings, FindSettings, SelectSettings, WriteSettings
+    from dedup.stages.embed import embed
+    from dedup.stages.find import find
+    from dedup.stages.select import select
+    from dedup.stages.write import write
+
+    shard = tmp_path / "in" / "s.tar"
+    shard.parent.mkdir()
+    shutil.copy(FLICKR / "flickr8k-224-00002.tar", shard)
+    run = tmp_path / "run"
+    embed([str(shard)], run / "embeddings", EmbedSettings(embedder="pixels"), engine=LocalEngine(1))
+    assert (run / "embeddings" / "spans" / "spans_0.npy").exists()
+    find(run / "embeddings", run, FindSettings(threshold=None, phash_radius=None))
+    select(run / "embeddings", run, SelectSettings(policy="none"))
+
+    def no_scan(path):
+        raise AssertionError(f"{path} was scanned")
+
+    monkeypatch.setattr(tarspans, "sample_spans", no_scan)
+    write(run / "embeddings", run, run / "out", WriteSettings(samples_per_shard=10_000), engine=LocalEngine(1))
+    written = (run / "out" / "dedup-00000.tar").read_bytes()
+    original = shard.read_bytes()
+    assert written.rstrip(b"\0") == original.rstrip(b"\0")  # every sample, headers included; only the end padding may differ

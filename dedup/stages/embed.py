@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from dedup import tarspans
 from dedup.atomic import remove_stale_temporaries
 from dedup.embedders import Embedder, build_embedder
 from dedup.engine import LocalEngine, Unit, run_units
@@ -55,6 +56,7 @@ class _PartBuilder:
         self.text_vectors: list[np.ndarray] = []
         self.failures: dict[str, list] = {name: [] for name in FAILURE_SCHEMA.names}
         self.shard_faults: list[str] = []
+        self.spans: list[tuple[int, int, int, int]] = []  # (sample index, start, end, payload) of each embedded sample
 
     def on_fault(self, fault: Fault) -> None:
         if fault.key is None:
@@ -82,6 +84,7 @@ class _PartBuilder:
                       image.width, image.height, caption)
             for name, value in zip(METADATA_SCHEMA.names, values):
                 self.rows[name].append(value)
+            self.spans.append((sample.index, *(sample.span or (-1, -1)), sum(len(data) for data in sample.files.values())))
 
     def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
         dim = self.embedder.dim
@@ -129,7 +132,9 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
         "shard_faults": builder.shard_faults,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    store.write_part(part, vectors, metadata, failures, stats, text)
+    # where each sample lies in a plain local tar, so write copies byte ranges without scanning the shard
+    spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
+    store.write_part(part, vectors, metadata, failures, stats, text, spans)
     return stats
 
 

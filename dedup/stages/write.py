@@ -11,8 +11,10 @@ import hashlib
 import os
 import time
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -53,33 +55,60 @@ def changed_since_embed(shard: str, index: int, now: str, was: str) -> InputErro
                       "rerun from `dedup embed` with a new run folder")
 
 
-def raw_spans(rows: list[dict]) -> list[tuple[str, tarspans.SampleSpan]] | None:
+def raw_spans(rows: list[dict], store_dir: str | None = None) -> list[tuple[str, tarspans.SampleSpan]] | None:
     """Each row's byte range in its input shard, or None when this output shard must be written member by
-    member (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry)."""
+    member (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry).
+    The ranges embed recorded are used where the store has them; otherwise the shard's headers are scanned."""
     keys = [row["key"] for row in rows]
-    if any(a == b for a, b in zip(keys, keys[1:])) or not all(tarspans.is_plain_local_tar(row["shard"]) for row in rows):
+    parts = {row["shard"]: row["shard_index"] for row in rows}
+    if any(a == b for a, b in zip(keys, keys[1:])) or not all(tarspans.is_plain_local_tar(shard) for shard in parts):
         return None
+    recorded = {shard: recorded_spans(store_dir, part) for shard, part in parts.items()} if store_dir else {}
     chosen = []
     for row in rows:
-        spans = tarspans.sample_spans(row["shard"])
-        index = row["sample_index"]
-        if index >= len(spans) or spans[index].key != row["key"]:
-            raise changed_since_embed(row["shard"], index, spans[index].key if index < len(spans) else "nothing", row["key"])
-        if not spans[index].contiguous:
+        shard, index = row["shard"], row["sample_index"]
+        if recorded.get(shard) is not None:
+            if index not in recorded[shard]:
+                raise changed_since_embed(shard, index, "not recorded", row["key"])
+            start, end, payload = recorded[shard][index]
+            # the key is embed's; copy_spans checks it against the shard's header once per range it copies
+            span = tarspans.SampleSpan(row["key"], start, end, payload, contiguous=start >= 0)
+        else:
+            spans = tarspans.sample_spans(shard)
+            if index >= len(spans) or spans[index].key != row["key"]:
+                raise changed_since_embed(shard, index, spans[index].key if index < len(spans) else "nothing", row["key"])
+            span = spans[index]
+        if not span.contiguous:
             return None
-        chosen.append((row["shard"], spans[index]))
+        chosen.append((shard, span))
     return chosen
 
 
-def coalesced_ranges(spans: list[tuple[str, "tarspans.SampleSpan"]]) -> list[tuple[str, int, int]]:
-    """(shard, start, end) with samples that follow each other in their input merged into one range: a run of
-    kept samples is one copy_file_range call, not one per sample."""
+@lru_cache(maxsize=64)
+def _recorded_spans(path: str, size: int, mtime_ns: int) -> dict[int, tuple[int, int, int]]:
+    table = np.load(path)
+    return {int(index): (int(start), int(end), int(payload)) for index, start, end, payload in table}
+
+
+def recorded_spans(store_dir: str, part: int) -> dict[int, tuple[int, int, int]] | None:
+    """sample index -> (start, end, payload bytes) as embed recorded them for one part (a plain local tar);
+    None for stores without them (older runs, clip-retrieval metadata, other sources)."""
+    path = EmbeddingStore(store_dir).spans_path(part)
+    if not path.exists():
+        return None
+    stat = path.stat()
+    return _recorded_spans(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def coalesced_ranges(spans: list[tuple[str, "tarspans.SampleSpan"]]) -> list[tuple[str, int, int, str]]:
+    """(shard, start, end, first sample's key) with samples that follow each other in their input merged into
+    one range: a run of kept samples is one copy_file_range call, not one per sample."""
     ranges: list[list] = []
     for shard, span in spans:
         if ranges and ranges[-1][0] == shard and ranges[-1][2] == span.start:
             ranges[-1][2] = span.end
         else:
-            ranges.append([shard, span.start, span.end])
+            ranges.append([shard, span.start, span.end, span.key])
     return [tuple(r) for r in ranges]
 
 
@@ -90,9 +119,13 @@ def copy_spans(path: Path, spans: list[tuple[str, "tarspans.SampleSpan"]]) -> in
         target = handle.fileno()
         sources: dict[str, int] = {}
         try:
-            for shard, start, end in coalesced_ranges(spans):
+            for shard, start, end, first_key in coalesced_ranges(spans):
                 if shard not in sources:
                     sources[shard] = os.open(shard, os.O_RDONLY)
+                found = tarspans.key_at(shard, sources[shard], start)
+                if found != first_key:  # its size and time matched embed's, but its bytes moved
+                    raise InputError(f"shard {shard} changed since embed: at byte {start} it holds {found!r}, embed "
+                                     f"saw {first_key!r}; rerun from `dedup embed` with a new run folder")
                 tarspans.copy_range(sources[shard], target, start, end - start)
                 size += end - start
         finally:
@@ -130,12 +163,13 @@ def rewrite_members(path: Path, rows: list[dict], max_member_bytes: int) -> tupl
     return len(written), payload_bytes, renamed
 
 
-def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int) -> dict:
+def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int,
+                       store_dir: str | None = None) -> dict:
     """Copy the samples listed in `rows` (in order) into one output shard: as raw byte ranges when every
     input is a plain local tar and no key repeats side by side, else member by member."""
     started = time.perf_counter()
     path = Path(out_dir) / shard_name(prefix, number)
-    spans = raw_spans(rows)
+    spans = raw_spans(rows, store_dir)
     if spans is not None:
         written, payload_bytes, renamed = copy_spans(path, spans), sum(span.payload for _, span in spans), []
     else:
@@ -276,7 +310,7 @@ def write(
             continue
         units.append(Unit(f"write:{number}", write_output_shard, {
             "number": number, "rows": rows, "out_dir": str(out_dir), "prefix": settings.prefix,
-            "max_member_bytes": max_member_bytes,
+            "max_member_bytes": max_member_bytes, "store_dir": str(store_dir),
         }))
     run_units(engine or LocalEngine(settings.workers), units, "write", len(plan), "output shards", reporter)
     shard_stats = [read_json(out_dir / f"{settings.prefix}-{n:05d}_stats.json") for n in range(len(plan))]
