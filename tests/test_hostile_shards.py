@@ -134,8 +134,8 @@ def test_broken_shards_are_reported_and_nothing_escapes(hostile):
     assert all(str(p).startswith(str(root.resolve())) for p in written)
 
 
-def test_changed_shard_between_embed_and_write_stops_the_run(tmp_path):
-    import os
+def selected_copy_of_a_shard(tmp_path) -> Path:
+    """A copy of a real shard, embedded, searched and selected in tmp_path/run: ready for write."""
     import shutil
 
     shard = tmp_path / "in" / "s.tar"
@@ -144,6 +144,13 @@ def test_changed_shard_between_embed_and_write_stops_the_run(tmp_path):
     run_cli("embed", shard, "--run-dir", tmp_path / "run", "--config", "offline")
     run_cli("find", "--run-dir", tmp_path / "run", "--config", "offline")
     run_cli("select", "--run-dir", tmp_path / "run")
+    return shard
+
+
+def test_changed_shard_between_embed_and_write_stops_the_run(tmp_path):
+    import os
+
+    shard = selected_copy_of_a_shard(tmp_path)
     stat = shard.stat()
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     result = run_cli("write", "--run-dir", tmp_path / "run", check=False)
@@ -162,14 +169,8 @@ def test_shard_rewritten_with_the_same_size_and_time_is_caught_by_write(tmp_path
     """A shard rewritten between embed and write, keeping its size and modification time (so the fingerprint
     matches): the recorded byte ranges no longer start at the samples embed saw, and write stops."""
     import os
-    import shutil
 
-    shard = tmp_path / "in" / "s.tar"
-    shard.parent.mkdir()
-    shutil.copy(FLICKR / "flickr8k-224-00008.tar", shard)
-    run_cli("embed", shard, "--run-dir", tmp_path / "run", "--config", "offline")
-    run_cli("find", "--run-dir", tmp_path / "run", "--config", "offline")
-    run_cli("select", "--run-dir", tmp_path / "run")
+    shard = selected_copy_of_a_shard(tmp_path)
     stat = shard.stat()
     with tarfile.open(shard) as archive:
         members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
