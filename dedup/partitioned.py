@@ -15,6 +15,8 @@ displacements. Larger `boundary` finds more of the pairs that straddle boundarie
 `benchmarks/find_scale.py` measures the recall against exact search.
 
 SemDeDup's k-means + intra-cluster search is the `boundary = 0` case, which misses the cross-cluster pairs.
+After the first split the joins are grouped into units (`plan_units`) that run apart (`run_unit`): here, one
+after the other, or on an engine through a `UnitRunner` (`dedup/stages/find_units.py`).
 Vectors are read through `read(rows) -> float32 array`, so a memory-mapped store is never loaded whole.
 """
 from __future__ import annotations

@@ -58,7 +58,8 @@ def store_identity(store_dir: str | Path) -> list:
 
 
 class EngineUnits:
-    """`run_plans` for `partitioned.partitioned_matches`, through an engine, resumable from the run folder."""
+    """find's `partitioned.UnitRunner`: the units of a self-join of one store run on an engine, resumable from
+    the run folder."""
 
     def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter, vectors=None):
         """`vectors`: the store's vectors as find loaded them; units that run in this process read them where
