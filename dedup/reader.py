@@ -65,6 +65,11 @@ def starts_new_sample(key: str, extension: str | None, current_key: str | None, 
     return key != current_key or (extension is not None and extension in current_extensions)
 
 
+def member_end(data_offset: int, size: int, is_file: bool) -> int:
+    """Where a member's data ends in its tar, padded to whole blocks (links and folders hold no data)."""
+    return data_offset + (-(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE if is_file else 0)
+
+
 def unsafe_name_reason(name: str) -> str | None:
     if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
         return f"member {name!r} has an absolute path"
@@ -88,8 +93,7 @@ class _SampleBuilder:
         if self.sample.span is None or after_folder:
             self.sample.span = None
             return
-        end = member.offset_data + (-(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE if member.isfile() else 0)
-        self.sample.span = (self.sample.span[0], end)
+        self.sample.span = (self.sample.span[0], member_end(member.offset_data, member.size, member.isfile()))
 
     def add(self, extension: str, data: bytes) -> None:
         self.sample.files[extension] = data

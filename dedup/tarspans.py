@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from dedup.reader import member_key, starts_new_sample
+from dedup.reader import member_end, member_key, starts_new_sample
 
 BLOCK = tarfile.BLOCKSIZE
 
@@ -50,7 +50,7 @@ def _scan(path: str, size: int, mtime_ns: int) -> list[SampleSpan]:
             skipped = True
             continue
         key, extension = member_key(member.name)
-        end = member.data_offset + -(-member.size // BLOCK) * BLOCK if member.is_file else member.data_offset
+        end = member_end(member.data_offset, member.size, member.is_file)
         if current is None or starts_new_sample(key, extension, current.key, current.extensions):
             current = SampleSpan(key, member.header_offset, end)
             spans.append(current)
@@ -100,7 +100,7 @@ def _plain_ustar_members(path: str) -> list[Member] | None:
                 return None
             name, size, is_dir = parsed
             members.append(Member(name, offset, offset + BLOCK, size, not is_dir, is_dir))
-            offset += BLOCK + -(-size // BLOCK) * BLOCK
+            offset = member_end(offset + BLOCK, size, True)  # the next header
 
 
 def _plain_header(header: bytes) -> tuple[str, int, bool] | None:
