@@ -96,7 +96,7 @@ def quantize_tower(source: Path, target: Path) -> None:
 
     temporary = target.with_suffix(".partial.onnx")
     # reduce_range (7-bit weights): CPUs without VNNI multiply u8 x s8 in pairs that saturate 16 bits, which
-    # took a ViT-B-32's agreement with fp32 from cosine 0.9995 down to 0.989 (measured, benchmarks.md)
+    # cost a random ViT-B-32 its agreement with fp32: cosine 0.9885-0.991 full-range, 0.9995 at 7 bits (benchmarks.md)
     quantize_dynamic(str(source), str(temporary), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                      reduce_range=True)
     temporary.replace(target)
