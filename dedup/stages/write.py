@@ -86,8 +86,7 @@ def raw_spans(rows: list[dict], store_dir: str | None = None) -> list[tuple[str,
 
 @lru_cache(maxsize=64)
 def _recorded_spans(path: str, size: int, mtime_ns: int) -> dict[int, tuple[int, int, int]]:
-    table = np.load(path)
-    return {int(index): (int(start), int(end), int(payload)) for index, start, end, payload in table}
+    return {index: (start, end, payload) for index, start, end, payload in np.load(path).tolist()}
 
 
 def recorded_spans(store_dir: str, part: int) -> dict[int, tuple[int, int, int]] | None:
