@@ -56,13 +56,17 @@ def test_clip_loads_local_checkpoint_and_embeds(tiny_clip):
     assert np.allclose(vectors[0], embedder.embed([embedder.prepare(images[0])])[0], atol=1e-5)
     text = embedder.embed_texts(["a dog", "a cat"])
     assert text.shape == (2, 32)
-    # the checkpoint's weights are the ones used, not a fresh random init
+    # the checkpoint's weights are the ones used, not a fresh random init, and open_clip's own
+    # per-image preprocessing gives what the batched normalization gives (a grey, wide image too)
     import open_clip
 
-    reference = open_clip.create_model("tiny-clip-test", pretrained=str(checkpoint)).eval()
+    reference, _, preprocess = open_clip.create_model_and_transforms("tiny-clip-test", pretrained=str(checkpoint))
+    images = images + [images[0].convert("L").resize((300, 120))]
     with torch.inference_mode():
-        expected = torch.nn.functional.normalize(reference.encode_image(embedder.prepare(images[0]).unsqueeze(0)), dim=-1)
-    assert np.allclose(vectors[0], expected.numpy()[0], atol=1e-5)
+        expected = reference.eval().encode_image(torch.stack([preprocess(image) for image in images]))
+        expected = torch.nn.functional.normalize(expected, dim=-1).numpy()
+    got = embedder.embed([embedder.prepare(image) for image in images])
+    assert np.allclose(got, expected, atol=1e-5)
 
 
 def test_clip_onnx_runtime_agrees_with_torch_and_is_cached(tiny_clip, tmp_path, monkeypatch):

@@ -20,6 +20,38 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 
 
+class BatchNormalizer:
+    """open_clip's preprocessing split in two: the PIL steps per image (resize, crop, RGB: in the decode
+    threads, which release the GIL), then ToTensor + Normalize once per batch on the model's device.
+    Per image, those two are a dozen small torch calls that hold the GIL and spawn intra-op threads: on a
+    16-core GPU machine they kept the pipeline at 243 images/s while the model alone ran 4,130."""
+
+    def __init__(self, image_steps, mean: Sequence[float], std: Sequence[float]):
+        self.image_steps, self.mean, self.std = image_steps, tuple(mean), tuple(std)
+
+    @classmethod
+    def split(cls, preprocess) -> "BatchNormalizer | None":
+        """None when the transform does not end in ToTensor + Normalize (then it runs whole, per image)."""
+        from torchvision import transforms
+
+        steps = list(getattr(preprocess, "transforms", []))
+        if len(steps) < 2 or not isinstance(steps[-2], transforms.ToTensor) or not isinstance(steps[-1], transforms.Normalize):
+            return None
+        normalize = steps[-1]
+        return cls(transforms.Compose(steps[:-2]), normalize.mean, normalize.std)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(self.image_steps(image), dtype=np.uint8)
+
+    def batch(self, prepared: Sequence[np.ndarray], device: str, dtype):
+        import torch
+
+        pixels = torch.from_numpy(np.stack(prepared)).to(device).permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return pixels.sub_(mean).div_(std).to(dtype).contiguous()
+
+
 def pick_device(requested: str = "auto") -> str:
     import torch
 
@@ -147,11 +179,12 @@ class ClipEmbedder(Embedder):
         except (RuntimeError, OSError, ValueError, KeyError) as error:
             raise ModelUnavailableError(_missing_weights_message(model, pretrained, error)) from error
         self.model, _, self.preprocess = created
+        self.batch_normalizer = BatchNormalizer.split(self.preprocess)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(model) if text else None
         self.model_name, self.pretrained, self.text = model, pretrained, text
         with torch.inference_mode():
-            probe = self.preprocess(Image.new("RGB", (8, 8))).unsqueeze(0).to(self.device, dtype=self._dtype())
+            probe = self._batch([self.prepare(Image.new("RGB", (8, 8)))])
             self.dim = int(self.model.encode_image(probe).shape[-1])
         self.runtime = runtime
         self.onnx_tower = None
@@ -179,14 +212,23 @@ class ClipEmbedder(Embedder):
         }
 
     def prepare(self, image: Image.Image):
-        return self.preprocess(image)
+        if self.batch_normalizer is None:
+            return self.preprocess(image)
+        return self.batch_normalizer.prepare(image)
+
+    def _batch(self, prepared: Sequence):
+        import torch
+
+        if self.batch_normalizer is None:
+            return torch.stack(list(prepared)).to(self.device, dtype=self._dtype())
+        return self.batch_normalizer.batch(prepared, self.device, self._dtype())
 
     def embed(self, prepared: Sequence) -> np.ndarray:
         import torch
 
         if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = torch.stack(list(prepared)).to(self.device, dtype=self._dtype())
+        batch = self._batch(prepared)
         if self.onnx_tower is not None:
             features = self.onnx_tower(batch.numpy())
             return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
