@@ -4,17 +4,28 @@ The Python API mirrors the CLI: every stage takes the same settings objects.
 
     from dedup import embed, find, select, write, run, RunSettings
 """
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from dedup.errors import DedupError, InputError, ModelUnavailableError, SettingsError
-from dedup.pipeline import run
 from dedup.settings import EmbedSettings, FindSettings, RunSettings, SelectSettings, WriteSettings, load_settings
-from dedup.stages.embed import embed
-from dedup.stages.find import find
-from dedup.stages.select import select
-from dedup.stages.write import write
 
 __version__ = "0.1.0"
+
+# the stages are imported when first used: `dedup write` should not pay for faiss, or `import dedup` for all
+_STAGES = {"embed": "dedup.stages.embed", "find": "dedup.stages.find", "select": "dedup.stages.select",
+           "write": "dedup.stages.write", "run": "dedup.pipeline"}
+
 __all__ = [
     "DedupError", "InputError", "ModelUnavailableError", "SettingsError",
     "EmbedSettings", "FindSettings", "RunSettings", "SelectSettings", "WriteSettings", "load_settings",
-    "embed", "find", "select", "write", "run",
+    *_STAGES,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _STAGES:
+        raise AttributeError(f"module 'dedup' has no attribute {name!r}")
+    return getattr(importlib.import_module(_STAGES[name]), name)

@@ -2,6 +2,7 @@
 
 Everything is written to a temporary name in the same folder, flushed and fsynced, then renamed.
 A rename within one filesystem is atomic, so after a crash a file either exists complete or not at all.
+A stage that writes many large files (write's shards) may defer the fsyncs to one `fsync_files` pass.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; on success fsync it and rename it to `path`."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success rename it to `path`. `durable`: fsync the file before
+    the rename and the folder after it; without, a caller that writes many files calls `fsync_files` once."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
@@ -31,26 +33,36 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared data
         os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_files(paths: list[Path]) -> None:
+    """Make files written with `durable=False` durable, then their folders (which hold their names)."""
+    for path in paths:
+        _fsync(path)
+    for folder in sorted({path.parent for path in paths}):
+        _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def write_json(path: str | os.PathLike, payload: Any) -> None:
-    with atomic_open(path, "w") as handle:
+def write_json(path: str | os.PathLike, payload: Any, durable: bool = True) -> None:
+    with atomic_open(path, "w", durable=durable) as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
 
@@ -58,6 +70,13 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as handle:
         return json.load(handle)
+
+
+def read_parquet(path: str | os.PathLike) -> pa.Table:
+    """One Parquet file as a table. `pq.read_table` would import pyarrow.dataset, and with it pandas: half a
+    second of every command's start-up."""
+    with pq.ParquetFile(path) as parquet:
+        return parquet.read()
 
 
 def write_parquet(path: str | os.PathLike, table: pa.Table) -> None:

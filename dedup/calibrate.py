@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from dedup import search
-from dedup.atomic import write_json
+from dedup.atomic import read_parquet, write_json
 from dedup.errors import InputError
 from dedup.planting import found_pairs, planted_pairs
 from dedup.settings import FindSettings
@@ -45,7 +44,7 @@ def load_labels(path: str | Path) -> tuple[set, set]:
             return planted_pairs(payload["groups"]), set()
         raise InputError(f"{path}: a .json labels file must hold {{\"groups\": [[key, ...], ...]}} as planted.json does")
     if path.suffix == ".parquet":
-        table = pq.read_table(path)
+        table = read_parquet(path)
     elif path.suffix == ".csv":
         import pyarrow.csv as pcsv
 

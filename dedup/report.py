@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dedup import search
-from dedup.atomic import atomic_open
+from dedup.atomic import atomic_open, read_parquet
 from dedup.errors import InputError
 from dedup.settings import FindSettings
 from dedup.store import EmbeddingStore
@@ -113,9 +112,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings:
         if not (run_dir / name).exists():
             raise InputError(f"{run_dir / name} does not exist; run `dedup run` (or find and select) first")
     out = Path(out) if out else run_dir / "report.html"
-    groups = pq.read_table(run_dir / "groups.parquet")
-    manifest = pq.read_table(run_dir / "manifest.parquet")
-    pairs = pq.read_table(run_dir / "pairs.parquet")
+    groups = read_parquet(run_dir / "groups.parquet")
+    manifest = read_parquet(run_dir / "manifest.parquet")
+    pairs = read_parquet(run_dir / "pairs.parquet")
     find_info = json.loads((run_dir / "find.json").read_text()) if (run_dir / "find.json").exists() else {}
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
     store = EmbeddingStore(embeddings or run_dir / "embeddings").load()

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dedup.atomic import read_json, write_json, write_npy, write_parquet
+from dedup.atomic import read_json, read_parquet, write_json, write_npy, write_parquet
 from dedup.errors import InputError
 
 METADATA_SCHEMA = pa.schema(
@@ -147,7 +146,7 @@ class EmbeddingStore:
         tables, arrays, failures = [], [], []
         for part in parts:
             array = np.load(self.emb_path(part), mmap_mode="r" if mmap else None)
-            table = normalise_metadata(pq.read_table(self.metadata_path(part)), part)
+            table = normalise_metadata(read_parquet(self.metadata_path(part)), part)
             if len(table) != len(array):
                 raise InputError(f"part {part} of {self.root}: {len(table)} metadata rows but {len(array)} embeddings")
             if arrays and array.shape[1] != arrays[0].shape[1]:
@@ -155,7 +154,7 @@ class EmbeddingStore:
             tables.append(table)
             arrays.append(array)
             if self.failures_path(part).exists():
-                failures.append(pq.read_table(self.failures_path(part)).cast(FAILURE_SCHEMA))
+                failures.append(read_parquet(self.failures_path(part)).cast(FAILURE_SCHEMA))
         stack = RowStack(arrays)
         fits = max_in_memory_bytes is None or stack.shape[0] * stack.shape[1] * 4 <= max_in_memory_bytes
         embeddings = stack.in_memory() if fits else stack

@@ -12,6 +12,8 @@ import tarfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
+
 from dedup.reader import member_end, member_key, starts_new_sample
 
 BLOCK = tarfile.BLOCKSIZE
@@ -35,6 +37,32 @@ def sample_spans(path: str) -> list[SampleSpan]:
     """The spans of every sample of a plain tar (scanned once per process while the file is unchanged)."""
     stat = os.stat(path)
     return _scan(path, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass
+class SpanTable:
+    """The spans of a shard's samples as columns, indexed by sample index."""
+    keys: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    payloads: np.ndarray
+    contiguous: np.ndarray
+
+
+def span_table(path: str) -> SpanTable:
+    stat = os.stat(path)
+    return _span_table(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _span_table(path: str, size: int, mtime_ns: int) -> SpanTable:
+    spans = sample_spans(path)
+
+    def column(name: str, dtype) -> np.ndarray:
+        return np.array([getattr(span, name) for span in spans], dtype=dtype)
+
+    return SpanTable([span.key for span in spans], column("start", np.int64), column("end", np.int64),
+                     column("payload", np.int64), column("contiguous", bool))
 
 
 @lru_cache(maxsize=8)

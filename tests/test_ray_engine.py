@@ -22,8 +22,8 @@ def test_ray_engine_matches_local_engine(planted_flickr, tmp_path):
     runs = {}
     for engine in ("local", "ray"):
         run_dir = tmp_path / engine
-        result = run_cli("run", shards_dir, "--config", ROOT / "configs" / "offline.toml", "--run-dir", run_dir,
-                         "--engine", engine, "--workers", "2", "--set", "write.samples_per_shard=700")
+        run_cli("run", shards_dir, "--config", ROOT / "configs" / "offline.toml", "--run-dir", run_dir,
+                "--engine", engine, "--workers", "2", "--set", "write.samples_per_shard=700")
         runs[engine] = run_dir
     local, ray = runs["local"], runs["ray"]
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from dedup import search
 from dedup.components import component_labels, in_chunks
-from dedup.atomic import write_json, write_parquet
+from dedup.atomic import read_parquet, write_json, write_parquet
 from dedup.errors import InputError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
@@ -204,6 +204,4 @@ def load_groups(run_dir: str | Path) -> pa.Table:
     path = Path(run_dir) / "groups.parquet"
     if not path.exists():
         raise InputError(f"{path} does not exist; run `dedup find` first")
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path)
+    return read_parquet(path)

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from dedup.atomic import write_parquet
+from dedup.atomic import read_parquet, write_parquet
 from dedup.errors import InputError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import SelectSettings, parse_policy
@@ -162,4 +161,4 @@ def load_manifest(path: str | Path) -> pa.Table:
         path = path / "manifest.parquet"
     if not path.exists():
         raise InputError(f"{path} does not exist; run `dedup select` first")
-    return pq.read_table(path)
+    return read_parquet(path)

@@ -11,6 +11,7 @@ import hashlib
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dedup import tarspans
-from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
+from dedup.atomic import atomic_open, fsync_files, read_json, remove_stale_temporaries, write_json
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
@@ -32,18 +33,43 @@ from dedup.store import EmbeddingStore
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
 
 
-def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[dict]]:
+@dataclass
+class InputSlice:
+    """The kept samples one output shard takes from one input shard, in input order."""
+    shard: str
+    part: int
+    indexes: np.ndarray  # sample indexes in the input shard, ascending
+    keys: list[str]
+
+
+def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[InputSlice]]:
+    """The kept samples in input order, cut into output shards of `samples_per_shard`, each a list of slices."""
     kept = manifest.filter(pc.equal(manifest["status"], "kept"))
     kept = kept.take(pc.sort_indices(kept, [("shard_index", "ascending"), ("sample_index", "ascending")]))
-    rows = kept.select(["shard", "shard_index", "sample_index", "key"]).to_pylist()
-    return [rows[i:i + samples_per_shard] for i in range(0, len(rows), samples_per_shard)]
+    parts = kept["shard_index"].to_numpy()
+    indexes = kept["sample_index"].to_numpy()
+    keys = kept["key"].to_pylist()
+    shard_of = _shard_names(kept)
+    plan = []
+    for first in range(0, len(keys), samples_per_shard):
+        last = min(first + samples_per_shard, len(keys))
+        cuts = [first, *(first + 1 + np.flatnonzero(parts[first + 1:last] != parts[first:last - 1])).tolist(), last]
+        plan.append([InputSlice(shard_of[int(parts[a])], int(parts[a]), indexes[a:b], keys[a:b]) for a, b in zip(cuts, cuts[1:])])
+    return plan
 
 
-def plan_digest(rows: list[dict]) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(f"{row['shard']}\0{row['sample_index']}\0{row['key']}\n".encode())
-    return digest.hexdigest()
+def _shard_names(kept: pa.Table) -> dict[int, str]:
+    pairs = kept.select(["shard_index", "shard"]).group_by(["shard_index", "shard"]).aggregate([])
+    return dict(zip(pairs["shard_index"].to_pylist(), pairs["shard"].to_pylist()))
+
+
+def plan_digest(slices: list[InputSlice]) -> str:
+    text = "".join(f"{piece.shard}\0{index}\0{key}\n" for piece in slices for index, key in zip(piece.indexes.tolist(), piece.keys))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sample_count(slices: list[InputSlice]) -> int:
+    return sum(len(piece.keys) for piece in slices)
 
 
 def shard_name(prefix: str, number: int) -> str:
@@ -55,43 +81,68 @@ def changed_since_embed(shard: str, index: int, now: str, was: str) -> InputErro
                       "rerun from `dedup embed` with a new run folder")
 
 
-def raw_spans(rows: list[dict], store_dir: str | None = None) -> list[tuple[str, tarspans.SampleSpan]] | None:
-    """Each row's byte range in its input shard, or None when this output shard must be written member by
-    member (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry).
+@dataclass
+class CopyRange:
+    shard: str
+    start: int
+    end: int
+    first_key: str  # checked against the shard's header at `start` before copying
+
+
+def byte_ranges(slices: list[InputSlice], store_dir: str | None = None) -> tuple[list[CopyRange], int] | None:
+    """The byte ranges that hold the slices' samples (samples that follow each other in their input merged
+    into one range), and their payload bytes; None when this output shard must be written member by member
+    (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry).
     The ranges embed recorded are used where the store has them; otherwise the shard's headers are scanned."""
-    keys = [row["key"] for row in rows]
-    parts = {row["shard"]: row["shard_index"] for row in rows}
-    if any(a == b for a, b in zip(keys, keys[1:])) or not all(tarspans.is_plain_local_tar(shard) for shard in parts):
+    keys = [key for piece in slices for key in piece.keys]
+    if any(a == b for a, b in zip(keys, keys[1:])) or not all(tarspans.is_plain_local_tar(piece.shard) for piece in slices):
         return None
-    recorded = {shard: recorded_spans(store_dir, part) for shard, part in parts.items()} if store_dir else {}
-    chosen = []
-    for row in rows:
-        shard, index = row["shard"], row["sample_index"]
-        if recorded.get(shard) is not None:
-            if index not in recorded[shard]:
-                raise changed_since_embed(shard, index, "not recorded", row["key"])
-            start, end, payload = recorded[shard][index]
-            # the key is embed's; copy_spans checks it against the shard's header once per range it copies
-            span = tarspans.SampleSpan(row["key"], start, end, payload, contiguous=start >= 0)
-        else:
-            spans = tarspans.sample_spans(shard)
-            if index >= len(spans) or spans[index].key != row["key"]:
-                raise changed_since_embed(shard, index, spans[index].key if index < len(spans) else "nothing", row["key"])
-            span = spans[index]
-        if not span.contiguous:
+    ranges, payload = [], 0
+    for piece in slices:
+        located = _locate(piece, store_dir)
+        if located is None:
             return None
-        chosen.append((shard, span))
-    return chosen
+        starts, ends, payloads = located
+        payload += int(payloads.sum())
+        runs = np.flatnonzero(starts[1:] != ends[:-1]) + 1  # where a sample does not begin where the last ended
+        firsts, lasts = [0, *runs.tolist()], [*(runs - 1).tolist(), len(starts) - 1]
+        ranges += [CopyRange(piece.shard, int(starts[a]), int(ends[b]), piece.keys[a]) for a, b in zip(firsts, lasts)]
+    return ranges, payload
+
+
+def _locate(piece: InputSlice, store_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(starts, ends, payload bytes) of the slice's samples; None when one of them is not contiguous."""
+    recorded = recorded_spans(store_dir, piece.part) if store_dir else None
+    if recorded is None:
+        table = tarspans.span_table(piece.shard)
+        rows = piece.indexes
+        found = [table.keys[i] if i < len(table.keys) else "nothing" for i in rows.tolist()]
+        for index, now, was in zip(rows.tolist(), found, piece.keys):
+            if now != was:
+                raise changed_since_embed(piece.shard, index, now, was)
+        starts, ends, payloads = table.starts[rows], table.ends[rows], table.payloads[rows]
+        contiguous = table.contiguous[rows]
+    else:
+        # the keys are embed's; copy_ranges checks them against the shard's headers once per range
+        rows = np.searchsorted(recorded[:, 0], piece.indexes)
+        missing = (rows >= len(recorded)) | (recorded[np.minimum(rows, len(recorded) - 1), 0] != piece.indexes)
+        if missing.any():
+            first = int(np.argmax(missing))
+            raise changed_since_embed(piece.shard, int(piece.indexes[first]), "not recorded", piece.keys[first])
+        starts, ends, payloads = recorded[rows, 1], recorded[rows, 2], recorded[rows, 3]
+        contiguous = starts >= 0
+    return (starts, ends, payloads) if contiguous.all() else None
 
 
 @lru_cache(maxsize=64)
-def _recorded_spans(path: str, size: int, mtime_ns: int) -> dict[int, tuple[int, int, int]]:
-    return {index: (start, end, payload) for index, start, end, payload in np.load(path).tolist()}
+def _recorded_spans(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    spans = np.load(path)
+    return spans[np.argsort(spans[:, 0], kind="stable")]
 
 
-def recorded_spans(store_dir: str, part: int) -> dict[int, tuple[int, int, int]] | None:
-    """sample index -> (start, end, payload bytes) as embed recorded them for one part (a plain local tar);
-    None for stores without them (older runs, clip-retrieval metadata, other sources)."""
+def recorded_spans(store_dir: str, part: int) -> np.ndarray | None:
+    """Rows of (sample index, start, end, payload bytes) as embed recorded them for one part (a plain local
+    tar), by sample index; None for stores without them (older runs, clip-retrieval metadata, other sources)."""
     path = EmbeddingStore(store_dir).spans_path(part)
     if not path.exists():
         return None
@@ -99,47 +150,34 @@ def recorded_spans(store_dir: str, part: int) -> dict[int, tuple[int, int, int]]
     return _recorded_spans(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def coalesced_ranges(spans: list[tuple[str, "tarspans.SampleSpan"]]) -> list[tuple[str, int, int, str]]:
-    """(shard, start, end, first sample's key) with samples that follow each other in their input merged into
-    one range: a run of kept samples is one copy_file_range call, not one per sample."""
-    ranges: list[list] = []
-    for shard, span in spans:
-        if ranges and ranges[-1][0] == shard and ranges[-1][2] == span.start:
-            ranges[-1][2] = span.end
-        else:
-            ranges.append([shard, span.start, span.end, span.key])
-    return [tuple(r) for r in ranges]
-
-
-def copy_spans(path: Path, spans: list[tuple[str, "tarspans.SampleSpan"]]) -> int:
+def copy_ranges(path: Path, ranges: list[CopyRange], durable: bool) -> None:
     size = 0
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", durable=durable) as handle:
         handle.flush()
         target = handle.fileno()
         sources: dict[str, int] = {}
         try:
-            for shard, start, end, first_key in coalesced_ranges(spans):
-                if shard not in sources:
-                    sources[shard] = os.open(shard, os.O_RDONLY)
-                found = tarspans.key_at(shard, sources[shard], start)
-                if found != first_key:  # its size and time matched embed's, but its bytes moved
-                    raise InputError(f"shard {shard} changed since embed: at byte {start} it holds {found!r}, embed "
-                                     f"saw {first_key!r}; rerun from `dedup embed` with a new run folder")
-                tarspans.copy_range(sources[shard], target, start, end - start)
-                size += end - start
+            for piece in ranges:
+                if piece.shard not in sources:
+                    sources[piece.shard] = os.open(piece.shard, os.O_RDONLY)
+                found = tarspans.key_at(piece.shard, sources[piece.shard], piece.start)
+                if found != piece.first_key:  # its size and time matched embed's, but its bytes moved
+                    raise InputError(f"shard {piece.shard} changed since embed: at byte {piece.start} it holds {found!r}, "
+                                     f"embed saw {piece.first_key!r}; rerun from `dedup embed` with a new run folder")
+                tarspans.copy_range(sources[piece.shard], target, piece.start, piece.end - piece.start)
+                size += piece.end - piece.start
         finally:
             for fd in sources.values():
                 os.close(fd)
         os.write(target, tarspans.end_of_archive(size))
-    return len(spans)
 
 
-def rewrite_members(path: Path, rows: list[dict], max_member_bytes: int) -> tuple[int, int, list[dict]]:
+def rewrite_members(path: Path, slices: list[InputSlice], max_member_bytes: int, durable: bool) -> tuple[int, int, list[dict]]:
     import webdataset as wds  # imports torch: seconds, paid only on this path
 
-    expected = {(row["shard"], row["sample_index"]): row["key"] for row in rows}
+    expected = {(piece.shard, index): key for piece in slices for index, key in zip(piece.indexes.tolist(), piece.keys)}
     written, payload_bytes, previous_key, renamed = set(), 0, None, []
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb", durable=durable) as handle:
         writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
         for sample in iter_selected(expected, max_member_bytes):
             was = expected[(sample.shard, sample.index)]
@@ -162,29 +200,32 @@ def rewrite_members(path: Path, rows: list[dict], max_member_bytes: int) -> tupl
     return len(written), payload_bytes, renamed
 
 
-def write_output_shard(number: int, rows: list[dict], out_dir: str, prefix: str, max_member_bytes: int,
-                       store_dir: str | None = None) -> dict:
-    """Copy the samples listed in `rows` (in order) into one output shard: as raw byte ranges when every
-    input is a plain local tar and no key repeats side by side, else member by member."""
+def write_output_shard(number: int, slices: list[InputSlice], out_dir: str, prefix: str, max_member_bytes: int,
+                       store_dir: str | None = None, durable: bool = True) -> dict:
+    """Copy the samples of `slices` (in order) into one output shard: as raw byte ranges when every input is
+    a plain local tar and no key repeats side by side, else member by member. `durable`: fsync the shard
+    and its marker before returning (write's `sync = "shard"`); otherwise `write` syncs them all at the end."""
     started = time.perf_counter()
     path = Path(out_dir) / shard_name(prefix, number)
-    spans = raw_spans(rows, store_dir)
-    if spans is not None:
-        written, payload_bytes, renamed = copy_spans(path, spans), sum(span.payload for _, span in spans), []
+    located = byte_ranges(slices, store_dir)
+    if located is not None:
+        ranges, payload_bytes = located
+        copy_ranges(path, ranges, durable)
+        written, renamed = sample_count(slices), []
     else:
-        written, payload_bytes, renamed = rewrite_members(path, rows, max_member_bytes)
+        written, payload_bytes, renamed = rewrite_members(path, slices, max_member_bytes, durable)
     stats = {
         "shard": path.name,
         "samples": written,
         "payload_bytes": payload_bytes,
         "tar_bytes": path.stat().st_size,
-        "plan_digest": plan_digest(rows),
+        "plan_digest": plan_digest(slices),
         "renamed_keys": renamed,
-        "inputs": sorted({row["shard"] for row in rows}),
-        "copy": "byte ranges" if spans is not None else "members",
+        "inputs": sorted({piece.shard for piece in slices}),
+        "copy": "byte ranges" if located is not None else "members",
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(Path(out_dir) / f"{prefix}-{number:05d}_stats.json", stats)
+    write_json(Path(out_dir) / f"{prefix}-{number:05d}_stats.json", stats, durable=durable)
     return stats
 
 
@@ -302,17 +343,20 @@ def write(
     _remove_outputs_beyond(out_dir, settings.prefix, len(plan))
     # read members with the limit embed used, so every sample it accepted can be copied
     max_member_bytes = (store.read_spec() or {}).get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES)
-    units = []
-    for number, rows in enumerate(plan):
-        marker = out_dir / f"{settings.prefix}-{number:05d}_stats.json"
-        if marker.exists() and (out_dir / shard_name(settings.prefix, number)).exists() and read_json(marker).get("plan_digest") == plan_digest(rows):
-            continue
-        units.append(Unit(f"write:{number}", write_output_shard, {
-            "number": number, "rows": rows, "out_dir": str(out_dir), "prefix": settings.prefix,
-            "max_member_bytes": max_member_bytes, "store_dir": str(store_dir),
-        }))
+    units = [
+        Unit(f"write:{number}", write_output_shard, {
+            "number": number, "slices": slices, "out_dir": str(out_dir), "prefix": settings.prefix,
+            "max_member_bytes": max_member_bytes, "store_dir": str(store_dir), "durable": settings.sync == "shard",
+        })
+        for number, slices in enumerate(plan) if not _already_written(out_dir, settings.prefix, number, slices)
+    ]
     run_units(engine or LocalEngine(settings.workers), units, "write", len(plan), "output shards", reporter)
-    shard_stats = [read_json(out_dir / f"{settings.prefix}-{n:05d}_stats.json") for n in range(len(plan))]
+    outputs = [(out_dir / shard_name(settings.prefix, n), _marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
+    if settings.sync == "end":
+        # one pass once every shard is copied: the disk writes back while later shards are copied,
+        # where an fsync per shard made each copy wait for its own writeback
+        fsync_files([path for pair in outputs for path in pair])
+    shard_stats = [read_json(marker) for _, marker in outputs]
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
     ]
@@ -323,6 +367,23 @@ def write(
     if not summary["reconciles"]:
         raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")
     return summary
+
+
+def _marker(out_dir: Path, prefix: str, number: int) -> Path:
+    return out_dir / f"{prefix}-{number:05d}_stats.json"
+
+
+def _already_written(out_dir: Path, prefix: str, number: int, slices: list[InputSlice]) -> bool:
+    """The shard's marker holds this plan and the shard has the size the marker says (a marker that outlived
+    its shard's data in a crash, possible with `sync = "end"`, is caught by the size or by a marker unreadable)."""
+    marker, shard = _marker(out_dir, prefix, number), out_dir / shard_name(prefix, number)
+    if not marker.exists() or not shard.exists():
+        return False
+    try:
+        stats = read_json(marker)
+    except ValueError:
+        return False
+    return stats.get("plan_digest") == plan_digest(slices) and stats.get("tar_bytes") == shard.stat().st_size
 
 
 def _remove_outputs_beyond(out_dir: Path, prefix: str, count: int) -> None:
