@@ -1,7 +1,8 @@
 """MB/s of `dedup write` against a plain copy of the same shards (`cp`, and `tar` unpack + repack).
 
-The run keeps every sample (policy none), so write copies as many bytes as cp does. Each command runs
-`--repeats` times after one warm-up read of the shards (page cache warm for all); the best time counts.
+The run keeps every sample (policy none), so write copies as many bytes as cp does. After one warm-up read
+of the shards (page cache warm for all), `--repeats` rounds each run every command once, in turn; the best
+time of each counts.
 `--copies K` lays the shards out K times (real copies, new file names), so the command's fixed costs (Python
 start, reading the manifest) weigh as they do on a corpus rather than on 148 MB.
 
@@ -24,15 +25,24 @@ FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
 DEDUP = [sys.executable, "-m", "dedup.cli", "--quiet"]
 
 
-def best_seconds(command: list[str] | str, repeats: int, before=None, shell: bool = False) -> float:
-    times = []
+def seconds_of(command: list[str] | str, shell: bool = False) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, shell=shell, capture_output=True)
+    return time.perf_counter() - started
+
+
+def best_of_rounds(commands: dict, repeats: int, clear) -> dict[str, float]:
+    """Each round runs every command once, in turn, each on an empty output folder after a `sync` and a
+    pause: this disk's speed drifts between runs, and a command run right after another's writes pays for
+    their writeback. The best round of each command counts."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
-        if before:
-            before()
-        started = time.perf_counter()
-        subprocess.run(command, check=True, shell=shell, capture_output=True)
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for name, (command, shell) in commands.items():
+            clear()
+            subprocess.run(["sync"], check=True)
+            time.sleep(2)
+            times[name].append(seconds_of(command, shell))
+    return {name: min(values) for name, values in times.items()}
 
 
 def copies_of(shards: list[Path], copies: int, folder: Path) -> list[Path]:
@@ -69,22 +79,27 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
 
-        results = {}
-        for workers in (1, 2):
-            results[f"dedup write, {workers} worker(s)"] = best_seconds(
-                [*DEDUP, "write", "--run-dir", str(run), "--out", str(out), "--workers", str(workers),
-                 "--set", "write.samples_per_shard=1000"], args.repeats, clear)
-        results["cp"] = best_seconds(["cp", *map(str, shards), str(out)], args.repeats, clear)
-        # write fsyncs each shard before renaming it into place; the same durability for cp:
-        results["cp + sync"] = best_seconds(f"cp {' '.join(map(str, shards))} {out} && sync {out}/*", args.repeats, clear, shell=True)
+        write = [*DEDUP, "write", "--run-dir", str(run), "--out", str(out), "--set", "write.samples_per_shard=1000"]
+        inputs = " ".join(map(str, shards))
+        commands = {
+            "dedup write, 1 worker(s)": (write + ["--workers", "1"], False),
+            "dedup write, 2 worker(s)": (write + ["--workers", "2"], False),
+            "dedup write, sync each shard": (write + ["--workers", "1", "--set", "write.sync=shard"], False),
+            # write fsyncs its shards (once all are copied) before it ends; the same durability for cp:
+            "cp + sync": (f"cp {inputs} {out} && sync {out}/*", True),
+            "dedup write, sync none": (write + ["--workers", "1", "--set", "write.sync=none"], False),
+            "cp": (f"cp {inputs} {out}", True),
+        }
         if args.copies == 1:  # a file per member on disk: minutes at corpus size, and no closer to write
             repack = " && ".join(f"mkdir -p {out}/x{i} && tar -xf {s} -C {out}/x{i} && tar -cf {out}/{s.name} -C {out}/x{i} ." for i, s in enumerate(shards))
-            results["tar unpack + repack"] = best_seconds(repack, args.repeats, clear, shell=True)
+            commands["tar unpack + repack"] = (repack, True)
+        results = best_of_rounds(commands, args.repeats, clear)
+        durable = ["dedup write, 1 worker(s)", "dedup write, 2 worker(s)", "dedup write, sync each shard"]
         written_mb = sum(p.stat().st_size for p in (run / "shards").glob("*.tar")) / 1e6
     print(json.dumps({"input_mb": round(total_mb, 1), "input_shards": len(shards), "dedup_output_mb": round(written_mb, 1),
                       **{name: {"seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1)} for name, s in results.items()},
-                      "write_vs_cp": round(results["cp"] / min(results["dedup write, 1 worker(s)"], results["dedup write, 2 worker(s)"]), 3),
-                      "write_vs_cp_sync": round(results["cp + sync"] / min(results["dedup write, 1 worker(s)"], results["dedup write, 2 worker(s)"]), 3)},
+                      "durable_write_vs_cp_sync": round(results["cp + sync"] / min(results[name] for name in durable), 3),
+                      "write_sync_none_vs_cp": round(results["cp"] / results["dedup write, sync none"], 3)},
                      indent=2))
 
 
