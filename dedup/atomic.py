@@ -2,7 +2,7 @@
 
 Everything is written to a temporary name in the same folder, flushed and fsynced, then renamed.
 A rename within one filesystem is atomic, so after a crash a file either exists complete or not at all.
-A stage that writes many large files (write's shards) may defer the fsyncs to one `fsync_files` pass.
+`write` can leave its shards' fsyncs to the OS (`write.sync = "none"`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ os.umask(_UMASK)
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success rename it to `path`. `durable`: fsync the file before
-    the rename and the folder after it; without, a caller that writes many files calls `fsync_files` once."""
+    the rename and the folder after it; without, the OS writes them back when it will."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
@@ -43,14 +43,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-
-
-def fsync_files(paths: list[Path]) -> None:
-    """Make files written with `durable=False` durable, then their folders (which hold their names)."""
-    for path in paths:
-        _fsync(path)
-    for folder in sorted({path.parent for path in paths}):
-        _fsync(folder)
 
 
 def _fsync(path: Path) -> None:

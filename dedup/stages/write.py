@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dedup import tarspans
-from dedup.atomic import atomic_open, fsync_files, read_json, remove_stale_temporaries, write_json
+from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
@@ -204,7 +204,7 @@ def write_output_shard(number: int, slices: list[InputSlice], out_dir: str, pref
                        store_dir: str | None = None, durable: bool = True) -> dict:
     """Copy the samples of `slices` (in order) into one output shard: as raw byte ranges when every input is
     a plain local tar and no key repeats side by side, else member by member. `durable`: fsync the shard
-    and its marker before returning (write's `sync = "shard"`); otherwise `write` syncs them all at the end."""
+    and its marker before returning (write's `sync = "shard"`); otherwise the OS writes them back."""
     started = time.perf_counter()
     path = Path(out_dir) / shard_name(prefix, number)
     located = byte_ranges(slices, store_dir)
@@ -351,12 +351,7 @@ def write(
         for number, slices in enumerate(plan) if not _already_written(out_dir, settings.prefix, number, slices)
     ]
     run_units(engine or LocalEngine(settings.workers), units, "write", len(plan), "output shards", reporter)
-    outputs = [(out_dir / shard_name(settings.prefix, n), _marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
-    if settings.sync == "end":
-        # one pass once every shard is copied: the disk writes back while later shards are copied,
-        # where an fsync per shard made each copy wait for its own writeback
-        fsync_files([path for pair in outputs for path in pair])
-    shard_stats = [read_json(marker) for _, marker in outputs]
+    shard_stats = [read_json(_marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
     ]
@@ -375,7 +370,7 @@ def _marker(out_dir: Path, prefix: str, number: int) -> Path:
 
 def _already_written(out_dir: Path, prefix: str, number: int, slices: list[InputSlice]) -> bool:
     """The shard's marker holds this plan and the shard has the size the marker says (a marker that outlived
-    its shard's data in a crash, possible with `sync = "end"`, is caught by the size or by a marker unreadable)."""
+    its shard's data in a machine crash, possible with `sync = "none"`, is caught by the size, or is unreadable)."""
     marker, shard = _marker(out_dir, prefix, number), out_dir / shard_name(prefix, number)
     if not marker.exists() or not shard.exists():
         return False
