@@ -225,7 +225,7 @@ def write_output_shard(number: int, slices: list[InputSlice], out_dir: str, pref
         "copy": "byte ranges" if located is not None else "members",
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_json(Path(out_dir) / f"{prefix}-{number:05d}_stats.json", stats, durable=durable)
+    write_json(_marker(Path(out_dir), prefix, number), stats, durable=durable)
     return stats
 
 
