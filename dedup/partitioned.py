@@ -34,7 +34,7 @@ ROUTE_CHUNK = 131_072
 QUERY_BLOCK = 2_048
 SELF_BLOCK = 512  # a self-join computes its upper triangle in blocks of this many rows
 MAX_DEPTH = 8
-DIRECT_PRODUCTS = 16 * 1_024**2  # a join this small is cheaper to compute whole than to partition
+DIRECT_PRODUCTS = 4 * 1_024**2  # a join this small is cheaper to compute whole than to partition
 # in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few
 NEIGHBOURS_LOOKED_AT = 32
 
@@ -43,7 +43,7 @@ NEIGHBOURS_LOOKED_AT = 32
 class PartitionSettings:
     threshold: float
     leaf_size: int = 1_024  # joins with at most this many indexed vectors are searched exactly
-    branching: int = 1_024  # most partitions a join is split into (wide and shallow costs least)
+    branching: int = 1_024  # most partitions a join is split into below sqrt(rows) (wide and shallow costs least)
     boundary: float = 2.0  # typical duplicate displacements from a bisector within which a vector is "near" it
     seed: int = 0
     unit_rows: int = 262_144  # rows a unit of work reads into memory (float32: 2 KiB a 512-d row)
@@ -69,6 +69,13 @@ class PartitionStats:
 
 def as_reader(vectors: np.ndarray) -> RowReader:
     return lambda rows: np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def partition_count(rows: int, settings: PartitionSettings) -> int:
+    """Partitions of about `leaf_size`, at most `branching` or sqrt(rows) if more. Routing costs rows x
+    partitions, and the joins across borders grow with the partitions' size, rows / partitions: the two balance
+    near sqrt(rows) (at 1M, 977 partitions of 1,024; at 10M, 3,162 of ~3,200, each split again)."""
+    return min(max(settings.branching, math.isqrt(rows)), math.ceil(rows / settings.leaf_size), rows // 64)
 
 
 def train_centroids(vectors: RowReader, rows: np.ndarray, dim: int, partitions: int, seed: int) -> np.ndarray:
@@ -175,8 +182,7 @@ class PartitionedJoin:
               depth: int) -> list[tuple[int, Join]] | None:
         """The join's sub-joins, each tagged with the partition of its queries (home joins first); None when
         the join is small enough to compute whole."""
-        partitions = min(self.settings.branching, math.ceil(len(indexed_rows) / self.settings.leaf_size),
-                         len(indexed_rows) // 64)
+        partitions = partition_count(len(indexed_rows), self.settings)
         small = len(indexed_rows) <= self.settings.leaf_size or len(query_rows) * len(indexed_rows) <= DIRECT_PRODUCTS
         if small or partitions < 2 or depth >= MAX_DEPTH:
             return None
