@@ -33,6 +33,8 @@ RowReader = Callable[[np.ndarray], np.ndarray]
 ROUTE_CHUNK = 131_072
 QUERY_BLOCK = 2_048
 SELF_BLOCK = 512  # a self-join computes its upper triangle in blocks of this many rows
+SMALL_SIDE = 64  # a join with both sides at most this long waits to be computed in a batch of such joins
+BATCH_ROWS = 32_768  # padded query rows a batch of small joins holds
 MAX_DEPTH = 8
 DIRECT_PRODUCTS = 4 * 1_024**2  # a join this small is cheaper to compute whole than to partition
 # in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few
@@ -146,6 +148,47 @@ def block_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float,
     return np.concatenate(q_parts), np.concatenate(r_parts)
 
 
+def batched_matches(read_queries: RowReader, read_indexed: RowReader, joins: list[tuple[np.ndarray, np.ndarray, bool]],
+                    threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, indexed row) with inner product >= threshold of many small joins (query rows, indexed rows,
+    same) at once: the joins, padded to powers of two, are stacked and multiplied as one batch of matrices a
+    shape, so a join of a few rows costs microseconds, not the tens of a matrix product of its own (the
+    joins across borders are mostly that small). A self-join (`same`) keeps only pairs above its diagonal."""
+    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    shape_of = [(_padded(len(q)), _padded(len(r))) for q, r, _ in joins]
+    for shape in set(shape_of):
+        members = [join for join, of in zip(joins, shape_of) if of == shape]
+        query_index, query_valid = _stacked([q for q, _, _ in members], shape[0])
+        indexed_index, indexed_valid = _stacked([r for _, r, _ in members], shape[1])
+        similarity = np.matmul(_read_stacked(read_queries, query_index), _read_stacked(read_indexed, indexed_index).transpose(0, 2, 1))
+        hit = (similarity >= threshold) & query_valid[:, :, None] & indexed_valid[:, None, :]
+        same = np.array([s for _, _, s in members])
+        if same.any():
+            hit[same] &= np.triu(np.ones(shape, bool), k=1)
+        k, q, r = np.nonzero(hit)
+        q_parts.append(query_index[k, q])
+        r_parts.append(indexed_index[k, r])
+    return np.concatenate(q_parts).astype(np.int64), np.concatenate(r_parts).astype(np.int64)
+
+
+def _padded(length: int) -> int:
+    return max(4, 1 << (length - 1).bit_length())
+
+
+def _stacked(row_lists: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row lists as a (count, width) array, each padded by repeating its last row; and which entries are real."""
+    lengths = np.array([len(rows) for rows in row_lists])
+    starts = np.cumsum(lengths) - lengths
+    column = np.arange(width)
+    index = np.concatenate(row_lists)[starts[:, None] + np.minimum(column[None, :], lengths[:, None] - 1)]
+    return index, column[None, :] < lengths[:, None]
+
+
+def _read_stacked(read: RowReader, index: np.ndarray) -> np.ndarray:
+    rows, position = np.unique(index, return_inverse=True)
+    return read(rows)[position.reshape(index.shape)]
+
+
 Join = tuple[np.ndarray, np.ndarray, bool, bool]  # query rows, indexed rows, same (a self-join), home
 
 
@@ -162,8 +205,11 @@ class PartitionedJoin:
         self.reach = settings.boundary * displacement
         self.found_q: list[np.ndarray] = [np.zeros(0, np.int64)]
         self.found_r: list[np.ndarray] = [np.zeros(0, np.int64)]
+        self.small: list[tuple[np.ndarray, np.ndarray, bool]] = []  # small joins waiting for their batch
+        self.small_rows = 0
 
     def found(self) -> tuple[np.ndarray, np.ndarray]:
+        self._flush_small()
         return np.concatenate(self.found_q).astype(np.int64), np.concatenate(self.found_r).astype(np.int64)
 
     def join(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool, depth: int) -> None:
@@ -172,6 +218,9 @@ class PartitionedJoin:
         if len(query_rows) == 0 or len(indexed_rows) == 0:
             return
         parts = self.split(query_rows, indexed_rows, same, depth)
+        if parts is None and max(len(query_rows), len(indexed_rows)) <= SMALL_SIDE:
+            self._add_small(query_rows, indexed_rows, same, home)
+            return
         if parts is None:
             self._leaf(query_rows, indexed_rows, same, home)
             return
@@ -206,6 +255,30 @@ class PartitionedJoin:
                 parts.append((i, (query_near[key], indexed_near[j * partitions + i], False, False)))
         return parts
 
+    def _add_small(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
+        self.small.append((query_rows, indexed_rows, same))
+        self.small_rows += _padded(len(query_rows))
+        self._count(len(query_rows), len(indexed_rows), same)
+        if home and self.on_home_rows:
+            self.on_home_rows(len(query_rows))
+        if self.small_rows >= BATCH_ROWS:
+            self._flush_small()
+
+    def _flush_small(self) -> None:
+        if not self.small:
+            return
+        started = time.perf_counter()
+        q, r = batched_matches(self.read_queries, self.read_indexed, self.small, self.settings.threshold)
+        self.found_q.append(q)
+        self.found_r.append(r)
+        self.small, self.small_rows = [], 0
+        self.stats.add_time("search", started)
+
+    def _count(self, queries: int, indexed: int, same: bool) -> None:
+        self.stats.joins += 1
+        self.stats.products += queries * indexed // (2 if same else 1)
+        self.stats.largest = max(self.stats.largest, indexed)
+
     def _leaf(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
         started = time.perf_counter()
         indexed = self.read_indexed(indexed_rows)
@@ -213,9 +286,7 @@ class PartitionedJoin:
         q, r = block_matches(queries, indexed, self.settings.threshold, same)
         self.found_q.append(query_rows[q])
         self.found_r.append(indexed_rows[r])
-        self.stats.joins += 1
-        self.stats.products += len(query_rows) * len(indexed_rows) // (2 if same else 1)
-        self.stats.largest = max(self.stats.largest, len(indexed_rows))
+        self._count(len(query_rows), len(indexed_rows), same)
         self.stats.add_time("search", started)
         if home and self.on_home_rows:
             self.on_home_rows(len(query_rows))

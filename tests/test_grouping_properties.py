@@ -156,6 +156,33 @@ def test_partitioned_search_agrees_with_exact_search(kind):
     assert len(unrouted) / len(exact) < 0.97
 
 
+def test_small_joins_in_one_batch_find_what_one_product_each_finds():
+    """The joins across borders are mostly a few rows a side: batched (padded and stacked) they give the same
+    pairs as a matrix product each, self-joins without their diagonal or a pair twice."""
+    from dedup import partitioned
+    from dedup.planting import planted_embeddings
+
+    vectors, planted = planted_embeddings(4_000, dim=64, seed=5)
+    read = partitioned.as_reader(vectors)
+    rng = np.random.default_rng(0)
+    joins = []
+    for source, copy in planted[:300]:  # each join holds a planted pair, among rows of every length up to 64
+        q = np.unique(np.append(rng.choice(4_000, rng.integers(0, 64)), source))
+        r = np.unique(np.append(rng.choice(4_000, rng.integers(0, 64)), copy))
+        joins.append((q, r, False))
+        joins.append((np.union1d(q, r), np.union1d(q, r), True))
+    batched = set(zip(*(side.tolist() for side in partitioned.batched_matches(read, read, joins, 0.9))))
+    one_each = set()
+    for q, r, same in joins:
+        a, b = partitioned.block_matches(read(q), read(r), 0.9, same)
+        one_each |= {(x, y) for x, y in zip(q[a].tolist(), r[b].tolist()) if not same or x < y}
+    assert batched == one_each
+    assert {(int(a), int(b)) for a, b in planted[:300]} <= batched
+    for self_join in joins[1:40:2]:
+        a, b = partitioned.batched_matches(read, read, [self_join], 0.9)
+        assert len(a) >= 1 and (a < b).all() and len(set(zip(a.tolist(), b.tolist()))) == len(a)
+
+
 def test_components_from_disk_edges_and_memory_mapped_labels(tmp_path, monkeypatch):
     """The billion-row path: labels memory-mapped on disk, edges streamed from pairs.parquet in small
     batches over several passes; the same components as scipy's."""
