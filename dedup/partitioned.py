@@ -1,12 +1,13 @@
 """Partitioned exact search: the similarity join for collections too large for one exact search.
 
-faiss k-means splits the indexed vectors into up to 1,024 partitions of ~1,024; each vector has one *home*,
-its nearest centroid. Duplicates with the same home are found by joining each partition with itself. A pair
+faiss k-means splits the indexed vectors into partitions of ~1,024 (at most 1,024 of them, or sqrt(N) if
+more: `partition_count`); each vector has one *home*, its nearest centroid. Duplicates with the same home are found by joining each partition with itself. A pair
 whose members have different homes i and j lies across the hyperplane bisecting the two centroids, and
 both members lie near it; so every vector also notes the neighbouring partitions whose bisector it is near,
 and the vectors of i near the (i, j) bisector are joined with the vectors of j near it. Every join that is
 still large is partitioned again the same way; small ones are exact: blocks of one side times the other,
-one BLAS matrix product each, thresholded.
+one BLAS matrix product each, thresholded, and the many joins of a few rows (most joins across borders) in
+padded batches (`batched_matches`).
 
 "Near": a duplicate at cosine t lies sqrt(2 - 2t) away in a direction unrelated to the partitions, which
 moves its distance to a hyperplane by about sqrt(2 - 2t) / sqrt(dim). A vector is near a bisector when
