@@ -162,6 +162,14 @@ def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSett
                    "parameters": parameter_count(model), "settings": asdict(settings)}
 
 
+def _ddim(settings: ModelSettings):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
+    scheduler.set_timesteps(settings.sample_steps)
+    return scheduler
+
+
 def _guided(model: Denoiser, x, t, condition, empty, scale: float):
     """Classifier-free guidance: eps(empty) + scale * (eps(caption) - eps(empty)), both in one batch.
     Also returns the text-conditional part eps(caption) - eps(empty) (the Wen et al. signal)."""
@@ -174,11 +182,8 @@ def _guided(model: Denoiser, x, t, condition, empty, scale: float):
 def sample(model: Denoiser, count: int, conditions: np.ndarray | None = None, empty_caption: np.ndarray | None = None,
            seed: int = 1, batch: int = 256) -> np.ndarray:
     """DDIM samples as (count, H, W, 3) in [0, 1]; conditions (count, ...) when the model is conditional."""
-    from diffusers import DDIMScheduler
-
     settings, device = model.settings, _device(model)
-    scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
-    scheduler.set_timesteps(settings.sample_steps)
+    scheduler = _ddim(settings)
     generator = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, count, batch):
@@ -202,11 +207,8 @@ def text_guidance_magnitude(model: Denoiser, captions: np.ndarray, empty_caption
                             steps: int = 1, seed: int = 7, batch: int = 256) -> np.ndarray:
     """Wen et al. (ICLR 2024): per caption, the norm of eps(x_t, caption) - eps(x_t, empty) over the first
     `steps` guided DDIM steps, averaged over `repeats` starting noises. Memorized captions score high."""
-    from diffusers import DDIMScheduler
-
     settings, device = model.settings, _device(model)
-    scheduler = DDIMScheduler(num_train_timesteps=settings.timesteps)
-    scheduler.set_timesteps(settings.sample_steps)
+    scheduler = _ddim(settings)
     tokens = np.repeat(captions, repeats, axis=0)
     generator = torch.Generator().manual_seed(seed)
     scores = np.zeros(len(tokens))

@@ -17,10 +17,14 @@ class Prompt:
     key: str  # the training sample the caption was taken from
 
 
+def _caption_columns(run_dir: str | Path) -> dict[str, list]:
+    return load_groups(run_dir).select(["key", "group_id", "group_size", "caption"]).to_pydict()
+
+
 def largest_group_prompts(run_dir: str | Path, count: int, min_size: int = 2) -> list[Prompt]:
     """The captions of the `count` largest duplicate groups in RUN_DIR/groups.parquet (one caption per group:
     its first sample with a caption), largest first."""
-    groups = load_groups(run_dir).select(["key", "group_id", "group_size", "caption"]).to_pydict()
+    groups = _caption_columns(run_dir)
     chosen: dict[int, Prompt] = {}
     for key, group, size, caption in zip(groups["key"], groups["group_id"], groups["group_size"], groups["caption"]):
         if size >= min_size and caption and caption.strip() and group not in chosen:
@@ -30,7 +34,7 @@ def largest_group_prompts(run_dir: str | Path, count: int, min_size: int = 2) ->
 
 def unique_image_prompts(run_dir: str | Path, count: int, seed: int = 0) -> list[Prompt]:
     """Captions of `count` training images that have no duplicate, drawn at random: the control prompts."""
-    groups = load_groups(run_dir).select(["key", "group_id", "group_size", "caption"]).to_pydict()
+    groups = _caption_columns(run_dir)
     rows = [i for i, (size, caption) in enumerate(zip(groups["group_size"], groups["caption"])) if size == 1 and caption]
     chosen = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)), replace=False) if rows else []
     return [Prompt(groups["caption"][rows[i]].strip(), int(groups["group_id"][rows[i]]), 1, groups["key"][rows[i]])
