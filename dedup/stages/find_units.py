@@ -29,7 +29,7 @@ def units_folder(run_dir: str | Path) -> Path:
     return Path(run_dir) / FOLDER
 
 
-_HELD: dict[str, np.ndarray] = {}  # vectors the driver holds in memory, for units that run in its process
+_HELD: dict = {}  # the vectors the driver holds (in memory or memory-mapped), for units that run in its process
 
 
 @lru_cache(maxsize=2)
@@ -43,10 +43,12 @@ def _memory_mapped(store_dir: str):
 def search_unit(store_dir: str, plan_path: str, pairs_path: str, dim: int, settings: dict) -> dict:
     """One unit: its joins' pairs, written to `pairs_path`."""
     plan = partitioned.UnitPlan.load(plan_path)
-    held = _HELD.get(store_dir)
-    reader = partitioned.as_reader(held if held is not None else _memory_mapped(store_dir))
+    vectors = _HELD.get(store_dir)
+    if vectors is None:
+        vectors = _memory_mapped(store_dir)
+    reader = partitioned.as_reader(vectors)
     q, r, stats = partitioned.run_unit(plan, reader, reader, dim, partitioned.PartitionSettings(**settings),
-                                       one_source=True, gather=held is None)
+                                       one_source=True, gather=not isinstance(vectors, np.ndarray))
     with atomic_open(pairs_path, "wb") as handle:
         np.savez(handle, query=q, indexed=r, stats=json.dumps(asdict(stats)))
     return {"pairs": len(q), "samples": plan.home_rows()}
@@ -62,11 +64,11 @@ class EngineUnits:
     the run folder."""
 
     def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter, vectors=None):
-        """`vectors`: the store's vectors as find loaded them; units that run in this process read them where
-        they are when they are in memory (an array), instead of reading the store again."""
+        """`vectors`: the store's vectors as find loaded them; units that run in this process read them there
+        instead of opening the store again (a second memory map of the same files would count its pages twice)."""
         self.store_dir, self.folder = str(store_dir), units_folder(run_dir)
         self.engine, self.reporter = engine, reporter
-        if isinstance(vectors, np.ndarray):
+        if vectors is not None:
             _HELD[self.store_dir] = vectors
 
     def identity(self, settings: partitioned.PartitionSettings, rows: int) -> str:
