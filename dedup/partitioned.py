@@ -38,8 +38,10 @@ SMALL_SIDE = 64  # a join with both sides at most this long waits to be computed
 BATCH_ROWS = 32_768  # padded query rows a batch of small joins holds
 MAX_DEPTH = 8
 DIRECT_PRODUCTS = 4 * 1_024**2  # a join this small is cheaper to compute whole than to partition
-# in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few
+# in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few, and
+# further among more partitions (at 4M, 2,000 partitions: planted-pair recall 0.990 looking at 32, 0.994 at 64)
 NEIGHBOURS_LOOKED_AT = 32
+NEIGHBOURS_SHARE = 32  # ... or one in this many of the centroids, if more
 
 
 @dataclass
@@ -99,11 +101,11 @@ class Assignment:
 
 
 def assign(vectors: RowReader, rows: np.ndarray, centroids: np.ndarray, reach: float) -> Assignment:
-    """Each row's home partition, and the other partitions among its NEIGHBOURS_LOOKED_AT nearest whose
-    bisector with the home lies within `reach` of it."""
+    """Each row's home partition, and the other partitions among its nearest (NEIGHBOURS_LOOKED_AT, or one in
+    NEIGHBOURS_SHARE of the centroids) whose bisector with the home lies within `reach` of it."""
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
-    k = min(NEIGHBOURS_LOOKED_AT, len(centroids))
+    k = min(max(NEIGHBOURS_LOOKED_AT, len(centroids) // NEIGHBOURS_SHARE), len(centroids))
     reach_of = reach * np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centroids @ centroids.T))).astype(np.float32)
     homes, near_rows, near_parts = [], [], []
     for start in range(0, len(rows), ROUTE_CHUNK):
