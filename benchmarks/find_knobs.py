@@ -79,7 +79,8 @@ def main() -> None:
         "small_side": args.small_side, "max_partitions": args.max_partitions,
         "seconds": round(split_seconds + unit_seconds, 1), "first_split_seconds": round(split_seconds, 1),
         "units_seconds": round(unit_seconds, 1), "units": len(plans), "joins": stats.joins,
-        "products_a_vector": round(stats.products / args.rows), "timings_s": {k: round(v, 1) for k, v in stats.timings_s.items()},
+        "products_a_vector": round(stats.products / args.rows),
+        "timings_s": {step: round(seconds, 1) for step, seconds in stats.timings_s.items()},
         "planted_pair_recall": round(float(np.isin(wanted, found).mean()), 4),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
     }))

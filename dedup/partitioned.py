@@ -1,13 +1,13 @@
 """Partitioned exact search: the similarity join for collections too large for one exact search.
 
 faiss k-means splits the indexed vectors into partitions of ~1,024 (at most 1,024 of them, or sqrt(N) if
-more: `partition_count`); each vector has one *home*, its nearest centroid. Duplicates with the same home are found by joining each partition with itself. A pair
-whose members have different homes i and j lies across the hyperplane bisecting the two centroids, and
-both members lie near it; so every vector also notes the neighbouring partitions whose bisector it is near,
-and the vectors of i near the (i, j) bisector are joined with the vectors of j near it. Every join that is
-still large is partitioned again the same way; small ones are exact: blocks of one side times the other,
-one BLAS matrix product each, thresholded, and the many joins of a few rows (most joins across borders) in
-padded batches (`batched_matches`).
+more: `partition_count`); each vector has one *home*, its nearest centroid. Duplicates with the same home
+are found by joining each partition with itself. A pair whose members have different homes i and j lies
+across the hyperplane bisecting the two centroids, and both members lie near it; so every vector also notes
+the neighbouring partitions whose bisector it is near, and the vectors of i near the (i, j) bisector are
+joined with the vectors of j near it. Every join that is still large is partitioned again the same way;
+small ones are exact: blocks of one side times the other, one BLAS matrix product each, thresholded, and the
+many joins of a few rows (most joins across borders) in padded batches (`batched_matches`).
 
 "Near": a duplicate at cosine t lies sqrt(2 - 2t) away in a direction unrelated to the partitions, which
 moves its distance to a hyperplane by about sqrt(2 - 2t) / sqrt(dim). A vector is near a bisector when
@@ -35,7 +35,7 @@ ROUTE_CHUNK = 131_072
 QUERY_BLOCK = 2_048
 SELF_BLOCK = 512  # a self-join computes its upper triangle in blocks of this many rows
 SMALL_SIDE = 64  # a join with both sides at most this long waits to be computed in a batch of such joins
-BATCH_ROWS = 32_768  # padded query rows a batch of small joins holds
+BATCH_ROWS = 32_768  # padded rows (both sides) a batch of small joins holds: 64 MiB of 512-d float32 a side
 MAX_DEPTH = 8
 DIRECT_PRODUCTS = 4 * 1_024**2  # a join this small is cheaper to compute whole than to partition
 # in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few, and
@@ -163,7 +163,8 @@ def batched_matches(read_queries: RowReader, read_indexed: RowReader, joins: lis
         members = [join for join, of in zip(joins, shape_of) if of == shape]
         query_index, query_valid = _stacked([q for q, _, _ in members], shape[0])
         indexed_index, indexed_valid = _stacked([r for _, r, _ in members], shape[1])
-        similarity = np.matmul(_read_stacked(read_queries, query_index), _read_stacked(read_indexed, indexed_index).transpose(0, 2, 1))
+        queries, indexed = _read_stacked(read_queries, query_index), _read_stacked(read_indexed, indexed_index)
+        similarity = np.matmul(queries, indexed.transpose(0, 2, 1))
         hit = (similarity >= threshold) & query_valid[:, :, None] & indexed_valid[:, None, :]
         same = np.array([s for _, _, s in members])
         if same.any():
@@ -260,7 +261,7 @@ class PartitionedJoin:
 
     def _add_small(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
         self.small.append((query_rows, indexed_rows, same))
-        self.small_rows += _padded(len(query_rows))
+        self.small_rows += _padded(len(query_rows)) + _padded(len(indexed_rows))
         self._count(len(query_rows), len(indexed_rows), same)
         if home and self.on_home_rows:
             self.on_home_rows(len(query_rows))
