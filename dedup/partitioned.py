@@ -262,9 +262,7 @@ class PartitionedJoin:
     def _add_small(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
         self.small.append((query_rows, indexed_rows, same))
         self.small_rows += _padded(len(query_rows)) + _padded(len(indexed_rows))
-        self._count(len(query_rows), len(indexed_rows), same)
-        if home and self.on_home_rows:
-            self.on_home_rows(len(query_rows))
+        self._count(len(query_rows), len(indexed_rows), same, home)
         if self.small_rows >= BATCH_ROWS:
             self._flush_small()
 
@@ -278,10 +276,13 @@ class PartitionedJoin:
         self.small, self.small_rows = [], 0
         self.stats.add_time("search", started)
 
-    def _count(self, queries: int, indexed: int, same: bool) -> None:
+    def _count(self, queries: int, indexed: int, same: bool, home: bool) -> None:
+        """A join computed (or queued in a batch): its statistics, and progress if it is a home join."""
         self.stats.joins += 1
         self.stats.products += queries * indexed // (2 if same else 1)
         self.stats.largest = max(self.stats.largest, indexed)
+        if home and self.on_home_rows:
+            self.on_home_rows(queries)
 
     def _leaf(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, home: bool) -> None:
         started = time.perf_counter()
@@ -290,10 +291,8 @@ class PartitionedJoin:
         q, r = block_matches(queries, indexed, self.settings.threshold, same)
         self.found_q.append(query_rows[q])
         self.found_r.append(indexed_rows[r])
-        self._count(len(query_rows), len(indexed_rows), same)
         self.stats.add_time("search", started)
-        if home and self.on_home_rows:
-            self.on_home_rows(len(query_rows))
+        self._count(len(query_rows), len(indexed_rows), same, home)
 
 
 @dataclass
