@@ -32,7 +32,7 @@ from dedup.progress import SILENT, Reporter
 from dedup.reader import iter_selected, iter_source
 from dedup.settings import EmbedSettings
 from dedup.sources import expand_shards
-from dedup.stages.select import load_manifest
+from dedup.runfiles import load_manifest
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -19,8 +19,7 @@ import pyarrow.compute as pc
 
 from dedup import search
 from dedup.components import component_labels, in_chunks
-from dedup.atomic import read_parquet, write_json, write_parquet
-from dedup.errors import InputError
+from dedup.atomic import write_json, write_parquet
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
 from dedup.stages import find_units
@@ -198,10 +197,3 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
     reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})
     reporter.info(f"find: {summary['groups']} duplicate groups holding {in_groups} samples ({len(pairs)} pairs: {counts})")
     return summary
-
-
-def load_groups(run_dir: str | Path) -> pa.Table:
-    path = Path(run_dir) / "groups.parquet"
-    if not path.exists():
-        raise InputError(f"{path} does not exist; run `dedup find` first")
-    return read_parquet(path)

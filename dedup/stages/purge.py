@@ -21,7 +21,8 @@ from dedup.errors import SettingsError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
 from dedup.stages.find import SIGNALS, best_partner, phash_columns, stack_signals
-from dedup.stages.select import MANIFEST_SCHEMA, load_manifest, unreadable_rows
+from dedup.runfiles import load_manifest
+from dedup.stages.select import MANIFEST_SCHEMA, unreadable_rows
 from dedup.store import EmbeddingStore
 
 PURGE_COLUMNS = [

@@ -16,11 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.atomic import read_parquet, write_parquet
-from dedup.errors import InputError
+from dedup.atomic import write_parquet
 from dedup.progress import SILENT, Reporter
+from dedup.runfiles import load_groups
 from dedup.settings import SelectSettings, parse_policy
-from dedup.stages.find import load_groups
 from dedup.store import EmbeddingStore
 
 MANIFEST_SCHEMA = pa.schema(
@@ -153,12 +152,3 @@ def select(store_dir: str | Path, run_dir: str | Path, settings: SelectSettings 
     counts = {status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0) for status in ("kept", "dropped", "unreadable")}
     reporter.info(f"select ({settings.policy}): {counts['kept']} kept, {counts['dropped']} dropped, {counts['unreadable']} unreadable")
     return {"policy": settings.policy, "samples": len(manifest), **counts}
-
-
-def load_manifest(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.parquet"
-    if not path.exists():
-        raise InputError(f"{path} does not exist; run `dedup select` first")
-    return read_parquet(path)

@@ -25,9 +25,9 @@ from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
 from dedup.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
+from dedup.runfiles import load_manifest
 from dedup.settings import WriteSettings
 from dedup.sources import fingerprint, is_remote
-from dedup.stages.select import load_manifest
 from dedup.store import EmbeddingStore
 
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
@@ -64,8 +64,13 @@ def _shard_names(kept: pa.Table) -> dict[int, str]:
 
 
 def plan_digest(slices: list[InputSlice]) -> str:
-    text = "".join(f"{piece.shard}\0{index}\0{key}\n" for piece in slices for index, key in zip(piece.indexes.tolist(), piece.keys))
-    return hashlib.sha256(text.encode()).hexdigest()
+    """What an output shard holds, as a marker records it: a rerun with another plan rewrites the shard."""
+    digest = hashlib.sha256()
+    for piece in slices:
+        digest.update(f"{piece.shard}\0{len(piece.keys)}\0".encode())
+        digest.update(piece.indexes.astype("<i8").tobytes())
+        digest.update("\0".join(piece.keys).encode())
+    return digest.hexdigest()
 
 
 def sample_count(slices: list[InputSlice]) -> int:
@@ -285,15 +290,23 @@ def reason_class(reason: str) -> str:
     return "other"
 
 
+def _count_rows(table: pa.Table, columns: list[str]) -> list[tuple]:
+    """(value of each column..., rows) for each distinct combination: Python work per distinct value, not per row."""
+    counted = table.group_by(columns).aggregate([([], "count_all")]).to_pydict()
+    return list(zip(*(counted[c] for c in columns), counted["count_all"]))
+
+
 def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: list[dict]) -> dict:
-    status = manifest["status"].to_pylist()
-    counts = Counter(status)
-    reference = manifest["reference_match"].to_pylist() if "reference_match" in manifest.column_names else [None] * len(status)
-    dropped_by = Counter(
-        f"reference match ({r})" if r else f"duplicate ({m})"
-        for s, m, r in zip(status, manifest["match"].to_pylist(), reference) if s == "dropped"
-    )
-    unreadable_by = Counter(reason_class(r) for s, r in zip(status, manifest["reason"].to_pylist()) if s == "unreadable")
+    counts = Counter(dict(_count_rows(manifest, ["status"])))
+    dropped = manifest.filter(pc.equal(manifest["status"], "dropped"))
+    if "reference_match" not in dropped.column_names:
+        dropped = dropped.append_column("reference_match", pa.nulls(len(dropped), pa.string()))
+    dropped_by = Counter()
+    for match, reference, rows in _count_rows(dropped, ["match", "reference_match"]):
+        dropped_by[f"reference match ({reference})" if reference else f"duplicate ({match})"] += rows
+    unreadable_by = Counter()
+    for reason, rows in _count_rows(manifest.filter(pc.equal(manifest["status"], "unreadable")), ["reason"]):
+        unreadable_by[reason_class(reason)] += rows
     written = sum(s["samples"] for s in shard_stats)
     input_samples = len(manifest)
     summary = {
