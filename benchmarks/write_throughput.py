@@ -8,8 +8,8 @@ start, reading the manifest) weigh as they do on a corpus rather than on 148 MB.
 copies outgrow the kernel's dirty-page budget (20 % of memory here) and every command, cp included, runs at
 the disk's write-back speed, as it does on a corpus larger than memory.
 
-The run folder write reads is made once by `dedup embed`, `find` (no signal: policy none keeps every sample
-anyway) and `select`; `--workdir` keeps the copies and that run folder for the next invocation.
+The run folder write reads is made once by `dedup embed`, `find` (exact copies only: policy none keeps every
+sample anyway) and `select`; `--workdir` keeps the copies and that run folder for the next invocation.
 
     .venv/bin/python benchmarks/write_throughput.py --shards 9
     .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 10
@@ -65,13 +65,13 @@ def copies_of(shards: list[Path], copies: int, folder: Path) -> list[Path]:
 
 
 def prepare_run(shards: list[Path], run: Path) -> None:
-    """The run folder write reads: every sample embedded (pixels), no duplicate signal, every sample kept."""
+    """The run folder write reads: every sample embedded (pixels), grouped by content hash, every sample kept."""
     if (run / "manifest.parquet").exists():
         return
     config = ["--config", str(ROOT / "configs" / "offline.toml")]
     subprocess.run([*DEDUP, "embed", *map(str, shards), *config, "--run-dir", str(run)], check=True)
-    subprocess.run([*DEDUP, "find", *config, "--run-dir", str(run), "--set", "find.exact=false",
-                    "--set", "find.phash_radius=off", "--set", "find.threshold=off", "--set", "find.corroborate_threshold=off"], check=True)
+    subprocess.run([*DEDUP, "find", *config, "--run-dir", str(run), "--set", "find.phash_radius=off",
+                    "--set", "find.threshold=off", "--set", "find.corroborate_threshold=off"], check=True)
     subprocess.run([*DEDUP, "select", *config, "--run-dir", str(run), "--policy", "none"], check=True)
 
 

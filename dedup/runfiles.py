@@ -12,17 +12,17 @@ from dedup.atomic import read_parquet
 from dedup.errors import InputError
 
 
-def read_stage_table(path: Path, stage: str) -> pa.Table:
+def read_stage_table(path: Path, stage: str, columns: list[str] | None = None) -> pa.Table:
     if not path.exists():
         raise InputError(f"{path} does not exist; run `dedup {stage}` first")
-    return read_parquet(path)
+    return read_parquet(path, columns)
 
 
 def load_groups(run_dir: str | Path) -> pa.Table:
     return read_stage_table(Path(run_dir) / "groups.parquet", "find")
 
 
-def load_manifest(path: str | Path) -> pa.Table:
-    """manifest.parquet of a run folder, or that file itself."""
+def load_manifest(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """manifest.parquet of a run folder, or that file itself; `columns`: just those the manifest has of them."""
     path = Path(path)
-    return read_stage_table(path / "manifest.parquet" if path.is_dir() else path, "select")
+    return read_stage_table(path / "manifest.parquet" if path.is_dir() else path, "select", columns)

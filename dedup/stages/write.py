@@ -31,6 +31,8 @@ from dedup.sources import fingerprint, is_remote
 from dedup.store import EmbeddingStore
 
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
+PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
+SUMMARY_COLUMNS = ["status", "match", "reference_match", "reason"]  # reference_match: purged runs only
 
 
 @dataclass
@@ -44,7 +46,8 @@ class InputSlice:
 
 def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[InputSlice]]:
     """The kept samples in input order, cut into output shards of `samples_per_shard`, each a list of slices."""
-    kept = manifest.filter(pc.equal(manifest["status"], "kept"))
+    kept = manifest.select(PLAN_COLUMNS)
+    kept = kept.filter(pc.equal(kept["status"], "kept"))
     kept = kept.take(pc.sort_indices(kept, [("shard_index", "ascending"), ("sample_index", "ascending")]))
     parts = kept["shard_index"].to_numpy()
     indexes = kept["sample_index"].to_numpy()
@@ -100,7 +103,7 @@ def byte_ranges(slices: list[InputSlice], store_dir: str | None = None) -> tuple
     (gzip or remote input, a key repeated side by side, a sample interrupted by a folder entry).
     The ranges embed recorded are used where the store has them; otherwise the shard's headers are scanned."""
     keys = [key for piece in slices for key in piece.keys]
-    if any(a == b for a, b in zip(keys, keys[1:])) or not all(tarspans.is_plain_local_tar(piece.shard) for piece in slices):
+    if any(map(str.__eq__, keys, keys[1:])) or not all(tarspans.is_plain_local_tar(piece.shard) for piece in slices):
         return None
     ranges, payload = [], 0
     for piece in slices:
@@ -344,7 +347,7 @@ def write(
     settings.validate()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "shards"
-    manifest = load_manifest(run_dir)
+    manifest = load_manifest(run_dir, PLAN_COLUMNS + SUMMARY_COLUMNS)  # a fraction of its bytes
     store = EmbeddingStore(store_dir)
     inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
     check_output_location(out_dir, [s["shard"] for s in inputs])
