@@ -1,19 +1,21 @@
 """MB/s of `dedup write` against a plain copy of the same shards (`cp`, and `tar` unpack + repack).
 
-The run keeps every sample (policy none), so write copies as many bytes as cp does. After one warm-up read
-of the shards (page cache warm for all), `--repeats` rounds each run every command once, in turn; the best
-time of each counts.
+The run keeps every sample (policy none), so write copies as many bytes as cp does. `--repeats` rounds each
+run every command once, in turn; the output gives each command's best time and every round's, and each
+ratio of the best times and as the median of the rounds' ratios.
 `--copies K` lays the shards out K times (real copies, new file names), so the command's fixed costs (Python
 start, reading the manifest) weigh as they do on a corpus rather than on 148 MB. At 60 copies (8.9 GB) the
-copies outgrow the kernel's dirty-page budget (20 % of memory here) and every command, cp included, runs at
-the disk's write-back speed, as it does on a corpus larger than memory.
+copies outgrow the kernel's dirty-page budget (20 % of memory here) and every command, cp included, waits on
+the disk's write-back. The page cache is warmed with the inputs first; `--cold` drops it before each command
+instead (root only), so that every command reads from disk, as on a corpus larger than memory.
 
 The run folder write reads is made once by `dedup embed`, `find` (exact copies only: policy none keeps every
 sample anyway) and `select`; `--workdir` keeps the copies and that run folder for the next invocation.
 
     .venv/bin/python benchmarks/write_throughput.py --shards 9
-    .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 10
+    .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 10 --workdir /tmp/write-bench
     .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 60 --workdir /tmp/write-bench
+    .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 60 --workdir /tmp/write-bench --cold
 """
 from __future__ import annotations
 
@@ -37,18 +39,29 @@ def seconds_of(command: list[str] | str, shell: bool = False) -> float:
     return time.perf_counter() - started
 
 
-def best_of_rounds(commands: dict, repeats: int, clear) -> dict[str, float]:
+def rounds_of(commands: dict, repeats: int, clear, cold: bool) -> dict[str, list[float]]:
     """Each round runs every command once, in turn, each on an empty output folder after a `sync` and a
     pause: this disk's speed drifts between runs, and a command run right after another's writes pays for
-    their writeback. The best round of each command counts."""
+    their writeback. `cold`: the page cache is dropped too, so every command reads its inputs (and Python
+    its modules) from disk."""
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
         for name, (command, shell) in commands.items():
             clear()
             subprocess.run(["sync"], check=True)
+            if cold:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
             time.sleep(2)
             times[name].append(seconds_of(command, shell))
-    return {name: min(values) for name, values in times.items()}
+    return times
+
+
+def ratios(times: dict[str, list[float]], baseline: str, candidate: str) -> dict[str, float]:
+    """baseline time / candidate time: of the best of each, and the median over rounds (each round's two
+    commands ran minutes apart at most, so a slow spell of the disk weighs on both)."""
+    per_round = sorted(b / c for b, c in zip(times[baseline], times[candidate]))
+    return {"of_best": round(min(times[baseline]) / min(times[candidate]), 3),
+            "median_of_rounds": round(per_round[len(per_round) // 2], 3)}
 
 
 def copies_of(shards: list[Path], copies: int, folder: Path) -> list[Path]:
@@ -82,6 +95,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1, help="lay the shards out this many times")
     parser.add_argument("--tmp", default=None, help="folder for the run (default: the system's temporary folder)")
     parser.add_argument("--workdir", default=None, help="keep the copies and the run folder here for the next invocation")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each command (root only)")
     args = parser.parse_args()
     originals = [FLICKR / f"flickr8k-224-{i:05d}.tar" for i in range(args.shards)]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -92,8 +106,9 @@ def main() -> None:
         total_mb = sum(p.stat().st_size for p in shards) / 1e6
         run = work / f"run-{args.shards}x{args.copies}"
         prepare_run(shards, run)
-        for shard in shards:
-            shard.read_bytes()  # warm the page cache for every command alike
+        if not args.cold:
+            for shard in shards:
+                shard.read_bytes()  # warm the page cache for every command alike
         out = tmp / "out"
 
         def clear() -> None:
@@ -113,12 +128,13 @@ def main() -> None:
         if args.copies == 1:  # a file per member on disk: minutes at corpus size, and no closer to write
             repack = " && ".join(f"mkdir -p {out}/x{i} && tar -xf {s} -C {out}/x{i} && tar -cf {out}/{s.name} -C {out}/x{i} ." for i, s in enumerate(shards))
             commands["tar unpack + repack"] = (repack, True)
-        results = best_of_rounds(commands, args.repeats, clear)
-        durable = ["dedup write, 1 worker(s)", "dedup write, 2 worker(s)"]
-    print(json.dumps({"input_mb": round(total_mb, 1), "input_shards": len(shards),
-                      **{name: {"seconds": round(s, 3), "mb_per_s": round(total_mb / s, 1)} for name, s in results.items()},
-                      "durable_write_vs_cp_sync": round(results["cp + sync"] / min(results[name] for name in durable), 3),
-                      "write_sync_none_vs_cp": round(results["cp"] / results["dedup write, sync none"], 3)},
+        times = rounds_of(commands, args.repeats, clear, args.cold)
+    print(json.dumps({"input_mb": round(total_mb, 1), "input_shards": len(shards), "cache": "cold" if args.cold else "warm",
+                      **{name: {"seconds": round(min(values), 3), "mb_per_s": round(total_mb / min(values), 1),
+                                "rounds": [round(v, 2) for v in values]} for name, values in times.items()},
+                      "durable_write_vs_cp_sync": ratios(times, "cp + sync", "dedup write, 1 worker(s)"),
+                      "durable_write_2_workers_vs_cp_sync": ratios(times, "cp + sync", "dedup write, 2 worker(s)"),
+                      "write_sync_none_vs_cp": ratios(times, "cp", "dedup write, sync none")},
                      indent=2))
 
 
