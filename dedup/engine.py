@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -44,12 +44,14 @@ def _call(unit: Unit) -> UnitResult:
 
 
 class LocalEngine:
-    """Units in this process (workers=1) or in a pool of spawned processes."""
+    """Units in this process (workers=1), in a pool of spawned processes, or with `threads` in a pool of
+    threads of this process: for units that wait on I/O outside the GIL, without a process's start-up."""
 
     name = "local"
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, threads: bool = False):
         self.workers = max(1, int(workers))
+        self.threads = threads
 
     def map(self, units: Sequence[Unit], on_done: Callable[[UnitResult], None] | None = None) -> list[UnitResult]:
         results: list[UnitResult] = []
@@ -60,8 +62,9 @@ class LocalEngine:
                 if on_done:
                     on_done(result)
             return results
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(units)), mp_context=context) as pool:
+        workers = min(self.workers, len(units))
+        pool = ThreadPoolExecutor(workers) if self.threads else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
             futures = [pool.submit(_call, unit) for unit in units]
             for future in as_completed(futures):
                 result = future.result()
@@ -141,6 +144,12 @@ class RayEngine:
         context.print_on_execution_start = False
         return ray
 
+    def _pool_size(self, ray, units: int) -> int:
+        """Actors for `units`: no more than the cluster has CPUs (an actor takes one), else the pool would wait
+        for actors that never start (write asks for 4 workers; a local Ray has the CPUs embed asked for)."""
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return max(1, min(self.workers, units, cpus))
+
     def map(self, units: Sequence[Unit], on_done: Callable[[UnitResult], None] | None = None) -> list[UnitResult]:
         if not units:
             return []
@@ -155,7 +164,7 @@ class RayEngine:
             override_num_blocks=len(units),
         )
         mapped = dataset.map_batches(_UnitRunner, batch_size=1, num_cpus=1, num_gpus=gpus or None,
-                                     compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(units))))
+                                     compute=ray.data.ActorPoolStrategy(size=self._pool_size(ray, len(units))))
         results: list[tuple[int, UnitResult]] = []
         for row in mapped.iter_rows():
             result = cloudpickle.loads(row["result"])
@@ -165,12 +174,13 @@ class RayEngine:
         return [result for _, result in sorted(results, key=lambda item: item[0])]
 
 
-def make_engine(kind: str, workers: int, address: str | None = None, gpus_per_worker: float = 0.0):
-    """The engine a stage runs its units on: "local" (processes on this machine) or "ray"."""
+def make_engine(kind: str, workers: int, address: str | None = None, gpus_per_worker: float = 0.0, threads: bool = False):
+    """The engine a stage runs its units on: "local" (processes on this machine, or with `threads` threads of
+    this process) or "ray"."""
     from dedup.errors import SettingsError
 
     if kind == "local":
-        return LocalEngine(workers)
+        return LocalEngine(workers, threads)
     if kind != "ray":
         raise SettingsError(f"unknown engine {kind!r}; use local or ray")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ from PIL import Image
 
 from conftest import FLICKR, run_cli
 from dedup.reader import iter_shard
+from dedup.stages.write import reason_class
 
 
 def real_images(count: int) -> list[bytes]:
@@ -110,6 +112,8 @@ def test_odd_keys_duplicate_keys_and_empty_captions_go_through(hostile):
     assert {("a-crafted.tar", "same"), ("b-next.tar", "same"), ("c-gz.tar.gz", "gz"), ("b-next.tar", "good")} <= kept
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["reconciles"]
+    unreadable = Counter(reason_class(r["reason"]) for r in manifest.values() if r["status"] == "unreadable")
+    assert summary["unreadable_by_reason"] == dict(sorted(unreadable.items())) and "other" not in unreadable
     read_back = list(wds.WebDataset([str(p) for p in sorted((run_dir / "shards").glob("*.tar"))], shardshuffle=False))
     assert len(read_back) == summary["kept"]  # same-key neighbours were not merged into one sample
     assert [item["key"] for item in summary["renamed_keys"]] == ["same"]

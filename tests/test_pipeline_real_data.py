@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -53,6 +54,8 @@ def test_summary_reconciles_and_each_planted_group_keeps_one(flickr_run):
         assert sum(status[key] == "kept" for key in group) == 1, group
     dropped = [row for row in manifest if row["status"] == "dropped"]
     assert all(row["reason"].startswith("duplicate of ") for row in dropped)
+    by_signal = Counter(f"duplicate ({row['match']})" for row in dropped)
+    assert summary["dropped_by_reason"] == dict(sorted(by_signal.items())) and len(by_signal) >= 2
 
 
 def test_output_shards_read_back_and_are_byte_identical(flickr_run):
@@ -123,3 +126,7 @@ def test_stages_run_alone_from_the_cli(planted_flickr, tmp_path):
             kept_per_group[row["group_id"]] = kept_per_group.get(row["group_id"], 0) + 1
     assert max(kept_per_group.values()) <= 2
     assert len(list((tmp_path / "out").glob("*.tar"))) == -(-summary["kept"] // 300)
+    # write's workers are threads, each a shard at a time: the same bytes as one
+    run_cli("write", "--run-dir", tmp_path, "--out", tmp_path / "threads", "--samples-per-shard", "300", "--workers", "3")
+    one, three = ({p.name: p.read_bytes() for p in (tmp_path / name).glob("*.tar")} for name in ("out", "threads"))
+    assert one == three and len(one) >= 3

@@ -366,7 +366,8 @@ def write(
         })
         for number, slices in enumerate(plan) if not _already_written(out_dir, settings.prefix, number, slices)
     ]
-    run_units(engine or LocalEngine(settings.workers), units, "write", len(plan), "output shards", reporter)
+    # threads: a shard's copy and fsync run outside the GIL, so one shard is copied while another is flushed
+    run_units(engine or LocalEngine(settings.workers, threads=True), units, "write", len(plan), "output shards", reporter)
     shard_stats = [read_json(_marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
