@@ -32,7 +32,8 @@ from dedup.store import EmbeddingStore
 
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
-SUMMARY_COLUMNS = ["status", "match", "reference_match", "reason"]  # reference_match: purged runs only
+# the manifest columns write reads, of 13: the plan's, then the summary's (reference_match: purged runs only)
+WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason"]
 
 
 @dataclass
@@ -167,8 +168,7 @@ def copy_ranges(path: Path, ranges: list[CopyRange], durable: bool) -> None:
         try:
             for piece in ranges:
                 if piece.shard not in sources:
-                    sources[piece.shard] = os.open(piece.shard, os.O_RDONLY)
-                    os.posix_fadvise(sources[piece.shard], 0, 0, os.POSIX_FADV_SEQUENTIAL)  # as cp: twice the read-ahead
+                    sources[piece.shard] = tarspans.open_for_copy(piece.shard)
                 found = tarspans.key_at(piece.shard, sources[piece.shard], piece.start)
                 if found != piece.first_key:  # its size and time matched embed's, but its bytes moved
                     raise InputError(f"shard {piece.shard} changed since embed: at byte {piece.start} it holds {found!r}, "
@@ -347,7 +347,7 @@ def write(
     settings.validate()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "shards"
-    manifest = load_manifest(run_dir, PLAN_COLUMNS + SUMMARY_COLUMNS)  # a fraction of its bytes
+    manifest = load_manifest(run_dir, WRITE_COLUMNS)
     store = EmbeddingStore(store_dir)
     inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
     check_output_location(out_dir, [s["shard"] for s in inputs])
