@@ -66,11 +66,15 @@ class LocalEngine:
         pool = ThreadPoolExecutor(workers) if self.threads else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         with pool:
             futures = [pool.submit(_call, unit) for unit in units]
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                if on_done:
-                    on_done(result)
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    results.append(result)
+                    if on_done:
+                        on_done(result)
+            except BaseException:  # Ctrl-C: leaving `with` would wait for every queued unit; the running ones finish
+                pool.shutdown(cancel_futures=True)
+                raise
         order = {unit.name: i for i, unit in enumerate(units)}
         return sorted(results, key=lambda r: order[r.name])
 
