@@ -45,7 +45,7 @@ def time_embed(shards: list[str], settings, reference=None) -> tuple[dict, "np.n
     import numpy as np
 
     from dedup.stages.embed import cached_embedder, embed
-    from dedup.store import EmbeddingStore
+    from dedup.io.store import EmbeddingStore
 
     started = time.perf_counter()
     cached_embedder(settings)

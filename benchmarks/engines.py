@@ -23,7 +23,7 @@ FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
 
 
 def main() -> None:
-    from dedup.store import EmbeddingStore
+    from dedup.io.store import EmbeddingStore
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dedup import partitioned  # noqa: E402
-from dedup.planting import planted_embeddings  # noqa: E402
+from dedup.tools.planting import planted_embeddings  # noqa: E402
 
 
 def vectors_for(rows: int, dim: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ def make_store(folder: Path, rows: int, dim: int, kind: str) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dedup.planting import planted_embeddings
+    from dedup.tools.planting import planted_embeddings
 
     (folder / "img_emb").mkdir(parents=True)
     (folder / "metadata").mkdir()
@@ -58,7 +58,7 @@ def make_store(folder: Path, rows: int, dim: int, kind: str) -> np.ndarray:
 
 def exact_sample_pairs(store: Path, sample: np.ndarray, threshold: float) -> set:
     """Every pair at or above `threshold` that involves a sampled row, by brute force against all rows."""
-    from dedup.store import EmbeddingStore
+    from dedup.io.store import EmbeddingStore
 
     vectors = EmbeddingStore(store).load(max_in_memory_bytes=0).embeddings
     queries = vectors[sample]

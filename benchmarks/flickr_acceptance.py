@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dedup.planting import plant, score  # noqa: E402
+from dedup.tools.planting import plant, score  # noqa: E402
 
 FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
 

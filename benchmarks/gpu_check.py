@@ -89,7 +89,7 @@ def check_clip(device: str, folder: Path) -> dict:
     from PIL import Image
 
     from dedup.embedders.clip import ClipEmbedder
-    from dedup.reader import iter_shard
+    from dedup.io.reader import iter_shard
 
     checkpoint = folder / "ViT-B-32-random.pt"
     torch.save(open_clip.create_model("ViT-B-32").state_dict(), checkpoint)

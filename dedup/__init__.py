@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 # the stages are imported when first used: `dedup write` should not pay for faiss, or `import dedup` for all
 _STAGES = {"embed": "dedup.stages.embed", "find": "dedup.stages.find", "select": "dedup.stages.select",
-           "write": "dedup.stages.write", "run": "dedup.pipeline"}
+           "write": "dedup.stages.write", "run": "dedup.runner"}
 
 __all__ = [
     "DedupError", "InputError", "ModelUnavailableError", "SettingsError",

@@ -209,7 +209,7 @@ def run_command(
     verify: Optional[str] = typer.Option(None, "--verify", help="Then prove it: run `dedup verify` with this preset."),
 ) -> None:
     """embed -> find -> select -> write, from a config with command-line overrides."""
-    from dedup.pipeline import run
+    from dedup.runner import run
 
     with handled() as reporter:
         settings = _settings(config, overrides, embed=dict(embedder=embedder, pretrained=pretrained, workers=workers),
@@ -223,7 +223,8 @@ def run_command(
             f"duplicates, {summary['unreadable']} unreadable -> {summary['output_dir']}"
         )
         if verify:
-            from dedup.attack.verify import load_preset, verify as verify_stage, verify_settings
+            from dedup.attack.presets import load_preset, verify_settings
+            from dedup.attack.verify import verify as verify_stage
 
             verifying = verify_settings(load_preset(verify), verify)
             verifying.embed = settings.embed  # generations are confirmed through this run's store, as it was embedded
@@ -244,7 +245,7 @@ def purge_command(
     write_output: bool = typer.Option(True, "--write/--no-write", help="Write the remaining samples as new shards."),
 ) -> None:
     """Drop every training sample that is a near-copy of a reference image (eval decontamination, takedowns)."""
-    from dedup.pipeline import purge_run
+    from dedup.runner import purge_run
 
     with handled() as reporter:
         settings = _settings(config, overrides, find=dict(threshold=threshold, phash_radius=phash_radius))
@@ -261,7 +262,7 @@ def report_command(
     pairs_per_band: int = typer.Option(4, help="Pairs shown per similarity band."),
 ) -> None:
     """Write one self-contained HTML report: counts, largest groups with thumbnails, pairs around the threshold."""
-    from dedup.report import build_report
+    from dedup.tools.report import build_report
 
     with handled() as reporter:
         path = build_report(run_dir, out, embeddings, max_groups=max_groups, pairs_per_band=pairs_per_band)
@@ -281,7 +282,7 @@ def calibrate_command(
     """Groups and removals per threshold (and precision/recall with labels); suggests a threshold."""
     import numpy as np
 
-    from dedup.calibrate import calibrate
+    from dedup.tools.calibrate import calibrate
 
     with handled() as reporter:
         thresholds = tuple(round(float(t), 4) for t in np.arange(low, 0.9999, step))
@@ -318,7 +319,7 @@ def download_command(
     img2dataset_python: Optional[str] = typer.Option(None, help="Interpreter with img2dataset installed."),
 ) -> None:
     """Download a URL list into shards with img2dataset (dead links and broken images are counted, not fatal)."""
-    from dedup.download import DownloadSettings, download
+    from dedup.tools.download import DownloadSettings, download
 
     with handled() as reporter:
         settings = DownloadSettings(url_col=url_col, caption_col=caption_col, input_format=input_format, image_size=image_size,
@@ -368,7 +369,7 @@ def verify_command(
     shards: Optional[List[str]] = typer.Option(None, "--shards", help="Verify these shards instead of the preset's planted data."),
 ) -> None:
     """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction."""
-    from dedup.pipeline import verify_run
+    from dedup.attack.verify import verify_run
 
     with handled() as reporter:
         report = verify_run(preset, run_dir, reporter, shards)
@@ -404,7 +405,7 @@ def demo_command(
     seed: int = typer.Option(0),
 ) -> None:
     """Build demo shards from the real photos that ship with scikit-image, with planted copies."""
-    from dedup.demo import build_demo
+    from dedup.tools.demo import build_demo
 
     with handled() as reporter:
         planted = build_demo(out, seed=seed)

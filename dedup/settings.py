@@ -66,7 +66,7 @@ class FindSettings:
     # above this many vectors, auto picks the partitioned search: exact search costs N^2 x dim
     exact_search_max: int = 20_000
     # partitioned: vectors a partition; how near a partition boundary (in typical duplicate displacements)
-    # a vector must lie to be compared across it (higher: more recall, more work; see dedup/partitioned.py)
+    # a vector must lie to be compared across it (higher: more recall, more work; see dedup/search/partitioned.py)
     leaf_size: int = 1_024
     boundary: float = 2.0
     threads: int = 0  # 0: all cores

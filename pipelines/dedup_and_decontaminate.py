@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dedup import embed, find, load_settings, select, write
 from dedup.progress import Reporter
-from dedup.report import build_report
+from dedup.tools.report import build_report
 from dedup.stages.purge import purge
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"

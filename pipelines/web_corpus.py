@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dedup.download import DownloadSettings, download  # noqa: E402
+from dedup.tools.download import DownloadSettings, download  # noqa: E402
 from dedup.progress import Reporter  # noqa: E402
 from dedup_and_decontaminate import pipeline  # noqa: E402
 

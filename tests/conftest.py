@@ -45,7 +45,7 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
 @pytest.fixture(scope="session")
 def planted_flickr(tmp_path_factory, shared):
     """Three Flickr8k shards (3,000 photos) with 120 sources planted 1-3 times across shards."""
-    from dedup.planting import plant
+    from dedup.tools.planting import plant
 
     out = tmp_path_factory.mktemp("planted-flickr")
     planted = plant(

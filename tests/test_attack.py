@@ -112,8 +112,8 @@ def test_caption_vocabulary_and_empty_caption():
 @pytest.fixture(scope="module")
 def flickr_run(tmp_path_factory):
     """300 Flickr8k photos, 3 of them planted 20 times with their captions, through `dedup run` (pixels)."""
-    from dedup.pipeline import run
-    from dedup.planting import plant
+    from dedup.runner import run
+    from dedup.tools.planting import plant
     from dedup.settings import load_settings
 
     root = tmp_path_factory.mktemp("flickr-verify")
@@ -326,8 +326,8 @@ def test_extract_without_a_pipeline_folder_says_what_to_do(flickr_run, tmp_path)
 
 def test_heavy_tailed_planting_tiers(tmp_path):
     from dedup.errors import SettingsError
-    from dedup.pipeline import planted_counts
-    from dedup.planting import plant
+    from dedup.attack.presets import planted_counts
+    from dedup.tools.planting import plant
 
     assert planted_counts({"tiers": [[2, 5], [3, 2]]}, "preset") == (5, [5, 5, 2, 2, 2])
     with pytest.raises(SettingsError, match="not both"):
@@ -360,7 +360,7 @@ def test_caption_verify_on_shards_without_captions_says_so(tmp_path):
     """CIFAR-10 samples stripped of their captions: a caption preset stops with a clear input error."""
     import webdataset as wds
 
-    from dedup.reader import iter_shard
+    from dedup.io.reader import iter_shard
 
     data = tmp_path / "data"
     data.mkdir()
@@ -379,7 +379,7 @@ def test_caption_verify_on_shards_without_captions_says_so(tmp_path):
 def test_white_box_counts_a_copy_of_a_heavily_duplicated_image():
     """A perfect copy of an image held 60 times: against every training row its 50 nearest are its own copies
     (ratio ~1, never extracted); against one image per group it is extracted, as the paper's rule intends."""
-    from dedup.attack.verify import white_box_per_group
+    from dedup.attack.attacks import white_box_per_group
 
     rng = np.random.default_rng(0)
     unique = rng.random((100, 4, 4, 3))

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import FLICKR, ROOT, run_cli
-from dedup.reader import iter_shard
+from dedup.io.reader import iter_shard
 
 IMG2DATASET = ROOT / ".venv-img2dataset" / "bin" / "python"
 

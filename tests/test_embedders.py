@@ -10,9 +10,9 @@ import torch
 from conftest import FLICKR, run_cli
 from dedup.embedders import build_embedder
 from dedup.errors import ModelUnavailableError, SettingsError
-from dedup.imaging import decode
-from dedup.reader import iter_shard
-from dedup.store import EmbeddingStore
+from dedup.io.imaging import decode
+from dedup.io.reader import iter_shard
+from dedup.io.store import EmbeddingStore
 
 TINY_CLIP = {
     "embed_dim": 32,

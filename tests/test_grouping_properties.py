@@ -6,7 +6,7 @@ import pytest
 import pyarrow as pa
 from hypothesis import given, settings, strategies as st
 
-from dedup import search
+from dedup.search import matching
 from dedup.settings import FindSettings
 from conftest import clip_retrieval_store
 from dedup.stages.find import connected_groups, find
@@ -59,7 +59,7 @@ def test_phash_search_equals_brute_force(base, radius, rnd):
             flipped ^= 1 << bit
         hashes.append(flipped)
     phash = np.array(hashes, dtype=np.uint64)
-    a, b = search.phash_pairs(phash, radius, np.ones(len(phash), dtype=bool))
+    a, b = matching.phash_pairs(phash, radius, np.ones(len(phash), dtype=bool))
     expected = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
                 if bin(hashes[i] ^ hashes[j]).count("1") <= radius}
     assert set(zip(a.tolist(), b.tolist())) == expected
@@ -107,8 +107,8 @@ def test_ivf_range_search_keeps_recall_on_planted_pairs():
     copies = base[:500] + 0.02 * rng.standard_normal((500, 64)).astype(np.float32)
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
     vectors = np.vstack([base, copies])
-    exact_a, exact_b, _ = search.embedding_pairs(vectors, 0.9, FindSettings(index="flat"))
-    ivf_a, ivf_b, choice = search.embedding_pairs(vectors, 0.9, FindSettings(index="ivf", nprobe=16))
+    exact_a, exact_b, _ = matching.embedding_pairs(vectors, 0.9, FindSettings(index="flat"))
+    ivf_a, ivf_b, choice = matching.embedding_pairs(vectors, 0.9, FindSettings(index="ivf", nprobe=16))
     assert choice.kind == "ivf"
     exact = set(zip(exact_a.tolist(), exact_b.tolist()))
     assert len(exact) >= 500
@@ -138,15 +138,15 @@ def test_find_reads_clip_retrieval_layout(tmp_path):
 def test_partitioned_search_agrees_with_exact_search(kind):
     """Partitioned search finds what exact search finds (recall >= 0.99, every pair real); without the
     routing across partition boundaries (SemDeDup's k-means + intra-cluster search) it would not."""
-    from dedup.planting import planted_embeddings
+    from dedup.tools.planting import planted_embeddings
 
     vectors, _ = planted_embeddings(40_000, dim=64, seed=3, kind=kind)
-    exact_a, exact_b, _ = search.embedding_pairs(vectors, 0.9, FindSettings(index="flat"))
+    exact_a, exact_b, _ = matching.embedding_pairs(vectors, 0.9, FindSettings(index="flat"))
     exact = set(zip(exact_a.tolist(), exact_b.tolist()))
     assert len(exact) >= 400
 
     def found_with(boundary: float) -> set:
-        a, b, choice = search.embedding_pairs(vectors, 0.9, FindSettings(index="partitioned", leaf_size=512, boundary=boundary))
+        a, b, choice = matching.embedding_pairs(vectors, 0.9, FindSettings(index="partitioned", leaf_size=512, boundary=boundary))
         assert choice.kind == "partitioned"
         return set(zip(a.tolist(), b.tolist()))
 
@@ -159,8 +159,8 @@ def test_partitioned_search_agrees_with_exact_search(kind):
 def test_small_joins_in_one_batch_find_what_one_product_each_finds():
     """The joins across borders are mostly a few rows a side: batched (padded and stacked) they give the same
     pairs as a matrix product each, self-joins without their diagonal or a pair twice."""
-    from dedup import partitioned
-    from dedup.planting import planted_embeddings
+    from dedup.search import partitioned
+    from dedup.tools.planting import planted_embeddings
 
     vectors, planted = planted_embeddings(4_000, dim=64, seed=5)
     read = partitioned.as_reader(vectors)
@@ -190,7 +190,7 @@ def test_components_from_disk_edges_and_memory_mapped_labels(tmp_path, monkeypat
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from dedup import components
+    from dedup.search import components
 
     rng = np.random.default_rng(5)
     rows = 50_000
@@ -211,8 +211,8 @@ def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs
     writes them) and is read partition by partition; the pairs are those of the in-memory search."""
     import pyarrow.parquet as pq
 
-    from dedup.planting import planted_embeddings
-    from dedup.store import EmbeddingStore, RowStack
+    from dedup.tools.planting import planted_embeddings
+    from dedup.io.store import EmbeddingStore, RowStack
 
     vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
     clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
@@ -236,7 +236,7 @@ def test_partitioned_units_on_an_engine_find_the_same_pairs_and_resume(tmp_path,
 
     from dedup.engine import LocalEngine
     from dedup.errors import DedupError
-    from dedup.planting import planted_embeddings
+    from dedup.tools.planting import planted_embeddings
     from dedup.stages import find_units
 
     vectors, _ = planted_embeddings(30_000, dim=32, seed=4)

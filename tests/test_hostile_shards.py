@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import FLICKR, run_cli
-from dedup.reader import iter_shard
+from dedup.io.reader import iter_shard
 from dedup.stages.write import reason_class
 
 

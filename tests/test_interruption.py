@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEDUP, FLICKR, run_cli
-from dedup.planting import plant
+from dedup.tools.planting import plant
 
 KILLS = int(os.environ.get("DEDUP_KILLS", "6"))
 SEED = int(os.environ.get("DEDUP_KILL_SEED", str(random.SystemRandom().randrange(1_000_000))))

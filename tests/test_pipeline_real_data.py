@@ -10,8 +10,8 @@ import pytest
 import webdataset as wds
 
 from conftest import CIFAR, ROOT, run_cli
-from dedup.planting import plant, score
-from dedup.reader import iter_shard
+from dedup.tools.planting import plant, score
+from dedup.io.reader import iter_shard
 
 
 def read_samples(shards) -> dict[str, dict[str, bytes]]:

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import CIFAR, run_cli
-from dedup.planting import plant
-from dedup.reader import iter_shard
+from dedup.tools.planting import plant
+from dedup.io.reader import iter_shard
 
 
 @pytest.fixture(scope="module")

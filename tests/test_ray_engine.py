@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, clip_retrieval_store, run_cli
-from dedup.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore
 
 pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install 'dedup[ray]')")
 
@@ -42,7 +42,7 @@ def test_ray_engine_matches_local_engine(planted_flickr, tmp_path):
 
 def test_partitioned_find_units_on_ray_match_local(tmp_path):
     """find's partitioned search as units on Ray actors: the pairs of the local engine."""
-    from dedup.planting import planted_embeddings
+    from dedup.tools.planting import planted_embeddings
 
     vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
     clip_retrieval_store(tmp_path / "emb", vectors, 12_000)

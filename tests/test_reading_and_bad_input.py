@@ -12,8 +12,8 @@ import pytest
 
 from conftest import CIFAR, FLICKR, jpeg_bytes, run_cli, tar_bytes
 from dedup.errors import InputError
-from dedup.reader import iter_shard
-from dedup.sources import expand_shards
+from dedup.io.reader import iter_shard
+from dedup.io.sources import expand_shards
 
 
 def collect(url):

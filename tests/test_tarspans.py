@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from conftest import FLICKR
-from dedup import tarspans
+from dedup.io import tarspans
 
 
 def spans_by_tarfile(path: str) -> list[tuple]:
@@ -84,7 +84,7 @@ def test_a_damaged_header_goes_to_tarfile(tmp_path):
 
 def test_reader_records_the_spans_the_scan_finds(tmp_path):
     """embed records each sample's byte range while it reads (write then needs no scan); they are the scan's."""
-    from dedup.reader import iter_shard
+    from dedup.io.reader import iter_shard
 
     deep = "a/" * 60
     members = [("s1.jpg", b"x" * 700), ("s1.txt", b"caption"), ("folder", None), ("s1.json", b"{}"),

@@ -17,7 +17,7 @@ from PIL import Image
 from dedup.attack.distances import tiled_l2
 from dedup.embedders import Embedder
 from dedup.errors import SettingsError
-from dedup.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore
 
 Place = tuple[str, int]  # (shard, sample_index)
 ImageLoader = Callable[[list[Place], int], np.ndarray]  # places, side -> (n, side, side, 3) in [0, 1]
@@ -34,7 +34,7 @@ class Match:
 
 def images_from_shards(places: list[Place], side: int) -> np.ndarray:
     """The training images at `places`, resized to side x side, in [0, 1] (the default loader)."""
-    from dedup.attack.verify import load_images  # the one reader of training images for the attacks
+    from dedup.attack.training_data import load_images  # the one reader of training images for the attacks
 
     images = load_images(places, side).images
     return ((images.transpose(0, 2, 3, 1) + 1) / 2).clip(0, 1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.runfiles import load_groups
+from dedup.io.runfiles import load_groups
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.atomic import atomic_open, write_json
+from dedup.io.atomic import atomic_open, write_json
 from dedup.attack.confirm import images_from_shards, nearest_training_images
 from dedup.attack.extraction import generate_and_filter
 from dedup.attack.prompts import Prompt, largest_group_prompts

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.atomic import atomic_open
+from dedup.io.atomic import atomic_open
 from dedup.errors import SettingsError
 
 MIN_COSINE = 0.99

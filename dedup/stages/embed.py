@@ -16,17 +16,17 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from dedup import tarspans
-from dedup.atomic import remove_stale_temporaries
+from dedup.io import tarspans
+from dedup.io.atomic import remove_stale_temporaries
 from dedup.embedders import Embedder, build_embedder
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import InputError, SettingsError
-from dedup.imaging import UnreadableImage, caption_of, decode
+from dedup.io.imaging import UnreadableImage, caption_of, decode
 from dedup.progress import SILENT, Reporter
-from dedup.reader import Fault, Sample, iter_source
+from dedup.io.reader import Fault, Sample, iter_source
 from dedup.settings import EmbedSettings
-from dedup.sources import expand_shards, fingerprint
-from dedup.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
+from dedup.io.sources import expand_shards, fingerprint
+from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
 
 _EMBEDDER_CACHE: dict[str, Embedder] = {}
 

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup import search
-from dedup.components import component_labels, in_chunks
-from dedup.atomic import write_json, write_parquet
+from dedup.search import matching
+from dedup.search.components import component_labels, in_chunks
+from dedup.io.atomic import write_json, write_parquet
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
 from dedup.stages import find_units
-from dedup.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore
 
 SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
 
@@ -49,18 +49,18 @@ def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, sett
     info: dict = {}
     if settings.exact:
         started = time.perf_counter()
-        found["exact"] = search.exact_pairs(np.asarray(metadata["sha256"].to_pylist(), dtype=object))
+        found["exact"] = matching.exact_pairs(np.asarray(metadata["sha256"].to_pylist(), dtype=object))
         timings["exact"] = time.perf_counter() - started
     if settings.phash_radius is not None and phash_present.any():
         started = time.perf_counter()
-        found["phash"] = search.phash_pairs(phash, settings.phash_radius, phash_present)
+        found["phash"] = matching.phash_pairs(phash, settings.phash_radius, phash_present)
         timings["phash"] = time.perf_counter() - started
     if settings.search_threshold() is not None and rows > 1:
         started = time.perf_counter()
         with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
-            a, b, choice = search.embedding_pairs(embeddings, settings.search_threshold(), settings,
+            a, b, choice = matching.embedding_pairs(embeddings, settings.search_threshold(), settings,
                                                   on_batch=lambda n: progress.advance(n, samples=n), units=units)
-        masks = search.signal_masks(search.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings)
+        masks = matching.signal_masks(matching.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings)
         found.update({signal: (a[mask], b[mask]) for signal, mask in masks.items()})
         timings["embedding"] = time.perf_counter() - started
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
@@ -90,13 +90,13 @@ def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_pr
     keep = order[first]
     a, b, codes = a[keep], b[keep], codes[keep]
     both_hashed = phash_present[a] & phash_present[b]
-    distances = np.where(both_hashed, search.hamming(phash, a, b), -1).astype(np.int32)
+    distances = np.where(both_hashed, matching.hamming(phash, a, b), -1).astype(np.int32)
     return pa.table(
         {
             "a": pa.array(a, pa.int64()),
             "b": pa.array(b, pa.int64()),
             "signal": pa.array(np.asarray(SIGNALS, dtype=object)[codes].tolist() if len(codes) else [], pa.string()),
-            "similarity": pa.array(search.cosine(embeddings, a, b), pa.float32()),
+            "similarity": pa.array(matching.cosine(embeddings, a, b), pa.float32()),
             "hamming": pa.array(distances, pa.int32()),
         }
     )

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup import partitioned
-from dedup.atomic import atomic_open, read_json, write_json
+from dedup.search import partitioned
+from dedup.io.atomic import atomic_open, read_json, write_json
 from dedup.engine import Unit, run_units
 from dedup.progress import Reporter
 
@@ -35,7 +35,7 @@ _HELD: dict = {}  # the vectors the driver holds (in memory or memory-mapped), f
 @lru_cache(maxsize=2)
 def _memory_mapped(store_dir: str):
     """The store's vectors, memory-mapped (once per worker process)."""
-    from dedup.store import EmbeddingStore
+    from dedup.io.store import EmbeddingStore
 
     return EmbeddingStore(store_dir).load(max_in_memory_bytes=0).embeddings
 

@@ -15,15 +15,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup import search
-from dedup.atomic import write_json, write_parquet
+from dedup.search import matching
+from dedup.io.atomic import write_json, write_parquet
 from dedup.errors import SettingsError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
 from dedup.stages.find import SIGNALS, best_partner, phash_columns, stack_signals
-from dedup.runfiles import load_manifest
+from dedup.io.runfiles import load_manifest
 from dedup.stages.select import MANIFEST_SCHEMA, unreadable_rows
-from dedup.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore
 
 PURGE_COLUMNS = [
     ("reference_key", pa.string()),
@@ -48,12 +48,12 @@ def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple
     reference_hash, reference_has = phash_columns(reference.metadata)
     if settings.phash_radius is not None:
         t_rows, r_rows = np.flatnonzero(train_has), np.flatnonzero(reference_has)
-        q, r = search.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
+        q, r = matching.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
         found["phash"] = (t_rows[q], r_rows[r])
     if settings.search_threshold() is not None:
-        q, r, _ = search.embedding_matches(train.embeddings, reference.embeddings, settings.search_threshold(), settings)
+        q, r, _ = matching.embedding_matches(train.embeddings, reference.embeddings, settings.search_threshold(), settings)
         similarity = np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
-        masks = search.signal_masks(similarity, train_hash[q], train_has[q], reference_hash[r], reference_has[r], settings)
+        masks = matching.signal_masks(similarity, train_hash[q], train_has[q], reference_hash[r], reference_has[r], settings)
         found.update({signal: (q[mask], r[mask]) for signal, mask in masks.items()})
     return found
 

@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.atomic import write_parquet
+from dedup.io.atomic import write_parquet
 from dedup.progress import SILENT, Reporter
-from dedup.runfiles import load_groups
+from dedup.io.runfiles import load_groups
 from dedup.settings import SelectSettings, parse_policy
-from dedup.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore
 
 MANIFEST_SCHEMA = pa.schema(
     [

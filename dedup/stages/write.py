@@ -19,16 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup import tarspans
-from dedup.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
+from dedup.io import tarspans
+from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.progress import SILENT, Reporter
-from dedup.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
-from dedup.runfiles import load_manifest
+from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
+from dedup.io.runfiles import load_manifest
 from dedup.settings import WriteSettings
-from dedup.sources import fingerprint, is_remote
-from dedup.store import EmbeddingStore
+from dedup.io.sources import fingerprint, is_remote
+from dedup.io.store import EmbeddingStore
 
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]

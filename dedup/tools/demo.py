@@ -16,8 +16,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from dedup.atomic import atomic_open
-from dedup.planting import PlantedSet, plant
+from dedup.io.atomic import atomic_open
+from dedup.tools.planting import PlantedSet, plant
 
 PHOTOS = {
     "astronaut": "the astronaut Eileen Collins in her flight suit",

@@ -4,7 +4,7 @@
 - phash: 64-bit perceptual hashes within a Hamming radius (faiss multi-index hashing, exact by the
   pigeonhole principle: with r differing bits, one of r + 1 disjoint bit blocks is identical);
 - embedding: cosine similarity at or above a threshold: exact search up to `exact_search_max` vectors,
-  the partitioned search of dedup/partitioned.py beyond (or faiss IVF when asked).
+  the partitioned search of dedup/search/partitioned.py beyond (or faiss IVF when asked).
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float
         faiss.omp_set_num_threads(settings.threads)
     choice = choose_index(len(indexed), indexed.shape[1], settings)
     if choice.kind == "partitioned":
-        from dedup import partitioned
+        from dedup.search import partitioned
 
         options = partitioned.PartitionSettings(threshold, leaf_size=settings.leaf_size, boundary=settings.boundary,
                                                 unit_rows=settings.unit_rows)

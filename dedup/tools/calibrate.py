@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup import search
-from dedup.atomic import read_parquet, write_json
+from dedup.search import matching
+from dedup.io.atomic import read_parquet, write_json
 from dedup.errors import InputError
-from dedup.planting import found_pairs, planted_pairs
+from dedup.tools.planting import found_pairs, planted_pairs
 from dedup.settings import FindSettings
 from dedup.stages.find import connected_groups
-from dedup.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore
 
 DEFAULT_THRESHOLDS = tuple(round(t, 3) for t in np.arange(0.80, 0.995, 0.01))
 
@@ -73,8 +73,8 @@ def calibrate(store_dir: str | Path, out_dir: str | Path | None = None, threshol
     rest = np.setdiff1d(np.arange(total), must)
     chosen = np.sort(np.concatenate([must, rng.choice(rest, min(len(rest), max(0, sample - len(must))), replace=False)]))
     vectors = np.ascontiguousarray(data.embeddings[chosen], dtype=np.float32)
-    a, b, _ = search.embedding_pairs(vectors, min(thresholds), FindSettings(phash_radius=None, index="auto"))
-    similarity = search.cosine(vectors, a, b)
+    a, b, _ = matching.embedding_pairs(vectors, min(thresholds), FindSettings(phash_radius=None, index="auto"))
+    similarity = matching.cosine(vectors, a, b)
     sample_keys = keys[chosen].tolist()
     result = Calibration(sample_rows=len(chosen), total_rows=total)
     for threshold in sorted(thresholds):
@@ -128,7 +128,7 @@ def plot(result: Calibration, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dedup.atomic import atomic_open
+    from dedup.io.atomic import atomic_open
 
     thresholds = [r["threshold"] for r in result.rows]
     figure, left = plt.subplots(figsize=(7, 4), dpi=110)

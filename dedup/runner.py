@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dedup.atomic import remove_stale_temporaries
+from dedup.io.atomic import remove_stale_temporaries
 from dedup.errors import SettingsError
 from dedup.progress import SILENT, Reporter
 from dedup.settings import RunSettings
@@ -17,7 +17,7 @@ from dedup.stages.embed import embed
 from dedup.stages.find import find
 from dedup.stages.select import select
 from dedup.stages.write import check_output_location, write
-from dedup.sources import expand_shards
+from dedup.io.sources import expand_shards
 
 
 def embeddings_dir(run_dir: str | Path) -> Path:
@@ -62,50 +62,3 @@ def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Pa
         summary["write"] = write(store, run_dir, settings.output_dir(), settings.write,
                                  engine=engine or settings.write_engine(), reporter=reporter)
     return summary
-
-
-def planted_counts(options: dict, origin: str) -> tuple[int, int | list[int]]:
-    """[plant] sources and copies, or tiers = [[sources, copies], ...] for heavy-tailed duplication
-    (a few images copied hundreds of times, more copied tens of times)."""
-    tiers = options.pop("tiers", None)
-    if tiers is None:
-        sources, copies = options.pop("sources", 10), options.pop("copies", 100)
-        if not isinstance(copies, int):
-            raise SettingsError(f"{origin} [plant] copies must be a number; for several counts use tiers = [[sources, copies], ...]")
-        return sources, copies
-    if "sources" in options or "copies" in options:
-        raise SettingsError(f"{origin} [plant]: give tiers, or sources and copies, not both")
-    try:
-        copies = [int(count) for sources, count in tiers for _ in range(int(sources))]
-    except (TypeError, ValueError):
-        raise SettingsError(f"{origin} [plant] tiers must be [[sources, copies], ...], got {tiers!r}") from None
-    return len(copies), copies
-
-
-def verify_run(preset_name: str, run_dir: str | Path, reporter: Reporter = SILENT, shards: list[str] | None = None) -> dict:
-    """A verify preset end to end: plant its data (if it says so), `dedup run`, then train and attack A and B."""
-    from dedup.attack.verify import dedup_config, load_preset, verify, verify_settings
-    from dedup.planting import plant
-    from dedup.settings import load_settings
-
-    preset = load_preset(preset_name)
-    settings_for_verify = verify_settings(preset, preset_name)
-    run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").exists():
-        if shards is None and "plant" in preset:
-            options = dict(preset["plant"])
-            data = run_dir / "data"
-            if not (data / "planted.json").exists():
-                sources, copies = planted_counts(options, preset_name)
-                total = sum(copies) if isinstance(copies, list) else copies * sources
-                reporter.info(f"verify: planting {total} copies of {sources} images into {data}")
-                plant(options.pop("source"), data, sources=sources, copies=copies,
-                      transforms=tuple(options.pop("transforms", ("exact", "reencode"))), limit=options.pop("unique", None),
-                      shard_size=options.pop("shard_size", None), seed=options.pop("seed", 0))
-            shards = [str(data)]
-        if not shards:
-            raise SettingsError(f"preset {preset_name!r} plants no data; give the shards to verify")
-        settings = load_settings(dedup_config(preset))
-        settings.shards, settings.run_dir = list(shards), str(run_dir)
-        run(settings, reporter=reporter)
-    return verify(run_dir, settings_for_verify, reporter=reporter)

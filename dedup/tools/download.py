@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dedup.atomic import write_json
+from dedup.io.atomic import write_json
 from dedup.errors import InputError, SettingsError
 
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
@@ -49,7 +49,7 @@ class DownloadSettings:
 
 def find_img2dataset_python(explicit: str | None = None) -> str:
     candidates = [explicit, os.environ.get("DEDUP_IMG2DATASET_PYTHON"), ".venv-img2dataset/bin/python",
-                  str(Path(__file__).resolve().parents[1] / ".venv-img2dataset" / "bin" / "python"), sys.executable]
+                  str(Path(__file__).resolve().parents[2] / ".venv-img2dataset" / "bin" / "python"), sys.executable]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             probe = subprocess.run([candidate, "-c", "import img2dataset"], capture_output=True, env=_environment())

@@ -17,9 +17,9 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from dedup.atomic import atomic_open, write_json
-from dedup.reader import Sample, iter_shard
-from dedup.sources import expand_shards
+from dedup.io.atomic import atomic_open, write_json
+from dedup.io.reader import Sample, iter_shard
+from dedup.io.sources import expand_shards
 
 TRANSFORMS = ("exact", "reencode", "resize", "crop")
 

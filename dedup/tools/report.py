@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup import search
-from dedup.atomic import atomic_open, read_parquet
+from dedup.search import matching
+from dedup.io.atomic import atomic_open, read_parquet
 from dedup.errors import InputError
 from dedup.settings import FindSettings
-from dedup.store import EmbeddingStore
-from dedup.thumbnails import fetch_thumbnails
+from dedup.io.store import EmbeddingStore
+from dedup.tools.thumbnails import fetch_thumbnails
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
@@ -99,9 +99,9 @@ def near_pairs(embeddings: np.ndarray, pairs, lowest: float, seed: int, sample: 
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(embeddings), min(sample, len(embeddings)), replace=False))
     if len(rows) > 1:
-        sa, sb, _ = search.embedding_pairs(np.ascontiguousarray(embeddings[rows]), lowest, FindSettings(phash_radius=None))
+        sa, sb, _ = matching.embedding_pairs(np.ascontiguousarray(embeddings[rows]), lowest, FindSettings(phash_radius=None))
         a, b = np.concatenate([a, rows[sa]]), np.concatenate([b, rows[sb]])
-        similarity = np.concatenate([similarity, search.cosine(embeddings, rows[sa], rows[sb])])
+        similarity = np.concatenate([similarity, matching.cosine(embeddings, rows[sa], rows[sb])])
     return a, b, similarity
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dedup.atomic import read_json, read_parquet, write_json, write_npy, write_parquet
+from dedup.io.atomic import read_json, read_parquet, write_json, write_npy, write_parquet
 from dedup.errors import InputError
 
 METADATA_SCHEMA = pa.schema(

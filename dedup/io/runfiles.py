@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from dedup.atomic import read_parquet
+from dedup.io.atomic import read_parquet
 from dedup.errors import InputError
 
 

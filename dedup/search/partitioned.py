@@ -304,7 +304,7 @@ class UnitPlan:
         return sum(len(queries) for queries, _, _, home in self.joins if home)
 
     def save(self, path) -> None:
-        from dedup.atomic import atomic_open
+        from dedup.io.atomic import atomic_open
 
         with atomic_open(path, "wb") as handle:
             np.savez(handle, **_flatten(self.joins))

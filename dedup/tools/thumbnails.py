@@ -6,8 +6,8 @@ import io
 
 from PIL import Image
 
-from dedup.imaging import UnreadableImage, decode
-from dedup.reader import iter_selected
+from dedup.io.imaging import UnreadableImage, decode
+from dedup.io.reader import iter_selected
 
 
 def thumbnail_uri(image: Image.Image, size: int = 128) -> str:

@@ -2,7 +2,7 @@
 (headers and data, exactly as they were) with `os.copy_file_range`, never parsing or re-encoding members.
 
 The scan reads only headers (the tar is opened seekable, so data blocks are skipped) and groups members into
-samples by the reader's rule (`dedup/reader.py`), so span i is sample i of `iter_shard`. It is used only
+samples by the reader's rule (`dedup/io/reader.py`), so span i is sample i of `iter_shard`. It is used only
 after `check_inputs_unchanged` has confirmed the shard is the one embed read and validated.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dedup.reader import member_end, member_key, starts_new_sample
+from dedup.io.reader import member_end, member_key, starts_new_sample
 
 BLOCK = tarfile.BLOCKSIZE
 

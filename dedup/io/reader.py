@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 import os
 from pathlib import Path
 
-from dedup.sources import image_files, is_image_name, is_remote, open_shard
+from dedup.io.sources import image_files, is_image_name, is_remote, open_shard
 
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024

@@ -1,0 +1,70 @@
+"""verify's figures: extraction by duplicate count with the AUCs, and the closest generations beside their training images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dedup.io.atomic import atomic_open
+
+
+def save_generations(path: Path, generations: np.ndarray) -> str:
+    """The generations as 8-bit images, so an attack can be scored again without sampling again."""
+    with atomic_open(path, "wb") as handle:
+        np.savez_compressed(handle, generations=(np.clip(generations, 0, 1) * 255).round().astype(np.uint8))
+    return str(path)
+
+
+def write_figures(out_dir: Path, models: dict) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    counts = sorted({c for m in models.values() for c in m["extracted_by_duplicate_count"]} | {1})
+    width = 0.4
+    for offset, (name, model) in zip((-width / 2, width / 2), models.items()):
+        left.bar(np.arange(len(counts)) + offset, [model["extracted_by_duplicate_count"].get(c, 0) for c in counts], width, label=f"model {name}")
+    left.set_xticks(range(len(counts)), [str(c) for c in counts])
+    left.set_xlabel("copies of the image in the original training set")
+    left.set_ylabel("training images extracted")
+    left.legend()
+    measures = {"membership_auc_duplicated_vs_heldout": "loss: duplicated\nvs held-out",
+                "membership_auc_unique_vs_heldout": "loss: unique\nvs held-out",
+                "detector_auc_duplicated_vs_unique_prompts": "Wen detector: duplicated\nvs unique captions"}
+    measures = {key: label for key, label in measures.items() if all(key in m for m in models.values())}
+    for offset, (name, model) in zip((-width / 2, width / 2), models.items()):
+        values = [np.nan if model[key] is None else model[key] for key in measures]
+        right.bar(np.arange(len(measures)) + offset, values, width, label=f"model {name}")
+    right.axhline(0.5, color="grey", linestyle=":")
+    right.set_xticks(range(len(measures)), list(measures.values()), fontsize=8)
+    right.set_ylim(0, 1)
+    right.set_ylabel("AUC")
+    right.legend()
+    figure.tight_layout()
+    paths = {"extraction_and_membership": str(out_dir / "verify-counts.png")}
+    with atomic_open(paths["extraction_and_membership"], "wb") as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)
+
+    rows = [(name, model["_closest"]) for name, model in models.items()]  # closest per training image, extracted or not
+    figure, axes = plt.subplots(len(rows) * 2, 8, figsize=(12, 3.2 * len(rows)), dpi=100, squeeze=False)
+    for block, (name, pairs) in enumerate(rows):
+        for column in range(8):
+            top, bottom = axes[2 * block, column], axes[2 * block + 1, column]
+            for axis in (top, bottom):
+                axis.axis("off")
+            if column >= len(pairs):
+                continue
+            generated, nearest, label, extracted = pairs[column]
+            top.imshow(generated, interpolation="nearest")
+            bottom.imshow(nearest, interpolation="nearest")
+            top.set_title(f"{name}: {label}" + (" *" if extracted else ""), fontsize=7)
+    figure.suptitle("closest generation to each of 8 training images (top) beside it (bottom); * = extracted")
+    figure.tight_layout()
+    paths["closest_pairs"] = str(out_dir / "verify-pairs.png")
+    with atomic_open(paths["closest_pairs"], "wb") as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)
+    return paths
