@@ -12,39 +12,13 @@ ids (n, length) from `text.CaptionVocabulary`.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from dedup.attack.text import PAD, CaptionEncoder
-
-
-@dataclass
-class ModelSettings:
-    resolution: int = 16
-    channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    classes: int = 0  # > 0: class-conditional
-    captions: bool = False  # caption-conditioned (takes precedence over classes)
-    caption_dropout: float = 0.1  # share of training captions replaced by the empty caption
-    guidance_scale: float = 3.0  # classifier-free guidance when sampling with captions
-    text_width: int = 64
-    text_layers: int = 2
-    vocabulary_size: int = 2000
-    max_words: int = 16
-    train_steps: int = 600
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    ema: float = 0.0  # > 0: sample and measure with an exponential moving average of the weights (e.g. 0.999)
-    timesteps: int = 1000
-    sample_steps: int = 50
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when present, else cpu
-
-    @property
-    def conditioning(self) -> str:
-        return "caption" if self.captions else "class" if self.classes else "none"
+from dedup.settings import ModelSettings
 
 
 def build_unet(settings: ModelSettings):

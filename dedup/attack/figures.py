@@ -68,3 +68,29 @@ def write_figures(out_dir: Path, models: dict) -> dict:
         figure.savefig(handle, format="png")
     plt.close(figure)
     return paths
+
+
+VERIFY_MEASURES = (
+    ("membership AUC, duplicated vs held-out", "membership_auc_duplicated_vs_heldout"),
+    ("membership AUC, unique vs held-out", "membership_auc_unique_vs_heldout"),
+    ("Wen detector AUC, duplicated vs unique captions", "detector_auc_duplicated_vs_unique_prompts"),
+    ("captions flagged (clique), of the duplicated", "flagged_prompts"),
+    ("control captions flagged", "flagged_control_prompts"),
+    ("images extracted", "extracted_images"),
+    ("generations", "generations"),
+)
+
+
+def verify_table(report: dict):
+    """verify.json's measures of model A beside model B, as a rich table."""
+    from rich.table import Table
+
+    images = report["training_images"]
+    table = Table(title=f"verify: model A (original, {images['A']} images) vs B (deduplicated, {images['B']})")
+    for column, justify in (("measure", "left"), ("A", "right"), ("B", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for label, key in VERIFY_MEASURES:
+        if key in report["A"]:
+            table.add_row(label, *("n/a" if report[m][key] is None else str(report[m][key]) for m in ("A", "B")))
+    table.add_row("training seconds", *(str(report[m]["training"]["seconds"]) for m in ("A", "B")))
+    return table

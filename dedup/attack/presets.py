@@ -2,66 +2,17 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from dedup.attack.diffusion import ModelSettings
 from dedup.errors import SettingsError
-from dedup.settings import EmbedSettings
+from dedup.settings import AttackSettings, ModelSettings, VerifySettings, build, preset_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-@dataclass
-class AttackSettings:
-    generations: int = 512  # white box: samples drawn from an unconditional or class-conditional model
-    alpha: float = 0.5
-    neighbours: int = 50
-    duplicated_min: int = 10  # a training image is "duplicated" when its group holds at least this many
-    unique_sample: int = 500
-    seed: int = 0
-    # black box, caption-conditioned models (the paper's Stable Diffusion attack)
-    prompts: int = 20  # captions of the largest duplicate groups
-    control_prompts: int = 20  # captions of images without duplicates: the detector's negatives
-    generations_per_prompt: int = 16
-    delta: float = 0.15  # tiled l2 within which two images count as the same
-    min_clique: int = 5
-    grid: int = 4
-    candidates: int = 5  # nearest training images (by the store's embeddings) checked per generation
-    detector_repeats: int = 4
-    detector_steps: int = 1
-
-
-@dataclass
-class VerifySettings:
-    holdout: list[str] = field(default_factory=list)
-    holdout_count: int = 500
-    model: ModelSettings = field(default_factory=ModelSettings)
-    attack: AttackSettings = field(default_factory=AttackSettings)
-    embed: EmbedSettings | None = None  # the run's embedder, to confirm generations through its store
-
-
-def _fill(cls, values: dict, origin: str):
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise SettingsError(f"{origin}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    if cls is ModelSettings and "channels" in values:
-        values = {**values, "channels": tuple(values["channels"])}
-    return cls(**values)
-
-
 def load_preset(name: str) -> dict:
-    """A verify preset: configs/verify-NAME.toml, or a path. `{shared}` in strings is ../shared/data."""
-    path = Path(name)
-    if not path.is_file():
-        for folder in (Path("configs"), Path(__file__).resolve().parents[2] / "configs"):
-            if (folder / f"verify-{name}.toml").is_file():
-                path = folder / f"verify-{name}.toml"
-                break
-        else:
-            raise SettingsError(f"verify preset {name!r} not found (configs/verify-{name}.toml)")
-    text = path.read_text().replace("{shared}", str(SHARED_DATA))
+    """A verify preset: configs/verify-NAME.toml (or shipped), or a path. `{shared}` in strings is ../shared/data."""
+    text = preset_path(name, prefix="verify-").read_text().replace("{shared}", str(SHARED_DATA))
     return tomllib.loads(text)
 
 
@@ -72,8 +23,8 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
     return VerifySettings(
         holdout=[holdout["shards"]] if isinstance(holdout.get("shards"), str) else list(holdout.get("shards", [])),
         holdout_count=holdout.get("count", 500),
-        model=_fill(ModelSettings, preset.get("model", {}), f"{origin} [model]"),
-        attack=_fill(AttackSettings, preset.get("attack", {}), f"{origin} [attack]"),
+        model=build(ModelSettings, preset.get("model", {}), f"{origin} [model]"),
+        attack=build(AttackSettings, preset.get("attack", {}), f"{origin} [attack]"),
         embed=load_settings(dedup_config(preset)).embed,
     )
 

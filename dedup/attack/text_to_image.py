@@ -9,7 +9,7 @@ the run's embedding store. Nothing is fetched from a model hub.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +20,7 @@ from dedup.attack.extraction import generate_and_filter
 from dedup.attack.prompts import Prompt, largest_group_prompts
 from dedup.errors import SettingsError
 from dedup.progress import SILENT, Reporter
-from dedup.settings import EmbedSettings
-
-
-@dataclass
-class ExtractSettings:
-    prompts: int = 100  # captions of the largest duplicate groups to consider
-    prefilter: int = 0  # > 0: keep only this many prompts, those the Wen et al. detector scores highest
-    generations_per_prompt: int = 16
-    steps: int = 50
-    guidance_scale: float = 7.5
-    size: int | None = None  # image side; default: the pipeline's own
-    delta: float = 0.15
-    min_clique: int = 10
-    grid: int = 4
-    candidates: int = 5
-    batch_size: int = 8
-    device: str = "auto"
-    seed: int = 0
-    detector_repeats: int = 4
+from dedup.settings import EmbedSettings, ExtractSettings
 
 
 def load_pipeline(path: str | Path, device: str = "auto"):

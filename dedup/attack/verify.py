@@ -142,3 +142,11 @@ def verify_run(preset_name: str, run_dir: str | Path, reporter: Reporter = SILEN
         settings.shards, settings.run_dir = list(shards), str(run_dir)
         run(settings, reporter=reporter)
     return verify(run_dir, settings_for_verify, reporter=reporter)
+
+
+def verify_after_run(settings, preset_name: str, reporter: Reporter = SILENT) -> dict:
+    """`dedup run --verify PRESET`: the preset's model and attacks on the run just made, its generations
+    confirmed through that run's store as it was embedded."""
+    verifying = verify_settings(load_preset(preset_name), preset_name)
+    verifying.embed = settings.embed
+    return verify(settings.run_dir, verifying, reporter=reporter)

@@ -16,7 +16,14 @@ from dedup.settings import FindSettings
 from dedup.stages.find import connected_groups
 from dedup.io.store import EmbeddingStore
 
-DEFAULT_THRESHOLDS = tuple(round(t, 3) for t in np.arange(0.80, 0.995, 0.01))
+
+
+def threshold_grid(low: float = 0.80, step: float = 0.01) -> tuple[float, ...]:
+    """Thresholds from `low` up to (not including) 1, `step` apart."""
+    return tuple(round(float(t), 4) for t in np.arange(low, 0.9999, step))
+
+
+DEFAULT_THRESHOLDS = threshold_grid()
 
 
 @dataclass
@@ -150,3 +157,16 @@ def plot(result: Calibration, path: Path) -> None:
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png")
     plt.close(figure)
+
+
+def calibration_table(result: Calibration, labelled: bool):
+    """The thresholds as a rich table, the suggested one highlighted."""
+    from rich.table import Table
+
+    columns = ["threshold", "pairs", "groups", "removed", "removed_fraction"] + (["precision", "recall", "f1"] if labelled else [])
+    table = Table(title=f"thresholds on {result.sample_rows:,} of {result.total_rows:,} samples")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in result.rows:
+        table.add_row(*[str(row[c]) for c in columns], style="bold green" if row["threshold"] == result.suggested else None)
+    return table

@@ -10,41 +10,18 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from dedup.io.atomic import write_json
 from dedup.errors import InputError, SettingsError
+from dedup.settings import DownloadSettings
 
-RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 CALL = """
 import json, sys
 from img2dataset import download
 download(**json.load(sys.stdin))
 """
-
-
-@dataclass
-class DownloadSettings:
-    url_col: str = "url"
-    caption_col: str | None = "caption"
-    input_format: str | None = None  # parquet | csv | tsv | json | txt; None: from the file suffix
-    image_size: int = 256
-    resize_mode: str = "border"
-    processes: int = 2
-    threads: int = 16
-    retries: int = 2
-    timeout: int = 10
-    samples_per_shard: int = 10_000
-    encode_quality: int = 95
-    resume: bool = True
-
-    def validate(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise SettingsError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
-        for name in ("image_size", "processes", "threads", "samples_per_shard", "timeout"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def find_img2dataset_python(explicit: str | None = None) -> str:

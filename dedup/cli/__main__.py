@@ -1,0 +1,3 @@
+from dedup.cli import app
+
+app()

@@ -1,0 +1,145 @@
+"""The pipeline's commands: embed, find, select, write, run and purge."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dedup.cli.options import (CONFIG, EMBEDDINGS, ENGINE, OUT, RUN_DIR, SET, handled, place, print_json, run_folder,
+                               settings_from, with_settings)
+
+EMBED_OPTIONS = ("embed.embedder", "embed.model", "embed.pretrained", "embed.model_config", "embed.model_path",
+                 "embed.input_size", "embed.pixel_size", "embed.text", "embed.batch_size", "embed.workers",
+                 "embed.decode_threads", "embed.device", "embed.precision", "embed.runtime")
+FIND_OPTIONS = ("find.threshold", "find.phash_radius", "find.exact", "find.index", "find.nprobe", "find.memory_budget_gb",
+                "find.workers")
+
+
+@with_settings(*EMBED_OPTIONS, *ENGINE)
+def embed_command(
+    shards: List[str] = typer.Argument(..., help="Shard files, folders, brace patterns (data/{00000..00009}.tar) or URLs."),
+    run_dir: Optional[Path] = RUN_DIR,
+    out: Optional[Path] = typer.Option(None, "--out", help="Embeddings folder (default RUN_DIR/embeddings)."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    *, options: dict,
+) -> None:
+    """Hash and embed every sample (clip-retrieval layout: img_emb/*.npy + metadata/*.parquet)."""
+    from dedup.stages.embed import embed
+
+    with handled() as reporter:
+        settings = settings_from(config, overrides, options)
+        target = out or run_folder(settings, run_dir) / "embeddings"
+        print_json(embed(shards, target, settings.embed, engine=settings.embed_engine(), reporter=reporter))
+
+
+@with_settings(*FIND_OPTIONS, *ENGINE)
+def find_command(
+    run_dir: Optional[Path] = RUN_DIR,
+    embeddings: Optional[Path] = EMBEDDINGS,
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    *, options: dict,
+) -> None:
+    """Find duplicate pairs (exact, perceptual hash, embedding) and group them: groups.parquet."""
+    from dedup.stages.find import find
+
+    with handled() as reporter:
+        settings = settings_from(config, overrides, options)
+        folder = run_folder(settings, run_dir)
+        print_json(find(embeddings or folder / "embeddings", folder, settings.find, reporter=reporter,
+                        engine=settings.find_engine()))
+
+
+@with_settings("select.policy")
+def select_command(
+    run_dir: Optional[Path] = RUN_DIR,
+    embeddings: Optional[Path] = EMBEDDINGS,
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    *, options: dict,
+) -> None:
+    """Apply the keep policy: manifest.parquet, one row per input sample with its decision and reason."""
+    from dedup.stages.select import select
+
+    with handled() as reporter:
+        settings = settings_from(config, overrides, options)
+        folder = run_folder(settings, run_dir)
+        print_json(select(embeddings or folder / "embeddings", folder, settings.select, reporter=reporter))
+
+
+@with_settings("write.samples_per_shard", "write.prefix", "write.workers", *ENGINE)
+def write_command(
+    run_dir: Optional[Path] = RUN_DIR,
+    embeddings: Optional[Path] = EMBEDDINGS,
+    out: Optional[Path] = OUT,
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    *, options: dict,
+) -> None:
+    """Copy the kept samples into new shards, byte for byte, and write summary.json."""
+    from dedup.stages.write import write
+
+    with handled() as reporter:
+        settings = settings_from(config, overrides, options)
+        folder = run_folder(settings, run_dir)
+        print_json(write(embeddings or folder / "embeddings", folder, out or settings.output, settings.write,
+                         engine=settings.write_engine(), reporter=reporter))
+
+
+@with_settings("embed.embedder", "embed.pretrained", "find.threshold", "select.policy",
+               "embed.workers+write.workers:--workers", *ENGINE)
+def run_command(
+    shards: Optional[List[str]] = typer.Argument(None, help="Input shards (default: shards = [...] of the config)."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    run_dir: Optional[Path] = RUN_DIR,
+    out: Optional[Path] = OUT,
+    verify: Optional[str] = typer.Option(None, "--verify", help="Then prove it: run `dedup verify` with this preset."),
+    *, options: dict,
+) -> None:
+    """embed -> find -> select -> write, from a config with command-line overrides."""
+    from dedup.runner import run
+
+    with handled() as reporter:
+        settings = settings_from(config, overrides, options)
+        place(settings, shards, run_dir, out)
+        summary = run(settings, reporter=reporter)
+        print_json(summary)
+        reporter.info(
+            f"[bold]{summary['input_samples']}[/bold] samples in: {summary['kept']} kept, {summary['dropped']} dropped as "
+            f"duplicates, {summary['unreadable']} unreadable -> {summary['output_dir']}"
+        )
+        if verify:
+            from dedup.attack.verify import verify_after_run
+            from dedup.cli.tools import show_verify
+
+            show_verify(verify_after_run(settings, verify, reporter))
+
+
+@with_settings("find.threshold", "find.phash_radius")
+def purge_command(
+    shards: Optional[List[str]] = typer.Argument(None, help="Training shards (default: the config's; none: reuse RUN_DIR/embeddings)."),
+    against: List[str] = typer.Option(..., "--against", "-a", help="Reference set: shards, a folder of images, or one image (repeatable)."),
+    config: Optional[str] = CONFIG,
+    overrides: Optional[List[str]] = SET,
+    run_dir: Optional[Path] = RUN_DIR,
+    reference_embeddings: Optional[Path] = typer.Option(None, help="Where the reference embeddings are kept and reused (default RUN_DIR/reference)."),
+    out: Optional[Path] = OUT,
+    write_output: bool = typer.Option(True, "--write/--no-write", help="Write the remaining samples as new shards."),
+    *, options: dict,
+) -> None:
+    """Drop every training sample that is a near-copy of a reference image (eval decontamination, takedowns)."""
+    from dedup.runner import purge_run
+
+    with handled() as reporter:
+        settings = settings_from(config, overrides, options)
+        place(settings, shards, run_dir, out)
+        print_json(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
+
+
+def register(app: typer.Typer) -> None:
+    for name, command in (("embed", embed_command), ("find", find_command), ("select", select_command),
+                          ("write", write_command), ("run", run_command), ("purge", purge_command)):
+        app.command(name)(command)

@@ -1,0 +1,152 @@
+"""One loader for every settings dataclass: defaults, then a TOML config (a file or a shipped preset), then
+`section.key=value` overrides, each value converted to the type its field is annotated with."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dedup.errors import SettingsError
+from dedup.settings.run import RunSettings
+
+OFF_VALUES = ("off", "none", "false")
+PRESET_FOLDER = "configs"  # ./configs/NAME.toml is looked at before the presets shipped in the package
+T = TypeVar("T")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return hint, False
+
+
+def convert(hint: Any, value: Any, key: str, origin: str) -> Any:
+    """`value` as the annotated type `hint`; 'off', 'none' or 'false' turn an optional setting off."""
+    hint, optional = _optional(hint)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in OFF_VALUES)):
+        return None
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise SettingsError(f"{origin}: [{key}] must be a table of options")
+        return fill(hint(), value, f"{origin} [{key}]")  # type: ignore[operator]
+    container = typing.get_origin(hint)
+    try:
+        if container in (list, tuple):
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise TypeError(value)
+            (item_hint, *_rest) = typing.get_args(hint) or (Any,)
+            converted = [item if item_hint is Any else convert(item_hint, item, key, origin) for item in items]
+            return tuple(converted) if container is tuple else converted
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int and not isinstance(value, bool):
+            return int(value)
+        if hint is float and not isinstance(value, bool):
+            return float(value)
+        if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        if hint is Any:
+            return value
+    name = getattr(hint, "__name__", str(hint))
+    raise SettingsError(f"{origin}: {key} = {value!r} is not a valid {name}")
+
+
+def fill(target: T, values: dict[str, Any], origin: str) -> T:
+    """Set `values` ({"threshold": 0.9} or nested {"find": {...}}) on the dataclass `target`, each converted
+    to its field's type; an unknown key is refused, naming the keys that exist."""
+    hints = _hints(type(target))
+    for key, value in values.items():
+        if key not in hints:
+            raise SettingsError(f"{origin}: unknown key {key!r}; known keys: {', '.join(sorted(hints))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            fill(current, value, f"{origin} [{key}]")
+        else:
+            setattr(target, key, convert(hints[key], value, key, origin))
+    return target
+
+
+def build(cls: type[T], values: dict[str, Any], origin: str) -> T:
+    """A `cls` with its defaults, then `values`."""
+    return fill(cls(), values, origin)
+
+
+def apply(settings: RunSettings, values: dict[str, Any], origin: str) -> RunSettings:
+    """Apply a nested mapping ({"find": {"threshold": 0.9}, "shards": [...]}) onto settings; `[input] shards`
+    is read as `shards` (img2dataset's configs name it so)."""
+    values = dict(values)
+    if isinstance(values.get("input"), dict) and set(values["input"]) <= {"shards"}:
+        values["shards"] = values.pop("input").get("shards", [])
+    return fill(settings, values, origin)
+
+
+def preset_path(name: str, prefix: str = "") -> Path:
+    """A config file, or a preset by name: ./configs/PREFIX+NAME.toml, then the presets shipped with dedup."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    file_name = f"{prefix}{name}.toml"
+    for folder in (Path(PRESET_FOLDER), shipped_presets()):
+        if (folder / file_name).is_file():
+            return folder / file_name
+    known = sorted(p.stem[len(prefix):] for p in shipped_presets().glob(f"{prefix}*.toml"))
+    raise SettingsError(f"config {name!r} not found: neither a file nor a preset (known presets: {', '.join(known)})")
+
+
+def shipped_presets() -> Path:
+    """The presets installed with the package (configs/ of the source tree, shipped as dedup.presets)."""
+    try:
+        return Path(str(importlib.resources.files("dedup.presets")))
+    except ModuleNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return Path(__file__).resolve().parents[2] / PRESET_FOLDER
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config {path} is not valid TOML: {error}") from error
+
+
+def load_settings(config: str | None = None, overrides: list[str] | None = None) -> RunSettings:
+    """Defaults, then the config file or preset, then `section.key=value` overrides."""
+    settings = RunSettings()
+    if config:
+        path = preset_path(config)
+        apply(settings, read_toml(path), str(path))
+    for override in overrides or []:
+        apply(settings, parse_override(override), f"--set {override}")
+    return settings
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    if "=" not in text:
+        raise SettingsError(f"--set {text!r}: write it as section.key=value, e.g. find.threshold=0.9")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    parts = dotted.strip().split(".")
+    if len(parts) == 1:
+        return {parts[0]: value}
+    if len(parts) == 2:
+        return {parts[0]: {parts[1]: value}}
+    raise SettingsError(f"--set {text!r}: use section.key=value")

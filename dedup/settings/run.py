@@ -1,0 +1,176 @@
+"""The settings of `dedup run` and its stages: one dataclass per stage, gathered in RunSettings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dedup.errors import SettingsError
+from dedup.settings.base import positive, setting
+
+
+@dataclass
+class EmbedSettings:
+    embedder: str = setting("clip", "clip | pixels | model")
+    model: str = setting("ViT-B-32", "open_clip architecture, e.g. ViT-B-32.")
+    pretrained: str | None = setting("laion2b_s34b_b79k", "open_clip pretrained tag or a local checkpoint path.")
+    model_config: str | None = setting(None, "open_clip model config JSON for an architecture it does not ship.")
+    device: str = setting("auto", "auto | cpu | cuda")
+    precision: str = setting("auto", "auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).")
+    runtime: str = setting("torch", "clip image tower: torch | onnx | onnx-int8 (ONNX Runtime, exported once and cached).")
+    text: bool = setting(False, "Also embed captions (txt_emb/), clip only.")
+    pixel_size: int = setting(16, "Side of the thumbnail (embedder pixels).")
+    model_path: str | None = setting(None, "ONNX or TorchScript encoder (embedder model).")
+    input_size: int = setting(224, "Input size of the exported model.")
+    mean: list[float] | None = setting(None, "Normalisation mean of the exported model (default ImageNet's).")
+    std: list[float] | None = setting(None, "Normalisation std of the exported model (default ImageNet's).")
+    resize_mode: str = setting("resize", "How the exported model's input is made: resize | center_crop.")
+    batch_size: int = setting(64, "Images per model call.")
+    workers: int = setting(1, "Shard processes (clip is best with 1: torch uses every core).")
+    decode_threads: int = setting(2, "Threads decoding images for each shard process.")
+    max_pixels: int = setting(64_000_000, "Larger images are recorded unreadable (decompression bombs).")
+    max_member_bytes: int = setting(256 * 1024 * 1024, "Larger tar members are recorded unreadable.")
+
+    def validate(self) -> None:
+        from dedup.embedders import EMBEDDERS
+
+        if self.embedder not in EMBEDDERS:
+            raise SettingsError(f"unknown embedder {self.embedder!r}; choose one of {', '.join(EMBEDDERS)}")
+        positive(batch_size=self.batch_size, workers=self.workers, decode_threads=self.decode_threads,
+                 max_pixels=self.max_pixels, pixel_size=self.pixel_size, input_size=self.input_size)
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise SettingsError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if self.runtime not in ("torch", "onnx", "onnx-int8"):
+            raise SettingsError(f"runtime must be torch, onnx or onnx-int8, got {self.runtime!r}")
+
+    def embedder_options(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FindSettings:
+    exact: bool = setting(True, "Group identical image bytes.")
+    phash_radius: int | None = setting(4, "Hamming radius on the 64-bit perceptual hash, or 'off'.")
+    threshold: float | None = setting(0.95, "Cosine similarity at or above which two embeddings are duplicates, or 'off'.")
+    corroborate_threshold: float | None = setting(
+        None, "Two weak signals that agree: cosine at or above this AND Hamming within corroborate_radius; 'off'.")
+    corroborate_radius: int = setting(12, "Hamming radius of the corroborating perceptual hash.")
+    index: str = setting("auto", "auto | flat | partitioned | ivf")
+    nprobe: int = setting(16, "Lists an IVF search visits.")
+    memory_budget_gb: float = setting(8.0, "flat and ivf hold every vector; partitioned reads them from disk beyond this.")
+    exact_search_max: int = setting(20_000, "Above this many vectors, auto picks the partitioned search.")
+    leaf_size: int = setting(1_024, "Partitioned search: vectors a partition.")
+    boundary: float = setting(2.0, "Partitioned search: how near a partition border (in typical duplicate displacements) "
+                                   "a vector must lie to be compared across it.")
+    threads: int = setting(0, "BLAS threads (0: all cores).")
+    workers: int = setting(1, "Partitioned search: units run at once.")
+    unit_rows: int = setting(262_144, "Partitioned search: rows a unit reads into memory.")
+
+    def search_threshold(self) -> float | None:
+        """The cosine the embedding search must reach to serve every embedding-based signal; None: no search."""
+        wanted = [t for t in (self.threshold, self.corroborate_threshold) if t is not None]
+        return min(wanted) if wanted else None
+
+    def validate(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise SettingsError(f"threshold must be in (0, 1] (a cosine similarity), got {self.threshold}")
+        if self.corroborate_threshold is not None and not 0.0 < self.corroborate_threshold <= 1.0:
+            raise SettingsError(f"corroborate_threshold must be in (0, 1], got {self.corroborate_threshold}")
+        if not 0 <= self.corroborate_radius <= 32:
+            raise SettingsError(f"corroborate_radius must be between 0 and 32 bits, got {self.corroborate_radius}")
+        if self.phash_radius is not None and not 0 <= self.phash_radius <= 32:
+            raise SettingsError(f"phash_radius must be between 0 and 32 bits, got {self.phash_radius}")
+        if self.index not in ("auto", "flat", "partitioned", "ivf"):
+            raise SettingsError(f"index must be auto, flat, partitioned or ivf, got {self.index!r}")
+        positive(nprobe=self.nprobe, memory_budget_gb=self.memory_budget_gb, exact_search_max=self.exact_search_max,
+                 leaf_size=self.leaf_size, workers=self.workers, unit_rows=self.unit_rows)
+        if self.boundary < 0:
+            raise SettingsError(f"boundary must be >= 0 (0: no comparison across partitions), got {self.boundary}")
+        if not (self.exact or self.phash_radius is not None or self.threshold is not None
+                or self.corroborate_threshold is not None):
+            raise SettingsError("every signal is off: enable exact, phash_radius or threshold")
+
+
+@dataclass
+class SelectSettings:
+    policy: str = setting("one", "one | cap:K | none")
+
+    def validate(self) -> None:
+        parse_policy(self.policy)
+
+
+@dataclass
+class WriteSettings:
+    samples_per_shard: int = setting(10_000, "Samples an output shard holds.")
+    prefix: str = setting("dedup", "Output shard names: PREFIX-00000.tar.")
+    workers: int = setting(4, "Output shards written at once (threads; Ray actors with --engine ray).")
+    sync: str = setting("shard", "shard: fsync each shard before its marker; none: leave it to the OS, as cp does.")
+
+    def validate(self) -> None:
+        positive(samples_per_shard=self.samples_per_shard, workers=self.workers)
+        if self.sync not in ("shard", "none"):
+            raise SettingsError(f"write.sync must be shard or none, got {self.sync!r}")
+        if "/" in self.prefix or not self.prefix:
+            raise SettingsError(f"prefix must be a plain file name prefix, got {self.prefix!r}")
+
+
+@dataclass
+class EngineSettings:
+    kind: str = setting("local", "local (processes on this machine) | ray (Ray Data actors).")
+    address: str = setting("", "An existing Ray cluster (auto, ray://host:10001); default: start a local Ray.")
+    gpus_per_worker: float = setting(-1.0, "ray: GPUs each embed actor asks for; -1: one where the cluster has GPUs.")
+
+    def validate(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise SettingsError(f"engine must be local or ray, got {self.kind!r}")
+        if self.gpus_per_worker < 0 and self.gpus_per_worker != -1:
+            raise SettingsError(f"gpus_per_worker must be >= 0, or -1 for one where GPUs exist; got {self.gpus_per_worker}")
+
+    def make(self, workers: int, uses_gpu: bool = False, threads: bool = False):
+        """The engine for a stage; `uses_gpu`: the stage's units can use a GPU (embed); `threads`: they wait on
+        I/O outside the GIL, so the local engine runs them on threads (write)."""
+        from dedup.engine import make_engine
+
+        return make_engine(self.kind, workers, self.address, self.gpus_per_worker if uses_gpu else 0.0, threads)
+
+
+@dataclass
+class RunSettings:
+    shards: list[str] = setting(help="Input shards: files, folders, brace patterns or URLs.", factory=list)
+    run_dir: str = setting("dedup-run", "The run folder.")
+    output: str | None = setting(None, "Output shard folder (default RUN_DIR/shards).")
+    embed: EmbedSettings = setting(factory=EmbedSettings)
+    find: FindSettings = setting(factory=FindSettings)
+    select: SelectSettings = setting(factory=SelectSettings)
+    write: WriteSettings = setting(factory=WriteSettings)
+    engine: EngineSettings = setting(factory=EngineSettings)
+
+    def validate(self) -> None:
+        for part in (self.embed, self.find, self.select, self.write, self.engine):
+            part.validate()
+
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path(self.run_dir) / "shards"
+
+    def embed_engine(self):
+        return self.engine.make(self.embed.workers, uses_gpu=True)
+
+    def write_engine(self):
+        return self.engine.make(self.write.workers, threads=True)
+
+    def find_engine(self):
+        return self.engine.make(self.find.workers)
+
+
+def parse_policy(policy: str) -> tuple[str, int | None]:
+    if policy in ("one", "none"):
+        return policy, None
+    if policy.startswith("cap:"):
+        try:
+            cap = int(policy[4:])
+        except ValueError:
+            cap = 0
+        if cap >= 1:
+            return "cap", cap
+    raise SettingsError(f"unknown keep policy {policy!r}; use one, none or cap:K with K >= 1")
