@@ -6,8 +6,12 @@ finished units is the stage's job (it knows its completion markers), so every en
 """
 from __future__ import annotations
 
+import ast
 import multiprocessing
+import os
+import sys
 import traceback
+import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -63,7 +67,8 @@ class LocalEngine:
                     on_done(result)
             return results
         workers = min(self.workers, len(units))
-        pool = ThreadPoolExecutor(workers) if self.threads else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        threads = self.threads or not processes_can_start(workers)
+        pool = ThreadPoolExecutor(workers) if threads else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         with pool:
             futures = [pool.submit(_call, unit) for unit in units]
             try:
@@ -77,6 +82,49 @@ class LocalEngine:
                 raise
         order = {unit.name: i for i, unit in enumerate(units)}
         return sorted(results, key=lambda r: order[r.name])
+
+
+UNGUARDED = ("dedup runs its {workers} workers as threads: worker processes re-run the main script ({script}), and "
+             "this one calls dedup outside `if __name__ == \"__main__\":`. Put the call under that guard to get processes.")
+UNREADABLE = ("dedup runs its {workers} workers as threads: worker processes re-run the main script, and code piped "
+              "to `python -` cannot be read again. Save it as a file with the call under `if __name__ == \"__main__\":` "
+              "to get processes.")
+
+
+def processes_can_start(workers: int = 2) -> bool:
+    """Whether spawned worker processes can start from here. A spawned child runs the main script again before
+    it takes work: fine for a script whose calls sit under `if __name__ == "__main__":` or for no script at all
+    (python -c, a notebook, a prompt); not for code piped to `python -`, which the child cannot read again,
+    nor for a script that calls dedup at its top level, which each child would run again. Warns when not."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if main is None or script is None:
+        return True
+    readable = os.path.isfile(script)
+    if readable and not _called_outside_main_guard(main, script):
+        return True
+    warnings.warn((UNGUARDED if readable else UNREADABLE).format(workers=workers, script=script), RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _called_outside_main_guard(main, script: str) -> bool:
+    """Whether the main script's top level is, right now, at a line outside its `if __name__ == "__main__":`."""
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:  # not called from the script's top level (a thread, a callback): nothing re-runs
+        return False
+    try:
+        tree = ast.parse(open(script, "rb").read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    return not any(node.lineno <= frame.f_lineno <= (node.end_lineno or node.lineno)
+                   for node in tree.body if isinstance(node, ast.If) and _tests_main_name(node.test))
+
+
+def _tests_main_name(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+            and {ast.unparse(test.left), ast.unparse(test.comparators[0])} in ({"__name__", "'__main__'"},))
 
 
 def failed(results: Iterable[UnitResult]) -> list[UnitResult]:

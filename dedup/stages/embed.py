@@ -6,6 +6,7 @@ rerun skips the shards already done. Decoding runs in threads while the model em
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
@@ -29,15 +30,18 @@ from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
 
 _EMBEDDER_CACHE: dict[str, Embedder] = {}
+_EMBEDDER_LOCK = threading.Lock()
 
 
 def cached_embedder(settings: EmbedSettings) -> Embedder:
-    """One embedder per process and settings: a worker loads its model once, not once per shard."""
+    """One embedder per process and settings: a worker loads its model once, not once per shard (and workers
+    on threads share it)."""
     key = json.dumps(asdict(settings), sort_keys=True)
-    if key not in _EMBEDDER_CACHE:
-        _EMBEDDER_CACHE.clear()
-        _EMBEDDER_CACHE[key] = build_embedder(settings.embedder, **settings.embedder_options())
-    return _EMBEDDER_CACHE[key]
+    with _EMBEDDER_LOCK:
+        if key not in _EMBEDDER_CACHE:
+            _EMBEDDER_CACHE.clear()
+            _EMBEDDER_CACHE[key] = build_embedder(settings.embedder, **settings.embedder_options())
+        return _EMBEDDER_CACHE[key]
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
