@@ -11,6 +11,7 @@ ViT-B-32's image-tower FLOPs per image (counted with torch.utils.flop_counter).
 
     .venv/bin/python benchmarks/embed_vs_clip_retrieval.py --shards 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,9 @@ def main() -> None:
     if not CLIP_RETRIEVAL.exists():
         sys.exit(f"{CLIP_RETRIEVAL} is missing: run `make clip-retrieval` first")
     shards = [FLICKR / f"flickr8k-224-{i:05d}.tar" for i in range(args.shards)]
-    images = sum(1 for shard in shards for name in __import__("tarfile").open(shard).getnames() if name.endswith(".jpg"))
+    images = sum(
+        1 for shard in shards for name in __import__("tarfile").open(shard).getnames() if name.endswith(".jpg")
+    )
     results: dict = {"images": images, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,14 +86,37 @@ def main() -> None:
         torch.save(model.state_dict(), checkpoint)
         gflops = tower_gflops(model)
         rate = matmul_gflops()
-        results["ceiling"] = {"matmul_gflops": round(rate, 1), "vit_b_32_gflops_per_image": round(gflops, 2),
-                              "images_per_s": round(rate / gflops, 1)}
+        results["ceiling"] = {
+            "matmul_gflops": round(rate, 1),
+            "vit_b_32_gflops_per_image": round(gflops, 2),
+            "images_per_s": round(rate / gflops, 1),
+        }
         pattern = f"{FLICKR}/flickr8k-224-{{00000..{args.shards - 1:05d}}}.tar" if args.shards > 1 else str(shards[0])
-        seconds = run([str(CLIP_RETRIEVAL), "inference", "--input_dataset", pattern, "--input_format", "webdataset",
-                       "--output_folder", str(tmp / "clip-retrieval"), "--clip_model", f"open_clip:ViT-B-32/{checkpoint}",
-                       "--enable_text", "False", "--enable_metadata", "False", "--batch_size", str(args.batch_size),
-                       "--num_prepro_workers", str(min(2, args.shards)),  # it fails with more workers than shards
-                       "--enable_wandb", "False"], env={"WANDB_MODE": "disabled"})
+        seconds = run(
+            [
+                str(CLIP_RETRIEVAL),
+                "inference",
+                "--input_dataset",
+                pattern,
+                "--input_format",
+                "webdataset",
+                "--output_folder",
+                str(tmp / "clip-retrieval"),
+                "--clip_model",
+                f"open_clip:ViT-B-32/{checkpoint}",
+                "--enable_text",
+                "False",
+                "--enable_metadata",
+                "False",
+                "--batch_size",
+                str(args.batch_size),
+                "--num_prepro_workers",
+                str(min(2, args.shards)),  # it fails with more workers than shards
+                "--enable_wandb",
+                "False",
+            ],
+            env={"WANDB_MODE": "disabled"},
+        )
         results["clip-retrieval inference"] = {"seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1)}
         os.environ["DEDUP_CACHE"] = str(tmp / "cache")
         for runtime in args.runtimes:
@@ -98,11 +124,30 @@ def main() -> None:
                 from dedup.embedders import build_embedder
 
                 build_embedder("clip", model="ViT-B-32", pretrained=str(checkpoint), runtime=runtime)
-            seconds = run([*DEDUP, "embed", *map(str, shards), "--out", str(tmp / f"dedup-{runtime}"), "--embedder", "clip",
-                           "--model", "ViT-B-32", "--pretrained", str(checkpoint), "--batch-size", str(args.batch_size),
-                           "--set", f"embed.runtime={runtime}"])
-            results[f"dedup embed, runtime {runtime}"] = {"seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
-                                                          "vs_clip_retrieval": round(results["clip-retrieval inference"]["seconds"] / seconds, 2)}
+            seconds = run(
+                [
+                    *DEDUP,
+                    "embed",
+                    *map(str, shards),
+                    "--out",
+                    str(tmp / f"dedup-{runtime}"),
+                    "--embedder",
+                    "clip",
+                    "--model",
+                    "ViT-B-32",
+                    "--pretrained",
+                    str(checkpoint),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--set",
+                    f"embed.runtime={runtime}",
+                ]
+            )
+            results[f"dedup embed, runtime {runtime}"] = {
+                "seconds": round(seconds, 1),
+                "images_per_s": round(images / seconds, 1),
+                "vs_clip_retrieval": round(results["clip-retrieval inference"]["seconds"] / seconds, 2),
+            }
     print(json.dumps(results, indent=2))
 
 

@@ -7,6 +7,7 @@ at cosine 0.92-0.99, above the 0.9 threshold). `find_scale.py` measures the stag
     .venv/bin/python benchmarks/find_knobs.py --rows 4000000 --neighbours-share 1000000   # 32 neighbours at any P
     .venv/bin/python benchmarks/find_knobs.py --rows 4000000 --max-partitions 1024 --cache /tmp/vectors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dedup import partitioned  # noqa: E402
+from dedup.search import partition_units, partitioned  # noqa: E402
 from dedup.tools.planting import planted_embeddings  # noqa: E402
 
 
@@ -61,11 +62,11 @@ def main() -> None:
     settings = partitioned.PartitionSettings(args.threshold, boundary=args.boundary)
     read = partitioned.as_reader(vectors)
     started = time.perf_counter()
-    plans, stats = partitioned.plan_units(read, args.rows, read, args.rows, args.dim, settings, same=True)
+    plans, stats = partition_units.plan_units(read, args.rows, read, args.rows, args.dim, settings, same=True)
     split_seconds = time.perf_counter() - started
     found_a, found_b = [], []
     for plan in plans:
-        a, b, unit_stats = partitioned.run_unit(plan, read, read, args.dim, settings, one_source=True, gather=False)
+        a, b, unit_stats = partition_units.run_unit(plan, read, read, args.dim, settings, one_source=True, gather=False)
         found_a.append(a)
         found_b.append(b)
         stats.add(unit_stats)
@@ -73,17 +74,28 @@ def main() -> None:
     a, b = np.concatenate(found_a), np.concatenate(found_b)
     found = np.unique(np.minimum(a, b) * args.rows + np.maximum(a, b))
     wanted = np.minimum(planted[:, 0], planted[:, 1]) * args.rows + np.maximum(planted[:, 0], planted[:, 1])
-    print(json.dumps({
-        "rows": args.rows, "boundary": args.boundary, "neighbours": args.neighbours,
-        "neighbours_share": args.neighbours_share, "direct_products": args.direct_products,
-        "small_side": args.small_side, "max_partitions": args.max_partitions,
-        "seconds": round(split_seconds + unit_seconds, 1), "first_split_seconds": round(split_seconds, 1),
-        "units_seconds": round(unit_seconds, 1), "units": len(plans), "joins": stats.joins,
-        "products_a_vector": round(stats.products / args.rows),
-        "timings_s": {step: round(seconds, 1) for step, seconds in stats.timings_s.items()},
-        "planted_pair_recall": round(float(np.isin(wanted, found).mean()), 4),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "boundary": args.boundary,
+                "neighbours": args.neighbours,
+                "neighbours_share": args.neighbours_share,
+                "direct_products": args.direct_products,
+                "small_side": args.small_side,
+                "max_partitions": args.max_partitions,
+                "seconds": round(split_seconds + unit_seconds, 1),
+                "first_split_seconds": round(split_seconds, 1),
+                "units_seconds": round(unit_seconds, 1),
+                "units": len(plans),
+                "joins": stats.joins,
+                "products_a_vector": round(stats.products / args.rows),
+                "timings_s": {step: round(seconds, 1) for step, seconds in stats.timings_s.items()},
+                "planted_pair_recall": round(float(np.isin(wanted, found).mean()), 4),
+                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ those that the method found. Each run is a fresh process, so its peak RSS is its
     .venv/bin/python benchmarks/find_scale.py --sizes 100000 --methods flat ivf
     .venv/bin/python benchmarks/find_scale.py --sizes 10000000 --methods partitioned --sample 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,13 @@ def make_store(folder: Path, rows: int, dim: int, kind: str) -> np.ndarray:
     copies = []
     for part, start in enumerate(range(0, rows, PART_ROWS)):
         count = min(rows, start + PART_ROWS) - start
-        vectors, pairs = planted_embeddings(count, dim, seed=part, kind=kind, topic_seed=12345,
-                                            topic_count=max(1, rows // 200))
+        vectors, pairs = planted_embeddings(
+            count, dim, seed=part, kind=kind, topic_seed=12345, topic_count=max(1, rows // 200)
+        )
         np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors.astype(np.float16))
-        pq.write_table(pa.table({"key": [str(start + i) for i in range(count)]}), folder / "metadata" / f"metadata_{part}.parquet")
+        pq.write_table(
+            pa.table({"key": [str(start + i) for i in range(count)]}), folder / "metadata" / f"metadata_{part}.parquet"
+        )
         copies.append(pairs[:, 1] + start)
     return np.concatenate(copies)
 
@@ -64,7 +68,7 @@ def exact_sample_pairs(store: Path, sample: np.ndarray, threshold: float) -> set
     queries = vectors[sample]
     found = set()
     for start in range(0, len(vectors), 262_144):
-        block = vectors[start:start + 262_144]
+        block = vectors[start : start + 262_144]
         q, r = np.nonzero(queries @ block.T >= threshold)
         for a, b in zip(sample[q].tolist(), (r + start).tolist()):
             if a != b:
@@ -72,8 +76,9 @@ def exact_sample_pairs(store: Path, sample: np.ndarray, threshold: float) -> set
     return found
 
 
-def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sample_size: int = 2_000,
-            workers: int = 1) -> dict:
+def run_one(
+    rows: int, dim: int, threshold: float, method: str, kind: str, sample_size: int = 2_000, workers: int = 1
+) -> dict:
     import pyarrow.parquet as pq
 
     from dedup.engine import LocalEngine
@@ -84,8 +89,14 @@ def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sampl
         folder = Path(tmp)
         copies = make_store(folder / "emb", rows, dim, kind)
         rng = np.random.default_rng(0)
-        sample = np.unique(np.concatenate([rng.choice(copies, min(sample_size, len(copies)), replace=False),
-                                           rng.choice(rows, min(sample_size, rows), replace=False)]))
+        sample = np.unique(
+            np.concatenate(
+                [
+                    rng.choice(copies, min(sample_size, len(copies)), replace=False),
+                    rng.choice(rows, min(sample_size, rows), replace=False),
+                ]
+            )
+        )
         settings = FindSettings(exact=False, phash_radius=None, threshold=threshold, **METHODS[method])
         started = time.perf_counter()
         summary = find(folder / "emb", folder, settings, engine=LocalEngine(workers))  # as `dedup find` runs it
@@ -95,10 +106,17 @@ def run_one(rows: int, dim: int, threshold: float, method: str, kind: str, sampl
         found = set(zip(pairs["a"].to_pylist(), pairs["b"].to_pylist()))
         truth = exact_sample_pairs(folder / "emb", sample, threshold)
     return {
-        "rows": rows, "kind": kind, "method": method, "seconds": round(seconds, 1),
-        "search_seconds": summary["timings_s"].get("embedding"), "peak_rss_gib": round(peak, 2),
-        "sampled_exact_pairs": len(truth), "pair_recall": round(len(truth & found) / max(len(truth), 1), 4),
-        "pairs_found": len(found), "index": summary["index"]["reason"], "workers": workers,
+        "rows": rows,
+        "kind": kind,
+        "method": method,
+        "seconds": round(seconds, 1),
+        "search_seconds": summary["timings_s"].get("embedding"),
+        "peak_rss_gib": round(peak, 2),
+        "sampled_exact_pairs": len(truth),
+        "pair_recall": round(len(truth & found) / max(len(truth), 1), 4),
+        "pairs_found": len(found),
+        "index": summary["index"]["reason"],
+        "workers": workers,
     }
 
 
@@ -109,7 +127,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["clustered"], choices=["clustered", "isotropic"])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--sample", type=int, default=2_000, help="planted copies and random rows checked by brute force")
+    parser.add_argument(
+        "--sample", type=int, default=2_000, help="planted copies and random rows checked by brute force"
+    )
     parser.add_argument("--workers", type=int, default=1, help="partitioned search: units at once (find.workers)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -120,12 +140,33 @@ def main() -> None:
     for kind in args.kinds:
         for rows in args.sizes:
             for method in args.methods:
-                out = subprocess.run([sys.executable, __file__, "--one", str(rows), method, kind, "--dim", str(args.dim),
-                                      "--threshold", str(args.threshold), "--sample", str(args.sample),
-                                      "--workers", str(args.workers)],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        str(rows),
+                        method,
+                        kind,
+                        "--dim",
+                        str(args.dim),
+                        "--threshold",
+                        str(args.threshold),
+                        "--sample",
+                        str(args.sample),
+                        "--workers",
+                        str(args.workers),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode != 0:
-                    print(json.dumps({"rows": rows, "kind": kind, "method": method, "error": out.stderr.strip().splitlines()[-1]}), flush=True)
+                    print(
+                        json.dumps(
+                            {"rows": rows, "kind": kind, "method": method, "error": out.stderr.strip().splitlines()[-1]}
+                        ),
+                        flush=True,
+                    )
                     continue
                 print(out.stdout.strip().splitlines()[-1], flush=True)
 

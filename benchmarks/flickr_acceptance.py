@@ -5,6 +5,7 @@ as a user would, and prints recall and precision of the planted pairs, the count
 
     .venv/bin/python benchmarks/flickr_acceptance.py --work /tmp/flickr-acceptance --seed 2026
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,21 @@ def main() -> None:
     plant_seconds = time.perf_counter() - started
     run_dir = args.work / "run"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dedup.cli", "--quiet", "run", str(args.work / "shards"), "--config", args.config,
-                    "--run-dir", str(run_dir)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dedup.cli",
+            "--quiet",
+            "run",
+            str(args.work / "shards"),
+            "--config",
+            args.config,
+            "--run-dir",
+            str(run_dir),
+        ],
+        check=True,
+    )
     run_seconds = time.perf_counter() - started
     groups = pq.read_table(run_dir / "groups.parquet")
     result = score(planted.groups, groups["key"].to_pylist(), groups["group_id"].to_pylist())
@@ -55,7 +69,9 @@ def main() -> None:
         "planted_copies": sum(len(g) - 1 for g in planted.groups),
         **result,
         "copy_found_by_transform": {k: f"{v[0]}/{v[0] + v[1]}" for k, v in sorted(by_transform.items())},
-        "kept": summary["kept"], "dropped": summary["dropped"], "unreadable": summary["unreadable"],
+        "kept": summary["kept"],
+        "dropped": summary["dropped"],
+        "unreadable": summary["unreadable"],
         "reconciles": summary["reconciles"],
         "plant_seconds": round(plant_seconds, 1),
         "run_seconds": round(run_seconds, 1),

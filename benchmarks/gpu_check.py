@@ -14,6 +14,7 @@
 4. `dedup embed` end to end on the device (decode, fp16 CLIP, hashes, store): images/s.
 Each step's seconds and results go to OUT/gpu_check.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,16 +105,35 @@ def check_clip(device: str, folder: Path) -> dict:
     prepared = [fast.prepare(image) for image in images]
     got = fast.embed(prepared)
     cosine = (expected * got).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(got, axis=1)
-    return {"device": device, "precision": fast.precision, "lowest_cosine": round(float(cosine.min()), 5),
-            "model_images_per_second_batch_256": round(model_images_per_second(fast, prepared), 1)}
+    return {
+        "device": device,
+        "precision": fast.precision,
+        "lowest_cosine": round(float(cosine.min()), 5),
+        "model_images_per_second_batch_256": round(model_images_per_second(fast, prepared), 1),
+    }
 
 
 def check_embed(device: str, out: Path) -> dict:
     checkpoint = out / "ViT-B-32-random.pt"
     shard = FLICKR / "flickr8k-224-00001.tar"
     started = time.perf_counter()
-    dedup("--quiet", "embed", shard, "--run-dir", out / "embed-run", "--model", "ViT-B-32", "--pretrained", checkpoint,
-          "--device", device, "--batch-size", 128, "--decode-threads", 8)
+    dedup(
+        "--quiet",
+        "embed",
+        shard,
+        "--run-dir",
+        out / "embed-run",
+        "--model",
+        "ViT-B-32",
+        "--pretrained",
+        checkpoint,
+        "--device",
+        device,
+        "--batch-size",
+        128,
+        "--decode-threads",
+        8,
+    )
     seconds = time.perf_counter() - started
     rows = sum(len(np.load(f, mmap_mode="r")) for f in (out / "embed-run" / "embeddings" / "img_emb").glob("*.npy"))
     return {"images": rows, "seconds_with_start_up": round(seconds, 1), "images_per_second": round(rows / seconds, 1)}
@@ -129,9 +149,17 @@ def check_verify(device: str, out: Path, steps: int) -> dict:
     started = time.perf_counter()
     dedup("--quiet", "verify", out / "verify-small", "--preset", preset)
     report = json.loads((out / "verify-small" / "verify.json").read_text())
-    return {"seconds": round(time.perf_counter() - started, 1), "device": report["settings"]["model"]["device"],
-            **{name: {k: report[name][k] for k in ("membership_auc_duplicated_vs_heldout", "flagged_prompts", "extracted_images")}
-               for name in ("A", "B")}}
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "device": report["settings"]["model"]["device"],
+        **{
+            name: {
+                k: report[name][k]
+                for k in ("membership_auc_duplicated_vs_heldout", "flagged_prompts", "extracted_images")
+            }
+            for name in ("A", "B")
+        },
+    }
 
 
 def check_extract(device: str, out: Path) -> dict:
@@ -143,11 +171,19 @@ def check_extract(device: str, out: Path) -> dict:
     folder = tiny_stable_diffusion(out / "tiny-sd")
     pipe = load_pipeline(folder, device)
     started = time.perf_counter()
-    report = extract(out / "verify-small", folder, ExtractSettings(prompts=5, generations_per_prompt=8, steps=10, size=32,
-                                                                   min_clique=4, prefilter=3),
-                     load_settings("offline").embed, pipe=pipe)
-    return {"seconds": round(time.perf_counter() - started, 1), "dtype": str(pipe.unet.dtype), "prompts": report["prompts"],
-            "detector_scores": [p["detector_score"] for p in report["per_prompt"]]}
+    report = extract(
+        out / "verify-small",
+        folder,
+        ExtractSettings(prompts=5, generations_per_prompt=8, steps=10, size=32, min_clique=4, prefilter=3),
+        load_settings("offline").embed,
+        pipe=pipe,
+    )
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "dtype": str(pipe.unet.dtype),
+        "prompts": report["prompts"],
+        "detector_scores": [p["detector_score"] for p in report["per_prompt"]],
+    }
 
 
 def main() -> None:
@@ -156,9 +192,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="gpu-check-")))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--full", action="store_true", help="Also run the cifar-full and flickr-full verify presets.")
-    parser.add_argument("--steps", type=int, default=300, help="Training steps of the small verify (5 for a CPU dry run).")
-    parser.add_argument("--flickr", type=Path, default=FLICKR, help="Folder of the Flickr8k shards (or of --write-subset's).")
-    parser.add_argument("--write-subset", type=Path, metavar="FOLDER", help="Write the samples the checks read to FOLDER; stop.")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="Training steps of the small verify (5 for a CPU dry run)."
+    )
+    parser.add_argument(
+        "--flickr", type=Path, default=FLICKR, help="Folder of the Flickr8k shards (or of --write-subset's)."
+    )
+    parser.add_argument(
+        "--write-subset", type=Path, metavar="FOLDER", help="Write the samples the checks read to FOLDER; stop."
+    )
     args = parser.parse_args()
     if args.write_subset:
         write_subset(args.write_subset)
@@ -166,10 +208,12 @@ def main() -> None:
     FLICKR = args.flickr.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "torch": torch.__version__}
-    for name, check in (("clip_fp16", lambda: check_clip(args.device, args.out)),
-                        ("verify_small_caption", lambda: check_verify(args.device, args.out, args.steps)),
-                        ("extract_tiny_sd", lambda: check_extract(args.device, args.out)),
-                        ("embed_end_to_end", lambda: check_embed(args.device, args.out))):
+    for name, check in (
+        ("clip_fp16", lambda: check_clip(args.device, args.out)),
+        ("verify_small_caption", lambda: check_verify(args.device, args.out, args.steps)),
+        ("extract_tiny_sd", lambda: check_extract(args.device, args.out)),
+        ("embed_end_to_end", lambda: check_embed(args.device, args.out)),
+    ):
         try:
             results[name] = check()
         except Exception as error:  # one failing path must not hide the others' results
@@ -181,9 +225,16 @@ def main() -> None:
             started = time.perf_counter()
             dedup("--quiet", "verify", args.out / preset, "--preset", preset)
             report = json.loads((args.out / preset / "verify.json").read_text())
-            results[preset] = {"seconds": round(time.perf_counter() - started, 1),
-                               **{name: {k: v for k, v in report[name].items() if k != "per_prompt"} for name in ("A", "B")}}
-            print(preset, json.dumps(results[preset]["A"]["extracted_images"]), json.dumps(results[preset]["B"]["extracted_images"]), flush=True)
+            results[preset] = {
+                "seconds": round(time.perf_counter() - started, 1),
+                **{name: {k: v for k, v in report[name].items() if k != "per_prompt"} for name in ("A", "B")},
+            }
+            print(
+                preset,
+                json.dumps(results[preset]["A"]["extracted_images"]),
+                json.dumps(results[preset]["B"]["extracted_images"]),
+                flush=True,
+            )
             (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
 
 

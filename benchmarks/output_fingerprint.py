@@ -9,6 +9,7 @@ folder taken out). Tables name their input shards by path, so compare runs made 
     .venv/bin/python benchmarks/output_fingerprint.py --work /tmp/fp --json before.json
     .venv/bin/python benchmarks/output_fingerprint.py --work /tmp/fp --compare before.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,12 +78,33 @@ def main() -> None:
     flickr = args.work / "flickr"
     if not (flickr / "planted.json").exists():
         plant_flickr(flickr)
-    subprocess.run([*DEDUP, "run", str(flickr), "--config", str(ROOT / "configs" / "offline.toml"),
-                    "--run-dir", str(args.work / "flickr-run")], check=True)
+    subprocess.run(
+        [
+            *DEDUP,
+            "run",
+            str(flickr),
+            "--config",
+            str(ROOT / "configs" / "offline.toml"),
+            "--run-dir",
+            str(args.work / "flickr-run"),
+        ],
+        check=True,
+    )
     results["flickr-offline"] = fingerprint(args.work / "flickr-run")
     subprocess.run([*DEDUP, "demo", str(args.work / "demo-data")], check=True, cwd=args.work)
-    subprocess.run([*DEDUP, "run", str(args.work / "demo-data" / "shards"), "--config", str(ROOT / "configs" / "demo.toml"),
-                    "--run-dir", str(args.work / "demo-run")], check=True, cwd=args.work)
+    subprocess.run(
+        [
+            *DEDUP,
+            "run",
+            str(args.work / "demo-data" / "shards"),
+            "--config",
+            str(ROOT / "configs" / "demo.toml"),
+            "--run-dir",
+            str(args.work / "demo-run"),
+        ],
+        check=True,
+        cwd=args.work,
+    )
     results["demo"] = fingerprint(args.work / "demo-run")
 
     if args.json:
@@ -90,9 +112,12 @@ def main() -> None:
     print(json.dumps({run: len(files) for run, files in results.items()}))
     if args.compare:
         before = json.loads(args.compare.read_text())
-        differ = [f"{run}: {name}" for run in sorted(set(before) | set(results))
-                  for name in sorted(set(before.get(run, {})) | set(results.get(run, {})))
-                  if before.get(run, {}).get(name) != results.get(run, {}).get(name)]
+        differ = [
+            f"{run}: {name}"
+            for run in sorted(set(before) | set(results))
+            for name in sorted(set(before.get(run, {})) | set(results.get(run, {})))
+            if before.get(run, {}).get(name) != results.get(run, {}).get(name)
+        ]
         print("\n".join(differ) if differ else f"identical: {sum(map(len, results.values()))} fingerprints")
         sys.exit(1 if differ else 0)
 

@@ -17,6 +17,7 @@ sample anyway) and `select`; `--workdir` keeps the copies and that run folder fo
     .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 60 --workdir /tmp/write-bench
     .venv/bin/python benchmarks/write_throughput.py --shards 9 --copies 60 --workdir /tmp/write-bench --cold
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def ratios(times: dict[str, list[float]], baseline: str, candidate: str) -> dict
     """baseline time / candidate time: of the best of each, and the median over rounds (each round's two
     commands ran minutes apart at most, so a slow spell of the disk weighs on both)."""
     per_round = sorted(b / c for b, c in zip(times[baseline], times[candidate]))
-    return {"of_best": round(min(times[baseline]) / min(times[candidate]), 3),
-            "median_of_rounds": round(per_round[len(per_round) // 2], 3)}
+    return {
+        "of_best": round(min(times[baseline]) / min(times[candidate]), 3),
+        "median_of_rounds": round(per_round[len(per_round) // 2], 3),
+    }
 
 
 def copies_of(shards: list[Path], copies: int, folder: Path) -> list[Path]:
@@ -83,8 +86,22 @@ def prepare_run(shards: list[Path], run: Path) -> None:
         return
     config = ["--config", str(ROOT / "configs" / "offline.toml")]
     subprocess.run([*DEDUP, "embed", *map(str, shards), *config, "--run-dir", str(run)], check=True)
-    subprocess.run([*DEDUP, "find", *config, "--run-dir", str(run), "--set", "find.phash_radius=off",
-                    "--set", "find.threshold=off", "--set", "find.corroborate_threshold=off"], check=True)
+    subprocess.run(
+        [
+            *DEDUP,
+            "find",
+            *config,
+            "--run-dir",
+            str(run),
+            "--set",
+            "find.phash_radius=off",
+            "--set",
+            "find.threshold=off",
+            "--set",
+            "find.corroborate_threshold=off",
+        ],
+        check=True,
+    )
     subprocess.run([*DEDUP, "select", *config, "--run-dir", str(run), "--policy", "none"], check=True)
 
 
@@ -94,7 +111,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--copies", type=int, default=1, help="lay the shards out this many times")
     parser.add_argument("--tmp", default=None, help="folder for the run (default: the system's temporary folder)")
-    parser.add_argument("--workdir", default=None, help="keep the copies and the run folder here for the next invocation")
+    parser.add_argument(
+        "--workdir", default=None, help="keep the copies and the run folder here for the next invocation"
+    )
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each command (root only)")
     args = parser.parse_args()
     originals = [FLICKR / f"flickr8k-224-{i:05d}.tar" for i in range(args.shards)]
@@ -126,16 +145,33 @@ def main() -> None:
             "cp": (f"cp {inputs} {out}", True),
         }
         if args.copies == 1:  # a file per member on disk: minutes at corpus size, and no closer to write
-            repack = " && ".join(f"mkdir -p {out}/x{i} && tar -xf {s} -C {out}/x{i} && tar -cf {out}/{s.name} -C {out}/x{i} ." for i, s in enumerate(shards))
+            repack = " && ".join(
+                f"mkdir -p {out}/x{i} && tar -xf {s} -C {out}/x{i} && tar -cf {out}/{s.name} -C {out}/x{i} ."
+                for i, s in enumerate(shards)
+            )
             commands["tar unpack + repack"] = (repack, True)
         times = rounds_of(commands, args.repeats, clear, args.cold)
-    print(json.dumps({"input_mb": round(total_mb, 1), "input_shards": len(shards), "cache": "cold" if args.cold else "warm",
-                      **{name: {"seconds": round(min(values), 3), "mb_per_s": round(total_mb / min(values), 1),
-                                "rounds": [round(v, 2) for v in values]} for name, values in times.items()},
-                      "durable_write_vs_cp_sync": ratios(times, "cp + sync", "dedup write"),
-                      "durable_write_1_thread_vs_cp_sync": ratios(times, "cp + sync", "dedup write, 1 thread"),
-                      "write_sync_none_vs_cp": ratios(times, "cp", "dedup write, sync none")},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "input_mb": round(total_mb, 1),
+                "input_shards": len(shards),
+                "cache": "cold" if args.cold else "warm",
+                **{
+                    name: {
+                        "seconds": round(min(values), 3),
+                        "mb_per_s": round(total_mb / min(values), 1),
+                        "rounds": [round(v, 2) for v in values],
+                    }
+                    for name, values in times.items()
+                },
+                "durable_write_vs_cp_sync": ratios(times, "cp + sync", "dedup write"),
+                "durable_write_1_thread_vs_cp_sync": ratios(times, "cp + sync", "dedup write, 1 thread"),
+                "write_sync_none_vs_cp": ratios(times, "cp", "dedup write, sync none"),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The Python API mirrors the CLI: every stage takes the same settings objects.
 
     from dedup import embed, find, select, write, run, RunSettings
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,12 +16,25 @@ from dedup.settings import EmbedSettings, FindSettings, RunSettings, SelectSetti
 __version__ = "0.1.0"
 
 # the stages are imported when first used: `dedup write` should not pay for faiss, or `import dedup` for all
-_STAGES = {"embed": "dedup.stages.embed", "find": "dedup.stages.find", "select": "dedup.stages.select",
-           "write": "dedup.stages.write", "run": "dedup.runner"}
+_STAGES = {
+    "embed": "dedup.stages.embed",
+    "find": "dedup.stages.find",
+    "select": "dedup.stages.select",
+    "write": "dedup.stages.write",
+    "run": "dedup.runner",
+}
 
 __all__ = [
-    "DedupError", "InputError", "ModelUnavailableError", "SettingsError",
-    "EmbedSettings", "FindSettings", "RunSettings", "SelectSettings", "WriteSettings", "load_settings",
+    "DedupError",
+    "InputError",
+    "ModelUnavailableError",
+    "SettingsError",
+    "EmbedSettings",
+    "FindSettings",
+    "RunSettings",
+    "SelectSettings",
+    "WriteSettings",
+    "load_settings",
     *_STAGES,
 ]
 

@@ -4,6 +4,7 @@ A unit is a picklable function and its arguments. It returns a result value; an 
 becomes a failed result, the other units go on, and the stage decides what a failure means. Skipping
 finished units is the stage's job (it knows its completion markers), so every engine resumes alike.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,9 +13,10 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 
 @dataclass
@@ -44,7 +46,9 @@ def _call(unit: Unit) -> UnitResult:
 
         if isinstance(error, DedupError):
             return UnitResult(unit.name, error=str(error), kind=type(error).__name__)
-        return UnitResult(unit.name, error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}", kind=type(error).__name__)
+        return UnitResult(
+            unit.name, error=f"{type(error).__name__}: {error}\n{traceback.format_exc()}", kind=type(error).__name__
+        )
 
 
 class LocalEngine:
@@ -68,7 +72,11 @@ class LocalEngine:
             return results
         workers = min(self.workers, len(units))
         threads = self.threads or not processes_can_start(workers)
-        pool = ThreadPoolExecutor(workers) if threads else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = (
+            ThreadPoolExecutor(workers)
+            if threads
+            else ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        )
         with pool:
             futures = [pool.submit(_call, unit) for unit in units]
             try:
@@ -84,11 +92,15 @@ class LocalEngine:
         return sorted(results, key=lambda r: order[r.name])
 
 
-UNGUARDED = ("dedup runs its {workers} workers as threads: worker processes re-run the main script ({script}), and "
-             "this one calls dedup outside `if __name__ == \"__main__\":`. Put the call under that guard to get processes.")
-UNREADABLE = ("dedup runs its {workers} workers as threads: worker processes re-run the main script, and code piped "
-              "to `python -` cannot be read again. Save it as a file with the call under `if __name__ == \"__main__\":` "
-              "to get processes.")
+UNGUARDED = (
+    "dedup runs its {workers} workers as threads: worker processes re-run the main script ({script}), and "
+    'this one calls dedup outside `if __name__ == "__main__":`. Put the call under that guard to get processes.'
+)
+UNREADABLE = (
+    "dedup runs its {workers} workers as threads: worker processes re-run the main script, and code piped "
+    'to `python -` cannot be read again. Save it as a file with the call under `if __name__ == "__main__":` '
+    "to get processes."
+)
 
 
 def processes_can_start(workers: int = 2) -> bool:
@@ -103,7 +115,9 @@ def processes_can_start(workers: int = 2) -> bool:
     readable = os.path.isfile(script)
     if readable and not _called_outside_main_guard(main, script):
         return True
-    warnings.warn((UNGUARDED if readable else UNREADABLE).format(workers=workers, script=script), RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        (UNGUARDED if readable else UNREADABLE).format(workers=workers, script=script), RuntimeWarning, stacklevel=3
+    )
     return False
 
 
@@ -118,13 +132,20 @@ def _called_outside_main_guard(main, script: str) -> bool:
         tree = ast.parse(open(script, "rb").read())
     except (OSError, SyntaxError, ValueError):
         return True
-    return not any(node.lineno <= frame.f_lineno <= (node.end_lineno or node.lineno)
-                   for node in tree.body if isinstance(node, ast.If) and _tests_main_name(node.test))
+    return not any(
+        node.lineno <= frame.f_lineno <= (node.end_lineno or node.lineno)
+        for node in tree.body
+        if isinstance(node, ast.If) and _tests_main_name(node.test)
+    )
 
 
 def _tests_main_name(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
-            and {ast.unparse(test.left), ast.unparse(test.comparators[0])} in ({"__name__", "'__main__'"},))
+    return (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and {ast.unparse(test.left), ast.unparse(test.comparators[0])} in ({"__name__", "'__main__'"},)
+    )
 
 
 def failed(results: Iterable[UnitResult]) -> list[UnitResult]:
@@ -149,7 +170,9 @@ def run_units(engine, units: Sequence[Unit], stage: str, total: int, what: str, 
     if problems:
         listing = "; ".join(f"{r.name}: {r.error.splitlines()[0]}" for r in problems[:5])
         error = InputError if any(r.kind == "InputError" for r in problems) else DedupError
-        raise error(f"{stage}: {len(problems)} of {len(units)} {what} failed ({listing}); rerun the same command to retry them")
+        raise error(
+            f"{stage}: {len(problems)} of {len(units)} {what} failed ({listing}); rerun the same command to retry them"
+        )
     return results
 
 
@@ -188,9 +211,14 @@ class RayEngine:
         for name in ("ray", "ray.data"):  # our reporter shows progress; Ray's own lines would drown it
             logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, ignore_reinit_error=True,
-                     **({} if self.address else {"num_cpus": max(self.workers, 1)}))
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                ignore_reinit_error=True,
+                **({} if self.address else {"num_cpus": max(self.workers, 1)}),
+            )
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -215,8 +243,13 @@ class RayEngine:
             [{"position": i, "unit": cloudpickle.dumps(unit)} for i, unit in enumerate(units)],
             override_num_blocks=len(units),
         )
-        mapped = dataset.map_batches(_UnitRunner, batch_size=1, num_cpus=1, num_gpus=gpus or None,
-                                     compute=ray.data.ActorPoolStrategy(size=self._pool_size(ray, len(units))))
+        mapped = dataset.map_batches(
+            _UnitRunner,
+            batch_size=1,
+            num_cpus=1,
+            num_gpus=gpus or None,
+            compute=ray.data.ActorPoolStrategy(size=self._pool_size(ray, len(units))),
+        )
         results: list[tuple[int, UnitResult]] = []
         for row in mapped.iter_rows():
             result = cloudpickle.loads(row["result"])
@@ -226,7 +259,9 @@ class RayEngine:
         return [result for _, result in sorted(results, key=lambda item: item[0])]
 
 
-def make_engine(kind: str, workers: int, address: str | None = None, gpus_per_worker: float = 0.0, threads: bool = False):
+def make_engine(
+    kind: str, workers: int, address: str | None = None, gpus_per_worker: float = 0.0, threads: bool = False
+):
     """The engine a stage runs its units on: "local" (processes on this machine, or with `threads` threads of
     this process) or "ray"."""
     from dedup.errors import SettingsError

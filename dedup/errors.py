@@ -1,4 +1,5 @@
 """Errors that stop a run. Each carries a message a user can act on and the exit code the CLI returns."""
+
 from __future__ import annotations
 
 

@@ -1,11 +1,13 @@
 """Progress for people (rich bars on stderr) and for pipelines (one JSON line per event), or silence."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import sys
 import time
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -34,7 +36,7 @@ class Reporter:
             self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
     @contextlib.contextmanager
-    def task(self, stage: str, total: int, unit: str = "shards") -> Iterator["TaskProgress"]:
+    def task(self, stage: str, total: int, unit: str = "shards") -> Iterator[TaskProgress]:
         self.event("stage_start", stage=stage, total=total, unit=unit)
         started = time.perf_counter()
         if self.quiet or not self.console.is_terminal and self.log_json is not None:
@@ -68,7 +70,9 @@ class TaskProgress:
         rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
         if self.progress is not None:
             self.progress.update(self.task_id, advance=units, rate=f"{rate:,.0f} samples/s" if self.samples else "")
-        self.reporter.event("progress", stage=self.stage, units=units, samples=self.samples, samples_per_s=round(rate, 1), **fields)
+        self.reporter.event(
+            "progress", stage=self.stage, units=units, samples=self.samples, samples_per_s=round(rate, 1), **fields
+        )
 
 
 SILENT = Reporter(quiet=True)

@@ -1,23 +1,24 @@
 """`run`: the stages in order over one run folder. Each stage skips what an earlier run finished.
 
-    RUN_DIR/embeddings/   embed   (clip-retrieval layout)
-    RUN_DIR/groups.parquet, pairs.parquet, find.json   find
-    RUN_DIR/manifest.parquet                           select
-    RUN_DIR/shards/ (or --out), RUN_DIR/summary.json   write
+RUN_DIR/embeddings/   embed   (clip-retrieval layout)
+RUN_DIR/groups.parquet, pairs.parquet, find.json   find
+RUN_DIR/manifest.parquet                           select
+RUN_DIR/shards/ (or --out), RUN_DIR/summary.json   write
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from dedup.io.atomic import remove_stale_temporaries
 from dedup.errors import SettingsError
+from dedup.io.atomic import remove_stale_temporaries
+from dedup.io.sources import expand_shards
 from dedup.progress import SILENT, Reporter
 from dedup.settings import RunSettings
 from dedup.stages.embed import embed
 from dedup.stages.find import find
 from dedup.stages.select import select
 from dedup.stages.write import check_output_location, write
-from dedup.io.sources import expand_shards
 
 
 def embeddings_dir(run_dir: str | Path) -> Path:
@@ -37,12 +38,24 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     embed(urls, store, settings.embed, engine=engine or settings.embed_engine(), reporter=reporter)
     find(store, run_dir, settings.find, reporter=reporter, engine=engine or settings.find_engine())
     select(store, run_dir, settings.select, reporter=reporter)
-    return write(store, run_dir, settings.output_dir(), settings.write,
-                 engine=engine or settings.write_engine(), reporter=reporter)
+    return write(
+        store,
+        run_dir,
+        settings.output_dir(),
+        settings.write,
+        engine=engine or settings.write_engine(),
+        reporter=reporter,
+    )
 
 
-def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Path | None = None,
-              write_output: bool = True, engine=None, reporter: Reporter = SILENT) -> dict:
+def purge_run(
+    settings: RunSettings,
+    against: list[str],
+    reference_dir: str | Path | None = None,
+    write_output: bool = True,
+    engine=None,
+    reporter: Reporter = SILENT,
+) -> dict:
     """Embed the training shards and the reference set, drop the training samples that match, write the rest."""
     from dedup.stages.purge import purge
 
@@ -59,6 +72,12 @@ def purge_run(settings: RunSettings, against: list[str], reference_dir: str | Pa
     embed(expand_shards(against), reference_dir, settings.embed, engine=embed_engine, reporter=reporter)
     summary = {"purge": purge(store, reference_dir, run_dir, settings.find, reporter=reporter)}
     if write_output:
-        summary["write"] = write(store, run_dir, settings.output_dir(), settings.write,
-                                 engine=engine or settings.write_engine(), reporter=reporter)
+        summary["write"] = write(
+            store,
+            run_dir,
+            settings.output_dir(),
+            settings.write,
+            engine=engine or settings.write_engine(),
+            reporter=reporter,
+        )
     return summary

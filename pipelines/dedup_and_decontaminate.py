@@ -7,6 +7,7 @@ Runs offline on the shared data: CIFAR-10's training shards as the corpus, its t
     .venv/bin/python pipelines/dedup_and_decontaminate.py --run-dir runs/cifar-decontaminated
     .venv/bin/python pipelines/dedup_and_decontaminate.py data/{00000..00099}.tar --eval eval/ --config configs/default.toml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from dedup import embed, find, load_settings, select, write
 from dedup.progress import Reporter
-from dedup.tools.report import build_report
 from dedup.stages.purge import purge
+from dedup.tools.report import build_report
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 

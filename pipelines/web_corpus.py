@@ -1,9 +1,10 @@
 """From a URL list to a deduplicated, decontaminated training set with a report.
 
-    download (img2dataset) -> embed -> find -> select -> purge (eval set) -> write -> report
+download (img2dataset) -> embed -> find -> select -> purge (eval set) -> write -> report
 
-    .venv/bin/python pipelines/web_corpus.py urls.parquet --eval eval-images/ --run-dir runs/web --config configs/default.toml
+.venv/bin/python pipelines/web_corpus.py urls.parquet --eval eval-images/ --run-dir runs/web --config configs/default.toml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dedup.tools.download import DownloadSettings, download  # noqa: E402
-from dedup.progress import Reporter  # noqa: E402
 from dedup_and_decontaminate import pipeline  # noqa: E402
+
+from dedup.progress import Reporter  # noqa: E402
+from dedup.tools.download import DownloadSettings, download  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +30,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
     downloaded = args.run_dir / "downloaded"
-    fetched = download(args.url_list, downloaded, DownloadSettings(image_size=args.image_size, processes=args.processes))
+    fetched = download(
+        args.url_list, downloaded, DownloadSettings(image_size=args.image_size, processes=args.processes)
+    )
     result = pipeline([str(downloaded)], args.eval, args.run_dir, args.config, Reporter())
     print(json.dumps({"download": fetched, **result}, indent=2, default=str))
 

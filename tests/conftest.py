@@ -1,4 +1,5 @@
 """Shared fixtures: real images from ../shared/data, with planted duplicates whose ground truth we know."""
+
 from __future__ import annotations
 
 import io
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +30,9 @@ def shared() -> Path:
     return require_shared()
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a subprocess (by default in a fresh temporary folder)."""
     full_env = {**os.environ, **(env or {})}
     if cwd is None:
@@ -36,9 +40,13 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
 
         with tempfile.TemporaryDirectory(prefix="dedup-cli-") as scratch:
             return run_cli(*args, cwd=Path(scratch), check=check, env=env)
-    result = subprocess.run([*DEDUP, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=900)
+    result = subprocess.run(
+        [*DEDUP, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=900
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"dedup {' '.join(map(str, args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"dedup {' '.join(map(str, args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 
@@ -88,6 +96,8 @@ def clip_retrieval_store(folder, vectors: np.ndarray, part_rows: int) -> None:
     (folder / "img_emb").mkdir(parents=True)
     (folder / "metadata").mkdir()
     for part, start in enumerate(range(0, len(vectors), part_rows)):
-        np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors[start:start + part_rows].astype(np.float16))
-        pq.write_table(pa.table({"key": [str(i) for i in range(start, min(start + part_rows, len(vectors)))]}),
-                       folder / "metadata" / f"metadata_{part}.parquet")
+        np.save(folder / "img_emb" / f"img_emb_{part}.npy", vectors[start : start + part_rows].astype(np.float16))
+        pq.write_table(
+            pa.table({"key": [str(i) for i in range(start, min(start + part_rows, len(vectors)))]}),
+            folder / "metadata" / f"metadata_{part}.parquet",
+        )

@@ -1,4 +1,5 @@
 """The attack's parts on hand-computed cases, and a tiny `verify` end to end for the mechanics."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import CIFAR, FLICKR, run_cli
+
 from dedup.attack.diffusion import auc
 from dedup.attack.distances import normalized_l2, pairwise_l2, relative_ratio, tiled_l2
 from dedup.attack.extraction import counts_by_duplicates, flag_memorized, largest_clique, white_box
@@ -45,8 +46,10 @@ def test_relative_ratio_and_white_box():
 def test_clique_filter_flags_only_the_memorized_prompt():
     rng = np.random.default_rng(1)
     base = rng.random((8, 8, 3))
-    memorized = np.stack([np.clip(base + 0.01 * rng.standard_normal(base.shape), 0, 1) for _ in range(12)] +
-                         [rng.random((8, 8, 3)) for _ in range(8)])
+    memorized = np.stack(
+        [np.clip(base + 0.01 * rng.standard_normal(base.shape), 0, 1) for _ in range(12)]
+        + [rng.random((8, 8, 3)) for _ in range(8)]
+    )
     diverse = rng.random((20, 8, 8, 3))
     flagged = flag_memorized({"memorized": memorized, "diverse": diverse}, delta=0.15, min_clique=10, grid=2)
     assert list(flagged) == ["memorized"] and flagged["memorized"] == list(range(12))
@@ -63,14 +66,14 @@ def test_tiny_verify_end_to_end(tmp_path):
     preset = tmp_path / "verify-tiny.toml"
     preset.write_text(f"""
 [plant]
-source = "{CIFAR / 'cifar10-train-00002.tar.gz'}"
+source = "{CIFAR / "cifar10-train-00002.tar.gz"}"
 unique = 300
 sources = 3
 copies = 20
 transforms = ["exact", "reencode"]
 shard_size = 150
 [holdout]
-shards = "{CIFAR / 'cifar10-test-00005.tar.gz'}"
+shards = "{CIFAR / "cifar10-test-00005.tar.gz"}"
 count = 40
 [model]
 resolution = 8
@@ -113,12 +116,13 @@ def test_caption_vocabulary_and_empty_caption():
 def flickr_run(tmp_path_factory):
     """300 Flickr8k photos, 3 of them planted 20 times with their captions, through `dedup run` (pixels)."""
     from dedup.runner import run
-    from dedup.tools.planting import plant
     from dedup.settings import load_settings
+    from dedup.tools.planting import plant
 
     root = tmp_path_factory.mktemp("flickr-verify")
-    planted = plant(str(FLICKR / "flickr8k-224-00000.tar"), root / "data", sources=3, copies=20, limit=300,
-                    shard_size=150, seed=0)
+    planted = plant(
+        str(FLICKR / "flickr8k-224-00000.tar"), root / "data", sources=3, copies=20, limit=300, shard_size=150, seed=0
+    )
     settings = load_settings("offline")
     settings.shards, settings.run_dir = [str(root / "data")], str(root / "run")
     run(settings)
@@ -148,12 +152,17 @@ def test_store_confirmation_finds_the_training_image_a_generation_copies(flickr_
     assert matches[0].key in expected_keys and matches[0].tiled_l2 < 0.05
     assert matches[1].tiled_l2 > 0.15
 
-    result = generate_and_filter({"memorized": copies, "diverse": noise},
-                                 lambda images: nearest_training_images(images, store, embedder), delta=0.15, min_clique=10)
+    result = generate_and_filter(
+        {"memorized": copies, "diverse": noise},
+        lambda images: nearest_training_images(images, store, embedder),
+        delta=0.15,
+        min_clique=10,
+    )
     assert list(result.flagged) == ["memorized"] and result.extracted["diverse"] == []
     assert len(result.extracted["memorized"]) == 12
     assert {(m.shard, m.sample_index) for m in result.extracted["memorized"]} <= {
-        (g["shard"], g["sample_index"]) for g in groups if g["key"] in expected_keys}
+        (g["shard"], g["sample_index"]) for g in groups if g["key"] in expected_keys
+    }
 
 
 def test_confirmation_refuses_another_embedder(flickr_run):
@@ -163,8 +172,9 @@ def test_confirmation_refuses_another_embedder(flickr_run):
 
     root, _, _ = flickr_run
     with pytest.raises(SettingsError, match="embedded with"):
-        nearest_training_images(np.zeros((1, 16, 16, 3), np.float32), root / "run" / "embeddings",
-                                build_embedder("pixels", pixel_size=4))
+        nearest_training_images(
+            np.zeros((1, 16, 16, 3), np.float32), root / "run" / "embeddings", build_embedder("pixels", pixel_size=4)
+        )
 
 
 def test_largest_group_prompts_are_the_planted_captions(flickr_run):
@@ -182,13 +192,13 @@ def test_largest_group_prompts_are_the_planted_captions(flickr_run):
 
 TINY_CAPTION_PRESET = f"""
 [plant]
-source = "{FLICKR / 'flickr8k-224-00001.tar'}"
+source = "{FLICKR / "flickr8k-224-00001.tar"}"
 unique = 200
 sources = 3
 copies = 20
 shard_size = 100
 [holdout]
-shards = "{FLICKR / 'flickr8k-224-00008.tar'}"
+shards = "{FLICKR / "flickr8k-224-00008.tar"}"
 count = 30
 [model]
 captions = true
@@ -229,7 +239,10 @@ def test_tiny_caption_verify_end_to_end(tmp_path):
     rerun = json.loads((tmp_path / "run" / "verify.json").read_text())
     for model in ("A", "B"):
         assert rerun[model]["training"] == report[model]["training"]
-        assert rerun[model]["membership_auc_duplicated_vs_heldout"] == report[model]["membership_auc_duplicated_vs_heldout"]
+        assert (
+            rerun[model]["membership_auc_duplicated_vs_heldout"]
+            == report[model]["membership_auc_duplicated_vs_heldout"]
+        )
 
 
 def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_path):
@@ -237,8 +250,18 @@ def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_pat
     root, _, _ = flickr_run
     preset = tmp_path / "verify-tiny-flickr.toml"
     preset.write_text(TINY_CAPTION_PRESET)
-    run_cli("run", root / "data", "--config", "offline", "--set", "embed.pixel_size=6", "--run-dir", tmp_path / "run",
-            "--verify", preset)
+    run_cli(
+        "run",
+        root / "data",
+        "--config",
+        "offline",
+        "--set",
+        "embed.pixel_size=6",
+        "--run-dir",
+        tmp_path / "run",
+        "--verify",
+        preset,
+    )
     report = json.loads((tmp_path / "run" / "verify.json").read_text())
     assert report["training_images"] == {"A": 360, "B": 300}
     assert report["settings"]["embed"]["pixel_size"] == 6  # the run's, not the preset's offline default (8)
@@ -259,20 +282,60 @@ def tiny_stable_diffusion(folder):
     (folder / "tokenizer-source").mkdir(parents=True)
     (folder / "tokenizer-source" / "vocab.json").write_text(json.dumps(vocabulary))
     (folder / "tokenizer-source" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "tokenizer-source" / "vocab.json"), str(folder / "tokenizer-source" / "merges.txt"),
-                              model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocabulary), hidden_size=32, intermediate_size=37,
-                                                num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
-                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    tokenizer = CLIPTokenizer(
+        str(folder / "tokenizer-source" / "vocab.json"),
+        str(folder / "tokenizer-source" / "merges.txt"),
+        model_max_length=16,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocabulary),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder / "pipeline")
     return folder / "pipeline"
 
@@ -286,8 +349,25 @@ def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
 
     root, planted, settings = flickr_run
     folder = tiny_stable_diffusion(tmp_path)
-    result = run_cli("extract", "--pipeline", folder, "--run-dir", root / "run", "--prompts", "3", "--generations", "2",
-                     "--steps", "2", "--min-clique", "2", "--config", "offline", "--prefilter", "2")
+    result = run_cli(
+        "extract",
+        "--pipeline",
+        folder,
+        "--run-dir",
+        root / "run",
+        "--prompts",
+        "3",
+        "--generations",
+        "2",
+        "--steps",
+        "2",
+        "--min-clique",
+        "2",
+        "--config",
+        "offline",
+        "--prefilter",
+        "2",
+    )
     report = json.loads((root / "run" / "extract.json").read_text())
     assert report["prompts"] == 2 and len(report["per_prompt"]) == 2  # the detector kept 2 of the 3 largest groups
     assert all(p["copies"] == 21 and p["detector_score"] > 0 for p in report["per_prompt"])
@@ -308,8 +388,13 @@ def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
                 return type("Output", (), {"images": np.repeat(photo[None], num_images_per_prompt, 0)})
             return pipe(caption, num_images_per_prompt=num_images_per_prompt, **options)
 
-    report = extract(root / "run", folder, ExtractSettings(prompts=3, generations_per_prompt=3, steps=2, size=16, min_clique=3),
-                     settings.embed, pipe=MemorizingPipeline())
+    report = extract(
+        root / "run",
+        folder,
+        ExtractSettings(prompts=3, generations_per_prompt=3, steps=2, size=16, min_clique=3),
+        settings.embed,
+        pipe=MemorizingPipeline(),
+    )
     extracted = [p for p in report["per_prompt"] if p["extracted"]]
     assert report["flagged_prompts"] >= 1 and report["extracted_groups"] == 1
     assert [p["caption"] for p in extracted] == [source["caption"].strip()]
@@ -319,14 +404,16 @@ def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
 
 def test_extract_without_a_pipeline_folder_says_what_to_do(flickr_run, tmp_path):
     root, _, _ = flickr_run
-    result = run_cli("extract", "--pipeline", tmp_path / "nowhere", "--run-dir", root / "run", "--config", "offline", check=False)
+    result = run_cli(
+        "extract", "--pipeline", tmp_path / "nowhere", "--run-dir", root / "run", "--config", "offline", check=False
+    )
     assert result.returncode == 3
     assert "model_index.json" in result.stderr and "nothing is downloaded" in result.stderr
 
 
 def test_heavy_tailed_planting_tiers(tmp_path):
-    from dedup.errors import SettingsError
     from dedup.attack.presets import planted_counts
+    from dedup.errors import SettingsError
     from dedup.tools.planting import plant
 
     assert planted_counts({"tiers": [[2, 5], [3, 2]]}, "preset") == (5, [5, 5, 2, 2, 2])
@@ -334,7 +421,9 @@ def test_heavy_tailed_planting_tiers(tmp_path):
         planted_counts({"tiers": [[2, 5]], "copies": 3}, "preset")
     with pytest.raises(SettingsError, match="tiers"):
         planted_counts({"copies": [1, 3]}, "preset")
-    planted = plant(str(CIFAR / "cifar10-train-00001.tar.gz"), tmp_path, sources=5, copies=[5, 5, 2, 2, 2], limit=60, seed=0)
+    planted = plant(
+        str(CIFAR / "cifar10-train-00001.tar.gz"), tmp_path, sources=5, copies=[5, 5, 2, 2, 2], limit=60, seed=0
+    )
     assert [len(group) - 1 for group in planted.groups] == [5, 5, 2, 2, 2]
     assert planted.samples == 60 + 16
 
@@ -365,7 +454,9 @@ def test_caption_verify_on_shards_without_captions_says_so(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     with wds.TarWriter(str(data / "nocaptions-00000.tar")) as writer:
-        for number, sample in enumerate(iter_shard(str(CIFAR / "cifar10-test-00005.tar.gz"), on_fault=lambda fault: None)):
+        for number, sample in enumerate(
+            iter_shard(str(CIFAR / "cifar10-test-00005.tar.gz"), on_fault=lambda fault: None)
+        ):
             writer.write({"__key__": sample.key, "jpg": sample.files["jpg"]})
             if number == 59:
                 break

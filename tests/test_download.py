@@ -1,5 +1,6 @@
 """`dedup download`: a URL list served on 127.0.0.1 becomes shards that `dedup run` accepts; dead links and
 broken images are counted, not fatal."""
+
 from __future__ import annotations
 
 import functools
@@ -10,8 +11,8 @@ import threading
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import FLICKR, ROOT, run_cli
+
 from dedup.io.reader import iter_shard
 
 IMG2DATASET = ROOT / ".venv-img2dataset" / "bin" / "python"
@@ -50,8 +51,25 @@ def test_download_then_run(served_images, tmp_path):
         pytest.fail("img2dataset's environment is missing: run `make img2dataset` (make setup does)")
     url_list, good = served_images
     out = tmp_path / "shards"
-    result = run_cli("download", url_list, out, "--processes", "1", "--threads", "4", "--image-size", "128",
-                     "--samples-per-shard", "20", "--retries", "0", "--timeout", "5", "--img2dataset-python", IMG2DATASET)
+    result = run_cli(
+        "download",
+        url_list,
+        out,
+        "--processes",
+        "1",
+        "--threads",
+        "4",
+        "--image-size",
+        "128",
+        "--samples-per-shard",
+        "20",
+        "--retries",
+        "0",
+        "--timeout",
+        "5",
+        "--img2dataset-python",
+        IMG2DATASET,
+    )
     summary = json.loads((out / "download.json").read_text())
     assert summary["urls"] == good + 6
     assert summary["downloaded"] == good
@@ -65,5 +83,7 @@ def test_download_then_run(served_images, tmp_path):
 
 
 def test_download_refuses_a_missing_list(tmp_path):
-    result = run_cli("download", tmp_path / "nope.parquet", tmp_path / "out", "--img2dataset-python", IMG2DATASET, check=False)
+    result = run_cli(
+        "download", tmp_path / "nope.parquet", tmp_path / "out", "--img2dataset-python", IMG2DATASET, check=False
+    )
     assert result.returncode in (2, 3) and "error:" in result.stderr

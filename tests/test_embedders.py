@@ -1,4 +1,5 @@
 """The model-based embedders, tested for their mechanics with weights the tests save themselves."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import FLICKR, run_cli
+
 from dedup.embedders import build_embedder
 from dedup.errors import ModelUnavailableError, SettingsError
 from dedup.io.imaging import decode
@@ -47,7 +48,9 @@ def some_images(count=8):
 
 def test_clip_loads_local_checkpoint_and_embeds(tiny_clip):
     config, checkpoint = tiny_clip
-    embedder = build_embedder("clip", model="tiny-clip-test", pretrained=str(checkpoint), model_config=str(config), text=True)
+    embedder = build_embedder(
+        "clip", model="tiny-clip-test", pretrained=str(checkpoint), model_config=str(config), text=True
+    )
     assert embedder.device == "cpu" and embedder.precision == "fp32"
     images = some_images()
     vectors = embedder.embed([embedder.prepare(image) for image in images])
@@ -101,8 +104,21 @@ def test_clip_onnx_runtime_agrees_with_torch_and_is_cached(tiny_clip, tmp_path, 
 
 def test_clip_embed_stage_writes_clip_retrieval_layout(tiny_clip, tmp_path):
     config, checkpoint = tiny_clip
-    run_cli("embed", FLICKR / "flickr8k-224-00008.tar", "--run-dir", tmp_path, "--embedder", "clip",
-            "--model", "tiny-clip-test", "--model-config", config, "--pretrained", checkpoint, "--text")
+    run_cli(
+        "embed",
+        FLICKR / "flickr8k-224-00008.tar",
+        "--run-dir",
+        tmp_path,
+        "--embedder",
+        "clip",
+        "--model",
+        "tiny-clip-test",
+        "--model-config",
+        config,
+        "--pretrained",
+        checkpoint,
+        "--text",
+    )
     store = tmp_path / "embeddings"
     images = np.load(store / "img_emb" / "img_emb_0.npy")
     texts = np.load(store / "txt_emb" / "txt_emb_0.npy")
@@ -119,7 +135,9 @@ def test_clip_refuses_unknown_things(tiny_clip, tmp_path):
     with pytest.raises(SettingsError, match="no pretrained tag"):
         build_embedder("clip", model="ViT-B-32", pretrained="not-a-tag")
     with pytest.raises(ModelUnavailableError, match="does not exist"):
-        build_embedder("clip", model="tiny-clip-test", model_config=str(config), pretrained=str(tmp_path / "missing.pt"))
+        build_embedder(
+            "clip", model="tiny-clip-test", model_config=str(config), pretrained=str(tmp_path / "missing.pt")
+        )
     with pytest.raises(SettingsError, match="never used silently"):
         build_embedder("clip", model="tiny-clip-test", model_config=str(config), pretrained=None)
 
@@ -141,8 +159,15 @@ def test_exported_model_torchscript_and_onnx_agree(tmp_path):
     torchscript = tmp_path / "encoder.pt"
     torch.jit.trace(encoder, example).save(str(torchscript))
     onnx_path = tmp_path / "encoder.onnx"
-    torch.onnx.export(encoder, example, str(onnx_path), input_names=["image"], output_names=["embedding"],
-                      dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        encoder,
+        example,
+        str(onnx_path),
+        input_names=["image"],
+        output_names=["embedding"],
+        dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+        dynamo=False,
+    )
     images = some_images(4)
     results = []
     for path in (torchscript, onnx_path):

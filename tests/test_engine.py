@@ -1,4 +1,5 @@
 """The local engine: units on threads or processes, failures as values, Ctrl-C stops what has not started."""
+
 from __future__ import annotations
 
 import threading

@@ -1,14 +1,16 @@
 """Invariants of search, grouping and the keep policy, checked on generated inputs (hypothesis)."""
+
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pyarrow as pa
-from hypothesis import given, settings, strategies as st
+import pytest
+from conftest import clip_retrieval_store
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dedup.search import matching
 from dedup.settings import FindSettings
-from conftest import clip_retrieval_store
 from dedup.stages.find import connected_groups, find
 from dedup.stages.select import decide
 
@@ -38,7 +40,11 @@ def components_by_search(rows, edges):
     return [label[i] for i in range(rows)]
 
 
-@given(st.integers(1, 40).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=60))))
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=60))
+    )
+)
 @settings(max_examples=200, deadline=None)
 def test_groups_equal_connected_components(case):
     rows, edges = case
@@ -60,26 +66,40 @@ def test_phash_search_equals_brute_force(base, radius, rnd):
         hashes.append(flipped)
     phash = np.array(hashes, dtype=np.uint64)
     a, b = matching.phash_pairs(phash, radius, np.ones(len(phash), dtype=bool))
-    expected = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
-                if bin(hashes[i] ^ hashes[j]).count("1") <= radius}
+    expected = {
+        (i, j)
+        for i in range(len(hashes))
+        for j in range(i + 1, len(hashes))
+        if bin(hashes[i] ^ hashes[j]).count("1") <= radius
+    }
     assert set(zip(a.tolist(), b.tolist())) == expected
 
 
 def groups_table(group_ids, widths, captions):
     rows = len(group_ids)
     sizes = [group_ids.count(g) for g in group_ids]
-    return pa.table({
-        "key": [f"k{i}" for i in range(rows)], "shard": ["s"] * rows,
-        "shard_index": pa.array([0] * rows, pa.int32()), "sample_index": pa.array(list(range(rows)), pa.int32()),
-        "group_id": pa.array(group_ids, pa.int64()), "group_size": pa.array(sizes, pa.int64()),
-        "nearest_key": [None if s == 1 else "k0" for s in sizes], "nearest_similarity": pa.array([None if s == 1 else 0.99 for s in sizes], pa.float32()),
-        "match": [None if s == 1 else "embedding" for s in sizes],
-        "width": pa.array(widths, pa.int32()), "height": pa.array(widths, pa.int32()), "caption": captions,
-    })
+    return pa.table(
+        {
+            "key": [f"k{i}" for i in range(rows)],
+            "shard": ["s"] * rows,
+            "shard_index": pa.array([0] * rows, pa.int32()),
+            "sample_index": pa.array(list(range(rows)), pa.int32()),
+            "group_id": pa.array(group_ids, pa.int64()),
+            "group_size": pa.array(sizes, pa.int64()),
+            "nearest_key": [None if s == 1 else "k0" for s in sizes],
+            "nearest_similarity": pa.array([None if s == 1 else 0.99 for s in sizes], pa.float32()),
+            "match": [None if s == 1 else "embedding" for s in sizes],
+            "width": pa.array(widths, pa.int32()),
+            "height": pa.array(widths, pa.int32()),
+            "caption": captions,
+        }
+    )
 
 
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(1, 4), st.text(max_size=5)), min_size=1, max_size=40),
-       st.sampled_from(["one", "cap:1", "cap:2", "cap:3", "none"]))
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(1, 4), st.text(max_size=5)), min_size=1, max_size=40),
+    st.sampled_from(["one", "cap:1", "cap:2", "cap:3", "none"]),
+)
 @settings(max_examples=200, deadline=None)
 def test_keep_policy_invariants(rows, policy):
     group_ids = [g for g, _, _ in rows]
@@ -94,8 +114,14 @@ def test_keep_policy_invariants(rows, policy):
             assert len(kept) == len(members)
         else:
             assert len(kept) == min(limit, len(members))
-        best = max(members, key=lambda m: (table["width"][int(m["key"][1:])].as_py(),
-                                           len(table["caption"][int(m["key"][1:])].as_py()), -int(m["key"][1:])))
+        best = max(
+            members,
+            key=lambda m: (
+                table["width"][int(m["key"][1:])].as_py(),
+                len(table["caption"][int(m["key"][1:])].as_py()),
+                -int(m["key"][1:]),
+            ),
+        )
         assert best["status"] == "kept" and best["rank"] == 0
         assert all(m["kept_key"] == best["key"] for m in members)
 
@@ -126,8 +152,10 @@ def test_find_reads_clip_retrieval_layout(tmp_path):
     (tmp_path / "emb" / "img_emb").mkdir(parents=True)
     (tmp_path / "emb" / "metadata").mkdir()
     np.save(tmp_path / "emb" / "img_emb" / "img_emb_0.npy", vectors)
-    pq.write_table(pa.table({"image_path": [f"img{i}.jpg" for i in range(200)], "caption": ["c"] * 200}),
-                   tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    pq.write_table(
+        pa.table({"image_path": [f"img{i}.jpg" for i in range(200)], "caption": ["c"] * 200}),
+        tmp_path / "emb" / "metadata" / "metadata_0.parquet",
+    )
     summary = find(tmp_path / "emb", tmp_path, FindSettings(threshold=0.99, phash_radius=None, exact=False))
     assert summary["pairs"] == 1
     groups = pq.read_table(tmp_path / "groups.parquet").to_pylist()
@@ -146,7 +174,9 @@ def test_partitioned_search_agrees_with_exact_search(kind):
     assert len(exact) >= 400
 
     def found_with(boundary: float) -> set:
-        a, b, choice = matching.embedding_pairs(vectors, 0.9, FindSettings(index="partitioned", leaf_size=512, boundary=boundary))
+        a, b, choice = matching.embedding_pairs(
+            vectors, 0.9, FindSettings(index="partitioned", leaf_size=512, boundary=boundary)
+        )
         assert choice.kind == "partitioned"
         return set(zip(a.tolist(), b.tolist()))
 
@@ -198,7 +228,9 @@ def test_components_from_disk_edges_and_memory_mapped_labels(tmp_path, monkeypat
     b = np.where(rng.random(40_000) < 0.5, a + rng.integers(1, 50, 40_000), rng.integers(0, rows, 40_000)) % rows
     pq.write_table(pa.table({"a": a, "b": b}), tmp_path / "pairs.parquet", row_group_size=3_000)
     monkeypatch.setattr(components, "IN_MEMORY_ROWS", 1_000)
-    labels = components.component_labels(rows, components.parquet_chunks(tmp_path / "pairs.parquet", size=3_000), tmp_path)
+    labels = components.component_labels(
+        rows, components.parquet_chunks(tmp_path / "pairs.parquet", size=3_000), tmp_path
+    )
     assert isinstance(labels, np.memmap)
     _, expected = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(rows, rows)), directed=False)
     smallest = np.full(expected.max() + 1, rows)
@@ -211,8 +243,8 @@ def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs
     writes them) and is read partition by partition; the pairs are those of the in-memory search."""
     import pyarrow.parquet as pq
 
-    from dedup.tools.planting import planted_embeddings
     from dedup.io.store import EmbeddingStore, RowStack
+    from dedup.tools.planting import planted_embeddings
 
     vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
     clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
@@ -220,8 +252,11 @@ def test_find_over_the_memory_budget_reads_parts_lazily_and_finds_the_same_pairs
     pairs = {}
     for name, budget in (("memory", 8.0), ("lazy", 1e-6)):
         run = tmp_path / name
-        find(tmp_path / "emb", run, FindSettings(exact=False, phash_radius=None, threshold=0.9, index="partitioned",
-                                                 memory_budget_gb=budget))
+        find(
+            tmp_path / "emb",
+            run,
+            FindSettings(exact=False, phash_radius=None, threshold=0.9, index="partitioned", memory_budget_gb=budget),
+        )
         table = pq.read_table(run / "pairs.parquet")
         pairs[name] = set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
     assert len(pairs["memory"]) >= 290
@@ -236,13 +271,14 @@ def test_partitioned_units_on_an_engine_find_the_same_pairs_and_resume(tmp_path,
 
     from dedup.engine import LocalEngine
     from dedup.errors import DedupError
-    from dedup.tools.planting import planted_embeddings
     from dedup.stages import find_units
+    from dedup.tools.planting import planted_embeddings
 
     vectors, _ = planted_embeddings(30_000, dim=32, seed=4)
     clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
-    settings = FindSettings(exact=False, phash_radius=None, threshold=0.9, index="partitioned", leaf_size=512,
-                            unit_rows=8_000)  # several units at this size
+    settings = FindSettings(
+        exact=False, phash_radius=None, threshold=0.9, index="partitioned", leaf_size=512, unit_rows=8_000
+    )  # several units at this size
 
     def pairs_of(run) -> set:
         table = pq.read_table(run / "pairs.parquet")

@@ -1,4 +1,5 @@
 """Crafted and broken shards are contained: a reason per sample or shard, nothing outside the output, the rest goes through."""
+
 from __future__ import annotations
 
 import io
@@ -10,11 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from conftest import FLICKR, run_cli
 from PIL import Image
 
-from conftest import FLICKR, run_cli
 from dedup.io.reader import iter_shard
-from dedup.stages.write import reason_class
+from dedup.stages.summary import reason_class
 
 
 def real_images(count: int) -> list[bytes]:
@@ -59,7 +60,7 @@ def hostile(tmp_path_factory):
         add(archive, "huge.bin", b"\0" * 3_000_000)
         add(archive, "__reserved__.jpg", images[2])
         add(archive, "we ird%20ké y#1.jpg", images[3])
-        add(archive, "we ird%20ké y#1.txt", "odd key".encode())
+        add(archive, "we ird%20ké y#1.txt", b"odd key")
         add(archive, "nocap.jpg", images[4])
         add(archive, "nocap.txt", b"")
         add(archive, "dup.jpg", images[5])
@@ -75,7 +76,9 @@ def hostile(tmp_path_factory):
     (inputs / "d-zero.tar").write_bytes(b"")
     (inputs / "e-corrupt.tar.gz").write_bytes(good.read_bytes()[:40] + b"\xff" * 200)
     run_dir = root / "run"
-    result = run_cli("run", inputs, "--config", "offline", "--run-dir", run_dir, "--set", "embed.max_member_bytes=2000000")
+    result = run_cli(
+        "run", inputs, "--config", "offline", "--run-dir", run_dir, "--set", "embed.max_member_bytes=2000000"
+    )
     return root, run_dir, result
 
 
@@ -84,18 +87,21 @@ def manifest_of(run_dir: Path) -> dict:
     return {(Path(r["shard"]).name, r["key"], r["sample_index"]): r for r in rows}
 
 
-@pytest.mark.parametrize("key, words", [
-    ("../../escape", "'..'"),
-    ("/tmp/absolute", "absolute path"),
-    ("sym", "is a link"),
-    ("hard", "is a link"),
-    ("dev", "not a regular file"),
-    ("fifo", "not a regular file"),
-    ("bomb", "decompression bomb"),
-    ("fake", "cannot be decoded"),
-    ("huge", "over the limit"),
-    ("__reserved__", "reserved"),
-])
+@pytest.mark.parametrize(
+    "key, words",
+    [
+        ("../../escape", "'..'"),
+        ("/tmp/absolute", "absolute path"),
+        ("sym", "is a link"),
+        ("hard", "is a link"),
+        ("dev", "not a regular file"),
+        ("fifo", "not a regular file"),
+        ("bomb", "decompression bomb"),
+        ("fake", "cannot be decoded"),
+        ("huge", "over the limit"),
+        ("__reserved__", "reserved"),
+    ],
+)
 def test_each_hostile_sample_has_its_reason(hostile, key, words):
     _, run_dir, _ = hostile
     rows = [r for (shard, k, _), r in manifest_of(run_dir).items() if k == key]
@@ -128,7 +134,12 @@ def test_broken_shards_are_reported_and_nothing_escapes(hostile):
     broken = {Path(item["shard"]).name for item in summary["unreadable_shards"]}
     assert broken == {"d-zero.tar", "e-corrupt.tar.gz"}
     assert "d-zero.tar" in result.stderr
-    for suspect in (root.parent / "escape.jpg", root.parent / "escape.txt", root / "escape.txt", Path("/tmp/absolute.jpg")):
+    for suspect in (
+        root.parent / "escape.jpg",
+        root.parent / "escape.txt",
+        root / "escape.txt",
+        Path("/tmp/absolute.jpg"),
+    ):
         assert not suspect.exists(), suspect
     for shard in (run_dir / "shards").glob("*.tar"):
         with tarfile.open(shard) as archive:

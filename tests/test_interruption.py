@@ -4,6 +4,7 @@ and no partial file is ever visible under its final name.
 DEDUP_KILLS sets how many kills (default 6), DEDUP_KILL_SEED the seed; the seed is printed so a failure
 reproduces: DEDUP_KILL_SEED=<seed> pytest tests/test_interruption.py
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import DEDUP, FLICKR, run_cli
+
 from dedup.tools.planting import plant
 
 KILLS = int(os.environ.get("DEDUP_KILLS", "6"))
@@ -74,19 +75,35 @@ def kill_inside(process: subprocess.Popen, run_dir: Path, shards: int, target: s
 
 
 def digest_outputs(run_dir: Path) -> dict:
-    digests = {name: pq.read_table(run_dir / name).to_pylist() for name in ("manifest.parquet", "groups.parquet", "pairs.parquet")}
-    digests["shards"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "shards").glob("*.tar"))}
+    digests = {
+        name: pq.read_table(run_dir / name).to_pylist()
+        for name in ("manifest.parquet", "groups.parquet", "pairs.parquet")
+    }
+    digests["shards"] = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "shards").glob("*.tar"))
+    }
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.pop("output_dir")
     digests["summary"] = summary
-    digests["embeddings"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run_dir / "embeddings" / "img_emb").glob("*.npy"))}
+    digests["embeddings"] = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((run_dir / "embeddings" / "img_emb").glob("*.npy"))
+    }
     return digests
 
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    plant([str(FLICKR / "flickr8k-224-00004.tar")], root / "in", sources=40, copies=(1, 3), seed=11, limit=600, shard_size=100)
+    plant(
+        [str(FLICKR / "flickr8k-224-00004.tar")],
+        root / "in",
+        sources=40,
+        copies=(1, 3),
+        seed=11,
+        limit=600,
+        shard_size=100,
+    )
     reference = root / "reference"
     started = time.perf_counter()
     run_cli("run", root / "in", "--run-dir", reference, *RUN_ARGS)
@@ -104,8 +121,13 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
         target = STAGES[attempt % 4]
         if victim.exists() and STAGES.index(stage_reached(victim, shards)) > STAGES.index(target):
             shutil.rmtree(victim)  # start over, so this kill lands inside its target stage
-        process = subprocess.Popen([*DEDUP, "--quiet", "run", str(root / "in"), "--run-dir", str(victim), *RUN_ARGS],
-                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+        process = subprocess.Popen(
+            [*DEDUP, "--quiet", "run", str(root / "in"), "--run-dir", str(victim), *RUN_ARGS],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
         stage = kill_inside(process, victim, shards, target, rng)
         killed_in[stage] = killed_in.get(stage, 0) + 1
         for path in victim.rglob("*"):

@@ -1,4 +1,5 @@
 """End to end on real photos with planted duplicates: the CLI finds them, writes shards, and loses nothing."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,20 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-
 from conftest import CIFAR, ROOT, run_cli
-from dedup.tools.planting import plant, score
+
 from dedup.io.reader import iter_shard
+from dedup.tools.planting import plant, score
 
 
 def read_samples(shards) -> dict[str, dict[str, bytes]]:
     samples = {}
     for shard in shards:
-        for sample in iter_shard(str(shard), on_fault=lambda fault: pytest.fail(f"fault reading {shard}: {fault}")):
+
+        def fail(fault, shard=shard):
+            pytest.fail(f"fault reading {shard}: {fault}")
+
+        for sample in iter_shard(str(shard), on_fault=fail):
             samples[sample.key] = sample.files
     return samples
 
@@ -26,8 +31,16 @@ def read_samples(shards) -> dict[str, dict[str, bytes]]:
 def flickr_run(planted_flickr, tmp_path_factory):
     shards_dir, planted = planted_flickr
     run_dir = tmp_path_factory.mktemp("flickr-run")
-    run_cli("run", str(shards_dir), "--config", ROOT / "configs" / "offline.toml", "--run-dir", run_dir,
-            "--set", "write.samples_per_shard=1000")
+    run_cli(
+        "run",
+        str(shards_dir),
+        "--config",
+        ROOT / "configs" / "offline.toml",
+        "--run-dir",
+        run_dir,
+        "--set",
+        "write.samples_per_shard=1000",
+    )
     return shards_dir, planted, run_dir
 
 
@@ -86,8 +99,16 @@ def test_output_shards_read_back_and_are_byte_identical(flickr_run):
 def test_rerun_resumes_without_redoing_work(flickr_run):
     shards_dir, _, run_dir = flickr_run
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "embeddings" / "img_emb").glob("*.npy")}
-    result = run_cli("run", str(shards_dir), "--config", ROOT / "configs" / "offline.toml", "--run-dir", run_dir,
-                     "--set", "write.samples_per_shard=1000")
+    result = run_cli(
+        "run",
+        str(shards_dir),
+        "--config",
+        ROOT / "configs" / "offline.toml",
+        "--run-dir",
+        run_dir,
+        "--set",
+        "write.samples_per_shard=1000",
+    )
     assert "already done" in result.stderr
     after = {p: p.stat().st_mtime_ns for p in (run_dir / "embeddings" / "img_emb").glob("*.npy")}
     assert before == after
@@ -99,8 +120,16 @@ def test_cifar_gz_shard_with_planted_copies(tmp_path):
     Crops are left out here on purpose: at 32x32 a 2-pixel crop moves the thumbnail and the perceptual hash
     as far as an unrelated image does (98.8% recall measured, docs/benchmarks.md); CLIP is the signal for that.
     """
-    planted = plant(str(CIFAR / "cifar10-train-00000.tar.gz"), tmp_path / "shards", sources=80, copies=(1, 3),
-                    seed=3, limit=3000, shard_size=1000, transforms=("exact", "reencode", "resize"))
+    planted = plant(
+        str(CIFAR / "cifar10-train-00000.tar.gz"),
+        tmp_path / "shards",
+        sources=80,
+        copies=(1, 3),
+        seed=3,
+        limit=3000,
+        shard_size=1000,
+        transforms=("exact", "reencode", "resize"),
+    )
     run_dir = tmp_path / "run"
     run_cli("run", tmp_path / "shards", "--config", ROOT / "configs" / "offline.toml", "--run-dir", run_dir)
     groups = pq.read_table(run_dir / "groups.parquet")

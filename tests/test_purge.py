@@ -1,25 +1,42 @@
 """`dedup purge`: training images that near-copy a reference set go, with the reference they matched."""
+
 from __future__ import annotations
 
 import json
+
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import CIFAR, run_cli
-from dedup.tools.planting import plant
+
 from dedup.io.reader import iter_shard
+from dedup.tools.planting import plant
 
 
 @pytest.fixture(scope="module")
 def contaminated(tmp_path_factory):
     """CIFAR-10 training images (10,000) with 300 hidden copies of CIFAR-10 test images."""
     root = tmp_path_factory.mktemp("purge")
-    planted = plant(str(CIFAR / "cifar10-train-00001.tar.gz"), root / "train", sources=300, copies=1, seed=5,
-                    shard_size=2575, transforms=("exact", "reencode", "resize"),
-                    donors=str(CIFAR / "cifar10-test-00005.tar.gz"))
+    planted = plant(
+        str(CIFAR / "cifar10-train-00001.tar.gz"),
+        root / "train",
+        sources=300,
+        copies=1,
+        seed=5,
+        shard_size=2575,
+        transforms=("exact", "reencode", "resize"),
+        donors=str(CIFAR / "cifar10-test-00005.tar.gz"),
+    )
     run_dir = root / "run"
-    result = run_cli("purge", root / "train", "--against", CIFAR / "cifar10-test-00005.tar.gz",
-                     "--config", "offline", "--run-dir", run_dir)
+    result = run_cli(
+        "purge",
+        root / "train",
+        "--against",
+        CIFAR / "cifar10-test-00005.tar.gz",
+        "--config",
+        "offline",
+        "--run-dir",
+        run_dir,
+    )
     return planted, run_dir, result
 
 
@@ -52,8 +69,16 @@ def test_written_shards_hold_the_rest(contaminated):
 def test_reference_embeddings_are_reused(contaminated):
     _, run_dir, _ = contaminated
     before = (run_dir / "reference" / "stats" / "stats_0.json").stat().st_mtime_ns
-    result = run_cli("purge", "--against", CIFAR / "cifar10-test-00005.tar.gz", "--config", "offline",
-                     "--run-dir", run_dir, "--no-write")
+    result = run_cli(
+        "purge",
+        "--against",
+        CIFAR / "cifar10-test-00005.tar.gz",
+        "--config",
+        "offline",
+        "--run-dir",
+        run_dir,
+        "--no-write",
+    )
     assert "already done" in result.stderr
     assert (run_dir / "reference" / "stats" / "stats_0.json").stat().st_mtime_ns == before
 
@@ -65,8 +90,17 @@ def test_a_single_image_takedown_removes_its_copies(contaminated, tmp_path):
     image = tmp_path / "takedown.jpg"
     image.write_bytes(donor.files["jpg"])
     second = tmp_path / "run2"
-    run_cli("purge", *sorted(str(p) for p in (run_dir.parent / "train").glob("*.tar")), "--against", image,
-                     "--config", "offline", "--run-dir", second, "--no-write")
+    run_cli(
+        "purge",
+        *sorted(str(p) for p in (run_dir.parent / "train").glob("*.tar")),
+        "--against",
+        image,
+        "--config",
+        "offline",
+        "--run-dir",
+        second,
+        "--no-write",
+    )
     rows = [r for r in pq.read_table(second / "manifest.parquet").to_pylist() if r["status"] == "dropped"]
     assert {r["key"] for r in rows} >= {planted.groups[0][1]}
     assert {r["reference_key"] for r in rows} == {"takedown"}

@@ -1,6 +1,7 @@
 """The README's Python example, verbatim, wherever users write Python: a script with and without a main
 guard, code piped to `python -`, `python -c`. Each must finish with the same summary; none may die with a
 BrokenProcessPool (the local engine's spawned workers re-run the main script)."""
+
 from __future__ import annotations
 
 import re
@@ -8,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 
@@ -39,7 +39,9 @@ def test_readme_python_example_runs_as_users_write_it(demo_folder, way):
         (folder / "example.py").write_text(code)
         result = _run(folder, ["example.py"])
     elif way == "guarded script":
-        (folder / "example.py").write_text('if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in code.splitlines()))
+        (folder / "example.py").write_text(
+            'if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in code.splitlines())
+        )
         result = _run(folder, ["example.py"])
     elif way == "stdin":
         result = _run(folder, ["-"], stdin=code)

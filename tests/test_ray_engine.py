@@ -1,4 +1,5 @@
 """`--engine ray` gives what the local engine gives: the same embeddings, manifest and output shards."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,8 @@ import hashlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, clip_retrieval_store, run_cli
+
 from dedup.io.store import EmbeddingStore
 
 pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install 'dedup[ray]')")
@@ -22,8 +23,20 @@ def test_ray_engine_matches_local_engine(planted_flickr, tmp_path):
     runs = {}
     for engine in ("local", "ray"):
         run_dir = tmp_path / engine
-        run_cli("run", shards_dir, "--config", ROOT / "configs" / "offline.toml", "--run-dir", run_dir,
-                "--engine", engine, "--workers", "2", "--set", "write.samples_per_shard=700")
+        run_cli(
+            "run",
+            shards_dir,
+            "--config",
+            ROOT / "configs" / "offline.toml",
+            "--run-dir",
+            run_dir,
+            "--engine",
+            engine,
+            "--workers",
+            "2",
+            "--set",
+            "write.samples_per_shard=700",
+        )
         runs[engine] = run_dir
     local, ray = runs["local"], runs["ray"]
 
@@ -48,9 +61,28 @@ def test_partitioned_find_units_on_ray_match_local(tmp_path):
     clip_retrieval_store(tmp_path / "emb", vectors, 12_000)
     pairs = {}
     for engine in ("local", "ray"):
-        run_cli("find", "--run-dir", tmp_path / engine, "--embeddings", tmp_path / "emb", "--index", "partitioned",
-                "--threshold", "0.9", "--no-exact", "--phash-radius", "off", "--engine", engine, "--workers", "2",
-                "--set", "find.unit_rows=8000", "--set", "find.leaf_size=512")
+        run_cli(
+            "find",
+            "--run-dir",
+            tmp_path / engine,
+            "--embeddings",
+            tmp_path / "emb",
+            "--index",
+            "partitioned",
+            "--threshold",
+            "0.9",
+            "--no-exact",
+            "--phash-radius",
+            "off",
+            "--engine",
+            engine,
+            "--workers",
+            "2",
+            "--set",
+            "find.unit_rows=8000",
+            "--set",
+            "find.leaf_size=512",
+        )
         table = pq.read_table(tmp_path / engine / "pairs.parquet")
         pairs[engine] = set(zip(table["a"].to_pylist(), table["b"].to_pylist()))
     assert len(pairs["local"]) >= 290

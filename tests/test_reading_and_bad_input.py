@@ -1,4 +1,5 @@
 """Reading shards in every form a user gives them, and a clear message for every kind of bad input."""
+
 from __future__ import annotations
 
 import functools
@@ -9,8 +10,8 @@ import threading
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import CIFAR, FLICKR, jpeg_bytes, run_cli, tar_bytes
+
 from dedup.errors import InputError
 from dedup.io.reader import iter_shard
 from dedup.io.sources import expand_shards
@@ -25,8 +26,17 @@ def collect(url):
 def test_sample_keeps_identity_and_every_file(tmp_path):
     extra = b"\x00\x01binary"
     shard = tmp_path / "s.tar"
-    shard.write_bytes(tar_bytes([("a.jpg", jpeg_bytes()), ("a.txt", b"cap"), ("a.json", b"{}"), ("a.seg.png", extra),
-                                 ("b.jpg", jpeg_bytes((1, 2, 3)))]))
+    shard.write_bytes(
+        tar_bytes(
+            [
+                ("a.jpg", jpeg_bytes()),
+                ("a.txt", b"cap"),
+                ("a.json", b"{}"),
+                ("a.seg.png", extra),
+                ("b.jpg", jpeg_bytes((1, 2, 3))),
+            ]
+        )
+    )
     samples, faults = collect(str(shard))
     assert faults == []
     assert [(s.key, s.index) for s in samples] == [("a", 0), ("b", 1)]
@@ -76,13 +86,20 @@ def broken_set(tmp_path):
     good.parent.mkdir()
     shutil.copy(FLICKR / "flickr8k-224-00008.tar", good)  # 91 real photos
     real = next(iter_shard(str(FLICKR / "flickr8k-224-00000.tar"), print)).files["jpg"]  # not in the good shard
-    (tmp_path / "in" / "01-bad-samples.tar").write_bytes(tar_bytes([
-        ("corrupt.jpg", b"this is not a jpeg"), ("corrupt.txt", b"a caption"),
-        ("noimage.txt", b"caption without image"), ("noimage.json", b"{}"),
-        ("truncjpeg.jpg", real[: len(real) // 3]),
-        ("empty.jpg", b""),
-        ("fine.jpg", real), ("fine.txt", b"ok"),
-    ]))
+    (tmp_path / "in" / "01-bad-samples.tar").write_bytes(
+        tar_bytes(
+            [
+                ("corrupt.jpg", b"this is not a jpeg"),
+                ("corrupt.txt", b"a caption"),
+                ("noimage.txt", b"caption without image"),
+                ("noimage.json", b"{}"),
+                ("truncjpeg.jpg", real[: len(real) // 3]),
+                ("empty.jpg", b""),
+                ("fine.jpg", real),
+                ("fine.txt", b"ok"),
+            ]
+        )
+    )
     whole = tar_bytes([(f"t{i}.jpg", real) for i in range(5)])
     (tmp_path / "in" / "02-truncated.tar").write_bytes(whole[: len(whole) // 2 + 700])
     (tmp_path / "in" / "03-zero.tar").write_bytes(b"")
@@ -135,8 +152,16 @@ def test_unusable_input_and_settings_give_clear_errors(tmp_path, args, code, wor
 
 def test_missing_clip_weights_fail_fast_with_instructions(tmp_path):
     (tmp_path / "s.tar").write_bytes(tar_bytes([("a.jpg", jpeg_bytes())]))
-    result = run_cli("embed", tmp_path / "s.tar", "--run-dir", tmp_path / "run", "--embedder", "clip",
-                     check=False, env={"HF_HOME": str(tmp_path / "empty-cache")})
+    result = run_cli(
+        "embed",
+        tmp_path / "s.tar",
+        "--run-dir",
+        tmp_path / "run",
+        "--embedder",
+        "clip",
+        check=False,
+        env={"HF_HOME": str(tmp_path / "empty-cache")},
+    )
     assert result.returncode == 4
     assert "--pretrained /path/to/" in result.stderr and "--embedder pixels" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -149,12 +174,24 @@ def test_expand_reports_missing_path():
 
 def test_log_json_records_every_stage(tmp_path):
     log = tmp_path / "events.jsonl"
-    run_cli("--quiet", "--log-json", log, "run", FLICKR / "flickr8k-224-00008.tar", "--config", "offline",
-            "--run-dir", tmp_path / "run")
+    run_cli(
+        "--quiet",
+        "--log-json",
+        log,
+        "run",
+        FLICKR / "flickr8k-224-00008.tar",
+        "--config",
+        "offline",
+        "--run-dir",
+        tmp_path / "run",
+    )
     events = [json.loads(line) for line in log.read_text().splitlines()]
     starts = [e["stage"] for e in events if e["event"] == "stage_start"]
     assert starts == ["embed", "find: embedding search", "write"]
-    assert all(e["event"] in ("stage_start", "stage_end", "progress", "info", "warning", "find_done", "write_done") for e in events)
+    assert all(
+        e["event"] in ("stage_start", "stage_end", "progress", "info", "warning", "find_done", "write_done")
+        for e in events
+    )
     done = next(e for e in events if e["event"] == "write_done")
     assert done["input_samples"] == 91 and done["reconciles"] is True
     progress = [e for e in events if e["event"] == "progress" and e["stage"] == "embed"]

@@ -3,6 +3,7 @@
 Chromium comes from Debian's package (`apt-get install chromium`, done by .ci/run); Playwright drives it
 without downloading a browser of its own. A screenshot is saved to test-artifacts/report.png.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, run_cli
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +51,9 @@ def test_report_in_headless_chromium(demo_run):
         page.goto(report.as_uri())
         page.wait_for_load_state("load")
         images = page.evaluate("[...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0, alt: i.alt}))")
-        shown = page.evaluate("[...document.querySelectorAll('section.group')].map(s => [Number(s.dataset.groupId), Number(s.dataset.groupSize)])")
+        shown = page.evaluate(
+            "[...document.querySelectorAll('section.group')].map(s => [Number(s.dataset.groupId), Number(s.dataset.groupSize)])"
+        )
         reconcile = page.inner_text("#reconcile")
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)

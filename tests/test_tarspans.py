@@ -1,13 +1,14 @@
 """The header scan behind write's byte-range copy: read straight from the 512-byte headers where every header
 is plain, and exactly what tarfile reads everywhere (a wrong span would copy the wrong bytes)."""
+
 from __future__ import annotations
 
 import io
 import tarfile
 
 import pytest
-
 from conftest import FLICKR
+
 from dedup.io import tarspans
 
 
@@ -17,15 +18,19 @@ def spans_by_tarfile(path: str) -> list[tuple]:
     original = tarspans._plain_ustar_members
     try:
         tarspans._plain_ustar_members = lambda _: members
-        return [(s.key, s.start, s.end, s.payload, sorted(s.extensions), s.contiguous)
-                for s in tarspans._scan.__wrapped__(path, 0, 0)]
+        return [
+            (s.key, s.start, s.end, s.payload, sorted(s.extensions), s.contiguous)
+            for s in tarspans._scan.__wrapped__(path, 0, 0)
+        ]
     finally:
         tarspans._plain_ustar_members = original
 
 
 def spans(path: str) -> list[tuple]:
-    return [(s.key, s.start, s.end, s.payload, sorted(s.extensions), s.contiguous)
-            for s in tarspans._scan.__wrapped__(path, 0, 0)]
+    return [
+        (s.key, s.start, s.end, s.payload, sorted(s.extensions), s.contiguous)
+        for s in tarspans._scan.__wrapped__(path, 0, 0)
+    ]
 
 
 def write_tar(path, members, format=tarfile.USTAR_FORMAT, end=True) -> str:
@@ -41,7 +46,7 @@ def write_tar(path, members, format=tarfile.USTAR_FORMAT, end=True) -> str:
                 archive.addfile(info, io.BytesIO(data))
     data = buffer.getvalue()
     if not end:  # drop the end-of-archive blocks, as some writers do
-        data = data[:data.rindex(b"end") + 512] if b"end" in data else data
+        data = data[: data.rindex(b"end") + 512] if b"end" in data else data
     path.write_bytes(data)
     return str(path)
 
@@ -55,8 +60,15 @@ def test_real_shard_is_read_from_headers_and_matches_tarfile():
 
 def test_prefixed_names_folders_and_a_missing_end_match_tarfile(tmp_path):
     deep = "a/" * 60  # a name over 100 bytes goes into ustar's prefix field
-    members = [("s1.jpg", b"x" * 700), ("s1.txt", b"caption"), ("folder", None), ("s1.json", b"{}"),
-               (f"{deep}s2.jpg", b"y" * 1024), (f"{deep}s2.txt", b""), ("s3.jpg", b"end")]
+    members = [
+        ("s1.jpg", b"x" * 700),
+        ("s1.txt", b"caption"),
+        ("folder", None),
+        ("s1.json", b"{}"),
+        (f"{deep}s2.jpg", b"y" * 1024),
+        (f"{deep}s2.txt", b""),
+        ("s3.jpg", b"end"),
+    ]
     for end in (True, False):
         path = write_tar(tmp_path / f"plain-{end}.tar", members, end=end)
         assert tarspans._plain_ustar_members(path) is not None
@@ -87,10 +99,21 @@ def test_reader_records_the_spans_the_scan_finds(tmp_path):
     from dedup.io.reader import iter_shard
 
     deep = "a/" * 60
-    members = [("s1.jpg", b"x" * 700), ("s1.txt", b"caption"), ("folder", None), ("s1.json", b"{}"),
-               (f"{deep}s2.jpg", b"y" * 1024), ("s3.jpg", b"end")]
-    for path in (str(FLICKR / "flickr8k-224-00001.tar"), write_tar(tmp_path / "odd.tar", members),
-                 write_tar(tmp_path / "pax.tar", [("s1.jpg", b"x"), ("b" * 150 + ".jpg", b"y" * 600)], format=tarfile.PAX_FORMAT)):
+    members = [
+        ("s1.jpg", b"x" * 700),
+        ("s1.txt", b"caption"),
+        ("folder", None),
+        ("s1.json", b"{}"),
+        (f"{deep}s2.jpg", b"y" * 1024),
+        ("s3.jpg", b"end"),
+    ]
+    for path in (
+        str(FLICKR / "flickr8k-224-00001.tar"),
+        write_tar(tmp_path / "odd.tar", members),
+        write_tar(
+            tmp_path / "pax.tar", [("s1.jpg", b"x"), ("b" * 150 + ".jpg", b"y" * 600)], format=tarfile.PAX_FORMAT
+        ),
+    ):
         recorded = [(s.key, s.span) for s in iter_shard(path, print)]
         scanned = [(s[0], (s[1], s[2]) if s[5] else None) for s in spans(path)]
         assert recorded == scanned
@@ -123,4 +146,6 @@ def test_write_copies_recorded_spans_without_scanning(tmp_path, monkeypatch):
     write(run / "embeddings", run, run / "out", WriteSettings(samples_per_shard=10_000), engine=LocalEngine(1))
     written = (run / "out" / "dedup-00000.tar").read_bytes()
     original = shard.read_bytes()
-    assert written.rstrip(b"\0") == original.rstrip(b"\0")  # every sample, headers included; only the end padding may differ
+    assert written.rstrip(b"\0") == original.rstrip(
+        b"\0"
+    )  # every sample, headers included; only the end padding may differ

@@ -1,4 +1,5 @@
 """The attacks of `verify` on one trained model: membership inference, white-box and black-box extraction."""
+
 from __future__ import annotations
 
 import time
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.attack.diffusion import auc, denoising_losses, sample as generate, text_guidance_magnitude
+from dedup.attack.diffusion import auc, denoising_losses, text_guidance_magnitude
+from dedup.attack.diffusion import sample as generate
 from dedup.attack.extraction import counts_by_duplicates, generate_and_filter, white_box
 from dedup.attack.presets import AttackSettings
 from dedup.attack.training_data import Conditioning, Images, to_unit
@@ -16,7 +18,9 @@ def _auc(members: np.ndarray, others: np.ndarray) -> float | None:
     return round(auc(members, others), 4) if len(members) and len(others) else None
 
 
-def membership(model, data: Images, conditioning: Conditioning, sets: dict, holdout: Images, attack: AttackSettings) -> dict:
+def membership(
+    model, data: Images, conditioning: Conditioning, sets: dict, holdout: Images, attack: AttackSettings
+) -> dict:
     """Loss-based membership AUC of the duplicated images (one per group) and of a sample of unique ones."""
     rng = np.random.default_rng(attack.seed)
     duplicated = np.flatnonzero((sets["group_size"] >= attack.duplicated_min) & (sets["rank"] == 0))
@@ -51,8 +55,9 @@ def white_box_per_group(generations: np.ndarray, training: np.ndarray, rank: np.
     the "other training images" the ratio compares with, or an image held 300 times could never count as
     extracted. Returns the result, each generation's nearest training row, and the reference rows."""
     references = np.flatnonzero(rank == 0)
-    result = white_box(generations.reshape(len(generations), -1), training[references].reshape(len(references), -1),
-                       alpha, neighbours)
+    result = white_box(
+        generations.reshape(len(generations), -1), training[references].reshape(len(references), -1), alpha, neighbours
+    )
     return result, references[result.nearest], references
 
 
@@ -65,10 +70,14 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     generations = generate(model, attack.generations, labels, seed=attack.seed + 1)
     sampling_seconds = time.perf_counter() - started
     train_unit = to_unit(data.images)
-    result, nearest, references = white_box_per_group(generations, train_unit, sets["rank"], attack.alpha, attack.neighbours)
+    result, nearest, references = white_box_per_group(
+        generations, train_unit, sets["rank"], attack.alpha, attack.neighbours
+    )
     extracted_rows = sorted({int(row) for row in nearest[result.extracted]})
-    closest = [(generations[i], train_unit[nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
-               for i in closest_per_image(np.argsort(result.ratio), nearest)]
+    closest = [
+        (generations[i], train_unit[nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
+        for i in closest_per_image(np.argsort(result.ratio), nearest)
+    ]
     return {
         "attack": "white box: relative l2 ratio",
         "generations": attack.generations,
@@ -83,8 +92,17 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     }
 
 
-def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict, prompts: list, controls: list,
-                     attack: AttackSettings, store_dir: Path, embedder) -> dict:
+def black_box_attack(
+    model,
+    data: Images,
+    conditioning: Conditioning,
+    sets: dict,
+    prompts: list,
+    controls: list,
+    attack: AttackSettings,
+    store_dir: Path,
+    embedder,
+) -> dict:
     """Generate-and-filter on the captions of the largest duplicate groups (and control captions), confirm the
     flagged cliques through the run's embedding store, and score every caption with the Wen et al. detector."""
     from dedup.attack.confirm import nearest_training_images
@@ -93,10 +111,15 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     per_prompt = attack.generations_per_prompt
     started = time.perf_counter()
     tokens = conditioning.tokens(captions)
-    generations = generate(model, len(captions) * per_prompt, np.repeat(tokens, per_prompt, axis=0), conditioning.empty,
-                           seed=attack.seed + 1)
+    generations = generate(
+        model,
+        len(captions) * per_prompt,
+        np.repeat(tokens, per_prompt, axis=0),
+        conditioning.empty,
+        seed=attack.seed + 1,
+    )
     sampling_seconds = time.perf_counter() - started
-    by_prompt = {str(i): generations[i * per_prompt:(i + 1) * per_prompt] for i in range(len(captions))}
+    by_prompt = {str(i): generations[i * per_prompt : (i + 1) * per_prompt] for i in range(len(captions))}
     position_of = {place: row for row, place in enumerate(sets["rows"])}
     train_unit = to_unit(data.images)
 
@@ -104,8 +127,14 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
         return train_unit[[position_of[place] for place in places]]
 
     result = generate_and_filter(
-        by_prompt, lambda images: nearest_training_images(images, store_dir, embedder, attack.grid, attack.candidates, from_memory),
-        attack.delta, attack.min_clique, attack.grid)
+        by_prompt,
+        lambda images: nearest_training_images(
+            images, store_dir, embedder, attack.grid, attack.candidates, from_memory
+        ),
+        attack.delta,
+        attack.min_clique,
+        attack.grid,
+    )
     extracted_rows = sorted({position_of[place] for place in result.extracted_places})
     extracted_groups = sorted({int(sets["group"][row]) for row in extracted_rows})
     first_row_of_group = {int(sets["group"][row]): row for row in reversed(extracted_rows)}
@@ -113,10 +142,20 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     is_control = np.arange(len(captions)) >= len(prompts)
     matches = [(int(p), m) for p, found in result.nearest.items() for m in found]
     matches.sort(key=lambda item: item[1].tiled_l2)
-    closest = [(by_prompt[str(p)][m.generation], train_unit[position_of[(m.shard, m.sample_index)]], f"l2 {m.tiled_l2:.2f}",
-                m in result.extracted[str(p)])
-               for p, m in (matches[i] for i in closest_per_image(
-                   range(len(matches)), [int(sets["group"][position_of[(m.shard, m.sample_index)]]) for _, m in matches]))]
+    closest = [
+        (
+            by_prompt[str(p)][m.generation],
+            train_unit[position_of[(m.shard, m.sample_index)]],
+            f"l2 {m.tiled_l2:.2f}",
+            m in result.extracted[str(p)],
+        )
+        for p, m in (
+            matches[i]
+            for i in closest_per_image(
+                range(len(matches)), [int(sets["group"][position_of[(m.shard, m.sample_index)]]) for _, m in matches]
+            )
+        )
+    ]
     return {
         "attack": "black box: generate-and-filter, confirmed through the embedding store",
         "prompts": len(prompts),
@@ -126,12 +165,21 @@ def black_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
         "flagged_control_prompts": sum(1 for p in result.flagged if is_control[int(p)]),
         "extracted_generations": sum(len(found) for found in result.extracted.values()),
         "extracted_images": len(extracted_groups),
-        "extracted_by_duplicate_count": counts_by_duplicates([first_row_of_group[g] for g in extracted_groups], sets["group_size"]),
+        "extracted_by_duplicate_count": counts_by_duplicates(
+            [first_row_of_group[g] for g in extracted_groups], sets["group_size"]
+        ),
         "lowest_tiled_l2": [round(m.tiled_l2, 4) for _, m in matches[:10]],
         "detector_auc_duplicated_vs_unique_prompts": _auc(-scores[~is_control], -scores[is_control]),
-        "per_prompt": [{"caption": caption, "copies": (prompts + controls)[i].group_size,
-                        "largest_clique": len(result.flagged.get(str(i), [])), "extracted": len(result.extracted[str(i)]),
-                        "detector_score": round(float(scores[i]), 4)} for i, caption in enumerate(captions)],
+        "per_prompt": [
+            {
+                "caption": caption,
+                "copies": (prompts + controls)[i].group_size,
+                "largest_clique": len(result.flagged.get(str(i), [])),
+                "extracted": len(result.extracted[str(i)]),
+                "detector_score": round(float(scores[i]), 4),
+            }
+            for i, caption in enumerate(captions)
+        ],
         "sampling_seconds": round(sampling_seconds, 1),
         "_closest": closest,
         "_generations": generations,

@@ -5,11 +5,12 @@ training samples are found with faiss, and each candidate is checked with the ti
 generation's resolution: within delta, the training sample counts as extracted. The store already holds
 every training image, so no second pass over the shards is needed except to read the few candidates back.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -54,9 +55,15 @@ def check_embedder_matches(store: EmbeddingStore, embedder: Embedder) -> None:
         )
 
 
-def nearest_training_images(generations: np.ndarray, store_dir: str | Path, embedder: Embedder, grid: int = 4,
-                            candidates: int = 5, load_images: ImageLoader = images_from_shards,
-                            chunk: int = 262_144) -> list[Match]:
+def nearest_training_images(
+    generations: np.ndarray,
+    store_dir: str | Path,
+    embedder: Embedder,
+    grid: int = 4,
+    candidates: int = 5,
+    load_images: ImageLoader = images_from_shards,
+    chunk: int = 262_144,
+) -> list[Match]:
     """For each generation (n, H, W, 3) in [0, 1], the training image nearest by tiled l2 among the
     `candidates` nearest in the store: the generation is a copy of it when that distance is within delta."""
     import faiss
@@ -68,7 +75,7 @@ def nearest_training_images(generations: np.ndarray, store_dir: str | Path, embe
     loaded = store.load(max_in_memory_bytes=0)  # memory-mapped: the index reads it part by part
     index = faiss.IndexFlatIP(loaded.embeddings.shape[1])
     for start in range(0, len(loaded.embeddings), chunk):
-        index.add(np.ascontiguousarray(loaded.embeddings[start:start + chunk], np.float32))
+        index.add(np.ascontiguousarray(loaded.embeddings[start : start + chunk], np.float32))
     _, nearest = index.search(embed_generations(embedder, generations), min(candidates, index.ntotal))
     shards = loaded.metadata["shard"].to_pylist()
     sample_indices = loaded.metadata["sample_index"].to_pylist()
@@ -79,7 +86,9 @@ def nearest_training_images(generations: np.ndarray, store_dir: str | Path, embe
     matches = []
     for position, rows in enumerate(nearest):
         rows = [row for row in rows if row >= 0]
-        distances = [float(tiled_l2(generations[position], training[(shards[row], sample_indices[row])], grid)) for row in rows]
+        distances = [
+            float(tiled_l2(generations[position], training[(shards[row], sample_indices[row])], grid)) for row in rows
+        ]
         row = rows[int(np.argmin(distances))]
         matches.append(Match(position, shards[row], sample_indices[row], keys[row], min(distances)))
     return matches

@@ -9,6 +9,7 @@ the mechanism behind memorization.
 A condition array goes with the images everywhere: None (unconditional), class ids (n,), or caption token
 ids (n, length) from `text.CaptionVocabulary`.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,20 +28,30 @@ def build_unet(settings: ModelSettings):
     depth = len(settings.channels)
     if settings.captions:  # cross-attention on the captions at every level but the first (full resolution)
         return UNet2DConditionModel(
-            sample_size=settings.resolution, in_channels=3, out_channels=3,
-            layers_per_block=settings.layers_per_block, block_out_channels=tuple(settings.channels),
+            sample_size=settings.resolution,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=settings.layers_per_block,
+            block_out_channels=tuple(settings.channels),
             down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (depth - 1),
             up_block_types=("CrossAttnUpBlock2D",) * (depth - 1) + ("UpBlock2D",),
-            cross_attention_dim=settings.text_width, attention_head_dim=8, norm_num_groups=8,
+            cross_attention_dim=settings.text_width,
+            attention_head_dim=8,
+            norm_num_groups=8,
         )
     down = ["DownBlock2D"] * depth
     up = ["UpBlock2D"] * depth
     down[-2], up[1] = "AttnDownBlock2D", "AttnUpBlock2D"  # one attention level, at the lower resolution
     return UNet2DModel(
-        sample_size=settings.resolution, in_channels=3, out_channels=3,
-        layers_per_block=settings.layers_per_block, block_out_channels=tuple(settings.channels),
-        down_block_types=tuple(down), up_block_types=tuple(up),
-        num_class_embeds=settings.classes or None, norm_num_groups=8,
+        sample_size=settings.resolution,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=settings.layers_per_block,
+        block_out_channels=tuple(settings.channels),
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        num_class_embeds=settings.classes or None,
+        norm_num_groups=8,
     )
 
 
@@ -51,13 +62,17 @@ class Denoiser(torch.nn.Module):
         super().__init__()
         self.settings = settings
         self.unet = build_unet(settings)
-        self.captions = (CaptionEncoder(vocabulary_length, caption_length, settings.text_width, settings.text_layers)
-                         if settings.captions else None)
+        self.captions = (
+            CaptionEncoder(vocabulary_length, caption_length, settings.text_width, settings.text_layers)
+            if settings.captions
+            else None
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         if self.captions is not None:
-            return self.unet(x, t, encoder_hidden_states=self.captions(condition),
-                             encoder_attention_mask=(condition != PAD).float()).sample
+            return self.unet(
+                x, t, encoder_hidden_states=self.captions(condition), encoder_attention_mask=(condition != PAD).float()
+            ).sample
         return self.unet(x, t, class_labels=condition if self.settings.classes else None).sample
 
 
@@ -84,14 +99,22 @@ def _repeat_row(row: np.ndarray, count: int, device: torch.device) -> torch.Tens
 def _ema_with_warmup(decay: float):
     """Exponential moving average whose decay grows to `decay` over the first steps (as diffusers' EMAModel
     does), so a short run's average is not dominated by the untrained first weights."""
+
     def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
         step_decay = min(decay, (1 + float(updates)) / (10 + float(updates)))
         return step_decay * averaged + (1 - step_decay) * current
+
     return average
 
 
-def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSettings, log=None,
-          vocabulary_length: int = 0, empty_caption: np.ndarray | None = None) -> tuple[Denoiser, dict]:
+def train(
+    images: np.ndarray,
+    conditions: np.ndarray | None,
+    settings: ModelSettings,
+    log=None,
+    vocabulary_length: int = 0,
+    empty_caption: np.ndarray | None = None,
+) -> tuple[Denoiser, dict]:
     """Train on images (n, 3, H, W) in [-1, 1]; returns the model and training stats.
 
     With captions, `conditions` are token ids, `vocabulary_length` the encoder's vocabulary and
@@ -110,7 +133,9 @@ def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSett
     empty = torch.from_numpy(empty_caption).long().to(device) if settings.captions else None
     if settings.conditioning == "none":
         conditions = None
-    averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=_ema_with_warmup(settings.ema)) if settings.ema else None
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(model, avg_fn=_ema_with_warmup(settings.ema)) if settings.ema else None
+    )
     started, losses = time.perf_counter(), []
     model.train()
     for step in range(settings.train_steps):
@@ -132,8 +157,12 @@ def train(images: np.ndarray, conditions: np.ndarray | None, settings: ModelSett
             log(f"step {step + 1}/{settings.train_steps}: loss {np.mean(losses[-50:]):.4f}")
     model = averaged.module if averaged is not None else model
     model.eval()
-    return model, {"seconds": round(time.perf_counter() - started, 1), "final_loss": float(np.mean(losses[-50:])),
-                   "parameters": parameter_count(model), "settings": asdict(settings)}
+    return model, {
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_loss": float(np.mean(losses[-50:])),
+        "parameters": parameter_count(model),
+        "settings": asdict(settings),
+    }
 
 
 def _ddim(settings: ModelSettings):
@@ -153,8 +182,14 @@ def _guided(model: Denoiser, x, t, condition, empty, scale: float):
 
 
 @torch.inference_mode()
-def sample(model: Denoiser, count: int, conditions: np.ndarray | None = None, empty_caption: np.ndarray | None = None,
-           seed: int = 1, batch: int = 256) -> np.ndarray:
+def sample(
+    model: Denoiser,
+    count: int,
+    conditions: np.ndarray | None = None,
+    empty_caption: np.ndarray | None = None,
+    seed: int = 1,
+    batch: int = 256,
+) -> np.ndarray:
     """DDIM samples as (count, H, W, 3) in [0, 1]; conditions (count, ...) when the model is conditional."""
     settings, device = model.settings, _device(model)
     scheduler = _ddim(settings)
@@ -163,7 +198,9 @@ def sample(model: Denoiser, count: int, conditions: np.ndarray | None = None, em
     for start in range(0, count, batch):
         size = min(batch, count - start)
         x = torch.randn((size, 3, settings.resolution, settings.resolution), generator=generator).to(device)
-        condition = _condition(conditions, slice(start, start + size), device) if settings.conditioning != "none" else None
+        condition = (
+            _condition(conditions, slice(start, start + size), device) if settings.conditioning != "none" else None
+        )
         empty = _repeat_row(empty_caption, size, device) if settings.captions else None
         for t in scheduler.timesteps:
             timestep = torch.full((size,), int(t), device=device)
@@ -177,8 +214,15 @@ def sample(model: Denoiser, count: int, conditions: np.ndarray | None = None, em
 
 
 @torch.inference_mode()
-def text_guidance_magnitude(model: Denoiser, captions: np.ndarray, empty_caption: np.ndarray, repeats: int = 4,
-                            steps: int = 1, seed: int = 7, batch: int = 256) -> np.ndarray:
+def text_guidance_magnitude(
+    model: Denoiser,
+    captions: np.ndarray,
+    empty_caption: np.ndarray,
+    repeats: int = 4,
+    steps: int = 1,
+    seed: int = 7,
+    batch: int = 256,
+) -> np.ndarray:
     """Wen et al. (ICLR 2024): per caption, the norm of eps(x_t, caption) - eps(x_t, empty) over the first
     `steps` guided DDIM steps, averaged over `repeats` starting noises. Memorized captions score high."""
     settings, device = model.settings, _device(model)
@@ -194,14 +238,20 @@ def text_guidance_magnitude(model: Denoiser, captions: np.ndarray, empty_caption
         for t in scheduler.timesteps[:steps]:
             timestep = torch.full((size,), int(t), device=device)
             eps, text_part = _guided(model, x, timestep, condition, empty, settings.guidance_scale)
-            scores[start:start + size] += text_part.flatten(1).norm(dim=1).float().cpu().numpy() / steps
+            scores[start : start + size] += text_part.flatten(1).norm(dim=1).float().cpu().numpy() / steps
             x = scheduler.step(eps, t, x).prev_sample
     return scores.reshape(len(captions), repeats).mean(1)
 
 
 @torch.inference_mode()
-def denoising_losses(model: Denoiser, images: np.ndarray, conditions: np.ndarray | None,
-                     timesteps: tuple[int, ...] = (50, 100, 200, 400), seed: int = 123, batch: int = 256) -> np.ndarray:
+def denoising_losses(
+    model: Denoiser,
+    images: np.ndarray,
+    conditions: np.ndarray | None,
+    timesteps: tuple[int, ...] = (50, 100, 200, 400),
+    seed: int = 123,
+    batch: int = 256,
+) -> np.ndarray:
     """Per-image denoising loss at fixed noise and timesteps (the paper's membership signal): lower = member."""
     from diffusers import DDPMScheduler
 
@@ -213,13 +263,13 @@ def denoising_losses(model: Denoiser, images: np.ndarray, conditions: np.ndarray
     conditional = model.settings.conditioning != "none"
     losses = np.zeros(len(data), dtype=np.float64)
     for start in range(0, len(data), batch):
-        clean = data[start:start + batch]
+        clean = data[start : start + batch]
         condition = _condition(conditions, slice(start, start + batch), device) if conditional else None
         for noise, step in zip(noises, timesteps):
             noise_batch = noise.expand_as(clean)
             t = torch.full((len(clean),), step, dtype=torch.long, device=device)
             predicted = model(scheduler.add_noise(clean, noise_batch, t), t, condition)
-            losses[start:start + batch] += ((predicted - noise_batch) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
+            losses[start : start + batch] += ((predicted - noise_batch) ** 2).mean(dim=(1, 2, 3)).float().cpu().numpy()
     return losses / len(timesteps)
 
 

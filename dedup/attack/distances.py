@@ -6,6 +6,7 @@
 - relative ratio (CIFAR-10): l2 to the nearest training image divided by the mean l2 to the n nearest
   (n = 50); a generation is extracted when that ratio is below alpha = 0.5.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ def normalized_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Normalised l2 between images (broadcasting over leading axes; last three axes are one image)."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     size = np.prod(diff.shape[-3:])
-    return np.sqrt((diff ** 2).reshape(*diff.shape[:-3], -1).sum(-1) / size)
+    return np.sqrt((diff**2).reshape(*diff.shape[:-3], -1).sum(-1) / size)
 
 
 def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4, channels_last: bool = True) -> np.ndarray:
@@ -27,8 +28,13 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4, channels_last: bool = 
     worst = None
     for row in range(grid):
         for col in range(grid):
-            tile = diff[..., row * height // grid:(row + 1) * height // grid, col * width // grid:(col + 1) * width // grid, :]
-            score = np.sqrt((tile ** 2).reshape(*tile.shape[:-3], -1).mean(-1))
+            tile = diff[
+                ...,
+                row * height // grid : (row + 1) * height // grid,
+                col * width // grid : (col + 1) * width // grid,
+                :,
+            ]
+            score = np.sqrt((tile**2).reshape(*tile.shape[:-3], -1).mean(-1))
             worst = score if worst is None else np.maximum(worst, score)
     return worst
 
@@ -38,16 +44,18 @@ def pairwise_l2(x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     y = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
     d = x.shape[1]
-    y_norms = (y ** 2).sum(1)
+    y_norms = (y**2).sum(1)
     out = np.empty((len(x), len(y)), dtype=np.float32)
     for start in range(0, len(x), chunk):
-        block = x[start:start + chunk]
-        squared = (block ** 2).sum(1)[:, None] + y_norms[None, :] - 2 * block @ y.T
-        out[start:start + chunk] = np.sqrt(np.maximum(squared, 0) / d)
+        block = x[start : start + chunk]
+        squared = (block**2).sum(1)[:, None] + y_norms[None, :] - 2 * block @ y.T
+        out[start : start + chunk] = np.sqrt(np.maximum(squared, 0) / d)
     return out
 
 
-def relative_ratio(generations: np.ndarray, training: np.ndarray, neighbours: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def relative_ratio(
+    generations: np.ndarray, training: np.ndarray, neighbours: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """For each generation: (nearest training row, l2 to it / mean l2 to the `neighbours` nearest)."""
     distances = pairwise_l2(generations, training)
     k = min(neighbours, distances.shape[1])

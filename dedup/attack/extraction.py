@@ -7,6 +7,7 @@ Black box (generate-and-filter, the Stable Diffusion setting): for one prompt, N
 generations closer than delta (tiled l2); a prompt is flagged as memorized when the graph has a clique of at
 least k; the flagged generations are then confirmed against the training set.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -26,7 +27,9 @@ class WhiteBoxResult:
     unique_extracted: list[int]  # training rows extracted at least once
 
 
-def white_box(generations: np.ndarray, training: np.ndarray, alpha: float = 0.5, neighbours: int = 50) -> WhiteBoxResult:
+def white_box(
+    generations: np.ndarray, training: np.ndarray, alpha: float = 0.5, neighbours: int = 50
+) -> WhiteBoxResult:
     nearest, ratio = relative_ratio(generations, training, neighbours)
     extracted = ratio < alpha
     return WhiteBoxResult(nearest, ratio, extracted, sorted({int(i) for i in nearest[extracted]}))
@@ -37,14 +40,16 @@ def largest_clique(generations: np.ndarray, delta: float, grid: int = 4) -> list
     graph = nx.Graph()
     graph.add_nodes_from(range(len(generations)))
     for i in range(len(generations) - 1):
-        close = tiled_l2(generations[i][None], generations[i + 1:], grid) <= delta
+        close = tiled_l2(generations[i][None], generations[i + 1 :], grid) <= delta
         graph.add_edges_from((i, i + 1 + int(j)) for j in np.flatnonzero(close))
     if graph.number_of_edges() == 0:
         return [0] if len(generations) else []
     return max(nx.find_cliques(graph), key=len)
 
 
-def flag_memorized(generations_by_prompt: dict[str, np.ndarray], delta: float = 0.15, min_clique: int = 10, grid: int = 4) -> dict[str, list[int]]:
+def flag_memorized(
+    generations_by_prompt: dict[str, np.ndarray], delta: float = 0.15, min_clique: int = 10, grid: int = 4
+) -> dict[str, list[int]]:
     """Prompts whose generations hold a clique of at least `min_clique`, with the clique's members."""
     flagged = {}
     for prompt, generations in generations_by_prompt.items():
@@ -71,8 +76,13 @@ class BlackBoxResult:
         return sorted({(m.shard, m.sample_index) for matches in self.extracted.values() for m in matches})
 
 
-def generate_and_filter(generations_by_prompt: dict[str, np.ndarray], nearest_training, delta: float = 0.15,
-                        min_clique: int = 10, grid: int = 4) -> BlackBoxResult:
+def generate_and_filter(
+    generations_by_prompt: dict[str, np.ndarray],
+    nearest_training,
+    delta: float = 0.15,
+    min_clique: int = 10,
+    grid: int = 4,
+) -> BlackBoxResult:
     """The paper's black-box attack: flag prompts whose generations form a clique of at least `min_clique`
     within `delta`, then confirm the clique's generations against the training set with
     `nearest_training(generations) -> [Match]` (see `confirm.nearest_training_images`). Every generation is
@@ -83,7 +93,7 @@ def generate_and_filter(generations_by_prompt: dict[str, np.ndarray], nearest_tr
     nearest, extracted, start = {}, {}, 0
     for prompt in prompts:
         count = len(generations_by_prompt[prompt])
-        nearest[prompt] = [replace(m, generation=m.generation - start) for m in matches[start:start + count]]
+        nearest[prompt] = [replace(m, generation=m.generation - start) for m in matches[start : start + count]]
         start += count
         clique = set(flagged.get(prompt, ()))
         extracted[prompt] = [m for m in nearest[prompt] if m.generation in clique and m.tiled_l2 <= delta]

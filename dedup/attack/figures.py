@@ -1,4 +1,5 @@
 """verify's figures: extraction by duplicate count with the AUCs, and the closest generations beside their training images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,14 +26,21 @@ def write_figures(out_dir: Path, models: dict) -> dict:
     counts = sorted({c for m in models.values() for c in m["extracted_by_duplicate_count"]} | {1})
     width = 0.4
     for offset, (name, model) in zip((-width / 2, width / 2), models.items()):
-        left.bar(np.arange(len(counts)) + offset, [model["extracted_by_duplicate_count"].get(c, 0) for c in counts], width, label=f"model {name}")
+        left.bar(
+            np.arange(len(counts)) + offset,
+            [model["extracted_by_duplicate_count"].get(c, 0) for c in counts],
+            width,
+            label=f"model {name}",
+        )
     left.set_xticks(range(len(counts)), [str(c) for c in counts])
     left.set_xlabel("copies of the image in the original training set")
     left.set_ylabel("training images extracted")
     left.legend()
-    measures = {"membership_auc_duplicated_vs_heldout": "loss: duplicated\nvs held-out",
-                "membership_auc_unique_vs_heldout": "loss: unique\nvs held-out",
-                "detector_auc_duplicated_vs_unique_prompts": "Wen detector: duplicated\nvs unique captions"}
+    measures = {
+        "membership_auc_duplicated_vs_heldout": "loss: duplicated\nvs held-out",
+        "membership_auc_unique_vs_heldout": "loss: unique\nvs held-out",
+        "detector_auc_duplicated_vs_unique_prompts": "Wen detector: duplicated\nvs unique captions",
+    }
     measures = {key: label for key, label in measures.items() if all(key in m for m in models.values())}
     for offset, (name, model) in zip((-width / 2, width / 2), models.items()):
         values = [np.nan if model[key] is None else model[key] for key in measures]

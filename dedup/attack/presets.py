@@ -1,4 +1,5 @@
 """Verify presets (configs/verify-NAME.toml): the planted data, the dedup config, the model and the attack."""
+
 from __future__ import annotations
 
 import tomllib
@@ -40,7 +41,9 @@ def planted_counts(options: dict, origin: str) -> tuple[int, int | list[int]]:
     if tiers is None:
         sources, copies = options.pop("sources", 10), options.pop("copies", 100)
         if not isinstance(copies, int):
-            raise SettingsError(f"{origin} [plant] copies must be a number; for several counts use tiers = [[sources, copies], ...]")
+            raise SettingsError(
+                f"{origin} [plant] copies must be a number; for several counts use tiers = [[sources, copies], ...]"
+            )
         return sources, copies
     if "sources" in options or "copies" in options:
         raise SettingsError(f"{origin} [plant]: give tiers, or sources and copies, not both")

@@ -1,4 +1,5 @@
 """Which captions to attack with: the paper's rule is the captions of the most duplicated training images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,11 @@ def largest_group_prompts(run_dir: str | Path, count: int, min_size: int = 2) ->
 def unique_image_prompts(run_dir: str | Path, count: int, seed: int = 0) -> list[Prompt]:
     """Captions of `count` training images that have no duplicate, drawn at random: the control prompts."""
     groups = _caption_columns(run_dir)
-    rows = [i for i, (size, caption) in enumerate(zip(groups["group_size"], groups["caption"])) if size == 1 and caption]
+    rows = [
+        i for i, (size, caption) in enumerate(zip(groups["group_size"], groups["caption"])) if size == 1 and caption
+    ]
     chosen = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)), replace=False) if rows else []
-    return [Prompt(groups["caption"][rows[i]].strip(), int(groups["group_id"][rows[i]]), 1, groups["key"][rows[i]])
-            for i in sorted(chosen)]
+    return [
+        Prompt(groups["caption"][rows[i]].strip(), int(groups["group_id"][rows[i]]), 1, groups["key"][rows[i]])
+        for i in sorted(chosen)
+    ]

@@ -5,11 +5,12 @@ for the UNet's cross-attention. Token 0 pads, 1 stands for unknown words, 2 begi
 caption (only the begin token) is the unconditional input of classifier-free guidance, which caption dropout
 teaches the model.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class CaptionVocabulary:
         self._ids = {word: BEGIN + 1 + i for i, word in enumerate(self.vocabulary)}
 
     @classmethod
-    def build(cls, captions: Sequence[str], size: int, max_words: int) -> "CaptionVocabulary":
+    def build(cls, captions: Sequence[str], size: int, max_words: int) -> CaptionVocabulary:
         counts = Counter(word for caption in captions for word in words(caption))
         return cls([word for word, _ in counts.most_common(size)], max_words)
 
@@ -46,7 +47,7 @@ class CaptionVocabulary:
         tokens[:, 0] = BEGIN
         for row, caption in enumerate(captions):
             ids = [self._ids.get(word, UNKNOWN) for word in words(caption)][: self.max_words]
-            tokens[row, 1:1 + len(ids)] = ids
+            tokens[row, 1 : 1 + len(ids)] = ids
         return tokens
 
     def empty(self, count: int = 1) -> np.ndarray:
@@ -61,8 +62,9 @@ class CaptionEncoder(torch.nn.Module):
         super().__init__()
         self.tokens = torch.nn.Embedding(vocabulary_size, width)
         self.positions = torch.nn.Parameter(torch.randn(length, width) * 0.02)
-        layer = torch.nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0,
-                                                 batch_first=True, norm_first=True)
+        layer = torch.nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.layers = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = torch.nn.LayerNorm(width)
 

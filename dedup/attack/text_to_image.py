@@ -6,6 +6,7 @@ optionally narrowed first by the Wen et al. detector; each prompt gets N generat
 near-identical generations flags it; flagged generations are confirmed against the training set through
 the run's embedding store. Nothing is fetched from a model hub.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.io.atomic import atomic_open, write_json
 from dedup.attack.confirm import images_from_shards, nearest_training_images
 from dedup.attack.extraction import generate_and_filter
 from dedup.attack.prompts import Prompt, largest_group_prompts
 from dedup.errors import SettingsError
+from dedup.io.atomic import atomic_open, write_json
 from dedup.progress import SILENT, Reporter
 from dedup.settings import EmbedSettings, ExtractSettings
 
@@ -33,7 +34,8 @@ def load_pipeline(path: str | Path, device: str = "auto"):
         raise SettingsError(
             f"{folder} is not a diffusers pipeline folder (no model_index.json); nothing is downloaded from a hub: "
             "fetch the pipeline where you can (e.g. `huggingface-cli download stabilityai/stable-diffusion-2-1-base "
-            "--local-dir sd21`) and give that folder")
+            "--local-dir sd21`) and give that folder"
+        )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
@@ -58,9 +60,16 @@ def generate(pipe, captions: list[str], settings: ExtractSettings) -> dict[str, 
         images, remaining = [], settings.generations_per_prompt
         while remaining:
             count = min(remaining, settings.batch_size)
-            result = pipe(caption, num_images_per_prompt=count, num_inference_steps=settings.steps,
-                          guidance_scale=settings.guidance_scale, height=size, width=size, output_type="np",
-                          generator=generator)
+            result = pipe(
+                caption,
+                num_images_per_prompt=count,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                height=size,
+                width=size,
+                output_type="np",
+                generator=generator,
+            )
             images.append(np.asarray(result.images, np.float32))
             remaining -= count
         out[str(number)] = np.concatenate(images)
@@ -86,17 +95,32 @@ def detector_scores(pipe, captions: list[str], settings: ExtractSettings) -> np.
             if len(encoded) != 2:  # e.g. SDXL's pooled embeddings: its UNet needs more than the text states
                 return None
             text, empty = encoded
-            latents = torch.randn((settings.detector_repeats, pipe.unet.config.in_channels, size, size),
-                                  generator=generator, device=pipe.device, dtype=text.dtype) * pipe.scheduler.init_noise_sigma
+            latents = (
+                torch.randn(
+                    (settings.detector_repeats, pipe.unet.config.in_channels, size, size),
+                    generator=generator,
+                    device=pipe.device,
+                    dtype=text.dtype,
+                )
+                * pipe.scheduler.init_noise_sigma
+            )
             latents = pipe.scheduler.scale_model_input(latents, first)
-            noise = pipe.unet(torch.cat([latents, latents]), first, encoder_hidden_states=torch.cat([empty, text])).sample
+            noise = pipe.unet(
+                torch.cat([latents, latents]), first, encoder_hidden_states=torch.cat([empty, text])
+            ).sample
             unconditional, conditional = noise.chunk(2)
             scores.append(float((conditional - unconditional).float().flatten(1).norm(dim=1).mean()))
     return np.array(scores)
 
 
-def extract(run_dir: str | Path, pipeline_path: str | Path, settings: ExtractSettings, embed: EmbedSettings,
-            reporter: Reporter = SILENT, pipe=None) -> dict:
+def extract(
+    run_dir: str | Path,
+    pipeline_path: str | Path,
+    settings: ExtractSettings,
+    embed: EmbedSettings,
+    reporter: Reporter = SILENT,
+    pipe=None,
+) -> dict:
     """Attack the pipeline with the captions of RUN_DIR's largest duplicate groups; write extract.json."""
     from dedup.embedders import build_embedder
 
@@ -120,30 +144,47 @@ def extract(run_dir: str | Path, pipeline_path: str | Path, settings: ExtractSet
     generation_seconds = time.perf_counter() - started
     store = run_dir / "embeddings"
     result = generate_and_filter(
-        generations, lambda images: nearest_training_images(images, store, embedder, settings.grid, settings.candidates,
-                                                             images_from_shards),
-        settings.delta, settings.min_clique, settings.grid)
+        generations,
+        lambda images: nearest_training_images(
+            images, store, embedder, settings.grid, settings.candidates, images_from_shards
+        ),
+        settings.delta,
+        settings.min_clique,
+        settings.grid,
+    )
     extracted_groups = {prompts[int(p)].group_id for p, found in result.extracted.items() if found}
     report = {
-        "run_dir": str(run_dir), "pipeline": str(pipeline_path), "settings": asdict(settings), "embed": asdict(embed),
+        "run_dir": str(run_dir),
+        "pipeline": str(pipeline_path),
+        "settings": asdict(settings),
+        "embed": asdict(embed),
         "prompts": len(prompts),
         "flagged_prompts": len(result.flagged),
         "extracted_images": len(result.extracted_places),
         "extracted_groups": len(extracted_groups),
         "per_prompt": [
-            {"caption": p.caption, "copies": p.group_size, "source_key": p.key,
-             "largest_clique": len(result.flagged.get(str(i), [])),
-             "extracted": [{"key": m.key, "shard": m.shard, "sample_index": m.sample_index, "tiled_l2": round(m.tiled_l2, 4)}
-                           for m in result.extracted[str(i)]],
-             "nearest_tiled_l2": round(min(m.tiled_l2 for m in result.nearest[str(i)]), 4),
-             "detector_score": None if scores is None else round(float(scores[i]), 4)}
-            for i, p in enumerate(prompts)],
+            {
+                "caption": p.caption,
+                "copies": p.group_size,
+                "source_key": p.key,
+                "largest_clique": len(result.flagged.get(str(i), [])),
+                "extracted": [
+                    {"key": m.key, "shard": m.shard, "sample_index": m.sample_index, "tiled_l2": round(m.tiled_l2, 4)}
+                    for m in result.extracted[str(i)]
+                ],
+                "nearest_tiled_l2": round(min(m.tiled_l2 for m in result.nearest[str(i)]), 4),
+                "detector_score": None if scores is None else round(float(scores[i]), 4),
+            }
+            for i, p in enumerate(prompts)
+        ],
         "seconds": {"generation": round(generation_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
     report["figure"] = write_extracted_grid(run_dir / "extract-pairs.png", generations, result)
     write_json(run_dir / "extract.json", report)
-    reporter.info(f"extract: {report['flagged_prompts']} of {len(prompts)} captions flagged, "
-                  f"{report['extracted_images']} training images extracted")
+    reporter.info(
+        f"extract: {report['flagged_prompts']} of {len(prompts)} captions flagged, "
+        f"{report['extracted_images']} training images extracted"
+    )
     return report
 
 

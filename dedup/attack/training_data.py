@@ -1,4 +1,5 @@
 """The training images of a run, read back from its shards for the attacks, and what a model is conditioned on."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ class Images:
     labels: np.ndarray  # class ids (json label_id, else 0)
     captions: list[str]  # .txt, else json caption, else ""
 
-    def take(self, rows) -> "Images":
+    def take(self, rows) -> Images:
         rows = np.asarray(rows)
         return Images(self.images[rows], self.labels[rows], [self.captions[i] for i in rows])
 
@@ -59,7 +60,9 @@ def load_images(rows: list[tuple[str, int]], resolution: int) -> Images:
         captions[position] = _caption(sample.files, meta)
         found += 1
     if found != len(rows):
-        raise InputError(f"{len(rows) - found} training images could not be read back; did the shards change since the run?")
+        raise InputError(
+            f"{len(rows) - found} training images could not be read back; did the shards change since the run?"
+        )
     return Images(images, labels, captions)
 
 
@@ -78,9 +81,17 @@ def training_sets(manifest) -> dict:
     rows = list(zip(readable["shard"].to_pylist(), readable["sample_index"].to_pylist()))
     status = readable["status"].to_pylist()
     sizes = np.array([s or 1 for s in readable["group_size"].to_pylist()], np.int64)
-    groups = np.array([g if g is not None else -1 - i for i, g in enumerate(readable["group_id"].to_pylist())], np.int64)
+    groups = np.array(
+        [g if g is not None else -1 - i for i, g in enumerate(readable["group_id"].to_pylist())], np.int64
+    )
     ranks = np.array([r or 0 for r in readable["rank"].to_pylist()], np.int64)
-    return {"rows": rows, "kept": np.array([s == "kept" for s in status]), "group_size": sizes, "group": groups, "rank": ranks}
+    return {
+        "rows": rows,
+        "kept": np.array([s == "kept" for s in status]),
+        "group_size": sizes,
+        "group": groups,
+        "rank": ranks,
+    }
 
 
 def to_unit(images: np.ndarray) -> np.ndarray:
@@ -92,8 +103,11 @@ class Conditioning:
 
     def __init__(self, settings: ModelSettings, training_captions: list[str]):
         self.settings = settings
-        self.vocabulary = (CaptionVocabulary.build(training_captions, settings.vocabulary_size, settings.max_words)
-                           if settings.captions else None)
+        self.vocabulary = (
+            CaptionVocabulary.build(training_captions, settings.vocabulary_size, settings.max_words)
+            if settings.captions
+            else None
+        )
 
     def of(self, data: Images) -> np.ndarray | None:
         return self.tokens(data.captions) if self.vocabulary else data.labels if self.settings.classes else None

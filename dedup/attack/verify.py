@@ -9,6 +9,7 @@ seeds, then measure on both what an attacker gets:
   duplicate groups (clique of near-identical generations, confirmed against the training set through the
   run's embedding store), and the Wen et al. detector (text-conditional noise magnitude) on every caption.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ from dedup.io.runfiles import load_manifest
 from dedup.progress import SILENT, Reporter
 
 
-def trained_model(path: Path, name: str, data: Images, rows: np.ndarray, conditions: np.ndarray | None,
-                  conditioning: Conditioning, places: list, settings: ModelSettings, reporter: Reporter):
+def trained_model(
+    path: Path,
+    name: str,
+    data: Images,
+    rows: np.ndarray,
+    conditions: np.ndarray | None,
+    conditioning: Conditioning,
+    places: list,
+    settings: ModelSettings,
+    reporter: Reporter,
+):
     """Model `name` trained on `rows`, or the one a previous verify saved at `path` for the same settings,
     training samples and vocabulary: a rerun after an interruption or a scoring change skips training."""
     import hashlib
@@ -39,9 +49,15 @@ def trained_model(path: Path, name: str, data: Images, rows: np.ndarray, conditi
 
     from dedup.attack.diffusion import Denoiser, pick_device
 
-    identity = json.dumps({"settings": asdict(settings), "places": hashlib.sha256(json.dumps(places).encode()).hexdigest(),
-                           "vocabulary": conditioning.vocabulary.to_json() if conditioning.vocabulary else None},
-                          sort_keys=True, default=str)
+    identity = json.dumps(
+        {
+            "settings": asdict(settings),
+            "places": hashlib.sha256(json.dumps(places).encode()).hexdigest(),
+            "vocabulary": conditioning.vocabulary.to_json() if conditioning.vocabulary else None,
+        },
+        sort_keys=True,
+        default=str,
+    )
     length = conditions.shape[1] if settings.captions else 0
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -51,15 +67,22 @@ def trained_model(path: Path, name: str, data: Images, rows: np.ndarray, conditi
             model.load_state_dict(saved["state"])
             return model.to(pick_device(settings.device)).eval(), json.loads(saved["stats"])
     reporter.info(f"verify: training model {name} on {len(rows)} images ({settings.train_steps} steps)")
-    model, stats = train(data.images[rows], None if conditions is None else conditions[rows], settings,
-                         log=lambda message: reporter.info(f"  {name} {message}"),
-                         vocabulary_length=conditioning.vocabulary_length, empty_caption=conditioning.empty)
+    model, stats = train(
+        data.images[rows],
+        None if conditions is None else conditions[rows],
+        settings,
+        log=lambda message: reporter.info(f"  {name} {message}"),
+        vocabulary_length=conditioning.vocabulary_length,
+        empty_caption=conditioning.empty,
+    )
     with atomic_open(path, "wb") as handle:
         torch.save({"identity": identity, "state": model.state_dict(), "stats": json.dumps(stats, default=str)}, handle)
     return model, stats
 
 
-def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | None = None, reporter: Reporter = SILENT) -> dict:
+def verify(
+    run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | None = None, reporter: Reporter = SILENT
+) -> dict:
     """Train A (original) and B (deduplicated) and attack both; write verify.json and figures."""
     from dedup.attack.prompts import largest_group_prompts, unique_image_prompts
     from dedup.embedders import build_embedder
@@ -70,40 +93,66 @@ def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | 
         raise SettingsError("verify needs held-out images (holdout shards) to measure membership against")
     model_settings, attack = settings.model, settings.attack
     if model_settings.captions and settings.embed is None:
-        raise SettingsError("a caption-conditioned verify confirms generations through the run's embedding store: "
-                            "give the run's embed settings (the preset's [dedup] config)")
+        raise SettingsError(
+            "a caption-conditioned verify confirms generations through the run's embedding store: "
+            "give the run's embed settings (the preset's [dedup] config)"
+        )
     started = time.perf_counter()
     sets = training_sets(load_manifest(run_dir))
     data = load_images(sets["rows"], model_settings.resolution)
     holdout = load_holdout(settings.holdout, settings.holdout_count, model_settings.resolution)
     conditioning = Conditioning(model_settings, data.captions)
     if model_settings.captions and not any(data.captions):
-        raise InputError(f"the preset trains a caption-conditioned model, but none of the {len(data.captions)} training "
-                         "samples has a caption (KEY.txt, or caption in KEY.json); use a preset without captions = true")
+        raise InputError(
+            f"the preset trains a caption-conditioned model, but none of the {len(data.captions)} training "
+            "samples has a caption (KEY.txt, or caption in KEY.json); use a preset without captions = true"
+        )
     if model_settings.captions:
         prompts = largest_group_prompts(run_dir, attack.prompts)
         controls = unique_image_prompts(run_dir, attack.control_prompts, attack.seed)
         embedder = build_embedder(settings.embed.embedder, **settings.embed.embedder_options())
-    report = {"run_dir": str(run_dir),
-              "settings": {"model": asdict(model_settings), "attack": asdict(attack), "holdout": settings.holdout,
-                           "holdout_count": settings.holdout_count,
-                           "embed": asdict(settings.embed) if settings.embed else None},
-              "training_images": {"A": int(len(data.images)), "B": int(sets["kept"].sum())}}
+    report = {
+        "run_dir": str(run_dir),
+        "settings": {
+            "model": asdict(model_settings),
+            "attack": asdict(attack),
+            "holdout": settings.holdout,
+            "holdout_count": settings.holdout_count,
+            "embed": asdict(settings.embed) if settings.embed else None,
+        },
+        "training_images": {"A": int(len(data.images)), "B": int(sets["kept"].sum())},
+    }
     conditions = conditioning.of(data)
     models = {}
     for name, rows in (("A", np.arange(len(data.images))), ("B", np.flatnonzero(sets["kept"]))):
-        model, stats = trained_model(out_dir / f"verify-model-{name}.pt", name, data, rows, conditions, conditioning,
-                                     [sets["rows"][i] for i in rows], model_settings, reporter)
+        model, stats = trained_model(
+            out_dir / f"verify-model-{name}.pt",
+            name,
+            data,
+            rows,
+            conditions,
+            conditioning,
+            [sets["rows"][i] for i in rows],
+            model_settings,
+            reporter,
+        )
         measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
         if model_settings.captions:
-            measured.update(black_box_attack(model, data, conditioning, sets, prompts, controls, attack,
-                                             run_dir / "embeddings", embedder))
+            measured.update(
+                black_box_attack(
+                    model, data, conditioning, sets, prompts, controls, attack, run_dir / "embeddings", embedder
+                )
+            )
         else:
             measured.update(white_box_attack(model, data, conditioning, sets, attack))
-        reporter.info(f"verify {name}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
-                      f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
-                      f"extracted from {measured['generations']} generations")
-        measured["generations_file"] = save_generations(out_dir / f"verify-generations-{name}.npz", measured["_generations"])
+        reporter.info(
+            f"verify {name}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
+            f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
+            f"extracted from {measured['generations']} generations"
+        )
+        measured["generations_file"] = save_generations(
+            out_dir / f"verify-generations-{name}.npz", measured["_generations"]
+        )
         models[name] = measured
     figures = write_figures(out_dir, models)
     report.update({name: {k: v for k, v in value.items() if not k.startswith("_")} for name, value in models.items()})
@@ -115,7 +164,9 @@ def verify(run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | 
     return report
 
 
-def verify_run(preset_name: str, run_dir: str | Path, reporter: Reporter = SILENT, shards: list[str] | None = None) -> dict:
+def verify_run(
+    preset_name: str, run_dir: str | Path, reporter: Reporter = SILENT, shards: list[str] | None = None
+) -> dict:
     """A verify preset end to end: plant its data (if it says so), `dedup run`, then train and attack A and B."""
     from dedup.runner import run
     from dedup.settings import load_settings
@@ -132,9 +183,16 @@ def verify_run(preset_name: str, run_dir: str | Path, reporter: Reporter = SILEN
                 sources, copies = planted_counts(options, preset_name)
                 total = sum(copies) if isinstance(copies, list) else copies * sources
                 reporter.info(f"verify: planting {total} copies of {sources} images into {data}")
-                plant(options.pop("source"), data, sources=sources, copies=copies,
-                      transforms=tuple(options.pop("transforms", ("exact", "reencode"))), limit=options.pop("unique", None),
-                      shard_size=options.pop("shard_size", None), seed=options.pop("seed", 0))
+                plant(
+                    options.pop("source"),
+                    data,
+                    sources=sources,
+                    copies=copies,
+                    transforms=tuple(options.pop("transforms", ("exact", "reencode"))),
+                    limit=options.pop("unique", None),
+                    shard_size=options.pop("shard_size", None),
+                    seed=options.pop("seed", 0),
+                )
             shards = [str(data)]
         if not shards:
             raise SettingsError(f"preset {preset_name!r} plants no data; give the shards to verify")

@@ -3,10 +3,10 @@
 Exit codes: 0 success; 1 a stage failed (rerun resumes); 2 unusable input; 3 invalid settings;
 4 model weights unavailable; 130 interrupted.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,7 +23,9 @@ app = typer.Typer(
 @app.callback()
 def main(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or messages; errors still go to stderr."),
-    log_json: Optional[Path] = typer.Option(None, "--log-json", help="Append one JSON line per event to this file ('-' for stdout)."),
+    log_json: Path | None = typer.Option(
+        None, "--log-json", help="Append one JSON line per event to this file ('-' for stdout)."
+    ),
 ) -> None:
     STATE["reporter"] = Reporter(quiet=quiet, log_json=open_log(log_json))
 

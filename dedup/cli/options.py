@@ -1,5 +1,6 @@
 """What the commands share: error handling and exit codes, the common options, and options built from the
 settings dataclasses (their help, type and default come from the field, so the CLI holds no second copy)."""
+
 from __future__ import annotations
 
 import functools
@@ -7,28 +8,47 @@ import inspect
 import json
 import sys
 import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any
 
 import typer
 
 from dedup.errors import DedupError
 from dedup.progress import Reporter
-from dedup.settings import (DownloadSettings, EmbedSettings, EngineSettings, ExtractSettings, FindSettings, RunSettings,
-                            SelectSettings, WriteSettings, apply, load_settings)
+from dedup.settings import (
+    DownloadSettings,
+    EmbedSettings,
+    EngineSettings,
+    ExtractSettings,
+    FindSettings,
+    RunSettings,
+    SelectSettings,
+    WriteSettings,
+    apply,
+    load_settings,
+)
 from dedup.settings.base import help_of
 from dedup.settings.loading import _optional
 
 STATE: dict = {"reporter": Reporter()}
-SECTIONS: dict[str, type] = {"embed": EmbedSettings, "find": FindSettings, "select": SelectSettings,
-                             "write": WriteSettings, "engine": EngineSettings, "extract": ExtractSettings,
-                             "download": DownloadSettings}
+SECTIONS: dict[str, type] = {
+    "embed": EmbedSettings,
+    "find": FindSettings,
+    "select": SelectSettings,
+    "write": WriteSettings,
+    "engine": EngineSettings,
+    "extract": ExtractSettings,
+    "download": DownloadSettings,
+}
 
 CONFIG = typer.Option(None, "--config", "-c", help="A TOML config file, or the name of a preset (configs/NAME.toml).")
 SET = typer.Option(None, "--set", help="Override a config value: section.key=value (repeatable).")
 RUN_DIR = typer.Option(None, "--run-dir", "-r", help="The run folder (default: from the config, else dedup-run).")
-EMBEDDINGS = typer.Option(None, "--embeddings", help="Embeddings folder (default RUN_DIR/embeddings); a clip-retrieval output works too.")
+EMBEDDINGS = typer.Option(
+    None, "--embeddings", help="Embeddings folder (default RUN_DIR/embeddings); a clip-retrieval output works too."
+)
 OUT = typer.Option(None, "--out", "-o", help="Output shard folder (default RUN_DIR/shards).")
 ENGINE = ("engine.kind:--engine", "engine.address:--ray-address")
 
@@ -55,13 +75,16 @@ def handled() -> Iterator[Reporter]:
         raise typer.Exit(130) from None
 
 
-def settings_from(config: Optional[str], overrides: Optional[List[str]], options: dict) -> RunSettings:
+def settings_from(config: str | None, overrides: list[str] | None, options: dict) -> RunSettings:
     """Defaults, then the config, then --set, then the command's own options."""
-    return apply(load_settings(config, overrides), {k: v for k, v in options.items() if k in RunSettings.__annotations__},
-                 "command line")
+    return apply(
+        load_settings(config, overrides),
+        {k: v for k, v in options.items() if k in RunSettings.__annotations__},
+        "command line",
+    )
 
 
-def place(settings: RunSettings, shards: Optional[List[str]], run_dir: Optional[Path], out: Optional[Path]) -> None:
+def place(settings: RunSettings, shards: list[str] | None, run_dir: Path | None, out: Path | None) -> None:
     """Command-line inputs and folders win over the config's."""
     if shards:
         settings.shards = list(shards)
@@ -71,7 +94,7 @@ def place(settings: RunSettings, shards: Optional[List[str]], run_dir: Optional[
         settings.output = str(out)
 
 
-def run_folder(settings: RunSettings, run_dir: Optional[Path]) -> Path:
+def run_folder(settings: RunSettings, run_dir: Path | None) -> Path:
     return Path(run_dir) if run_dir else Path(settings.run_dir)
 
 
@@ -88,16 +111,21 @@ def _option(spec: str) -> tuple[str, inspect.Parameter, list[tuple[str, str]]]:
     cls = SECTIONS[section]
     hint, optional = _optional(typing.get_type_hints(cls)[name])
     flag = flag or "--" + name.replace("_", "-")
-    text = "; ".join(f"{section}: " * (len(targets) > 1) + _described(SECTIONS[section], name) for section, name in targets)
+    text = "; ".join(
+        f"{section}: " * (len(targets) > 1) + _described(SECTIONS[section], name) for section, name in targets
+    )
     if hint is bool:
-        declared: Any = Optional[bool]
+        declared: Any = bool | None
         option = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=text, show_default=False)
     else:
-        declared = Optional[str] if optional and hint is not str else Optional[hint]  # 'off' for optional numbers
+        declared = str | None if optional and hint is not str else hint | None  # 'off' for optional numbers
         option = typer.Option(None, flag, help=text, show_default=False)
     parameter_name = "__".join(targets[0])
-    return parameter_name, inspect.Parameter(parameter_name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                             annotation=declared), targets  # type: ignore[return-value]
+    return (
+        parameter_name,
+        inspect.Parameter(parameter_name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=declared),
+        targets,
+    )  # type: ignore[return-value]
 
 
 def _described(cls: type, name: str) -> str:
@@ -131,7 +159,7 @@ def with_settings(*specs: str) -> Callable[[Callable[..., Any]], Callable[..., A
     return decorate
 
 
-def open_log(log_json: Optional[Path]):
+def open_log(log_json: Path | None):
     if log_json is None:
         return None
     return sys.stdout if str(log_json) == "-" else open(log_json, "a")

@@ -1,29 +1,64 @@
 """The pipeline's commands: embed, find, select, write, run and purge."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from dedup.cli.options import (CONFIG, EMBEDDINGS, ENGINE, OUT, RUN_DIR, SET, handled, place, print_json, run_folder,
-                               settings_from, with_settings)
+from dedup.cli.options import (
+    CONFIG,
+    EMBEDDINGS,
+    ENGINE,
+    OUT,
+    RUN_DIR,
+    SET,
+    handled,
+    place,
+    print_json,
+    run_folder,
+    settings_from,
+    with_settings,
+)
 
-EMBED_OPTIONS = ("embed.embedder", "embed.model", "embed.pretrained", "embed.model_config", "embed.model_path",
-                 "embed.input_size", "embed.pixel_size", "embed.text", "embed.batch_size", "embed.workers",
-                 "embed.decode_threads", "embed.device", "embed.precision", "embed.runtime")
-FIND_OPTIONS = ("find.threshold", "find.phash_radius", "find.exact", "find.index", "find.nprobe", "find.memory_budget_gb",
-                "find.workers")
+EMBED_OPTIONS = (
+    "embed.embedder",
+    "embed.model",
+    "embed.pretrained",
+    "embed.model_config",
+    "embed.model_path",
+    "embed.input_size",
+    "embed.pixel_size",
+    "embed.text",
+    "embed.batch_size",
+    "embed.workers",
+    "embed.decode_threads",
+    "embed.device",
+    "embed.precision",
+    "embed.runtime",
+)
+FIND_OPTIONS = (
+    "find.threshold",
+    "find.phash_radius",
+    "find.exact",
+    "find.index",
+    "find.nprobe",
+    "find.memory_budget_gb",
+    "find.workers",
+)
 
 
 @with_settings(*EMBED_OPTIONS, *ENGINE)
 def embed_command(
-    shards: List[str] = typer.Argument(..., help="Shard files, folders, brace patterns (data/{00000..00009}.tar) or URLs."),
-    run_dir: Optional[Path] = RUN_DIR,
-    out: Optional[Path] = typer.Option(None, "--out", help="Embeddings folder (default RUN_DIR/embeddings)."),
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    *, options: dict,
+    shards: list[str] = typer.Argument(
+        ..., help="Shard files, folders, brace patterns (data/{00000..00009}.tar) or URLs."
+    ),
+    run_dir: Path | None = RUN_DIR,
+    out: Path | None = typer.Option(None, "--out", help="Embeddings folder (default RUN_DIR/embeddings)."),
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    *,
+    options: dict,
 ) -> None:
     """Hash and embed every sample (clip-retrieval layout: img_emb/*.npy + metadata/*.parquet)."""
     from dedup.stages.embed import embed
@@ -36,11 +71,12 @@ def embed_command(
 
 @with_settings(*FIND_OPTIONS, *ENGINE)
 def find_command(
-    run_dir: Optional[Path] = RUN_DIR,
-    embeddings: Optional[Path] = EMBEDDINGS,
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    *, options: dict,
+    run_dir: Path | None = RUN_DIR,
+    embeddings: Path | None = EMBEDDINGS,
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    *,
+    options: dict,
 ) -> None:
     """Find duplicate pairs (exact, perceptual hash, embedding) and group them: groups.parquet."""
     from dedup.stages.find import find
@@ -48,17 +84,25 @@ def find_command(
     with handled() as reporter:
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
-        print_json(find(embeddings or folder / "embeddings", folder, settings.find, reporter=reporter,
-                        engine=settings.find_engine()))
+        print_json(
+            find(
+                embeddings or folder / "embeddings",
+                folder,
+                settings.find,
+                reporter=reporter,
+                engine=settings.find_engine(),
+            )
+        )
 
 
 @with_settings("select.policy")
 def select_command(
-    run_dir: Optional[Path] = RUN_DIR,
-    embeddings: Optional[Path] = EMBEDDINGS,
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    *, options: dict,
+    run_dir: Path | None = RUN_DIR,
+    embeddings: Path | None = EMBEDDINGS,
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    *,
+    options: dict,
 ) -> None:
     """Apply the keep policy: manifest.parquet, one row per input sample with its decision and reason."""
     from dedup.stages.select import select
@@ -71,12 +115,13 @@ def select_command(
 
 @with_settings("write.samples_per_shard", "write.prefix", "write.workers", *ENGINE)
 def write_command(
-    run_dir: Optional[Path] = RUN_DIR,
-    embeddings: Optional[Path] = EMBEDDINGS,
-    out: Optional[Path] = OUT,
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    *, options: dict,
+    run_dir: Path | None = RUN_DIR,
+    embeddings: Path | None = EMBEDDINGS,
+    out: Path | None = OUT,
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    *,
+    options: dict,
 ) -> None:
     """Copy the kept samples into new shards, byte for byte, and write summary.json."""
     from dedup.stages.write import write
@@ -84,20 +129,35 @@ def write_command(
     with handled() as reporter:
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
-        print_json(write(embeddings or folder / "embeddings", folder, out or settings.output, settings.write,
-                         engine=settings.write_engine(), reporter=reporter))
+        print_json(
+            write(
+                embeddings or folder / "embeddings",
+                folder,
+                out or settings.output,
+                settings.write,
+                engine=settings.write_engine(),
+                reporter=reporter,
+            )
+        )
 
 
-@with_settings("embed.embedder", "embed.pretrained", "find.threshold", "select.policy",
-               "embed.workers+write.workers:--workers", *ENGINE)
+@with_settings(
+    "embed.embedder",
+    "embed.pretrained",
+    "find.threshold",
+    "select.policy",
+    "embed.workers+write.workers:--workers",
+    *ENGINE,
+)
 def run_command(
-    shards: Optional[List[str]] = typer.Argument(None, help="Input shards (default: shards = [...] of the config)."),
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    run_dir: Optional[Path] = RUN_DIR,
-    out: Optional[Path] = OUT,
-    verify: Optional[str] = typer.Option(None, "--verify", help="Then prove it: run `dedup verify` with this preset."),
-    *, options: dict,
+    shards: list[str] | None = typer.Argument(None, help="Input shards (default: shards = [...] of the config)."),
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    run_dir: Path | None = RUN_DIR,
+    out: Path | None = OUT,
+    verify: str | None = typer.Option(None, "--verify", help="Then prove it: run `dedup verify` with this preset."),
+    *,
+    options: dict,
 ) -> None:
     """embed -> find -> select -> write, from a config with command-line overrides."""
     from dedup.runner import run
@@ -120,15 +180,22 @@ def run_command(
 
 @with_settings("find.threshold", "find.phash_radius")
 def purge_command(
-    shards: Optional[List[str]] = typer.Argument(None, help="Training shards (default: the config's; none: reuse RUN_DIR/embeddings)."),
-    against: List[str] = typer.Option(..., "--against", "-a", help="Reference set: shards, a folder of images, or one image (repeatable)."),
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    run_dir: Optional[Path] = RUN_DIR,
-    reference_embeddings: Optional[Path] = typer.Option(None, help="Where the reference embeddings are kept and reused (default RUN_DIR/reference)."),
-    out: Optional[Path] = OUT,
+    shards: list[str] | None = typer.Argument(
+        None, help="Training shards (default: the config's; none: reuse RUN_DIR/embeddings)."
+    ),
+    against: list[str] = typer.Option(
+        ..., "--against", "-a", help="Reference set: shards, a folder of images, or one image (repeatable)."
+    ),
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    run_dir: Path | None = RUN_DIR,
+    reference_embeddings: Path | None = typer.Option(
+        None, help="Where the reference embeddings are kept and reused (default RUN_DIR/reference)."
+    ),
+    out: Path | None = OUT,
     write_output: bool = typer.Option(True, "--write/--no-write", help="Write the remaining samples as new shards."),
-    *, options: dict,
+    *,
+    options: dict,
 ) -> None:
     """Drop every training sample that is a near-copy of a reference image (eval decontamination, takedowns)."""
     from dedup.runner import purge_run
@@ -140,6 +207,12 @@ def purge_command(
 
 
 def register(app: typer.Typer) -> None:
-    for name, command in (("embed", embed_command), ("find", find_command), ("select", select_command),
-                          ("write", write_command), ("run", run_command), ("purge", purge_command)):
+    for name, command in (
+        ("embed", embed_command),
+        ("find", find_command),
+        ("select", select_command),
+        ("write", write_command),
+        ("run", run_command),
+        ("purge", purge_command),
+    ):
         app.command(name)(command)

@@ -1,20 +1,30 @@
 """The commands around a run: report, calibrate, verify, extract, download and demo."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from dedup.cli.options import (CONFIG, EMBEDDINGS, RUN_DIR, SET, handled, print_json, reporter, run_folder,
-                               settings_from, with_settings)
+from dedup.cli.options import (
+    CONFIG,
+    EMBEDDINGS,
+    RUN_DIR,
+    SET,
+    handled,
+    print_json,
+    reporter,
+    run_folder,
+    settings_from,
+    with_settings,
+)
 
 
 def report_command(
     run_dir: Path = typer.Argument(..., help="The run folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)."),
-    embeddings: Optional[Path] = EMBEDDINGS,
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)."),
+    embeddings: Path | None = EMBEDDINGS,
     max_groups: int = typer.Option(20, help="Largest groups shown."),
     pairs_per_band: int = typer.Option(4, help="Pairs shown per similarity band."),
 ) -> None:
@@ -29,8 +39,8 @@ def report_command(
 
 def calibrate_command(
     run_dir: Path = typer.Argument(..., help="The run folder (its embeddings are sampled)."),
-    embeddings: Optional[Path] = EMBEDDINGS,
-    labels: Optional[Path] = typer.Option(None, help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate."),
+    embeddings: Path | None = EMBEDDINGS,
+    labels: Path | None = typer.Option(None, help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate."),
     sample: int = typer.Option(20_000, help="Rows sampled from the embeddings (labelled rows always included)."),
     low: float = typer.Option(0.80, help="Lowest threshold tried."),
     step: float = typer.Option(0.01, help="Step between thresholds."),
@@ -46,14 +56,25 @@ def calibrate_command(
         typer.echo(f"table: {run_dir / 'calibration.json'}, plot: {run_dir / 'calibration.png'}")
 
 
-@with_settings("download.url_col", "download.caption_col", "download.input_format", "download.image_size",
-               "download.resize_mode", "download.processes", "download.threads", "download.retries", "download.timeout",
-               "download.samples_per_shard", "download.resume:--resume")
+@with_settings(
+    "download.url_col",
+    "download.caption_col",
+    "download.input_format",
+    "download.image_size",
+    "download.resize_mode",
+    "download.processes",
+    "download.threads",
+    "download.retries",
+    "download.timeout",
+    "download.samples_per_shard",
+    "download.resume:--resume",
+)
 def download_command(
     url_list: Path = typer.Argument(..., help="Parquet, CSV, TSV, JSON or TXT file of image URLs (and captions)."),
     out: Path = typer.Argument(..., help="Output folder for the WebDataset shards."),
-    img2dataset_python: Optional[str] = typer.Option(None, help="Interpreter with img2dataset installed."),
-    *, options: dict,
+    img2dataset_python: str | None = typer.Option(None, help="Interpreter with img2dataset installed."),
+    *,
+    options: dict,
 ) -> None:
     """Download a URL list into shards with img2dataset (dead links and broken images are counted, not fatal)."""
     from dedup.settings import DownloadSettings, build
@@ -63,19 +84,34 @@ def download_command(
         settings = build(DownloadSettings, options.get("download", {}), "command line")
         summary = download(url_list, out, settings, img2dataset_python)
         print_json(summary)
-        current.info(f"download: {summary['downloaded']} of {summary['urls']} images into {len(summary['shards'])} shards "
-                     f"({summary['failed_to_download']} failed to download, {summary['failed_to_resize']} failed to decode)")
+        current.info(
+            f"download: {summary['downloaded']} of {summary['urls']} images into {len(summary['shards'])} shards "
+            f"({summary['failed_to_download']} failed to download, {summary['failed_to_resize']} failed to decode)"
+        )
 
 
-@with_settings("extract.prompts", "extract.prefilter", "extract.generations_per_prompt:--generations", "extract.steps",
-               "extract.guidance_scale", "extract.size", "extract.delta", "extract.min_clique", "extract.batch_size",
-               "extract.device", "extract.seed")
+@with_settings(
+    "extract.prompts",
+    "extract.prefilter",
+    "extract.generations_per_prompt:--generations",
+    "extract.steps",
+    "extract.guidance_scale",
+    "extract.size",
+    "extract.delta",
+    "extract.min_clique",
+    "extract.batch_size",
+    "extract.device",
+    "extract.seed",
+)
 def extract_command(
-    pipeline: Path = typer.Option(..., "--pipeline", help="A local folder holding a diffusers text-to-image pipeline (save_pretrained)."),
-    run_dir: Optional[Path] = RUN_DIR,
-    config: Optional[str] = CONFIG,
-    overrides: Optional[List[str]] = SET,
-    *, options: dict,
+    pipeline: Path = typer.Option(
+        ..., "--pipeline", help="A local folder holding a diffusers text-to-image pipeline (save_pretrained)."
+    ),
+    run_dir: Path | None = RUN_DIR,
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    *,
+    options: dict,
 ) -> None:
     """Black-box extraction attack on a text-to-image pipeline, with the captions of the run's largest groups."""
     from dedup.attack.text_to_image import extract
@@ -85,13 +121,22 @@ def extract_command(
         settings = settings_from(config, overrides, options)
         attack = build(ExtractSettings, options.get("extract", {}), "command line")
         report = extract(run_folder(settings, run_dir), pipeline, attack, settings.embed, current)
-        print_json({k: report[k] for k in ("prompts", "flagged_prompts", "extracted_images", "extracted_groups", "figure", "seconds")})
+        print_json(
+            {
+                k: report[k]
+                for k in ("prompts", "flagged_prompts", "extracted_images", "extracted_groups", "figure", "seconds")
+            }
+        )
 
 
 def verify_command(
-    run_dir: Path = typer.Argument(..., help="The run folder (planted data and the dedup run go here when the preset plants)."),
+    run_dir: Path = typer.Argument(
+        ..., help="The run folder (planted data and the dedup run go here when the preset plants)."
+    ),
     preset: str = typer.Option("cifar-quick", "--preset", "-p", help="configs/verify-PRESET.toml, or a path."),
-    shards: Optional[List[str]] = typer.Option(None, "--shards", help="Verify these shards instead of the preset's planted data."),
+    shards: list[str] | None = typer.Option(
+        None, "--shards", help="Verify these shards instead of the preset's planted data."
+    ),
 ) -> None:
     """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction."""
     from dedup.attack.verify import verify_run
@@ -125,6 +170,12 @@ def demo_command(
 
 
 def register(app: typer.Typer) -> None:
-    for name, command in (("report", report_command), ("calibrate", calibrate_command), ("download", download_command),
-                          ("extract", extract_command), ("verify", verify_command), ("demo", demo_command)):
+    for name, command in (
+        ("report", report_command),
+        ("calibrate", calibrate_command),
+        ("download", download_command),
+        ("extract", extract_command),
+        ("verify", verify_command),
+        ("demo", demo_command),
+    ):
         app.command(name)(command)

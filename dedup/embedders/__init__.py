@@ -1,4 +1,5 @@
 """Embedders by name. Heavy imports happen only when an embedder is built."""
+
 from __future__ import annotations
 
 from dedup.embedders.base import Embedder

@@ -1,8 +1,10 @@
 """The embedder contract: `prepare` runs in decode threads on one image, `embed` on a batch of prepared images."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image

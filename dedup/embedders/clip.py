@@ -4,11 +4,12 @@
 checkpoint file. When the weights cannot be had, loading stops at once with `ModelUnavailableError`,
 which says how to point at a local file; it never falls back to random weights.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,12 +31,16 @@ class BatchNormalizer:
         self.image_steps, self.mean, self.std = image_steps, tuple(mean), tuple(std)
 
     @classmethod
-    def split(cls, preprocess) -> "BatchNormalizer | None":
+    def split(cls, preprocess) -> BatchNormalizer | None:
         """None when the transform does not end in ToTensor + Normalize (then it runs whole, per image)."""
         from torchvision import transforms
 
         steps = list(getattr(preprocess, "transforms", []))
-        if len(steps) < 2 or not isinstance(steps[-2], transforms.ToTensor) or not isinstance(steps[-1], transforms.Normalize):
+        if (
+            len(steps) < 2
+            or not isinstance(steps[-2], transforms.ToTensor)
+            or not isinstance(steps[-1], transforms.Normalize)
+        ):
             return None
         normalize = steps[-1]
         return cls(transforms.Compose(steps[:-2]), normalize.mean, normalize.std)
@@ -111,7 +116,13 @@ def resolve_weights(model: str, pretrained: str) -> tuple[str, dict]:
     if cached:
         return cached, cfg
     if not _hub_reachable():
-        raise ModelUnavailableError(_missing_weights_message(model, pretrained, ConnectionError("the model hub cannot be reached and the weights are not in the cache")))
+        raise ModelUnavailableError(
+            _missing_weights_message(
+                model,
+                pretrained,
+                ConnectionError("the model hub cannot be reached and the weights are not in the cache"),
+            )
+        )
     try:
         return open_clip.download_pretrained(cfg), cfg
     except Exception as error:  # noqa: BLE001 - any download failure means no weights
@@ -147,15 +158,19 @@ class ClipEmbedder(Embedder):
             open_clip.add_model_config(model_config)
         if model not in open_clip.list_models():
             raise SettingsError(
-                f"unknown open_clip architecture {model!r}; `python -c \"import open_clip; print(open_clip.list_models())\"` lists them"
+                f'unknown open_clip architecture {model!r}; `python -c "import open_clip; print(open_clip.list_models())"` lists them'
             )
         pretrained = pretrained or None
         local = pretrained is not None and (os.sep in pretrained or Path(pretrained).exists())
         if local and not Path(pretrained).is_file():
-            raise ModelUnavailableError(f"checkpoint file {pretrained!r} does not exist; give the path to a saved open_clip state dict")
+            raise ModelUnavailableError(
+                f"checkpoint file {pretrained!r} does not exist; give the path to a saved open_clip state dict"
+            )
         if pretrained is not None and not local and pretrained not in open_clip.list_pretrained_tags_by_model(model):
             known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-            raise SettingsError(f"{model!r} has no pretrained tag {pretrained!r} (known: {known}); or give a checkpoint path")
+            raise SettingsError(
+                f"{model!r} has no pretrained tag {pretrained!r} (known: {known}); or give a checkpoint path"
+            )
         if pretrained is None:
             raise SettingsError(
                 "the clip embedder needs weights: give --pretrained TAG or a checkpoint path; "
@@ -192,8 +207,12 @@ class ClipEmbedder(Embedder):
             from dedup.embedders.onnx_tower import OnnxImageTower
 
             if self.device != "cpu" or self.precision != "fp32":
-                raise SettingsError(f"runtime {runtime} is for CPU fp32 models; use runtime torch on {self.device}/{self.precision}")
-            self.onnx_tower = OnnxImageTower.for_model(self.model.visual, probe, model, weights, quantize=runtime == "onnx-int8")
+                raise SettingsError(
+                    f"runtime {runtime} is for CPU fp32 models; use runtime torch on {self.device}/{self.precision}"
+                )
+            self.onnx_tower = OnnxImageTower.for_model(
+                self.model.visual, probe, model, weights, quantize=runtime == "onnx-int8"
+            )
 
     def _dtype(self):
         import torch

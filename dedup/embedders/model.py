@@ -1,8 +1,9 @@
 """Any image encoder exported to ONNX or TorchScript (for example SSCD, the copy-detection model)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,7 +29,9 @@ class ExportedModelEmbedder(Embedder):
         if not path:
             raise SettingsError("the model embedder needs --model-path pointing at an .onnx or TorchScript (.pt) file")
         if not Path(path).is_file():
-            raise ModelUnavailableError(f"model file {path!r} does not exist; export the encoder to ONNX or TorchScript and give its path")
+            raise ModelUnavailableError(
+                f"model file {path!r} does not exist; export the encoder to ONNX or TorchScript and give its path"
+            )
         if resize_mode not in ("resize", "center_crop"):
             raise SettingsError(f"resize_mode must be 'resize' or 'center_crop', got {resize_mode!r}")
         self.path, self.input_size, self.resize_mode = path, int(input_size), resize_mode
@@ -38,7 +41,9 @@ class ExportedModelEmbedder(Embedder):
         self._run = self._load_onnx() if self.format == "onnx" else self._load_torchscript()
         probe = self._run(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
         if probe.ndim != 2:
-            raise SettingsError(f"model {path!r} returns shape {tuple(probe.shape)}; an image encoder must return (batch, dim)")
+            raise SettingsError(
+                f"model {path!r} returns shape {tuple(probe.shape)}; an image encoder must return (batch, dim)"
+            )
         self.dim = int(probe.shape[1])
 
     def _load_onnx(self):
@@ -56,7 +61,9 @@ class ExportedModelEmbedder(Embedder):
         try:
             module = torch.jit.load(self.path, map_location="cpu").eval()
         except (RuntimeError, ValueError) as error:
-            raise ModelUnavailableError(f"{self.path!r} is not a TorchScript file ({error}); give an .onnx or torch.jit.save'd model") from error
+            raise ModelUnavailableError(
+                f"{self.path!r} is not a TorchScript file ({error}); give an .onnx or torch.jit.save'd model"
+            ) from error
 
         def run(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -80,7 +87,10 @@ class ExportedModelEmbedder(Embedder):
         size = self.input_size
         if self.resize_mode == "center_crop":
             scale = size / min(image.size)
-            image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC)
+            image = image.resize(
+                (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+                Image.Resampling.BICUBIC,
+            )
             left, top = (image.width - size) // 2, (image.height - size) // 2
             image = image.crop((left, top, left + size, top + size))
         else:

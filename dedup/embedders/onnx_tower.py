@@ -4,6 +4,7 @@ the architecture and weights, optionally with int8 dynamic quantization of its m
 A quantized tower is checked against the fp32 torch tower when it is made: if the cosine between their
 embeddings of a probe batch falls under MIN_COSINE, it is refused with a clear error (int8 must not change
 which images count as duplicates)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.io.atomic import atomic_open
 from dedup.errors import SettingsError
+from dedup.io.atomic import atomic_open
 
 MIN_COSINE = 0.99
 PROBE_IMAGES = 8
@@ -55,11 +56,13 @@ class OnnxImageTower:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0],
-                          dtype=np.float32)
+        return np.asarray(
+            self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0],
+            dtype=np.float32,
+        )
 
     @classmethod
-    def for_model(cls, visual, example, model: str, weights: str, quantize: bool) -> "OnnxImageTower":
+    def for_model(cls, visual, example, model: str, weights: str, quantize: bool) -> OnnxImageTower:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -87,8 +90,15 @@ def export(visual, example, path: Path) -> None:
     example = example.float().clone()
     with atomic_open(path, "wb") as handle, torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter: no onnxscript needed
-        torch.onnx.export(visual.float().eval(), example, handle, input_names=["image"], output_names=["embedding"],
-                          dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            visual.float().eval(),
+            example,
+            handle,
+            input_names=["image"],
+            output_names=["embedding"],
+            dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            dynamo=False,
+        )
 
 
 def quantize_tower(source: Path, target: Path) -> None:
@@ -97,8 +107,13 @@ def quantize_tower(source: Path, target: Path) -> None:
     temporary = target.with_suffix(".partial.onnx")
     # reduce_range (7-bit weights): CPUs without VNNI multiply u8 x s8 in pairs that saturate 16 bits, which
     # cost a random ViT-B-32 its agreement with fp32: cosine 0.9885-0.991 full-range, 0.9995 at 7 bits (benchmarks.md)
-    quantize_dynamic(str(source), str(temporary), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     reduce_range=True)
+    quantize_dynamic(
+        str(source),
+        str(temporary),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        reduce_range=True,
+    )
     temporary.replace(target)
 
 

@@ -4,9 +4,10 @@ Each vector is the downsampled RGB image in [0, 1], centred on its own mean and 
 similarity is the Pearson correlation of the two thumbnails: insensitive to brightness shifts and JPEG
 noise, sensitive to content and layout.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

@@ -4,14 +4,16 @@ Everything is written to a temporary name in the same folder, flushed and fsynce
 A rename within one filesystem is atomic, so after a crash a file either exists complete or not at all.
 `write` can leave its shards' fsyncs to the OS (`write.sync = "none"`).
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa

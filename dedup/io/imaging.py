@@ -1,9 +1,10 @@
 """Decode one sample's image and compute its cheap signals: content hash and 64-bit perceptual hash."""
+
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import warnings
 from dataclasses import dataclass
 

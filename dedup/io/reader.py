@@ -7,14 +7,14 @@ and names that could escape a folder when someone extracts our output are refuse
 Faults never raise out of `iter_shard`: they are handed to `on_fault` with the shard, key and reason, and
 reading goes on with the next sample, or stops at the end of a broken shard.
 """
+
 from __future__ import annotations
 
+import os
 import re
 import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
-
-import os
 from pathlib import Path
 
 from dedup.io.sources import image_files, is_image_name, is_remote, open_shard
@@ -197,7 +197,9 @@ def iter_source(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAUL
     return iter_shard(url, on_fault, max_member_bytes)
 
 
-def iter_selected(wanted: Iterable[tuple[str, int]], max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Sample]:
+def iter_selected(
+    wanted: Iterable[tuple[str, int]], max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[Sample]:
     """The samples at the given (shard, sample_index) places, shard by shard in the order first named;
     each shard is read only up to the last index wanted from it. Faults were recorded when the shard was
     embedded, so they are not reported again."""

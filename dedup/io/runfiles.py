@@ -2,14 +2,15 @@
 
 Apart from the stages, so that a stage reads another's output without importing its code (`find` imports
 faiss, a tenth of a second of every `dedup write`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pyarrow as pa
 
-from dedup.io.atomic import read_parquet
 from dedup.errors import InputError
+from dedup.io.atomic import read_parquet
 
 
 def read_stage_table(path: Path, stage: str, columns: list[str] | None = None) -> pa.Table:

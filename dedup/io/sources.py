@@ -1,11 +1,13 @@
 """Turn what a user types (paths, folders, brace patterns, globs, fsspec URLs) into a sorted list of shard URLs."""
+
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 import braceexpand
 
@@ -20,7 +22,7 @@ def is_remote(url: str) -> bool:
 
 
 def _strip_file_scheme(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def _is_shard_name(name: str) -> bool:

@@ -10,6 +10,7 @@
 Part N holds the samples of input shard N. A folder written by clip-retrieval has no stats or failures;
 its metadata columns are mapped onto ours (`image_path` or `url` becomes the key).
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dedup.io.atomic import read_json, read_parquet, write_json, write_npy, write_parquet
 from dedup.errors import InputError
+from dedup.io.atomic import read_json, read_parquet, write_json, write_npy, write_parquet
 
 METADATA_SCHEMA = pa.schema(
     [
@@ -150,7 +151,9 @@ class EmbeddingStore:
             if len(table) != len(array):
                 raise InputError(f"part {part} of {self.root}: {len(table)} metadata rows but {len(array)} embeddings")
             if arrays and array.shape[1] != arrays[0].shape[1]:
-                raise InputError(f"part {part} of {self.root} has {array.shape[1]}-d embeddings, others {arrays[0].shape[1]}-d")
+                raise InputError(
+                    f"part {part} of {self.root} has {array.shape[1]}-d embeddings, others {arrays[0].shape[1]}-d"
+                )
             tables.append(table)
             arrays.append(array)
             if self.failures_path(part).exists():

@@ -5,6 +5,7 @@ The scan reads only headers (the tar is opened seekable, so data blocks are skip
 samples by the reader's rule (`dedup/io/reader.py`), so span i is sample i of `iter_shard`. It is used only
 after `check_inputs_unchanged` has confirmed the shard is the one embed read and validated.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,6 +43,7 @@ def sample_spans(path: str) -> list[SampleSpan]:
 @dataclass
 class SpanTable:
     """The spans of a shard's samples as columns, indexed by sample index."""
+
     keys: list[str]
     starts: np.ndarray
     ends: np.ndarray
@@ -61,8 +63,13 @@ def _span_table(path: str, size: int, mtime_ns: int) -> SpanTable:
     def column(name: str, dtype) -> np.ndarray:
         return np.array([getattr(span, name) for span in spans], dtype=dtype)
 
-    return SpanTable([span.key for span in spans], column("start", np.int64), column("end", np.int64),
-                     column("payload", np.int64), column("contiguous", bool))
+    return SpanTable(
+        [span.key for span in spans],
+        column("start", np.int64),
+        column("end", np.int64),
+        column("payload", np.int64),
+        column("contiguous", bool),
+    )
 
 
 @lru_cache(maxsize=8)

@@ -6,11 +6,12 @@ its component's smallest row, in an int32/int64 array that is memory-mapped on d
 then pointer jumping flattens every chain; passes repeat until no edge joins two roots. Labels only ever
 decrease, so this ends, and at the end every edge's ends share their smallest reachable row.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -42,8 +43,8 @@ def roots(labels: np.ndarray, nodes: np.ndarray) -> np.ndarray:
 def flatten(labels: np.ndarray, chunk: int = 1 << 26) -> None:
     """Point every row straight at its root (labels[r] <= r always, so one sweep upwards suffices)."""
     for start in range(0, len(labels), chunk):
-        block = np.asarray(labels[start:start + chunk])
-        labels[start:start + chunk] = roots(labels, block)
+        block = np.asarray(labels[start : start + chunk])
+        labels[start : start + chunk] = roots(labels, block)
 
 
 def component_labels(rows: int, edge_chunks: EdgeChunks, folder: str | Path | None = None) -> np.ndarray:
@@ -67,7 +68,8 @@ def component_labels(rows: int, edge_chunks: EdgeChunks, folder: str | Path | No
 def in_chunks(a: np.ndarray, b: np.ndarray, size: int = 1 << 22) -> EdgeChunks:
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(a), size):
-            yield a[start:start + size], b[start:start + size]
+            yield a[start : start + size], b[start : start + size]
+
     return chunks
 
 
@@ -78,4 +80,5 @@ def parquet_chunks(path: str | Path, size: int = 1 << 22) -> EdgeChunks:
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=size, columns=["a", "b"]):
             yield batch.column(0).to_numpy(), batch.column(1).to_numpy()
+
     return chunks

@@ -6,6 +6,7 @@
 - embedding: cosine similarity at or above a threshold: exact search up to `exact_search_max` vectors,
   the partitioned search of dedup/search/partitioned.py beyond (or faiss IVF when asked).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,7 @@ def phash_matches(queries: np.ndarray, indexed: np.ndarray, radius: int) -> tupl
     codes = hashes_to_bytes(queries)
     q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, len(codes), QUERY_BATCH):
-        lims, _, found = index.range_search(codes[start:start + QUERY_BATCH], radius + 1)
+        lims, _, found = index.range_search(codes[start : start + QUERY_BATCH], radius + 1)
         q_parts.append(np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64)))
         r_parts.append(found.astype(np.int64))
     q, r = np.concatenate(q_parts), np.concatenate(r_parts)
@@ -90,15 +91,24 @@ class IndexChoice:
 def choose_index(rows: int, dim: int, settings: FindSettings) -> IndexChoice:
     if settings.index == "flat" or (settings.index == "auto" and rows <= settings.exact_search_max):
         check_memory(rows, dim, settings)
-        return IndexChoice("flat", reason=f"{rows} vectors <= exact_search_max {settings.exact_search_max}: exact search")
+        return IndexChoice(
+            "flat", reason=f"{rows} vectors <= exact_search_max {settings.exact_search_max}: exact search"
+        )
     if settings.index in ("auto", "partitioned"):
-        return IndexChoice("partitioned", reason=f"{rows} vectors: partitioned exact search, partitions of "
-                           f"~{settings.leaf_size}, boundary {settings.boundary}")
+        return IndexChoice(
+            "partitioned",
+            reason=f"{rows} vectors: partitioned exact search, partitions of "
+            f"~{settings.leaf_size}, boundary {settings.boundary}",
+        )
     check_memory(rows, dim, settings)
     # lists ~ sqrt(N * nprobe) balance the scan (N * nprobe / nlist per query) against the list lookup
     nlist = int(min(max(16, math.sqrt(rows * settings.nprobe)), max(1, rows // 39)))
-    return IndexChoice("ivf", nlist=nlist, nprobe=min(settings.nprobe, nlist),
-                       reason=f"{rows} vectors: IVF{nlist} with nprobe {min(settings.nprobe, nlist)}")
+    return IndexChoice(
+        "ivf",
+        nlist=nlist,
+        nprobe=min(settings.nprobe, nlist),
+        reason=f"{rows} vectors: IVF{nlist} with nprobe {min(settings.nprobe, nlist)}",
+    )
 
 
 def check_memory(rows: int, dim: int, settings: FindSettings) -> None:
@@ -133,17 +143,19 @@ def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
         if quantizer:
             faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 4 * choice.nprobe)
     for start in range(0, len(embeddings), 262_144):
-        index.add(np.ascontiguousarray(embeddings[start:start + 262_144], dtype=np.float32))
+        index.add(np.ascontiguousarray(embeddings[start : start + 262_144], dtype=np.float32))
     return index
 
 
-def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+def range_pairs(
+    index, queries: np.ndarray, threshold: float, offset: int = 0, on_batch=None
+) -> tuple[np.ndarray, np.ndarray]:
     """All (query, hit) pairs with inner product >= threshold; query ids start at `offset`.
     `on_batch(n)` is called after each batch of n queries (progress)."""
     a_parts, b_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     radius = np.nextafter(np.float32(threshold), np.float32(-np.inf))  # faiss keeps similarity > radius
     for start in range(0, len(queries), QUERY_BATCH):
-        batch = np.ascontiguousarray(queries[start:start + QUERY_BATCH], dtype=np.float32)
+        batch = np.ascontiguousarray(queries[start : start + QUERY_BATCH], dtype=np.float32)
         lims, _, found = index.range_search(batch, float(radius))
         counts = np.diff(lims).astype(np.int64)
         a_parts.append(np.repeat(np.arange(offset + start, offset + start + len(batch)), counts))
@@ -153,22 +165,38 @@ def range_pairs(index, queries: np.ndarray, threshold: float, offset: int = 0, o
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
-def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float, settings: FindSettings,
-                      on_batch=None, same: bool = False, units=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+def embedding_matches(
+    queries: np.ndarray,
+    indexed: np.ndarray,
+    threshold: float,
+    settings: FindSettings,
+    on_batch=None,
+    same: bool = False,
+    units=None,
+) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
     """All (query row, indexed row) with cosine >= threshold, through an index chosen by size and budget.
     `same`: the queries are the indexed vectors (a self-join); `units`: where a partitioned search runs its
-    units (`partitioned.UnitRunner`; default: here)."""
+    units (`partition_units.UnitRunner`; default: here)."""
     if settings.threads:
         faiss.omp_set_num_threads(settings.threads)
     choice = choose_index(len(indexed), indexed.shape[1], settings)
     if choice.kind == "partitioned":
-        from dedup.search import partitioned
+        from dedup.search import partition_units, partitioned
 
-        options = partitioned.PartitionSettings(threshold, leaf_size=settings.leaf_size, boundary=settings.boundary,
-                                                unit_rows=settings.unit_rows)
-        q, r, stats = partitioned.partitioned_matches(
-            partitioned.as_reader(queries), len(queries), partitioned.as_reader(indexed), len(indexed),
-            indexed.shape[1], options, same=same, on_home_rows=on_batch, units=units)
+        options = partitioned.PartitionSettings(
+            threshold, leaf_size=settings.leaf_size, boundary=settings.boundary, unit_rows=settings.unit_rows
+        )
+        q, r, stats = partition_units.partitioned_matches(
+            partitioned.as_reader(queries),
+            len(queries),
+            partitioned.as_reader(indexed),
+            len(indexed),
+            indexed.shape[1],
+            options,
+            same=same,
+            on_home_rows=on_batch,
+            units=units,
+        )
         choice.reason += f" ({stats.joins} exact joins, {stats.products / max(len(queries), 1):.0f} products a query)"
         return q, r, choice
     index = build_index(indexed, choice)
@@ -176,15 +204,22 @@ def embedding_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float
     return q, r, choice
 
 
-def embedding_pairs(embeddings: np.ndarray, threshold: float, settings: FindSettings,
-                    on_batch=None, units=None) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
+def embedding_pairs(
+    embeddings: np.ndarray, threshold: float, settings: FindSettings, on_batch=None, units=None
+) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
     a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch, same=True, units=units)
     a, b = _ordered_unique(a, b)
     return a, b, choice
 
 
-def signal_masks(similarity: np.ndarray, hashes_a: np.ndarray, present_a: np.ndarray, hashes_b: np.ndarray,
-                 present_b: np.ndarray, settings: FindSettings) -> dict[str, np.ndarray]:
+def signal_masks(
+    similarity: np.ndarray,
+    hashes_a: np.ndarray,
+    present_a: np.ndarray,
+    hashes_b: np.ndarray,
+    present_b: np.ndarray,
+    settings: FindSettings,
+) -> dict[str, np.ndarray]:
     """Which embedding candidates each embedding-based signal keeps: `embedding` (cosine alone) and
     `embedding+phash` (a looser cosine and a looser Hamming distance that agree)."""
     masks = {}

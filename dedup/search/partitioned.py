@@ -16,16 +16,17 @@ displacements. Larger `boundary` finds more of the pairs that straddle boundarie
 `benchmarks/find_scale.py` measures the recall against exact search.
 
 SemDeDup's k-means + intra-cluster search is the `boundary = 0` case, which misses the cross-cluster pairs.
-After the first split the joins are grouped into units (`plan_units`) that run apart (`run_unit`): here, one
-after the other, or on an engine through a `UnitRunner` (`dedup/stages/find_units.py`).
+After the first split the joins are grouped into units of work that run apart (`dedup/search/partition_units.py`):
+here, one after the other, or on an engine (`dedup/stages/find_units.py`).
 Vectors are read through `read(rows) -> float32 array`, so a memory-mapped store is never loaded whole.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
 
 import faiss
 import numpy as np
@@ -64,7 +65,7 @@ class PartitionStats:
     def add_time(self, step: str, started: float) -> None:
         self.timings_s[step] += time.perf_counter() - started
 
-    def add(self, other: "PartitionStats") -> None:
+    def add(self, other: PartitionStats) -> None:
         self.joins += other.joins
         self.products += other.products
         self.largest = max(self.largest, other.largest)
@@ -87,8 +88,9 @@ def train_centroids(vectors: RowReader, rows: np.ndarray, dim: int, partitions: 
     """Spherical k-means on a sample of 64 points a centroid (plenty for partitioning)."""
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(rows, min(len(rows), partitions * 64), replace=False))
-    kmeans = faiss.Kmeans(dim, partitions, niter=6, seed=seed, spherical=True, max_points_per_centroid=64,
-                          verbose=False)
+    kmeans = faiss.Kmeans(
+        dim, partitions, niter=6, seed=seed, spherical=True, max_points_per_centroid=64, verbose=False
+    )
     kmeans.train(vectors(sample))
     return kmeans.centroids
 
@@ -109,7 +111,7 @@ def assign(vectors: RowReader, rows: np.ndarray, centroids: np.ndarray, reach: f
     reach_of = reach * np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centroids @ centroids.T))).astype(np.float32)
     homes, near_rows, near_parts = [], [], []
     for start in range(0, len(rows), ROUTE_CHUNK):
-        sims, ids = index.search(vectors(rows[start:start + ROUTE_CHUNK]), k)
+        sims, ids = index.search(vectors(rows[start : start + ROUTE_CHUNK]), k)
         home = ids[:, 0]
         near = sims[:, 1:] >= sims[:, :1] - reach_of[home[:, None], ids[:, 1:]]
         position, column = np.nonzero(near)
@@ -129,21 +131,22 @@ class Buckets:
         self.bounds = np.searchsorted(bucket_of[order], np.arange(count + 1))
 
     def __getitem__(self, bucket: int) -> np.ndarray:
-        return self.members[self.bounds[bucket]:self.bounds[bucket + 1]]
+        return self.members[self.bounds[bucket] : self.bounds[bucket + 1]]
 
     def nonempty(self) -> np.ndarray:
         return np.flatnonzero(np.diff(self.bounds))
 
 
-def block_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float,
-                  same: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def block_matches(
+    queries: np.ndarray, indexed: np.ndarray, threshold: float, same: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(query position, indexed position) with inner product >= threshold, by blocks of BLAS products.
     With `same` (queries is indexed) only blocks on or above the diagonal are computed."""
     q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     block = SELF_BLOCK if same else QUERY_BLOCK
     for start in range(0, len(queries), block):
         first = start if same else 0
-        similarity = queries[start:start + block] @ indexed[first:].T
+        similarity = queries[start : start + block] @ indexed[first:].T
         hot = np.flatnonzero(similarity.max(axis=1) >= threshold)  # hits are rare: scan only rows with one
         q, r = np.nonzero(similarity[hot] >= threshold)
         q_parts.append(hot[q].astype(np.int64) + start)
@@ -151,8 +154,9 @@ def block_matches(queries: np.ndarray, indexed: np.ndarray, threshold: float,
     return np.concatenate(q_parts), np.concatenate(r_parts)
 
 
-def batched_matches(read_queries: RowReader, read_indexed: RowReader, joins: list[tuple[np.ndarray, np.ndarray, bool]],
-                    threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def batched_matches(
+    read_queries: RowReader, read_indexed: RowReader, joins: list[tuple[np.ndarray, np.ndarray, bool]], threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(query row, indexed row) with inner product >= threshold of many small joins (query rows, indexed rows,
     same) at once: the joins, padded to powers of two, are stacked and multiplied as one batch of matrices a
     shape, so a join of a few rows costs microseconds, not the tens of a matrix product of its own (the
@@ -199,8 +203,14 @@ Join = tuple[np.ndarray, np.ndarray, bool, bool]  # query rows, indexed rows, sa
 class PartitionedJoin:
     """All (query row, indexed row) pairs with cosine >= threshold, found partition by partition."""
 
-    def __init__(self, read_queries: RowReader, read_indexed: RowReader, dim: int, settings: PartitionSettings,
-                 on_home_rows: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        read_queries: RowReader,
+        read_indexed: RowReader,
+        dim: int,
+        settings: PartitionSettings,
+        on_home_rows: Callable[[int], None] | None = None,
+    ):
         self.read_queries, self.read_indexed, self.dim = read_queries, read_indexed, dim
         self.settings = settings
         self.on_home_rows = on_home_rows
@@ -231,8 +241,9 @@ class PartitionedJoin:
         for _, (queries, indexed, part_same, part_home) in parts:
             self.join(queries, indexed, part_same, home and part_home, depth + 1)
 
-    def split(self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool,
-              depth: int) -> list[tuple[int, Join]] | None:
+    def split(
+        self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, depth: int
+    ) -> list[tuple[int, Join]] | None:
         """The join's sub-joins, each tagged with the partition of its queries (home joins first); None when
         the join is small enough to compute whole."""
         partitions = partition_count(len(indexed_rows), self.settings)
@@ -247,10 +258,20 @@ class PartitionedJoin:
         queries = indexed if same else assign(self.read_queries, query_rows, centroids, self.reach)
         indexed_home = Buckets(indexed.home, indexed_rows, partitions)
         query_home = indexed_home if same else Buckets(queries.home, query_rows, partitions)
-        query_near = Buckets(queries.home[queries.near_row] * partitions + queries.near_partition,  # < 2^20: int32
-                             query_rows[queries.near_row], partitions * partitions)
-        indexed_near = query_near if same else Buckets(indexed.home[indexed.near_row] * partitions + indexed.near_partition,
-                                                       indexed_rows[indexed.near_row], partitions * partitions)
+        query_near = Buckets(
+            queries.home[queries.near_row] * partitions + queries.near_partition,  # < 2^20: int32
+            query_rows[queries.near_row],
+            partitions * partitions,
+        )
+        indexed_near = (
+            query_near
+            if same
+            else Buckets(
+                indexed.home[indexed.near_row] * partitions + indexed.near_partition,
+                indexed_rows[indexed.near_row],
+                partitions * partitions,
+            )
+        )
         self.stats.add_time("route", started)
         parts = [(p, (query_home[p], indexed_home[p], same, True)) for p in range(partitions)]
         for key in query_near.nonempty():
@@ -293,120 +314,3 @@ class PartitionedJoin:
         self.found_r.append(indexed_rows[r])
         self.stats.add_time("search", started)
         self._count(len(query_rows), len(indexed_rows), same, home)
-
-
-@dataclass
-class UnitPlan:
-    """One unit of work after the first split: whole joins (rows are global), run apart from the others."""
-    joins: list[Join]
-
-    def home_rows(self) -> int:
-        return sum(len(queries) for queries, _, _, home in self.joins if home)
-
-    def save(self, path) -> None:
-        from dedup.io.atomic import atomic_open
-
-        with atomic_open(path, "wb") as handle:
-            np.savez(handle, **_flatten(self.joins))
-
-    @classmethod
-    def load(cls, path) -> "UnitPlan":
-        with np.load(path) as saved:  # each item access reads the array from the archive again: once each
-            saved = {name: saved[name] for name in saved.files}
-        queries, indexed, bounds_q, bounds_r = (saved[name] for name in ("query_rows", "indexed_rows", "query_bounds", "indexed_bounds"))
-        return cls([(queries[bounds_q[k]:bounds_q[k + 1]], indexed[bounds_r[k]:bounds_r[k + 1]], bool(saved["same"][k]),
-                     bool(saved["home"][k])) for k in range(len(saved["same"]))])
-
-
-def _flatten(joins: list[Join]) -> dict[str, np.ndarray]:
-    def bounds(arrays):
-        return np.cumsum([0, *(len(a) for a in arrays)])
-
-    return {"query_rows": np.concatenate([j[0] for j in joins]), "query_bounds": bounds([j[0] for j in joins]),
-            "indexed_rows": np.concatenate([j[1] for j in joins]), "indexed_bounds": bounds([j[1] for j in joins]),
-            "same": np.array([j[2] for j in joins]), "home": np.array([j[3] for j in joins])}
-
-
-def plan_units(read_queries: RowReader, query_count: int, read_indexed: RowReader, indexed_count: int, dim: int,
-               settings: PartitionSettings, same: bool = False) -> tuple[list[UnitPlan], PartitionStats]:
-    """Route every vector once (the first split) and group the resulting joins into units of about
-    `settings.unit_rows` rows to read, a partition's home join and its joins across borders together."""
-    row_type = np.int32 if max(query_count, indexed_count) < np.iinfo(np.int32).max else np.int64  # halves routing memory
-    query_rows, indexed_rows = np.arange(query_count, dtype=row_type), np.arange(indexed_count, dtype=row_type)
-    planner = PartitionedJoin(read_queries, read_indexed, dim, settings)
-    parts = planner.split(query_rows, indexed_rows, same, depth=0) if query_count and indexed_count else None
-    if parts is None:
-        return [UnitPlan([(query_rows, indexed_rows, same, True)])], planner.stats
-    parts.sort(key=lambda tagged: tagged[0])  # stable: each partition's home join, then its joins across borders
-    units: list[UnitPlan] = []
-    current: list[Join] = []
-    size, previous = 0, None
-    for partition, join in parts:
-        if current and size >= settings.unit_rows and partition != previous:
-            units.append(UnitPlan(current))
-            current, size = [], 0
-        current.append(join)
-        size += len(join[0]) + len(join[1])
-        previous = partition
-    units.append(UnitPlan(current))
-    return units, planner.stats
-
-
-def run_unit(plan: UnitPlan, read_queries: RowReader, read_indexed: RowReader, dim: int, settings: PartitionSettings,
-             one_source: bool, on_home_rows: Callable[[int], None] | None = None,
-             gather: bool = True) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
-    """The unit's pairs. With `gather` its vectors are read once, in row order, into memory, and the joins
-    below read them there, not through the store (on a memory-mapped store of many parts, a read per small
-    join was what made 10M vectors slow); vectors already in memory are read where they are.
-    `one_source`: queries and indexed rows are rows of the same vectors."""
-    if not gather:
-        join = PartitionedJoin(read_queries, read_indexed, dim, settings, on_home_rows)
-        for query_rows, indexed_rows, same, home in plan.joins:
-            join.join(query_rows, indexed_rows, same, home, depth=1)
-        q, r = join.found()
-        return q, r, join.stats
-    query_needed = np.unique(np.concatenate([j[0] for j in plan.joins]))
-    indexed_needed = np.unique(np.concatenate([j[1] for j in plan.joins]))
-    if one_source:
-        query_needed = indexed_needed = np.union1d(query_needed, indexed_needed)
-        queries = indexed = read_indexed(query_needed)
-    else:
-        queries, indexed = read_queries(query_needed), read_indexed(indexed_needed)
-    join = PartitionedJoin(as_reader(queries), as_reader(indexed), dim, settings, on_home_rows)
-    for query_rows, indexed_rows, same, home in plan.joins:
-        join.join(np.searchsorted(query_needed, query_rows), np.searchsorted(indexed_needed, indexed_rows), same, home, depth=1)
-    q, r = join.found()
-    return query_needed[q], indexed_needed[r], join.stats
-
-
-class UnitRunner(Protocol):
-    """Runs units elsewhere (an engine) and keeps their plans and pairs where a rerun finds them."""
-
-    def saved_plans(self, settings: PartitionSettings, rows: int) -> int | None: ...
-    def save_plans(self, plans: list[UnitPlan], settings: PartitionSettings, rows: int) -> int: ...
-    def run(self, count: int, dim: int, settings: PartitionSettings) -> list[tuple[np.ndarray, np.ndarray, PartitionStats]]: ...
-
-
-def partitioned_matches(read_queries: RowReader, query_count: int, read_indexed: RowReader, indexed_count: int,
-                        dim: int, settings: PartitionSettings, same: bool = False,
-                        on_home_rows: Callable[[int], None] | None = None,
-                        units: UnitRunner | None = None) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
-    """(query row, indexed row) with cosine >= threshold. `same`: queries and indexed rows are one set.
-    With `units` the units run through it (an engine, resumable); otherwise here, one after the other."""
-    stats = PartitionStats()
-    count = units.saved_plans(settings, query_count) if units else None
-    if count is None:
-        plans, stats = plan_units(read_queries, query_count, read_indexed, indexed_count, dim, settings, same)
-    if units is None:  # the readers are the caller's: in memory, or a memory-mapped store read unit by unit
-        results = [run_unit(plan, read_queries, read_indexed, dim, settings, same, on_home_rows, gather=False)
-                   for plan in plans]
-    else:
-        if count is None:
-            count = units.save_plans(plans, settings, query_count)
-            del plans
-        results = units.run(count, dim, settings)
-    for _, _, unit_stats in results:
-        stats.add(unit_stats)
-    stats.timings_s = {k: round(v, 3) for k, v in stats.timings_s.items()}
-    return (np.concatenate([np.zeros(0, np.int64), *(q for q, _, _ in results)]).astype(np.int64),
-            np.concatenate([np.zeros(0, np.int64), *(r for _, r, _ in results)]).astype(np.int64), stats)

@@ -4,14 +4,38 @@ one loader that converts config and command-line values by the fields' annotatio
 The CLI and the Python API build the same objects, so both accept the same options. A config key that does
 not exist, or a value out of range, is refused before any work starts.
 """
+
 from dedup.settings.attack import AttackSettings, ExtractSettings, ModelSettings, VerifySettings
 from dedup.settings.download import DownloadSettings
 from dedup.settings.loading import apply, build, fill, load_settings, parse_override, preset_path, read_toml
-from dedup.settings.run import (EmbedSettings, EngineSettings, FindSettings, RunSettings, SelectSettings, WriteSettings,
-                                parse_policy)
+from dedup.settings.run import (
+    EmbedSettings,
+    EngineSettings,
+    FindSettings,
+    RunSettings,
+    SelectSettings,
+    WriteSettings,
+    parse_policy,
+)
 
 __all__ = [
-    "AttackSettings", "DownloadSettings", "EmbedSettings", "EngineSettings", "ExtractSettings", "FindSettings",
-    "ModelSettings", "RunSettings", "SelectSettings", "VerifySettings", "WriteSettings",
-    "apply", "build", "fill", "load_settings", "parse_override", "parse_policy", "preset_path", "read_toml",
+    "AttackSettings",
+    "DownloadSettings",
+    "EmbedSettings",
+    "EngineSettings",
+    "ExtractSettings",
+    "FindSettings",
+    "ModelSettings",
+    "RunSettings",
+    "SelectSettings",
+    "VerifySettings",
+    "WriteSettings",
+    "apply",
+    "build",
+    "fill",
+    "load_settings",
+    "parse_override",
+    "parse_policy",
+    "preset_path",
+    "read_toml",
 ]

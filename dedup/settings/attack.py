@@ -1,4 +1,5 @@
 """The settings of `verify` (the diffusion model trained twice, and the attacks on it) and of `extract`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ class ModelSettings:
 @dataclass
 class AttackSettings:
     generations: int = setting(512, "White box: samples drawn from an unconditional or class-conditional model.")
-    alpha: float = setting(0.5, "White box: extracted when the nearest training image is this much nearer than the rest.")
+    alpha: float = setting(
+        0.5, "White box: extracted when the nearest training image is this much nearer than the rest."
+    )
     neighbours: int = setting(50, "White box: training images the ratio compares with.")
     duplicated_min: int = setting(10, "A training image is 'duplicated' when its group holds at least this many.")
     unique_sample: int = setting(500, "Unique training images sampled for membership.")

@@ -1,4 +1,5 @@
 """What every settings dataclass is made of: fields that carry their help text, and range checks."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """The settings of `dedup download` (img2dataset's options that matter here)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,5 +28,10 @@ class DownloadSettings:
     def validate(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
             raise SettingsError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
-        positive(image_size=self.image_size, processes=self.processes, threads=self.threads,
-                 samples_per_shard=self.samples_per_shard, timeout=self.timeout)
+        positive(
+            image_size=self.image_size,
+            processes=self.processes,
+            threads=self.threads,
+            samples_per_shard=self.samples_per_shard,
+            timeout=self.timeout,
+        )

@@ -1,5 +1,6 @@
 """One loader for every settings dataclass: defaults, then a TOML config (a file or a shipped preset), then
 `section.key=value` overrides, each value converted to the type its field is annotated with."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def _optional(hint: Any) -> tuple[Any, bool]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
         rest = [a for a in typing.get_args(hint) if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+        return (rest[0] if len(rest) == 1 else hint), True
     return hint, False
 
 
@@ -106,7 +107,7 @@ def preset_path(name: str, prefix: str = "") -> Path:
     for folder in (Path(PRESET_FOLDER), shipped_presets()):
         if (folder / file_name).is_file():
             return folder / file_name
-    known = sorted(p.stem[len(prefix):] for p in shipped_presets().glob(f"{prefix}*.toml"))
+    known = sorted(p.stem[len(prefix) :] for p in shipped_presets().glob(f"{prefix}*.toml"))
     raise SettingsError(f"config {name!r} not found: neither a file nor a preset (known presets: {', '.join(known)})")
 
 

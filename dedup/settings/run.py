@@ -1,4 +1,5 @@
 """The settings of `dedup run` and its stages: one dataclass per stage, gathered in RunSettings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ class EmbedSettings:
     model_config: str | None = setting(None, "open_clip model config JSON for an architecture it does not ship.")
     device: str = setting("auto", "auto | cpu | cuda")
     precision: str = setting("auto", "auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).")
-    runtime: str = setting("torch", "clip image tower: torch | onnx | onnx-int8 (ONNX Runtime, exported once and cached).")
+    runtime: str = setting(
+        "torch", "clip image tower: torch | onnx | onnx-int8 (ONNX Runtime, exported once and cached)."
+    )
     text: bool = setting(False, "Also embed captions (txt_emb/), clip only.")
     pixel_size: int = setting(16, "Side of the thumbnail (embedder pixels).")
     model_path: str | None = setting(None, "ONNX or TorchScript encoder (embedder model).")
@@ -35,8 +38,14 @@ class EmbedSettings:
 
         if self.embedder not in EMBEDDERS:
             raise SettingsError(f"unknown embedder {self.embedder!r}; choose one of {', '.join(EMBEDDERS)}")
-        positive(batch_size=self.batch_size, workers=self.workers, decode_threads=self.decode_threads,
-                 max_pixels=self.max_pixels, pixel_size=self.pixel_size, input_size=self.input_size)
+        positive(
+            batch_size=self.batch_size,
+            workers=self.workers,
+            decode_threads=self.decode_threads,
+            max_pixels=self.max_pixels,
+            pixel_size=self.pixel_size,
+            input_size=self.input_size,
+        )
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise SettingsError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.runtime not in ("torch", "onnx", "onnx-int8"):
@@ -52,17 +61,25 @@ class EmbedSettings:
 class FindSettings:
     exact: bool = setting(True, "Group identical image bytes.")
     phash_radius: int | None = setting(4, "Hamming radius on the 64-bit perceptual hash, or 'off'.")
-    threshold: float | None = setting(0.95, "Cosine similarity at or above which two embeddings are duplicates, or 'off'.")
+    threshold: float | None = setting(
+        0.95, "Cosine similarity at or above which two embeddings are duplicates, or 'off'."
+    )
     corroborate_threshold: float | None = setting(
-        None, "Two weak signals that agree: cosine at or above this AND Hamming within corroborate_radius; 'off'.")
+        None, "Two weak signals that agree: cosine at or above this AND Hamming within corroborate_radius; 'off'."
+    )
     corroborate_radius: int = setting(12, "Hamming radius of the corroborating perceptual hash.")
     index: str = setting("auto", "auto | flat | partitioned | ivf")
     nprobe: int = setting(16, "Lists an IVF search visits.")
-    memory_budget_gb: float = setting(8.0, "flat and ivf hold every vector; partitioned reads them from disk beyond this.")
+    memory_budget_gb: float = setting(
+        8.0, "flat and ivf hold every vector; partitioned reads them from disk beyond this."
+    )
     exact_search_max: int = setting(20_000, "Above this many vectors, auto picks the partitioned search.")
     leaf_size: int = setting(1_024, "Partitioned search: vectors a partition.")
-    boundary: float = setting(2.0, "Partitioned search: how near a partition border (in typical duplicate displacements) "
-                                   "a vector must lie to be compared across it.")
+    boundary: float = setting(
+        2.0,
+        "Partitioned search: how near a partition border (in typical duplicate displacements) "
+        "a vector must lie to be compared across it.",
+    )
     threads: int = setting(0, "BLAS threads (0: all cores).")
     workers: int = setting(1, "Partitioned search: units run at once.")
     unit_rows: int = setting(262_144, "Partitioned search: rows a unit reads into memory.")
@@ -83,12 +100,22 @@ class FindSettings:
             raise SettingsError(f"phash_radius must be between 0 and 32 bits, got {self.phash_radius}")
         if self.index not in ("auto", "flat", "partitioned", "ivf"):
             raise SettingsError(f"index must be auto, flat, partitioned or ivf, got {self.index!r}")
-        positive(nprobe=self.nprobe, memory_budget_gb=self.memory_budget_gb, exact_search_max=self.exact_search_max,
-                 leaf_size=self.leaf_size, workers=self.workers, unit_rows=self.unit_rows)
+        positive(
+            nprobe=self.nprobe,
+            memory_budget_gb=self.memory_budget_gb,
+            exact_search_max=self.exact_search_max,
+            leaf_size=self.leaf_size,
+            workers=self.workers,
+            unit_rows=self.unit_rows,
+        )
         if self.boundary < 0:
             raise SettingsError(f"boundary must be >= 0 (0: no comparison across partitions), got {self.boundary}")
-        if not (self.exact or self.phash_radius is not None or self.threshold is not None
-                or self.corroborate_threshold is not None):
+        if not (
+            self.exact
+            or self.phash_radius is not None
+            or self.threshold is not None
+            or self.corroborate_threshold is not None
+        ):
             raise SettingsError("every signal is off: enable exact, phash_radius or threshold")
 
 
@@ -125,7 +152,9 @@ class EngineSettings:
         if self.kind not in ("local", "ray"):
             raise SettingsError(f"engine must be local or ray, got {self.kind!r}")
         if self.gpus_per_worker < 0 and self.gpus_per_worker != -1:
-            raise SettingsError(f"gpus_per_worker must be >= 0, or -1 for one where GPUs exist; got {self.gpus_per_worker}")
+            raise SettingsError(
+                f"gpus_per_worker must be >= 0, or -1 for one where GPUs exist; got {self.gpus_per_worker}"
+            )
 
     def make(self, workers: int, uses_gpu: bool = False, threads: bool = False):
         """The engine for a stage; `uses_gpu`: the stage's units can use a GPU (embed); `threads`: they wait on

@@ -3,31 +3,32 @@
 One unit of work per shard; a unit writes part N of the embeddings store and its stats file last, so a
 rerun skips the shards already done. Decoding runs in threads while the model embeds the previous batch.
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from dedup.io import tarspans
-from dedup.io.atomic import remove_stale_temporaries
 from dedup.embedders import Embedder, build_embedder
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import InputError, SettingsError
+from dedup.io import tarspans
+from dedup.io.atomic import remove_stale_temporaries
 from dedup.io.imaging import UnreadableImage, caption_of, decode
-from dedup.progress import SILENT, Reporter
 from dedup.io.reader import Fault, Sample, iter_source
-from dedup.settings import EmbedSettings
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
+from dedup.progress import SILENT, Reporter
+from dedup.settings import EmbedSettings
 
 _EMBEDDER_CACHE: dict[str, Embedder] = {}
 _EMBEDDER_LOCK = threading.Lock()
@@ -84,16 +85,31 @@ class _PartBuilder:
         if self.with_text:
             self.text_vectors.append(self.embedder.embed_texts(captions))
         for (sample, image, _), caption in zip(good, captions):
-            values = (sample.key, self.url, self.part, sample.index, image.sha256, image.phash,
-                      image.width, image.height, caption)
+            values = (
+                sample.key,
+                self.url,
+                self.part,
+                sample.index,
+                image.sha256,
+                image.phash,
+                image.width,
+                image.height,
+                caption,
+            )
             for name, value in zip(METADATA_SCHEMA.names, values):
                 self.rows[name].append(value)
-            self.spans.append((sample.index, *(sample.span or (-1, -1)), sum(len(data) for data in sample.files.values())))
+            self.spans.append(
+                (sample.index, *(sample.span or (-1, -1)), sum(len(data) for data in sample.files.values()))
+            )
 
     def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
         dim = self.embedder.dim
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
-        text = (np.concatenate(self.text_vectors) if self.text_vectors else np.zeros((0, dim), np.float32)) if self.with_text else None
+        text = (
+            (np.concatenate(self.text_vectors) if self.text_vectors else np.zeros((0, dim), np.float32))
+            if self.with_text
+            else None
+        )
         metadata = pa.table(self.rows, schema=METADATA_SCHEMA)
         failures = pa.table(self.failures, schema=FAILURE_SCHEMA)
         return vectors, metadata, failures, text
@@ -176,11 +192,17 @@ def embed(
     embedder = cached_embedder(settings)  # fails fast on missing weights, before any shard is read
     store = EmbeddingStore(out)
     remove_stale_temporaries(store.root)
-    check_store_spec(store, {"embedder": embedder.spec(), "shards": urls, "max_member_bytes": settings.max_member_bytes})
+    check_store_spec(
+        store, {"embedder": embedder.spec(), "shards": urls, "max_member_bytes": settings.max_member_bytes}
+    )
 
     done = store.completed_parts()
     units = [
-        Unit(f"embed:{part}", embed_shard, {"url": url, "part": part, "store_root": str(store.root), "settings": settings})
+        Unit(
+            f"embed:{part}",
+            embed_shard,
+            {"url": url, "part": part, "store_root": str(store.root), "settings": settings},
+        )
         for part, url in enumerate(urls)
         if part not in done
     ]
@@ -198,10 +220,14 @@ def summarize_store(store: EmbeddingStore, urls: list[str], reporter: Reporter) 
         "samples": sum(s["samples"] for s in stats),
         "embedded": sum(s["embedded"] for s in stats),
         "failed": sum(s["failed"] for s in stats),
-        "unreadable_shards": [{"shard": s["shard"], "reason": r} for s in stats for r in s["shard_faults"] if s["samples"] == 0],
+        "unreadable_shards": [
+            {"shard": s["shard"], "reason": r} for s in stats for r in s["shard_faults"] if s["samples"] == 0
+        ],
     }
     if total["embedded"] == 0:
-        reasons = "; ".join(f"{s['shard']}: {', '.join(s['shard_faults']) or 'no image in any sample'}" for s in stats[:3])
+        reasons = "; ".join(
+            f"{s['shard']}: {', '.join(s['shard_faults']) or 'no image in any sample'}" for s in stats[:3]
+        )
         raise InputError(
             f"no sample of the {len(urls)} input shard(s) could be read ({reasons}); "
             "check that they are WebDataset tar files with images"

@@ -8,6 +8,7 @@ Writes, into the run folder:
   and that pair's similarity and signal;
 - find.json: settings, index choice, counts, timings.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,13 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dedup.io.atomic import write_json, write_parquet
+from dedup.io.store import EmbeddingStore
+from dedup.progress import SILENT, Reporter
 from dedup.search import matching
 from dedup.search.components import component_labels, in_chunks
-from dedup.io.atomic import write_json, write_parquet
-from dedup.progress import SILENT, Reporter
 from dedup.settings import FindSettings
 from dedup.stages import find_units
-from dedup.io.store import EmbeddingStore
 
 SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
 
@@ -40,8 +41,9 @@ def phash_columns(metadata: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return phash, ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
 
 
-def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, settings: FindSettings,
-                  reporter: Reporter, units=None) -> tuple[dict, dict]:
+def collect_pairs(
+    store_data, phash: np.ndarray, phash_present: np.ndarray, settings: FindSettings, reporter: Reporter, units=None
+) -> tuple[dict, dict]:
     metadata, embeddings = store_data.metadata, store_data.embeddings
     rows = len(metadata)
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -58,9 +60,16 @@ def collect_pairs(store_data, phash: np.ndarray, phash_present: np.ndarray, sett
     if settings.search_threshold() is not None and rows > 1:
         started = time.perf_counter()
         with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
-            a, b, choice = matching.embedding_pairs(embeddings, settings.search_threshold(), settings,
-                                                  on_batch=lambda n: progress.advance(n, samples=n), units=units)
-        masks = matching.signal_masks(matching.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings)
+            a, b, choice = matching.embedding_pairs(
+                embeddings,
+                settings.search_threshold(),
+                settings,
+                on_batch=lambda n: progress.advance(n, samples=n),
+                units=units,
+            )
+        masks = matching.signal_masks(
+            matching.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings
+        )
         found.update({signal: (a[mask], b[mask]) for signal, mask in masks.items()})
         timings["embedding"] = time.perf_counter() - started
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
@@ -102,8 +111,9 @@ def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_pr
     )
 
 
-def best_partner(rows: int, node: np.ndarray, partner: np.ndarray, codes: np.ndarray,
-                 similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def best_partner(
+    rows: int, node: np.ndarray, partner: np.ndarray, codes: np.ndarray, similarity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each of `rows`, the partner of its best candidate (strongest signal, then highest similarity),
     that similarity and that signal's code; -1, NaN and -1 where a row has no candidate."""
     order = np.lexsort((-similarity, codes, node))
@@ -124,12 +134,22 @@ def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarr
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     codes = np.array([SIGNALS.index(s) for s in pairs["signal"].to_pylist()], dtype=np.int8)
     similarity = pairs["similarity"].to_numpy()
-    return best_partner(rows, np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([codes, codes]),
-                        np.concatenate([similarity, similarity]))
+    return best_partner(
+        rows,
+        np.concatenate([a, b]),
+        np.concatenate([b, a]),
+        np.concatenate([codes, codes]),
+        np.concatenate([similarity, similarity]),
+    )
 
 
-def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | None = None, reporter: Reporter = SILENT,
-         engine=None) -> dict:
+def find(
+    store_dir: str | Path,
+    run_dir: str | Path,
+    settings: FindSettings | None = None,
+    reporter: Reporter = SILENT,
+    engine=None,
+) -> dict:
     """Find duplicate groups among the embeddings in `store_dir`; write groups.parquet and pairs.parquet.
     With an `engine`, a partitioned search runs its units on it, resumably (`find_units`)."""
     settings = settings or FindSettings()
@@ -167,7 +187,9 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
             "group_id": pa.array(group_id),
             "group_size": pa.array(group_size.astype(np.int64)),
             "nearest_key": pc.if_else(pa.array(has_nearest), keys.take(pa.array(safe)), pa.scalar(None, pa.string())),
-            "nearest_shard": pc.if_else(pa.array(has_nearest), shards.take(pa.array(safe)), pa.scalar(None, pa.string())),
+            "nearest_shard": pc.if_else(
+                pa.array(has_nearest), shards.take(pa.array(safe)), pa.scalar(None, pa.string())
+            ),
             "nearest_similarity": pa.array(np.where(has_nearest, nearest_sim, np.nan), pa.float32(), mask=~has_nearest),
             "match": pa.array([SIGNALS[c] if c >= 0 else None for c in nearest_code], pa.string()),
             "width": metadata["width"],
@@ -195,5 +217,7 @@ def find(store_dir: str | Path, run_dir: str | Path, settings: FindSettings | No
     if units is not None:
         units.done()
     reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})
-    reporter.info(f"find: {summary['groups']} duplicate groups holding {in_groups} samples ({len(pairs)} pairs: {counts})")
+    reporter.info(
+        f"find: {summary['groups']} duplicate groups holding {in_groups} samples ({len(pairs)} pairs: {counts})"
+    )
     return summary

@@ -4,8 +4,9 @@ processes or Ray), and each unit writes its pairs to `find-units/pairs-NNNNN.npz
 marker. A rerun with the same store and settings reuses the plans and runs only the units without pairs;
 the folder is removed once find has written its outputs.
 
-A unit opens the store itself, memory-mapped, and reads only the rows its joins need (`partitioned.run_unit`).
+A unit opens the store itself, memory-mapped, and reads only the rows its joins need (`partition_units.run_unit`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.search import partitioned
-from dedup.io.atomic import atomic_open, read_json, write_json
 from dedup.engine import Unit, run_units
+from dedup.io.atomic import atomic_open, read_json, write_json
 from dedup.progress import Reporter
+from dedup.search import partition_units, partitioned
 
 FOLDER = "find-units"
 
@@ -42,13 +43,20 @@ def _memory_mapped(store_dir: str):
 
 def search_unit(store_dir: str, plan_path: str, pairs_path: str, dim: int, settings: dict) -> dict:
     """One unit: its joins' pairs, written to `pairs_path`."""
-    plan = partitioned.UnitPlan.load(plan_path)
+    plan = partition_units.UnitPlan.load(plan_path)
     vectors = _HELD.get(store_dir)
     if vectors is None:
         vectors = _memory_mapped(store_dir)
     reader = partitioned.as_reader(vectors)
-    q, r, stats = partitioned.run_unit(plan, reader, reader, dim, partitioned.PartitionSettings(**settings),
-                                       one_source=True, gather=not isinstance(vectors, np.ndarray))
+    q, r, stats = partition_units.run_unit(
+        plan,
+        reader,
+        reader,
+        dim,
+        partitioned.PartitionSettings(**settings),
+        one_source=True,
+        gather=not isinstance(vectors, np.ndarray),
+    )
     with atomic_open(pairs_path, "wb") as handle:
         np.savez(handle, query=q, indexed=r, stats=json.dumps(asdict(stats)))
     return {"pairs": len(q), "samples": plan.home_rows()}
@@ -60,7 +68,7 @@ def store_identity(store_dir: str | Path) -> list:
 
 
 class EngineUnits:
-    """find's `partitioned.UnitRunner`: the units of a self-join of one store run on an engine, resumable from
+    """find's `partition_units.UnitRunner`: the units of a self-join of one store run on an engine, resumable from
     the run folder."""
 
     def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter, vectors=None):
@@ -83,7 +91,9 @@ class EngineUnits:
         shutil.rmtree(self.folder, ignore_errors=True)
         return None
 
-    def save_plans(self, plans: list[partitioned.UnitPlan], settings: partitioned.PartitionSettings, rows: int) -> int:
+    def save_plans(
+        self, plans: list[partition_units.UnitPlan], settings: partitioned.PartitionSettings, rows: int
+    ) -> int:
         for number, plan in enumerate(plans):
             plan.save(self.folder / f"plan-{number:05d}.npz")
         write_json(self.folder / "plans.json", {"identity": self.identity(settings, rows), "units": len(plans)})  # last
@@ -91,15 +101,28 @@ class EngineUnits:
 
     def run(self, count: int, dim: int, settings: partitioned.PartitionSettings) -> list[tuple]:
         pairs_path = [self.folder / f"pairs-{number:05d}.npz" for number in range(count)]
-        pending = [Unit(f"find unit {number}", search_unit,
-                        dict(store_dir=self.store_dir, plan_path=str(self.folder / f"plan-{number:05d}.npz"),
-                             pairs_path=str(pairs_path[number]), dim=dim, settings=asdict(settings)))
-                   for number in range(count) if not pairs_path[number].exists()]
+        pending = [
+            Unit(
+                f"find unit {number}",
+                search_unit,
+                dict(
+                    store_dir=self.store_dir,
+                    plan_path=str(self.folder / f"plan-{number:05d}.npz"),
+                    pairs_path=str(pairs_path[number]),
+                    dim=dim,
+                    settings=asdict(settings),
+                ),
+            )
+            for number in range(count)
+            if not pairs_path[number].exists()
+        ]
         run_units(self.engine, pending, "find: partitions", total=count, what="units", reporter=self.reporter)
         results = []
         for path in pairs_path:
             with np.load(path) as saved:
-                results.append((saved["query"], saved["indexed"], partitioned.PartitionStats(**json.loads(str(saved["stats"])))))
+                results.append(
+                    (saved["query"], saved["indexed"], partitioned.PartitionStats(**json.loads(str(saved["stats"]))))
+                )
         return results
 
     def release(self) -> None:

@@ -7,6 +7,7 @@ against it with the same signals as `find` (exact, perceptual hash, embedding, b
 turns the sample's manifest row into `dropped`, naming the reference image it matched and how closely.
 When the run already has a manifest from `select`, purge adds its drops to it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,15 +16,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.search import matching
-from dedup.io.atomic import write_json, write_parquet
 from dedup.errors import SettingsError
+from dedup.io.atomic import write_json, write_parquet
+from dedup.io.runfiles import load_manifest
+from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
+from dedup.search import matching
 from dedup.settings import FindSettings
 from dedup.stages.find import SIGNALS, best_partner, phash_columns, stack_signals
-from dedup.io.runfiles import load_manifest
 from dedup.stages.select import MANIFEST_SCHEMA, unreadable_rows
-from dedup.io.store import EmbeddingStore
 
 PURGE_COLUMNS = [
     ("reference_key", pa.string()),
@@ -51,9 +52,15 @@ def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple
         q, r = matching.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
         found["phash"] = (t_rows[q], r_rows[r])
     if settings.search_threshold() is not None:
-        q, r, _ = matching.embedding_matches(train.embeddings, reference.embeddings, settings.search_threshold(), settings)
-        similarity = np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
-        masks = matching.signal_masks(similarity, train_hash[q], train_has[q], reference_hash[r], reference_has[r], settings)
+        q, r, _ = matching.embedding_matches(
+            train.embeddings, reference.embeddings, settings.search_threshold(), settings
+        )
+        similarity = (
+            np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
+        )
+        masks = matching.signal_masks(
+            similarity, train_hash[q], train_has[q], reference_hash[r], reference_has[r], settings
+        )
         found.update({signal: (q[mask], r[mask]) for signal, mask in masks.items()})
     return found
 
@@ -61,7 +68,9 @@ def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple
 def best_reference(rows: int, found: dict, train_embeddings: np.ndarray, reference_embeddings: np.ndarray):
     """For each training row, its best reference match (strongest signal, then highest cosine); -1 if none."""
     q, r, codes = stack_signals(found)
-    similarity = np.einsum("ij,ij->i", train_embeddings[q], reference_embeddings[r]) if len(q) else np.zeros(0, np.float32)
+    similarity = (
+        np.einsum("ij,ij->i", train_embeddings[q], reference_embeddings[r]) if len(q) else np.zeros(0, np.float32)
+    )
     return best_partner(rows, q, r, codes, similarity)
 
 
@@ -71,17 +80,32 @@ def base_manifest(run_dir: Path, train) -> pa.Table:
         return load_manifest(run_dir)
     meta = train.metadata
     rows = len(meta)
-    nulls = {name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
-             for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")}
-    kept = pa.table({
-        "shard": meta["shard"], "shard_index": meta["shard_index"], "sample_index": meta["sample_index"], "key": meta["key"],
-        "status": pa.array(["kept"] * rows, pa.string()), "reason": pa.array(["no reference match"] * rows, pa.string()), **nulls,
-    }, schema=MANIFEST_SCHEMA)
+    nulls = {
+        name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
+        for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")
+    }
+    kept = pa.table(
+        {
+            "shard": meta["shard"],
+            "shard_index": meta["shard_index"],
+            "sample_index": meta["sample_index"],
+            "key": meta["key"],
+            "status": pa.array(["kept"] * rows, pa.string()),
+            "reason": pa.array(["no reference match"] * rows, pa.string()),
+            **nulls,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
     return pa.concat_tables([kept, unreadable_rows(train.failures)])
 
 
-def purge(train_store: str | Path, reference_store: str | Path, run_dir: str | Path,
-          settings: FindSettings | None = None, reporter: Reporter = SILENT) -> dict:
+def purge(
+    train_store: str | Path,
+    reference_store: str | Path,
+    run_dir: str | Path,
+    settings: FindSettings | None = None,
+    reporter: Reporter = SILENT,
+) -> dict:
     settings = settings or FindSettings()
     settings.validate()
     run_dir = Path(run_dir)
@@ -96,14 +120,23 @@ def purge(train_store: str | Path, reference_store: str | Path, run_dir: str | P
     best, similarity, code = best_reference(len(train.metadata), found, train.embeddings, reference.embeddings)
 
     manifest = base_manifest(run_dir, train)
-    row_of = {(s, i): n for n, (s, i) in enumerate(zip(train.metadata["shard_index"].to_pylist(), train.metadata["sample_index"].to_pylist()))}
+    row_of = {
+        (s, i): n
+        for n, (s, i) in enumerate(
+            zip(train.metadata["shard_index"].to_pylist(), train.metadata["sample_index"].to_pylist())
+        )
+    }
     ref_keys, ref_shards = reference.metadata["key"].to_pylist(), reference.metadata["shard"].to_pylist()
     status, reasons = manifest["status"].to_pylist(), manifest["reason"].to_pylist()
     # an earlier purge's matches (another reference set) stay in place
-    extra = {name: manifest[name].to_pylist() if name in manifest.column_names else [None] * len(manifest)
-             for name, _ in PURGE_COLUMNS}
+    extra = {
+        name: manifest[name].to_pylist() if name in manifest.column_names else [None] * len(manifest)
+        for name, _ in PURGE_COLUMNS
+    }
     matched = 0
-    for n, (shard_index, sample_index) in enumerate(zip(manifest["shard_index"].to_pylist(), manifest["sample_index"].to_pylist())):
+    for n, (shard_index, sample_index) in enumerate(
+        zip(manifest["shard_index"].to_pylist(), manifest["sample_index"].to_pylist())
+    ):
         row = row_of.get((shard_index, sample_index), -1) if status[n] != "unreadable" else -1
         hit = best[row] if row >= 0 else -1
         if hit < 0:
@@ -115,7 +148,9 @@ def purge(train_store: str | Path, reference_store: str | Path, run_dir: str | P
         extra["reference_similarity"][n] = float(similarity[row])
         extra["reference_match"][n] = signal
         status[n] = "dropped"
-        reasons[n] = f"near-copy of reference {ref_shards[hit]}:{ref_keys[hit]} ({signal} match, similarity {similarity[row]:.4f})"
+        reasons[n] = (
+            f"near-copy of reference {ref_shards[hit]}:{ref_keys[hit]} ({signal} match, similarity {similarity[row]:.4f})"
+        )
     manifest = manifest.set_column(manifest.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
     manifest = manifest.set_column(manifest.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
     for name, kind in PURGE_COLUMNS:
@@ -134,5 +169,7 @@ def purge(train_store: str | Path, reference_store: str | Path, run_dir: str | P
         "reference_store": str(reference_store),
     }
     write_json(run_dir / "purge.json", summary)
-    reporter.info(f"purge: {matched} of {len(manifest)} training samples are near-copies of the {len(reference.metadata)} reference images")
+    reporter.info(
+        f"purge: {matched} of {len(manifest)} training samples are near-copies of the {len(reference.metadata)} reference images"
+    )
     return summary

@@ -8,6 +8,7 @@ caption, then first seen (input shard order, then position in the shard). Polici
 Samples that could not be embedded are listed as unreadable with their reason, so the manifest has one row
 per input sample.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dedup.io.atomic import write_parquet
-from dedup.progress import SILENT, Reporter
 from dedup.io.runfiles import load_groups
-from dedup.settings import SelectSettings, parse_policy
 from dedup.io.store import EmbeddingStore
+from dedup.progress import SILENT, Reporter
+from dedup.settings import SelectSettings, parse_policy
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -47,13 +48,15 @@ def rank_in_groups(groups: pa.Table) -> np.ndarray:
     height = groups["height"].fill_null(0).to_numpy().astype(np.int64)
     caption_length = pc.utf8_length(groups["caption"].fill_null("")).to_numpy().astype(np.int64)
     group_id = groups["group_id"].to_numpy()
-    order = np.lexsort((
-        groups["sample_index"].to_numpy(),
-        groups["shard_index"].to_numpy(),
-        -caption_length,
-        -(width * height),
-        group_id,
-    ))
+    order = np.lexsort(
+        (
+            groups["sample_index"].to_numpy(),
+            groups["shard_index"].to_numpy(),
+            -caption_length,
+            -(width * height),
+            group_id,
+        )
+    )
     sorted_groups = group_id[order]
     starts = np.ones(len(order), dtype=bool)
     starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
@@ -88,14 +91,17 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
             reasons.append("unique")
             continue
         best = best_row[row]
-        described = f"{matches[row]} match with {nearest[row]}, similarity {similarity[row]:.4f}" if matches[row] else ""
+        described = (
+            f"{matches[row]} match with {nearest[row]}, similarity {similarity[row]:.4f}" if matches[row] else ""
+        )
         if limit is None:
             status.append("kept")
             reasons.append(f"in duplicate group of {size[row]} (policy none: report only; {described})")
         elif ranks[row] < limit:
             status.append("kept")
             reasons.append(
-                f"kept: best of duplicate group of {size[row]}" if ranks[row] == 0
+                f"kept: best of duplicate group of {size[row]}"
+                if ranks[row] == 0
                 else f"kept: rank {ranks[row] + 1} of duplicate group of {size[row]}, within cap {limit}"
             )
         else:
@@ -123,8 +129,10 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
 
 def unreadable_rows(failures: pa.Table) -> pa.Table:
     rows = len(failures)
-    nulls = {name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
-             for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")}
+    nulls = {
+        name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
+        for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")
+    }
     return pa.table(
         {
             "shard": failures["shard"],
@@ -139,7 +147,9 @@ def unreadable_rows(failures: pa.Table) -> pa.Table:
     )
 
 
-def select(store_dir: str | Path, run_dir: str | Path, settings: SelectSettings | None = None, reporter: Reporter = SILENT) -> dict:
+def select(
+    store_dir: str | Path, run_dir: str | Path, settings: SelectSettings | None = None, reporter: Reporter = SILENT
+) -> dict:
     """Apply the keep policy to groups.parquet; write manifest.parquet with one row per input sample."""
     settings = settings or SelectSettings()
     settings.validate()
@@ -149,6 +159,11 @@ def select(store_dir: str | Path, run_dir: str | Path, settings: SelectSettings 
     order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
     manifest = manifest.take(order)
     write_parquet(Path(run_dir) / "manifest.parquet", manifest)
-    counts = {status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0) for status in ("kept", "dropped", "unreadable")}
-    reporter.info(f"select ({settings.policy}): {counts['kept']} kept, {counts['dropped']} dropped, {counts['unreadable']} unreadable")
+    counts = {
+        status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0)
+        for status in ("kept", "dropped", "unreadable")
+    }
+    reporter.info(
+        f"select ({settings.policy}): {counts['kept']} kept, {counts['dropped']} dropped, {counts['unreadable']} unreadable"
+    )
     return {"policy": settings.policy, "samples": len(manifest), **counts}

@@ -5,12 +5,12 @@ is one unit of work: it reads only the input shards it needs (stopping as soon a
 writes `PREFIX-NNNNN.tar` under a temporary name, renames it, then writes `PREFIX-NNNNN_stats.json`
 as its completion marker. A rerun skips shards whose marker matches the plan. `summary.json` comes last.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,16 +19,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.io import tarspans
-from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
-from dedup.progress import SILENT, Reporter
+from dedup.io import tarspans
+from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
 from dedup.io.runfiles import load_manifest
-from dedup.settings import WriteSettings
 from dedup.io.sources import fingerprint, is_remote
 from dedup.io.store import EmbeddingStore
+from dedup.progress import SILENT, Reporter
+from dedup.settings import WriteSettings
+from dedup.stages.summary import summarize
 
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
@@ -39,6 +40,7 @@ WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason"]
 @dataclass
 class InputSlice:
     """The kept samples one output shard takes from one input shard, in input order."""
+
     shard: str
     part: int
     indexes: np.ndarray  # sample indexes in the input shard, ascending
@@ -57,8 +59,13 @@ def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[InputSl
     plan = []
     for first in range(0, len(keys), samples_per_shard):
         last = min(first + samples_per_shard, len(keys))
-        cuts = [first, *(first + 1 + np.flatnonzero(parts[first + 1:last] != parts[first:last - 1])).tolist(), last]
-        plan.append([InputSlice(shard_of[int(parts[a])], int(parts[a]), indexes[a:b], keys[a:b]) for a, b in zip(cuts, cuts[1:])])
+        cuts = [first, *(first + 1 + np.flatnonzero(parts[first + 1 : last] != parts[first : last - 1])).tolist(), last]
+        plan.append(
+            [
+                InputSlice(shard_of[int(parts[a])], int(parts[a]), indexes[a:b], keys[a:b])
+                for a, b in zip(cuts, cuts[1:])
+            ]
+        )
     return plan
 
 
@@ -86,8 +93,10 @@ def shard_name(prefix: str, number: int) -> str:
 
 
 def changed_since_embed(shard: str, index: int, now: str, was: str) -> InputError:
-    return InputError(f"shard {shard} changed since embed: sample {index} is now {now!r}, was {was!r}; "
-                      "rerun from `dedup embed` with a new run folder")
+    return InputError(
+        f"shard {shard} changed since embed: sample {index} is now {now!r}, was {was!r}; "
+        "rerun from `dedup embed` with a new run folder"
+    )
 
 
 @dataclass
@@ -171,8 +180,10 @@ def copy_ranges(path: Path, ranges: list[CopyRange], durable: bool) -> None:
                     sources[piece.shard] = tarspans.open_for_copy(piece.shard)
                 found = tarspans.key_at(piece.shard, sources[piece.shard], piece.start)
                 if found != piece.first_key:  # its size and time matched embed's, but its bytes moved
-                    raise InputError(f"shard {piece.shard} changed since embed: at byte {piece.start} it holds {found!r}, "
-                                     f"embed saw {piece.first_key!r}; rerun from `dedup embed` with a new run folder")
+                    raise InputError(
+                        f"shard {piece.shard} changed since embed: at byte {piece.start} it holds {found!r}, "
+                        f"embed saw {piece.first_key!r}; rerun from `dedup embed` with a new run folder"
+                    )
                 tarspans.copy_range(sources[piece.shard], target, piece.start, piece.end - piece.start)
                 size += piece.end - piece.start
         finally:
@@ -181,7 +192,9 @@ def copy_ranges(path: Path, ranges: list[CopyRange], durable: bool) -> None:
         os.write(target, tarspans.end_of_archive(size))
 
 
-def rewrite_members(path: Path, slices: list[InputSlice], max_member_bytes: int, durable: bool) -> tuple[int, int, list[dict]]:
+def rewrite_members(
+    path: Path, slices: list[InputSlice], max_member_bytes: int, durable: bool
+) -> tuple[int, int, list[dict]]:
     import webdataset as wds  # imports torch: seconds, paid only on this path
 
     expected = {(piece.shard, index): key for piece in slices for index, key in zip(piece.indexes.tolist(), piece.keys)}
@@ -196,7 +209,9 @@ def rewrite_members(path: Path, slices: list[InputSlice], max_member_bytes: int,
             if key == previous_key:
                 # two samples with one key side by side would be read back as one sample
                 key = f"{sample.key}_dup-{Path(sample.shard).name.split('.')[0]}-{sample.index}"
-                renamed.append({"shard": sample.shard, "sample_index": sample.index, "key": sample.key, "written_as": key})
+                renamed.append(
+                    {"shard": sample.shard, "sample_index": sample.index, "key": sample.key, "written_as": key}
+                )
             payload_bytes += writer.write({"__key__": key, **sample.files})
             previous_key = key
             written.add((sample.shard, sample.index))
@@ -209,8 +224,15 @@ def rewrite_members(path: Path, slices: list[InputSlice], max_member_bytes: int,
     return len(written), payload_bytes, renamed
 
 
-def write_output_shard(number: int, slices: list[InputSlice], out_dir: str, prefix: str, max_member_bytes: int,
-                       store_dir: str | None = None, durable: bool = True) -> dict:
+def write_output_shard(
+    number: int,
+    slices: list[InputSlice],
+    out_dir: str,
+    prefix: str,
+    max_member_bytes: int,
+    store_dir: str | None = None,
+    durable: bool = True,
+) -> dict:
     """Copy the samples of `slices` (in order) into one output shard: as raw byte ranges when every input is
     a plain local tar and no key repeats side by side, else member by member. `durable`: fsync the shard
     and its marker before returning (write's `sync = "shard"`); otherwise the OS writes them back."""
@@ -245,8 +267,12 @@ def check_inputs_unchanged(inputs: list[dict]) -> None:
         try:
             current = fingerprint(stats["shard"]).to_dict()
         except (OSError, FileNotFoundError) as error:
-            raise InputError(f"shard {stats['shard']} embedded earlier cannot be read now ({error}); restore it or rerun embed") from error
-        changed = [f for f in ("size", "mtime", "etag") if recorded.get(f) is not None and recorded.get(f) != current.get(f)]
+            raise InputError(
+                f"shard {stats['shard']} embedded earlier cannot be read now ({error}); restore it or rerun embed"
+            ) from error
+        changed = [
+            f for f in ("size", "mtime", "etag") if recorded.get(f) is not None and recorded.get(f) != current.get(f)
+        ]
         if changed:
             details = ", ".join(f"{f} {recorded[f]} -> {current[f]}" for f in changed)
             raise InputError(
@@ -270,68 +296,6 @@ def check_output_location(out_dir: Path, shards: list[str]) -> None:
                 f"output folder {out_dir} is inside the input folder of {shard}, or holds it; "
                 "choose an output folder outside the input"
             )
-
-
-def reason_class(reason: str) -> str:
-    lowered = reason.lower()
-    for needle, label in (
-        ("no image file", "no image"),
-        ("decompression bomb", "decompression bomb"),
-        ("over the limit", "too large"),
-        ("cannot be decoded", "corrupt image"),
-        ("is empty", "empty image"),
-        ("shard ended", "truncated shard"),
-        ("absolute path", "unsafe member name"),
-        ("'..'", "unsafe member name"),
-        ("is a link", "link member"),
-        ("not a regular file", "special member"),
-        ("no extension", "member without extension"),
-        ("reserved", "reserved member name"),
-    ):
-        if needle in lowered:
-            return label
-    return "other"
-
-
-def _count_rows(table: pa.Table, columns: list[str]) -> list[tuple]:
-    """(value of each column..., rows) for each distinct combination: Python work per distinct value, not per row."""
-    counted = table.group_by(columns).aggregate([([], "count_all")]).to_pydict()
-    return list(zip(*(counted[c] for c in columns), counted["count_all"]))
-
-
-def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: list[dict]) -> dict:
-    counts = Counter(dict(_count_rows(manifest, ["status"])))
-    dropped = manifest.filter(pc.equal(manifest["status"], "dropped"))
-    if "reference_match" not in dropped.column_names:
-        dropped = dropped.append_column("reference_match", pa.nulls(len(dropped), pa.string()))
-    dropped_by = Counter()
-    for match, reference, rows in _count_rows(dropped, ["match", "reference_match"]):
-        dropped_by[f"reference match ({reference})" if reference else f"duplicate ({match})"] += rows
-    unreadable_by = Counter()
-    for reason, rows in _count_rows(manifest.filter(pc.equal(manifest["status"], "unreadable")), ["reason"]):
-        unreadable_by[reason_class(reason)] += rows
-    written = sum(s["samples"] for s in shard_stats)
-    input_samples = len(manifest)
-    summary = {
-        "input_samples": input_samples,
-        "kept": counts["kept"],
-        "dropped": counts["dropped"],
-        "dropped_by_reason": dict(sorted(dropped_by.items())),
-        "unreadable": counts["unreadable"],
-        "unreadable_by_reason": dict(sorted(unreadable_by.items())),
-        "unreadable_shards": unreadable_shards,
-        "written_samples": written,
-        "output_shards": [s["shard"] for s in shard_stats],
-        "output_bytes": sum(s["tar_bytes"] for s in shard_stats),
-        "renamed_keys": [item for s in shard_stats for item in s.get("renamed_keys", [])],
-    }
-    summary["reconciles"] = (
-        input_samples == counts["kept"] + counts["dropped"] + counts["unreadable"]
-        and written == counts["kept"]
-        and sum(dropped_by.values()) == counts["dropped"]
-        and sum(unreadable_by.values()) == counts["unreadable"]
-    )
-    return summary
 
 
 def write(
@@ -360,14 +324,26 @@ def write(
     # read members with the limit embed used, so every sample it accepted can be copied
     max_member_bytes = (store.read_spec() or {}).get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES)
     units = [
-        Unit(f"write:{number}", write_output_shard, {
-            "number": number, "slices": slices, "out_dir": str(out_dir), "prefix": settings.prefix,
-            "max_member_bytes": max_member_bytes, "store_dir": str(store_dir), "durable": settings.sync == "shard",
-        })
-        for number, slices in enumerate(plan) if not _already_written(out_dir, settings.prefix, number, slices)
+        Unit(
+            f"write:{number}",
+            write_output_shard,
+            {
+                "number": number,
+                "slices": slices,
+                "out_dir": str(out_dir),
+                "prefix": settings.prefix,
+                "max_member_bytes": max_member_bytes,
+                "store_dir": str(store_dir),
+                "durable": settings.sync == "shard",
+            },
+        )
+        for number, slices in enumerate(plan)
+        if not _already_written(out_dir, settings.prefix, number, slices)
     ]
     # threads: a shard's copy and fsync run outside the GIL, so one shard is copied while another is flushed
-    run_units(engine or LocalEngine(settings.workers, threads=True), units, "write", len(plan), "output shards", reporter)
+    run_units(
+        engine or LocalEngine(settings.workers, threads=True), units, "write", len(plan), "output shards", reporter
+    )
     shard_stats = [read_json(_marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
@@ -401,6 +377,6 @@ def _already_written(out_dir: Path, prefix: str, number: int, slices: list[Input
 def _remove_outputs_beyond(out_dir: Path, prefix: str, count: int) -> None:
     """Output shards numbered past the current plan belong to an older plan; they would be read as data."""
     for path in list(out_dir.glob(f"{prefix}-*.tar")) + list(out_dir.glob(f"{prefix}-*_stats.json")):
-        number = path.name[len(prefix) + 1:len(prefix) + 6]
+        number = path.name[len(prefix) + 1 : len(prefix) + 6]
         if number.isdigit() and int(number) >= count:
             path.unlink()

@@ -1,5 +1,6 @@
 """`calibrate`: how many groups and removals each embedding threshold gives, on a sample of the embeddings;
 with labelled pairs, precision and recall per threshold; and a suggested threshold with its reason."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.search import matching
-from dedup.io.atomic import read_parquet, write_json
 from dedup.errors import InputError
-from dedup.tools.planting import found_pairs, planted_pairs
+from dedup.io.atomic import read_parquet, write_json
+from dedup.io.store import EmbeddingStore
+from dedup.search import matching
 from dedup.settings import FindSettings
 from dedup.stages.find import connected_groups
-from dedup.io.store import EmbeddingStore
-
+from dedup.tools.planting import found_pairs, planted_pairs
 
 
 def threshold_grid(low: float = 0.80, step: float = 0.01) -> tuple[float, ...]:
@@ -35,8 +35,13 @@ class Calibration:
     reason: str = ""
 
     def to_json(self) -> dict:
-        return {"sample_rows": self.sample_rows, "total_rows": self.total_rows, "thresholds": self.rows,
-                "suggested_threshold": self.suggested, "reason": self.reason}
+        return {
+            "sample_rows": self.sample_rows,
+            "total_rows": self.total_rows,
+            "thresholds": self.rows,
+            "suggested_threshold": self.suggested,
+            "reason": self.reason,
+        }
 
 
 def load_labels(path: str | Path) -> tuple[set, set]:
@@ -49,7 +54,7 @@ def load_labels(path: str | Path) -> tuple[set, set]:
         payload = json.loads(path.read_text())
         if isinstance(payload, dict) and "groups" in payload:
             return planted_pairs(payload["groups"]), set()
-        raise InputError(f"{path}: a .json labels file must hold {{\"groups\": [[key, ...], ...]}} as planted.json does")
+        raise InputError(f'{path}: a .json labels file must hold {{"groups": [[key, ...], ...]}} as planted.json does')
     if path.suffix == ".parquet":
         table = read_parquet(path)
     elif path.suffix == ".csv":
@@ -57,7 +62,9 @@ def load_labels(path: str | Path) -> tuple[set, set]:
 
         table = pcsv.read_csv(path)
     else:
-        raise InputError(f"{path}: labels must be .json (planted groups), .csv or .parquet with columns a, b, duplicate")
+        raise InputError(
+            f"{path}: labels must be .json (planted groups), .csv or .parquet with columns a, b, duplicate"
+        )
     missing = {"a", "b", "duplicate"} - set(table.column_names)
     if missing:
         raise InputError(f"{path}: missing columns {sorted(missing)}; need a, b, duplicate")
@@ -68,8 +75,14 @@ def load_labels(path: str | Path) -> tuple[set, set]:
     return positive, negative
 
 
-def calibrate(store_dir: str | Path, out_dir: str | Path | None = None, thresholds=DEFAULT_THRESHOLDS,
-              sample: int = 20_000, labels: str | Path | None = None, seed: int = 0) -> Calibration:
+def calibrate(
+    store_dir: str | Path,
+    out_dir: str | Path | None = None,
+    thresholds=DEFAULT_THRESHOLDS,
+    sample: int = 20_000,
+    labels: str | Path | None = None,
+    seed: int = 0,
+) -> Calibration:
     data = EmbeddingStore(store_dir).load()
     keys = np.asarray(data.metadata["key"].to_pylist(), dtype=object)
     total = len(keys)
@@ -78,7 +91,9 @@ def calibrate(store_dir: str | Path, out_dir: str | Path | None = None, threshol
     rng = np.random.default_rng(seed)
     must = np.flatnonzero(np.isin(keys, list(labelled))) if labelled else np.zeros(0, np.int64)
     rest = np.setdiff1d(np.arange(total), must)
-    chosen = np.sort(np.concatenate([must, rng.choice(rest, min(len(rest), max(0, sample - len(must))), replace=False)]))
+    chosen = np.sort(
+        np.concatenate([must, rng.choice(rest, min(len(rest), max(0, sample - len(must))), replace=False)])
+    )
     vectors = np.ascontiguousarray(data.embeddings[chosen], dtype=np.float32)
     a, b, _ = matching.embedding_pairs(vectors, min(thresholds), FindSettings(phash_radius=None, index="auto"))
     similarity = matching.cosine(vectors, a, b)
@@ -89,8 +104,14 @@ def calibrate(store_dir: str | Path, out_dir: str | Path | None = None, threshol
         group_id, group_size = connected_groups(len(chosen), a[keep], b[keep])
         in_groups = int((group_size > 1).sum())
         groups = int(len(np.unique(group_id[group_size > 1])))
-        row = {"threshold": threshold, "pairs": int(keep.sum()), "groups": groups, "samples_in_groups": in_groups,
-               "removed": in_groups - groups, "removed_fraction": round((in_groups - groups) / max(1, len(chosen)), 5)}
+        row = {
+            "threshold": threshold,
+            "pairs": int(keep.sum()),
+            "groups": groups,
+            "samples_in_groups": in_groups,
+            "removed": in_groups - groups,
+            "removed_fraction": round((in_groups - groups) / max(1, len(chosen)), 5),
+        }
         if positive:
             found = found_pairs(sample_keys, group_id.tolist())
             touching = {p for p in found if p[0] in labelled or p[1] in labelled}
@@ -124,8 +145,10 @@ def suggest(result: Calibration, labelled: bool) -> None:
         if by_threshold[lower] > 1.1 * by_threshold[upper] + 2:
             break
         suggested = lower
-        reason = (f"removals stay flat from {ordered[-1]} down to {lower} ({by_threshold[ordered[-1]]} -> {by_threshold[lower]}); "
-                  "below it they start to climb, the sign of unrelated images merging")
+        reason = (
+            f"removals stay flat from {ordered[-1]} down to {lower} ({by_threshold[ordered[-1]]} -> {by_threshold[lower]}); "
+            "below it they start to climb, the sign of unrelated images merging"
+        )
     result.suggested, result.reason = suggested, reason
 
 
@@ -145,7 +168,9 @@ def plot(result: Calibration, path: Path) -> None:
     left.set_ylabel(f"count (sample of {result.sample_rows})")
     if "precision" in result.rows[0]:
         right = left.twinx()
-        right.plot(thresholds, [r["precision"] for r in result.rows], color="tab:green", linestyle="--", label="precision")
+        right.plot(
+            thresholds, [r["precision"] for r in result.rows], color="tab:green", linestyle="--", label="precision"
+        )
         right.plot(thresholds, [r["recall"] for r in result.rows], color="tab:red", linestyle="--", label="recall")
         right.set_ylim(0, 1.02)
         right.set_ylabel("precision / recall")
@@ -163,10 +188,14 @@ def calibration_table(result: Calibration, labelled: bool):
     """The thresholds as a rich table, the suggested one highlighted."""
     from rich.table import Table
 
-    columns = ["threshold", "pairs", "groups", "removed", "removed_fraction"] + (["precision", "recall", "f1"] if labelled else [])
+    columns = ["threshold", "pairs", "groups", "removed", "removed_fraction"] + (
+        ["precision", "recall", "f1"] if labelled else []
+    )
     table = Table(title=f"thresholds on {result.sample_rows:,} of {result.total_rows:,} samples")
     for column in columns:
         table.add_column(column, justify="right")
     for row in result.rows:
-        table.add_row(*[str(row[c]) for c in columns], style="bold green" if row["threshold"] == result.suggested else None)
+        table.add_row(
+            *[str(row[c]) for c in columns], style="bold green" if row["threshold"] == result.suggested else None
+        )
     return table

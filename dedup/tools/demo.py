@@ -5,11 +5,12 @@ them as a LAION-style shard set (jpg + txt + json), then plant re-encoded, resiz
 across the shards, so the first `dedup run` finds real groups. (scikit-image's 25x25 LFW crops are left
 out: blurred up, they are too alike for an 8x8 thumbnail to tell apart.)
 """
+
 from __future__ import annotations
 
 import io
-import random
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,18 @@ def build_demo(out_dir: str | Path = "demo-data", shards: int = 3, seed: int = 0
     for number in range(shards):
         with atomic_open(out_dir / "source" / f"demo-{number:05d}.tar", "wb") as handle:
             writer = wds.TarWriter(handle, encoder=False, mtime=0)
-            for name, image, caption in samples[number * per_shard:(number + 1) * per_shard]:
+            for name, image, caption in samples[number * per_shard : (number + 1) * per_shard]:
                 key = f"{number:05d}_{name}"
-                meta = {"key": key, "caption": caption, "width": image.width, "height": image.height, "source": f"skimage.data.{name}"}
-                writer.write({"__key__": key, "jpg": _jpeg(image), "txt": caption.encode(), "json": json.dumps(meta).encode()})
+                meta = {
+                    "key": key,
+                    "caption": caption,
+                    "width": image.width,
+                    "height": image.height,
+                    "source": f"skimage.data.{name}",
+                }
+                writer.write(
+                    {"__key__": key, "jpg": _jpeg(image), "txt": caption.encode(), "json": json.dumps(meta).encode()}
+                )
             writer.close()
     photo_names = {name for name in PHOTOS}
     return plant(

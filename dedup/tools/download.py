@@ -4,6 +4,7 @@ img2dataset pins old releases (webdataset < 0.3, pandas < 3, albumentations < 2)
 lives in an interpreter of its own: `make img2dataset` makes .venv-img2dataset; `--img2dataset-python` or
 DEDUP_IMG2DATASET_PYTHON point elsewhere. Its output (shards, per-shard parquet and stats) is our input.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from dedup.io.atomic import write_json
 from dedup.errors import InputError, SettingsError
+from dedup.io.atomic import write_json
 from dedup.settings import DownloadSettings
 
 CALL = """
@@ -25,8 +26,13 @@ download(**json.load(sys.stdin))
 
 
 def find_img2dataset_python(explicit: str | None = None) -> str:
-    candidates = [explicit, os.environ.get("DEDUP_IMG2DATASET_PYTHON"), ".venv-img2dataset/bin/python",
-                  str(Path(__file__).resolve().parents[2] / ".venv-img2dataset" / "bin" / "python"), sys.executable]
+    candidates = [
+        explicit,
+        os.environ.get("DEDUP_IMG2DATASET_PYTHON"),
+        ".venv-img2dataset/bin/python",
+        str(Path(__file__).resolve().parents[2] / ".venv-img2dataset" / "bin" / "python"),
+        sys.executable,
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             probe = subprocess.run([candidate, "-c", "import img2dataset"], capture_output=True, env=_environment())
@@ -52,8 +58,9 @@ def _input_format(url_list: Path, given: str | None) -> str:
     raise SettingsError(f"cannot tell the format of {url_list}; give --input-format parquet|csv|tsv|json|txt")
 
 
-def download(url_list: str | Path, out_dir: str | Path, settings: DownloadSettings | None = None,
-             python: str | None = None) -> dict:
+def download(
+    url_list: str | Path, out_dir: str | Path, settings: DownloadSettings | None = None, python: str | None = None
+) -> dict:
     settings = settings or DownloadSettings()
     settings.validate()
     url_list, out_dir = Path(url_list), Path(out_dir)
@@ -79,8 +86,9 @@ def download(url_list: str | Path, out_dir: str | Path, settings: DownloadSettin
         "distributor": "multiprocessing",
     }
     interpreter = find_img2dataset_python(python)
-    completed = subprocess.run([interpreter, "-c", CALL], input=json.dumps(arguments), text=True,
-                               capture_output=True, env=_environment())
+    completed = subprocess.run(
+        [interpreter, "-c", CALL], input=json.dumps(arguments), text=True, capture_output=True, env=_environment()
+    )
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-8:])
         raise InputError(f"img2dataset failed on {url_list} (exit {completed.returncode}):\n{tail}")

@@ -4,14 +4,15 @@ Each planted copy is a transformed version of a real sample's image (exact copy,
 small crop), given a new key, the source's caption, and placed in a shard chosen at random, so copies
 land across shards. The ground truth (which keys belong together) is returned and written as JSON.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import webdataset as wds
@@ -39,7 +40,9 @@ def transform_image(data: bytes, kind: str, rng: random.Random) -> bytes:
         return _encode_jpeg(image, quality=rng.choice((50, 60, 70, 80)))
     if kind == "resize":
         scale = rng.uniform(0.6, 0.9)
-        return _encode_jpeg(image.resize((max(8, round(width * scale)), max(8, round(height * scale))), Image.Resampling.LANCZOS), 90)
+        return _encode_jpeg(
+            image.resize((max(8, round(width * scale)), max(8, round(height * scale))), Image.Resampling.LANCZOS), 90
+        )
     if kind == "crop":
         dx, dy = round(width * rng.uniform(0.02, 0.05)), round(height * rng.uniform(0.02, 0.05))
         left, top = rng.randint(0, dx), rng.randint(0, dy)
@@ -96,7 +99,11 @@ def plant(
 
     kinds = list(transforms)
     planted = PlantedSet(shards=[])
-    pool = [s for url in expand_shards(donors) for s in iter_shard(url, on_fault=lambda fault: None)] if donors else originals
+    pool = (
+        [s for url in expand_shards(donors) for s in iter_shard(url, on_fault=lambda fault: None)]
+        if donors
+        else originals
+    )
     candidates = [i for i, sample in enumerate(pool) if eligible is None or eligible(sample)]
     if isinstance(copies, list) and len(copies) != sources:
         raise ValueError(f"copies lists {len(copies)} counts for {sources} sources")
@@ -104,7 +111,9 @@ def plant(
     for number, source_index in enumerate(chosen):
         source = pool[source_index]
         image_field = next(ext for ext in ("jpg", "jpeg", "png", "webp") if ext in source.files)
-        count = copies if isinstance(copies, int) else copies[number] if isinstance(copies, list) else rng.randint(*copies)
+        count = (
+            copies if isinstance(copies, int) else copies[number] if isinstance(copies, list) else rng.randint(*copies)
+        )
         group = [source.key]
         for copy_number in range(count):
             kind = kinds[(number + copy_number) % len(kinds)]
@@ -134,7 +143,7 @@ def plant(
 
 
 def planted_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
-    return {(min(a, b), max(a, b)) for group in groups for i, a in enumerate(group) for b in group[i + 1:]}
+    return {(min(a, b), max(a, b)) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]}
 
 
 def found_pairs(keys: list[str], group_ids: list[int]) -> set[tuple[str, str]]:
@@ -144,7 +153,12 @@ def found_pairs(keys: list[str], group_ids: list[int]) -> set[tuple[str, str]]:
     return planted_pairs([m for m in members.values() if len(m) > 1])
 
 
-def score(truth_groups: list[list[str]], keys: list[str], group_ids: list[int], is_planted: Callable[[str], bool] | None = None) -> dict:
+def score(
+    truth_groups: list[list[str]],
+    keys: list[str],
+    group_ids: list[int],
+    is_planted: Callable[[str], bool] | None = None,
+) -> dict:
     """Pair recall of the planted groups, and precision of the found pairs that touch a planted sample.
 
     Found pairs between two unplanted samples are natural duplicates of the source data (or false
@@ -165,9 +179,17 @@ def score(truth_groups: list[list[str]], keys: list[str], group_ids: list[int], 
     }
 
 
-def planted_embeddings(rows: int, dim: int = 512, seed: int = 0, kind: str = "clustered", low: float = 0.92,
-                       high: float = 0.99, chunk: int = 262_144, topic_seed: int | None = None,
-                       topic_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def planted_embeddings(
+    rows: int,
+    dim: int = 512,
+    seed: int = 0,
+    kind: str = "clustered",
+    low: float = 0.92,
+    high: float = 0.99,
+    chunk: int = 262_144,
+    topic_seed: int | None = None,
+    topic_count: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors of which the last 1% are planted copies of others at a cosine drawn uniformly from
     [low, high]; returns (vectors, planted pairs as an (n, 2) array of (source, copy)).
 
@@ -190,7 +212,9 @@ def planted_embeddings(rows: int, dim: int = 512, seed: int = 0, kind: str = "cl
     for start in range(0, rows, chunk):
         count = min(rows, start + chunk) - start
         noise = rng.standard_normal((count, dim), dtype=np.float32)
-        vectors[start:start + count] = noise if kind == "isotropic" else topics[rng.integers(0, len(topics), count)] + noise / np.sqrt(dim)
+        vectors[start : start + count] = (
+            noise if kind == "isotropic" else topics[rng.integers(0, len(topics), count)] + noise / np.sqrt(dim)
+        )
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sources = rng.choice(base, planted, replace=False)
     cosine = rng.uniform(low, high, planted).astype(np.float32)

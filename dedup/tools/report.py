@@ -5,6 +5,7 @@ similarity to the kept sample); pairs sampled in similarity bands around the thr
 duplicates stop; purge and verify results when present. Bounded in size whatever the run's size: a fixed
 number of groups and pairs, chosen deterministically.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.search import matching
-from dedup.io.atomic import atomic_open, read_parquet
 from dedup.errors import InputError
-from dedup.settings import FindSettings
+from dedup.io.atomic import atomic_open, read_parquet
 from dedup.io.store import EmbeddingStore
+from dedup.search import matching
+from dedup.settings import FindSettings
 from dedup.tools.thumbnails import fetch_thumbnails
 
 STYLE = """
@@ -92,21 +93,32 @@ def similarity_bands(threshold: float) -> list[tuple[float, float]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def near_pairs(embeddings: np.ndarray, pairs, lowest: float, seed: int, sample: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_pairs(
+    embeddings: np.ndarray, pairs, lowest: float, seed: int, sample: int = 20_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's duplicate pairs, plus near misses below the threshold found on a sample of rows."""
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     similarity = pairs["similarity"].to_numpy()
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(embeddings), min(sample, len(embeddings)), replace=False))
     if len(rows) > 1:
-        sa, sb, _ = matching.embedding_pairs(np.ascontiguousarray(embeddings[rows]), lowest, FindSettings(phash_radius=None))
+        sa, sb, _ = matching.embedding_pairs(
+            np.ascontiguousarray(embeddings[rows]), lowest, FindSettings(phash_radius=None)
+        )
         a, b = np.concatenate([a, rows[sa]]), np.concatenate([b, rows[sb]])
         similarity = np.concatenate([similarity, matching.cosine(embeddings, rows[sa], rows[sb])])
     return a, b, similarity
 
 
-def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings: str | Path | None = None,
-                 max_groups: int = 20, max_members: int = 8, pairs_per_band: int = 4, seed: int = 0) -> Path:
+def build_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    embeddings: str | Path | None = None,
+    max_groups: int = 20,
+    max_members: int = 8,
+    pairs_per_band: int = 4,
+    seed: int = 0,
+) -> Path:
     run_dir = Path(run_dir)
     for name in ("groups.parquet", "manifest.parquet"):
         if not (run_dir / name).exists():
@@ -136,10 +148,20 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings:
     band_pairs = []
     for low, high in similarity_bands(threshold):
         inside = np.flatnonzero((similarity >= low) & (similarity < high) & (a != b))
-        _, unique_positions = np.unique(np.stack([np.minimum(a[inside], b[inside]), np.maximum(a[inside], b[inside])]), axis=1, return_index=True) if len(inside) else (None, np.zeros(0, int))
+        _, unique_positions = (
+            np.unique(
+                np.stack([np.minimum(a[inside], b[inside]), np.maximum(a[inside], b[inside])]),
+                axis=1,
+                return_index=True,
+            )
+            if len(inside)
+            else (None, np.zeros(0, int))
+        )
         inside = inside[np.sort(unique_positions)]
         picked = rng.choice(inside, min(pairs_per_band, len(inside)), replace=False) if len(inside) else []
-        band_pairs.append((low, high, len(inside), [(int(a[i]), int(b[i]), float(similarity[i])) for i in sorted(picked)]))
+        band_pairs.append(
+            (low, high, len(inside), [(int(a[i]), int(b[i]), float(similarity[i])) for i in sorted(picked)])
+        )
 
     pair_rows = sorted({row for _, _, _, picked in band_pairs for i, j, _ in picked for row in (i, j)})
     records = dict(zip(pair_rows, groups.take(pa.array(pair_rows, pa.int64())).to_pylist()))
@@ -147,23 +169,34 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, embeddings:
     wanted += [(records[row]["shard"], records[row]["sample_index"]) for row in pair_rows]
     thumbs = fetch_thumbnails(wanted)
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dedup report: {_esc(run_dir.name)}</title>",
-             f"<style>{STYLE}</style></head><body>", f"<h1>dedup report</h1><p class='muted'>run folder {_esc(run_dir)}</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dedup report: {_esc(run_dir.name)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>dedup report</h1><p class='muted'>run folder {_esc(run_dir)}</p>",
+    ]
     parts.append(counts_section(summary, manifest))
     _, group_sizes, samples_in_groups = duplicate_groups(groups)
-    parts.append(f"<h2>Duplicate groups</h2><p>{len(group_sizes)} groups hold {samples_in_groups} samples; "
-                 f"largest {int(group_sizes.max(initial=0))}.</p><img id='histogram' alt='histogram of group sizes' src='{group_size_histogram(group_sizes.tolist())}'>")
-    parts.append(f"<h2>The {len(chosen_groups)} largest groups</h2><p class='muted'>green: kept; red: dropped. "
-                 "Similarity is the cosine to the kept sample.</p>")
+    parts.append(
+        f"<h2>Duplicate groups</h2><p>{len(group_sizes)} groups hold {samples_in_groups} samples; "
+        f"largest {int(group_sizes.max(initial=0))}.</p><img id='histogram' alt='histogram of group sizes' src='{group_size_histogram(group_sizes.tolist())}'>"
+    )
+    parts.append(
+        f"<h2>The {len(chosen_groups)} largest groups</h2><p class='muted'>green: kept; red: dropped. "
+        "Similarity is the cosine to the kept sample.</p>"
+    )
     for group_id in chosen_groups:
         parts.append(group_section(group_id, members[group_id], status_of, thumbs, store.embeddings))
-    parts.append(f"<h2>Pairs by similarity band</h2><p>Threshold {threshold}. Bands below it hold near misses found on a sample; "
-                 "look where the pairs stop being the same picture.</p>")
+    parts.append(
+        f"<h2>Pairs by similarity band</h2><p>Threshold {threshold}. Bands below it hold near misses found on a sample; "
+        "look where the pairs stop being the same picture.</p>"
+    )
     for low, high, total, picked in band_pairs:
         parts.append(band_section(low, min(high, 1.0), total, picked, records, thumbs, threshold))
     for extra in ("purge.json", "verify.json"):
         if (run_dir / extra).exists():
-            parts.append(f"<h2>{_esc(extra[:-5])}</h2><pre id='{extra[:-5]}'>{_esc(json.dumps(json.loads((run_dir / extra).read_text()), indent=2))}</pre>")
+            parts.append(
+                f"<h2>{_esc(extra[:-5])}</h2><pre id='{extra[:-5]}'>{_esc(json.dumps(json.loads((run_dir / extra).read_text()), indent=2))}</pre>"
+            )
     parts.append("</body></html>")
     with atomic_open(out, "w") as handle:
         handle.write("\n".join(parts))
@@ -182,31 +215,51 @@ def counts_section(summary: dict | None, manifest) -> str:
     if summary:
         rows += [(f"&nbsp;&nbsp;{_esc(k)}", v) for k, v in summary.get("unreadable_by_reason", {}).items()]
         rows.append(("written to output shards", summary.get("written_samples")))
-    table = "".join(f"<tr><td>{label}</td><td class='n'>{value:,}</td></tr>" for label, value in rows if value is not None)
-    check = (f"<p id='reconcile' class='{'ok' if reconciles else 'bad'}'>input = kept + dropped + unreadable: "
-             f"{total:,} = {counts['kept']:,} + {counts['dropped']:,} + {counts['unreadable']:,} "
-             f"{'(reconciles)' if reconciles else '(DOES NOT RECONCILE)'}</p>")
+    table = "".join(
+        f"<tr><td>{label}</td><td class='n'>{value:,}</td></tr>" for label, value in rows if value is not None
+    )
+    check = (
+        f"<p id='reconcile' class='{'ok' if reconciles else 'bad'}'>input = kept + dropped + unreadable: "
+        f"{total:,} = {counts['kept']:,} + {counts['dropped']:,} + {counts['unreadable']:,} "
+        f"{'(reconciles)' if reconciles else '(DOES NOT RECONCILE)'}</p>"
+    )
     shards = ""
     if summary and summary.get("unreadable_shards"):
-        shards = "<p>Unreadable shards:</p><ul>" + "".join(
-            f"<li>{_esc(s['shard'])}: {_esc(s['reason'])}</li>" for s in summary["unreadable_shards"]) + "</ul>"
+        shards = (
+            "<p>Unreadable shards:</p><ul>"
+            + "".join(f"<li>{_esc(s['shard'])}: {_esc(s['reason'])}</li>" for s in summary["unreadable_shards"])
+            + "</ul>"
+        )
     return f"<h2>Counts</h2><table id='counts'>{table}</table>{check}{shards}"
 
 
 def _figure(record: dict, status: str, thumbs: dict, note: str) -> str:
     uri = thumbs.get((record["shard"], record["sample_index"]))
-    image = f"<img src='{uri}' alt='{_esc(record['key'])}' data-key='{_esc(record['key'])}'>" if uri else "<div class='muted'>(image unavailable)</div>"
+    image = (
+        f"<img src='{uri}' alt='{_esc(record['key'])}' data-key='{_esc(record['key'])}'>"
+        if uri
+        else "<div class='muted'>(image unavailable)</div>"
+    )
     caption = _esc((record.get("caption") or "")[:90])
-    return (f"<figure class='{status}'>{image}<figcaption><b>{_esc(record['key'])}</b><br>{_esc(_shard_name(record['shard']))}"
-            f"<br>{note}<br><span class='muted'>{caption}</span></figcaption></figure>")
+    return (
+        f"<figure class='{status}'>{image}<figcaption><b>{_esc(record['key'])}</b><br>{_esc(_shard_name(record['shard']))}"
+        f"<br>{note}<br><span class='muted'>{caption}</span></figcaption></figure>"
+    )
 
 
 def statuses(manifest, rows: list[dict]) -> dict[tuple[str, int], str]:
     """Manifest status of the given samples, reading only the manifest rows that can match them."""
     places = {(r["shard"], r["sample_index"]) for r in rows}
-    candidates = manifest.filter(pc.is_in(manifest["sample_index"], value_set=pa.array(sorted({i for _, i in places}), pa.int32())))
-    return {(s, i): st for s, i, st in zip(candidates["shard"].to_pylist(), candidates["sample_index"].to_pylist(),
-                                             candidates["status"].to_pylist()) if (s, i) in places}
+    candidates = manifest.filter(
+        pc.is_in(manifest["sample_index"], value_set=pa.array(sorted({i for _, i in places}), pa.int32()))
+    )
+    return {
+        (s, i): st
+        for s, i, st in zip(
+            candidates["shard"].to_pylist(), candidates["sample_index"].to_pylist(), candidates["status"].to_pylist()
+        )
+        if (s, i) in places
+    }
 
 
 def group_section(group_id: int, rows: list[dict], status_of: dict, thumbs: dict, embeddings: np.ndarray) -> str:
@@ -218,15 +271,23 @@ def group_section(group_id: int, rows: list[dict], status_of: dict, thumbs: dict
         note = "kept" if record is kept else f"{status}, cos {cosine:.3f} ({_esc(record['match'])})"
         figures.append(_figure(record, status, thumbs, note))
     size = rows[0]["group_size"]
-    return (f"<section class='group' data-group-id='{group_id}' data-group-size='{size}'><h3>group {group_id}: {size} samples"
-            f"{'' if size <= len(rows) else f' (first {len(rows)} shown)'}</h3><div class='strip'>{''.join(figures)}</div></section>")
+    return (
+        f"<section class='group' data-group-id='{group_id}' data-group-size='{size}'><h3>group {group_id}: {size} samples"
+        f"{'' if size <= len(rows) else f' (first {len(rows)} shown)'}</h3><div class='strip'>{''.join(figures)}</div></section>"
+    )
 
 
-def band_section(low: float, high: float, total: int, picked: list, records: dict[int, dict], thumbs: dict, threshold: float) -> str:
+def band_section(
+    low: float, high: float, total: int, picked: list, records: dict[int, dict], thumbs: dict, threshold: float
+) -> str:
     side = "duplicates" if low >= threshold else "below the threshold"
     items = []
     for i, j, cosine in picked:
-        items.append(f"<div class='pair' data-similarity='{cosine:.4f}'>{_figure(records[i], '', thumbs, '')}"
-                     f"{_figure(records[j], '', thumbs, f'cos {cosine:.4f}')}</div>")
-    return (f"<section class='band' data-low='{low:.3f}'><h3>cosine {low:.3f} to {high:.3f} ({side}): {total:,} pairs seen</h3>"
-            f"<div class='band'>{''.join(items) or '<p class=muted>none</p>'}</div></section>")
+        items.append(
+            f"<div class='pair' data-similarity='{cosine:.4f}'>{_figure(records[i], '', thumbs, '')}"
+            f"{_figure(records[j], '', thumbs, f'cos {cosine:.4f}')}</div>"
+        )
+    return (
+        f"<section class='band' data-low='{low:.3f}'><h3>cosine {low:.3f} to {high:.3f} ({side}): {total:,} pairs seen</h3>"
+        f"<div class='band'>{''.join(items) or '<p class=muted>none</p>'}</div></section>"
+    )

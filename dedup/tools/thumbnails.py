@@ -1,4 +1,5 @@
 """Small JPEG thumbnails of chosen samples, read by streaming each needed shard once."""
+
 from __future__ import annotations
 
 import base64
