@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup img2dataset demo test clip-retrieval
+.PHONY: setup img2dataset demo test lint clip-retrieval
 setup: img2dataset
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
@@ -23,6 +23,11 @@ demo:
 
 test:
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint:
+	$(BIN)/ruff check dedup tests benchmarks pipelines configs
+	$(BIN)/ruff format --check dedup tests benchmarks pipelines configs
+	$(BIN)/mypy dedup
 
 # clip-retrieval in its own environment (it pins numpy<2, pyarrow<16, webdataset<0.3): benchmarks only
 clip-retrieval:

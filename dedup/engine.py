@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 
@@ -123,7 +124,7 @@ def processes_can_start(workers: int = 2) -> bool:
 
 def _called_outside_main_guard(main, script: str) -> bool:
     """Whether the main script's top level is, right now, at a line outside its `if __name__ == "__main__":`."""
-    frame = sys._getframe()
+    frame: FrameType | None = sys._getframe()
     while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>"):
         frame = frame.f_back
     if frame is None:  # not called from the script's top level (a thread, a callback): nothing re-runs
@@ -168,7 +169,7 @@ def run_units(engine, units: Sequence[Unit], stage: str, total: int, what: str, 
         results = engine.map(units, on_done=lambda r: progress.advance(1, samples=(r.value or {}).get("samples", 0)))
     problems = failed(results)
     if problems:
-        listing = "; ".join(f"{r.name}: {r.error.splitlines()[0]}" for r in problems[:5])
+        listing = "; ".join(f"{r.name}: {(r.error or '').splitlines()[0]}" for r in problems[:5])
         error = InputError if any(r.kind == "InputError" for r in problems) else DedupError
         raise error(
             f"{stage}: {len(problems)} of {len(units)} {what} failed ({listing}); rerun the same command to retry them"
@@ -211,13 +212,14 @@ class RayEngine:
         for name in ("ray", "ray.data"):  # our reporter shows progress; Ray's own lines would drown it
             logging.getLogger(name).setLevel(logging.ERROR)
         if not ray.is_initialized():
+            local: dict = {} if self.address else {"num_cpus": max(self.workers, 1)}
             ray.init(
                 address=self.address,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
                 ignore_reinit_error=True,
-                **({} if self.address else {"num_cpus": max(self.workers, 1)}),
+                **local,
             )
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dedup.errors import SettingsError
 from dedup.io.atomic import remove_stale_temporaries
+from dedup.io.runfolder import RunFolder
 from dedup.io.sources import expand_shards
 from dedup.progress import SILENT, Reporter
 from dedup.settings import RunSettings
@@ -22,7 +23,7 @@ from dedup.stages.write import check_output_location, write
 
 
 def embeddings_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "embeddings"
+    return RunFolder(run_dir).embeddings
 
 
 def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict:
@@ -68,7 +69,7 @@ def purge_run(
         urls = expand_shards(settings.shards)
         check_output_location(settings.output_dir(), urls)
         embed(urls, store, settings.embed, engine=embed_engine, reporter=reporter)
-    reference_dir = Path(reference_dir) if reference_dir else run_dir / "reference"
+    reference_dir = Path(reference_dir) if reference_dir else RunFolder(run_dir).reference
     embed(expand_shards(against), reference_dir, settings.embed, engine=embed_engine, reporter=reporter)
     summary = {"purge": purge(store, reference_dir, run_dir, settings.find, reporter=reporter)}
     if write_output:

@@ -138,6 +138,7 @@ def black_box_attack(
     extracted_rows = sorted({position_of[place] for place in result.extracted_places})
     extracted_groups = sorted({int(sets["group"][row]) for row in extracted_rows})
     first_row_of_group = {int(sets["group"][row]): row for row in reversed(extracted_rows)}
+    assert conditioning.empty is not None  # a caption-conditioned model
     scores = text_guidance_magnitude(model, tokens, conditioning.empty, attack.detector_repeats, attack.detector_steps)
     is_control = np.arange(len(captions)) >= len(prompts)
     matches = [(int(p), m) for p, found in result.nearest.items() for m in found]

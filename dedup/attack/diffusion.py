@@ -13,6 +13,7 @@ ids (n, length) from `text.CaptionVocabulary`.
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import asdict
 
 import numpy as np
@@ -70,6 +71,7 @@ class Denoiser(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         if self.captions is not None:
+            assert condition is not None, "a caption-conditioned model needs caption tokens"
             return self.unet(
                 x, t, encoder_hidden_states=self.captions(condition), encoder_attention_mask=(condition != PAD).float()
             ).sample
@@ -126,7 +128,8 @@ def train(
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
     device = pick_device(settings.device)
-    model = Denoiser(settings, vocabulary_length, conditions.shape[1] if settings.captions else 0).to(device)
+    length = conditions.shape[1] if conditions is not None and settings.captions else 0
+    model = Denoiser(settings, vocabulary_length, length).to(device)
     scheduler = DDPMScheduler(num_train_timesteps=settings.timesteps)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     data = torch.from_numpy(images).to(device)
@@ -142,7 +145,7 @@ def train(
         rows = generator.integers(0, len(data), settings.batch_size)
         clean = data[torch.from_numpy(rows).to(device)]
         condition = _condition(conditions, rows, device)
-        if settings.captions:
+        if condition is not None and empty is not None:
             condition[torch.from_numpy(generator.random(len(rows)) < settings.caption_dropout).to(device)] = empty
         noise = torch.randn_like(clean)
         t = torch.randint(0, settings.timesteps, (len(clean),), device=device)
@@ -155,7 +158,7 @@ def train(
         losses.append(loss.item())
         if log and (step + 1) % max(1, settings.train_steps // 10) == 0:
             log(f"step {step + 1}/{settings.train_steps}: loss {np.mean(losses[-50:]):.4f}")
-    model = averaged.module if averaged is not None else model
+    model = typing.cast(Denoiser, averaged.module) if averaged is not None else model
     model.eval()
     return model, {
         "seconds": round(time.perf_counter() - started, 1),
@@ -201,7 +204,7 @@ def sample(
         condition = (
             _condition(conditions, slice(start, start + size), device) if settings.conditioning != "none" else None
         )
-        empty = _repeat_row(empty_caption, size, device) if settings.captions else None
+        empty = _repeat_row(empty_caption, size, device) if empty_caption is not None and settings.captions else None
         for t in scheduler.timesteps:
             timestep = torch.full((size,), int(t), device=device)
             if settings.captions:

@@ -36,6 +36,7 @@ def tiled_l2(a: np.ndarray, b: np.ndarray, grid: int = 4, channels_last: bool = 
             ]
             score = np.sqrt((tile**2).reshape(*tile.shape[:-3], -1).mean(-1))
             worst = score if worst is None else np.maximum(worst, score)
+    assert worst is not None  # grid >= 1
     return worst
 
 

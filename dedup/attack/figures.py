@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dedup.io.atomic import atomic_open
+from dedup.io.runfolder import RunFolder
 
 
 def save_generations(path: Path, generations: np.ndarray) -> str:
@@ -51,7 +52,7 @@ def write_figures(out_dir: Path, models: dict) -> dict:
     right.set_ylabel("AUC")
     right.legend()
     figure.tight_layout()
-    paths = {"extraction_and_membership": str(out_dir / "verify-counts.png")}
+    paths = {"extraction_and_membership": str(RunFolder(out_dir).verify_counts_figure)}
     with atomic_open(paths["extraction_and_membership"], "wb") as handle:
         figure.savefig(handle, format="png")
     plt.close(figure)
@@ -71,7 +72,7 @@ def write_figures(out_dir: Path, models: dict) -> dict:
             top.set_title(f"{name}: {label}" + (" *" if extracted else ""), fontsize=7)
     figure.suptitle("closest generation to each of 8 training images (top) beside it (bottom); * = extracted")
     figure.tight_layout()
-    paths["closest_pairs"] = str(out_dir / "verify-pairs.png")
+    paths["closest_pairs"] = str(RunFolder(out_dir).verify_pairs_figure)
     with atomic_open(paths["closest_pairs"], "wb") as handle:
         figure.savefig(handle, format="png")
     plt.close(figure)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.io.runfiles import load_groups
+from dedup.io.runfolder import load_groups
 
 
 @dataclass
@@ -39,7 +39,11 @@ def unique_image_prompts(run_dir: str | Path, count: int, seed: int = 0) -> list
     rows = [
         i for i, (size, caption) in enumerate(zip(groups["group_size"], groups["caption"])) if size == 1 and caption
     ]
-    chosen = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)), replace=False) if rows else []
+    chosen = (
+        np.random.default_rng(seed).choice(len(rows), min(count, len(rows)), replace=False)
+        if rows
+        else np.zeros(0, int)
+    )
     return [
         Prompt(groups["caption"][rows[i]].strip(), int(groups["group_id"][rows[i]]), 1, groups["key"][rows[i]])
         for i in sorted(chosen)

@@ -20,6 +20,7 @@ from dedup.attack.extraction import generate_and_filter
 from dedup.attack.prompts import Prompt, largest_group_prompts
 from dedup.errors import SettingsError
 from dedup.io.atomic import atomic_open, write_json
+from dedup.io.runfolder import RunFolder
 from dedup.progress import SILENT, Reporter
 from dedup.settings import EmbedSettings, ExtractSettings
 
@@ -142,7 +143,7 @@ def extract(
     reporter.info(f"extract: {settings.generations_per_prompt} generations for each of {len(captions)} captions")
     generations = generate(pipe, captions, settings)
     generation_seconds = time.perf_counter() - started
-    store = run_dir / "embeddings"
+    store = RunFolder(run_dir).embeddings
     result = generate_and_filter(
         generations,
         lambda images: nearest_training_images(
@@ -179,8 +180,8 @@ def extract(
         ],
         "seconds": {"generation": round(generation_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
-    report["figure"] = write_extracted_grid(run_dir / "extract-pairs.png", generations, result)
-    write_json(run_dir / "extract.json", report)
+    report["figure"] = write_extracted_grid(RunFolder(run_dir).extract_figure, generations, result)
+    write_json(RunFolder(run_dir).extract_report, report)
     reporter.info(
         f"extract: {report['flagged_prompts']} of {len(prompts)} captions flagged, "
         f"{report['extracted_images']} training images extracted"

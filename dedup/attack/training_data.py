@@ -113,6 +113,8 @@ class Conditioning:
         return self.tokens(data.captions) if self.vocabulary else data.labels if self.settings.classes else None
 
     def tokens(self, captions: list[str]) -> np.ndarray:
+        if self.vocabulary is None:
+            raise ValueError("captions are tokens only for a caption-conditioned model")
         return self.vocabulary.encode(captions)
 
     @property

@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from dedup.attack.presets import VerifySettings, dedup_config, load_preset, plan
 from dedup.attack.training_data import Conditioning, Images, load_holdout, load_images, training_sets
 from dedup.errors import InputError, SettingsError
 from dedup.io.atomic import atomic_open, write_json
-from dedup.io.runfiles import load_manifest
+from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.progress import SILENT, Reporter
 
 
@@ -58,7 +59,7 @@ def trained_model(
         sort_keys=True,
         default=str,
     )
-    length = conditions.shape[1] if settings.captions else 0
+    length = conditions.shape[1] if conditions is not None and settings.captions else 0
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("identity") == identity:
@@ -108,10 +109,11 @@ def verify(
             "samples has a caption (KEY.txt, or caption in KEY.json); use a preset without captions = true"
         )
     if model_settings.captions:
+        assert settings.embed is not None  # refused above
         prompts = largest_group_prompts(run_dir, attack.prompts)
         controls = unique_image_prompts(run_dir, attack.control_prompts, attack.seed)
         embedder = build_embedder(settings.embed.embedder, **settings.embed.embedder_options())
-    report = {
+    report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "settings": {
             "model": asdict(model_settings),
@@ -126,7 +128,7 @@ def verify(
     models = {}
     for name, rows in (("A", np.arange(len(data.images))), ("B", np.flatnonzero(sets["kept"]))):
         model, stats = trained_model(
-            out_dir / f"verify-model-{name}.pt",
+            RunFolder(out_dir).verify_model(name),
             name,
             data,
             rows,
@@ -140,7 +142,7 @@ def verify(
         if model_settings.captions:
             measured.update(
                 black_box_attack(
-                    model, data, conditioning, sets, prompts, controls, attack, run_dir / "embeddings", embedder
+                    model, data, conditioning, sets, prompts, controls, attack, RunFolder(run_dir).embeddings, embedder
                 )
             )
         else:
@@ -151,7 +153,7 @@ def verify(
             f"extracted from {measured['generations']} generations"
         )
         measured["generations_file"] = save_generations(
-            out_dir / f"verify-generations-{name}.npz", measured["_generations"]
+            RunFolder(out_dir).verify_generations(name), measured["_generations"]
         )
         models[name] = measured
     figures = write_figures(out_dir, models)
@@ -160,7 +162,7 @@ def verify(
     report["extracted_reduction"] = None if extracted_a == 0 else round(1 - extracted_b / extracted_a, 4)
     report["figures"] = figures
     report["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out_dir / "verify.json", report)
+    write_json(RunFolder(out_dir).verify_report, report)
     return report
 
 
@@ -175,10 +177,10 @@ def verify_run(
     preset = load_preset(preset_name)
     settings_for_verify = verify_settings(preset, preset_name)
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").exists():
+    if not RunFolder(run_dir).summary.exists():
         if shards is None and "plant" in preset:
             options = dict(preset["plant"])
-            data = run_dir / "data"
+            data = RunFolder(run_dir).planted_data
             if not (data / "planted.json").exists():
                 sources, copies = planted_counts(options, preset_name)
                 total = sum(copies) if isinstance(copies, list) else copies * sources

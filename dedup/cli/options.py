@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from dedup.errors import DedupError
+from dedup.io.runfolder import RunFolder
 from dedup.progress import Reporter
 from dedup.settings import (
     DownloadSettings,
@@ -94,8 +95,9 @@ def place(settings: RunSettings, shards: list[str] | None, run_dir: Path | None,
         settings.output = str(out)
 
 
-def run_folder(settings: RunSettings, run_dir: Path | None) -> Path:
-    return Path(run_dir) if run_dir else Path(settings.run_dir)
+def run_folder(settings: RunSettings, run_dir: Path | None) -> RunFolder:
+    """--run-dir, else the config's."""
+    return RunFolder(run_dir or settings.run_dir)
 
 
 def print_json(summary: dict) -> None:

@@ -65,7 +65,7 @@ def embed_command(
 
     with handled() as reporter:
         settings = settings_from(config, overrides, options)
-        target = out or run_folder(settings, run_dir) / "embeddings"
+        target = out or run_folder(settings, run_dir).embeddings
         print_json(embed(shards, target, settings.embed, engine=settings.embed_engine(), reporter=reporter))
 
 
@@ -86,8 +86,8 @@ def find_command(
         folder = run_folder(settings, run_dir)
         print_json(
             find(
-                embeddings or folder / "embeddings",
-                folder,
+                embeddings or folder.embeddings,
+                folder.root,
                 settings.find,
                 reporter=reporter,
                 engine=settings.find_engine(),
@@ -110,7 +110,7 @@ def select_command(
     with handled() as reporter:
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
-        print_json(select(embeddings or folder / "embeddings", folder, settings.select, reporter=reporter))
+        print_json(select(embeddings or folder.embeddings, folder.root, settings.select, reporter=reporter))
 
 
 @with_settings("write.samples_per_shard", "write.prefix", "write.workers", *ENGINE)
@@ -131,8 +131,8 @@ def write_command(
         folder = run_folder(settings, run_dir)
         print_json(
             write(
-                embeddings or folder / "embeddings",
-                folder,
+                embeddings or folder.embeddings,
+                folder.root,
                 out or settings.output,
                 settings.write,
                 engine=settings.write_engine(),

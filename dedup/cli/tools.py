@@ -19,6 +19,7 @@ from dedup.cli.options import (
     settings_from,
     with_settings,
 )
+from dedup.io.runfolder import RunFolder
 
 
 def report_command(
@@ -49,11 +50,13 @@ def calibrate_command(
     from dedup.tools.calibrate import calibrate, calibration_table, threshold_grid
 
     with handled() as current:
-        result = calibrate(embeddings or run_dir / "embeddings", run_dir, threshold_grid(low, step), sample, labels)
+        result = calibrate(
+            embeddings or RunFolder(run_dir).embeddings, run_dir, threshold_grid(low, step), sample, labels
+        )
         if not current.quiet:
             current.console.print(calibration_table(result, labelled=labels is not None))
         typer.echo(f"suggested threshold: {result.suggested} ({result.reason})")
-        typer.echo(f"table: {run_dir / 'calibration.json'}, plot: {run_dir / 'calibration.png'}")
+        typer.echo(f"table: {RunFolder(run_dir).calibration}, plot: {RunFolder(run_dir).calibration_plot}")
 
 
 @with_settings(
@@ -120,7 +123,7 @@ def extract_command(
     with handled() as current:
         settings = settings_from(config, overrides, options)
         attack = build(ExtractSettings, options.get("extract", {}), "command line")
-        report = extract(run_folder(settings, run_dir), pipeline, attack, settings.embed, current)
+        report = extract(run_folder(settings, run_dir).root, pipeline, attack, settings.embed, current)
         print_json(
             {
                 k: report[k]

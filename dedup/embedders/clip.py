@@ -162,7 +162,7 @@ class ClipEmbedder(Embedder):
             )
         pretrained = pretrained or None
         local = pretrained is not None and (os.sep in pretrained or Path(pretrained).exists())
-        if local and not Path(pretrained).is_file():
+        if pretrained is not None and local and not Path(pretrained).is_file():
             raise ModelUnavailableError(
                 f"checkpoint file {pretrained!r} does not exist; give the path to a saved open_clip state dict"
             )
@@ -252,9 +252,8 @@ class ClipEmbedder(Embedder):
             features = self.onnx_tower(batch.numpy())
             return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
         with torch.inference_mode():
-            features = self.model.encode_image(batch).float()
-            features = torch.nn.functional.normalize(features, dim=-1)
-        return features.cpu().numpy().astype(np.float32)
+            encoded = torch.nn.functional.normalize(self.model.encode_image(batch).float(), dim=-1)
+        return encoded.cpu().numpy().astype(np.float32)
 
     def embed_texts(self, captions: Sequence[str]) -> np.ndarray | None:
         import torch

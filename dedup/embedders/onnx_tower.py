@@ -93,7 +93,7 @@ def export(visual, example, path: Path) -> None:
         torch.onnx.export(
             visual.float().eval(),
             example,
-            handle,
+            handle,  # type: ignore[arg-type]  # a file object is accepted as well as a path
             input_names=["image"],
             output_names=["embedding"],
             dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},

@@ -154,6 +154,7 @@ def iter_shard(
                 if reason is not None:
                     current.refuse(reason)
                     continue
+                assert extension is not None  # a member without one was refused above
                 handle = archive.extractfile(member)
                 current.add(extension, handle.read() if handle else b"")
         yield from finish(current)

@@ -78,9 +78,7 @@ def expand_shards(specs: str | Iterable[str]) -> list[str]:
             urls.extend(_expand_one(expanded))
     if not urls:
         raise InputError("no input shards were given; pass shard paths, folders, patterns or URLs")
-    seen: set[str] = set()
-    unique = [u for u in urls if not (u in seen or seen.add(u))]
-    return unique
+    return list(dict.fromkeys(urls))  # duplicates dropped, first place kept
 
 
 def open_shard(url: str) -> IO[bytes]:

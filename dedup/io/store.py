@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +57,7 @@ def _part_number(path: Path) -> int:
 @dataclass
 class LoadedStore:
     metadata: pa.Table  # one row per embedded sample, in part order
-    embeddings: np.ndarray  # float32 (rows, dim)
+    embeddings: np.ndarray  # float32 (rows, dim); a RowStack, read like one, when the store exceeds memory
     failures: pa.Table
     spec: dict
 
@@ -144,7 +145,9 @@ class EmbeddingStore:
                 "(expected img_emb/img_emb_N.npy with metadata/metadata_N.parquet); run `dedup embed` first"
             )
         spec = self.read_spec() or {"embedder": "external", "layout": "clip-retrieval"}
-        tables, arrays, failures = [], [], []
+        tables: list[pa.Table] = []
+        arrays: list[np.ndarray] = []
+        failures: list[pa.Table] = []
         for part in parts:
             array = np.load(self.emb_path(part), mmap_mode="r" if mmap else None)
             table = normalise_metadata(read_parquet(self.metadata_path(part)), part)
@@ -160,7 +163,7 @@ class EmbeddingStore:
                 failures.append(read_parquet(self.failures_path(part)).cast(FAILURE_SCHEMA))
         stack = RowStack(arrays)
         fits = max_in_memory_bytes is None or stack.shape[0] * stack.shape[1] * 4 <= max_in_memory_bytes
-        embeddings = stack.in_memory() if fits else stack
+        embeddings = stack.in_memory() if fits else cast(np.ndarray, stack)  # reads rows as an array does
         return LoadedStore(
             metadata=pa.concat_tables(tables),
             embeddings=embeddings,

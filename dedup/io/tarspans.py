@@ -122,7 +122,7 @@ def _plain_ustar_members(path: str) -> list[Member] | None:
     headers, sizes in octal, checksums right), read from the 512-byte headers alone: tarfile builds a
     TarInfo per header and parses every field, which made the scan most of `write`'s time. None when any
     header is not plain; the caller then scans with tarfile, which knows every extension."""
-    members = []
+    members: list[Member] = []
     offset = 0
     with open(path, "rb", buffering=0) as handle:
         fd = handle.fileno()

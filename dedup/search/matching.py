@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -126,6 +127,7 @@ HNSW_QUANTIZER_FROM = 1024  # lists; beyond this, finding a query's nearest list
 
 def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
     dim = embeddings.shape[1]
+    index: Any
     if choice.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
@@ -141,7 +143,8 @@ def build_index(embeddings: np.ndarray, choice: IndexChoice, seed: int = 0):
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         ivf.nprobe = choice.nprobe
         if quantizer:
-            faiss.downcast_index(ivf.quantizer).hnsw.efSearch = max(64, 4 * choice.nprobe)
+            hnsw: Any = faiss.downcast_index(ivf.quantizer)  # an IndexHNSWFlat
+            hnsw.hnsw.efSearch = max(64, 4 * choice.nprobe)
     for start in range(0, len(embeddings), 262_144):
         index.add(np.ascontiguousarray(embeddings[start : start + 262_144], dtype=np.float32))
     return index

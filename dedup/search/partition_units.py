@@ -26,7 +26,7 @@ class UnitPlan:
         from dedup.io.atomic import atomic_open
 
         with atomic_open(path, "wb") as handle:
-            np.savez(handle, **_flatten(self.joins))
+            np.savez(handle, **_flatten(self.joins))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path) -> UnitPlan:

@@ -92,7 +92,7 @@ def train_centroids(vectors: RowReader, rows: np.ndarray, dim: int, partitions: 
         dim, partitions, niter=6, seed=seed, spherical=True, max_points_per_centroid=64, verbose=False
     )
     kmeans.train(vectors(sample))
-    return kmeans.centroids
+    return np.asarray(kmeans.centroids)
 
 
 @dataclass

@@ -180,7 +180,9 @@ class RunSettings:
             part.validate()
 
     def output_dir(self) -> Path:
-        return Path(self.output) if self.output else Path(self.run_dir) / "shards"
+        from dedup.io.runfolder import RunFolder
+
+        return Path(self.output) if self.output else RunFolder(self.run_dir).shards
 
     def embed_engine(self):
         return self.engine.make(self.embed.workers, uses_gpu=True)

@@ -83,7 +83,9 @@ class _PartBuilder:
         self.vectors.append(self.embedder.embed([prepared for _, _, prepared in good]))
         captions = [caption_of(sample.files) for sample, _, _ in good]
         if self.with_text:
-            self.text_vectors.append(self.embedder.embed_texts(captions))
+            texts = self.embedder.embed_texts(captions)
+            assert texts is not None  # with_text is set only for an embedder of captions
+            self.text_vectors.append(texts)
         for (sample, image, _), caption in zip(good, captions):
             values = (
                 sample.key,

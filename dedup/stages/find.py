@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dedup.io.atomic import write_json, write_parquet
+from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search import matching
@@ -57,12 +58,13 @@ def collect_pairs(
         started = time.perf_counter()
         found["phash"] = matching.phash_pairs(phash, settings.phash_radius, phash_present)
         timings["phash"] = time.perf_counter() - started
-    if settings.search_threshold() is not None and rows > 1:
+    threshold = settings.search_threshold()
+    if threshold is not None and rows > 1:
         started = time.perf_counter()
         with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
             a, b, choice = matching.embedding_pairs(
                 embeddings,
-                settings.search_threshold(),
+                threshold,
                 settings,
                 on_batch=lambda n: progress.advance(n, samples=n),
                 units=units,
@@ -198,8 +200,8 @@ def find(
         }
     )
     run_dir = Path(run_dir)
-    write_parquet(run_dir / "pairs.parquet", pairs)
-    write_parquet(run_dir / "groups.parquet", groups)
+    write_parquet(RunFolder(run_dir).pairs, pairs)
+    write_parquet(RunFolder(run_dir).groups, groups)
     counts = {s: int(pc.sum(pc.equal(pairs["signal"], s)).as_py() or 0) for s in SIGNALS}
     in_groups = int((group_size > 1).sum())
     summary = {
@@ -213,7 +215,7 @@ def find(
         "seconds": round(time.perf_counter() - started, 3),
         **info,
     }
-    write_json(run_dir / "find.json", summary)
+    write_json(RunFolder(run_dir).find_summary, summary)
     if units is not None:
         units.done()
     reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})

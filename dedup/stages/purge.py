@@ -11,6 +11,7 @@ When the run already has a manifest from `select`, purge adds its drops to it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 
 from dedup.errors import SettingsError
 from dedup.io.atomic import write_json, write_parquet
-from dedup.io.runfiles import load_manifest
+from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search import matching
@@ -51,10 +52,9 @@ def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple
         t_rows, r_rows = np.flatnonzero(train_has), np.flatnonzero(reference_has)
         q, r = matching.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
         found["phash"] = (t_rows[q], r_rows[r])
-    if settings.search_threshold() is not None:
-        q, r, _ = matching.embedding_matches(
-            train.embeddings, reference.embeddings, settings.search_threshold(), settings
-        )
+    threshold = settings.search_threshold()
+    if threshold is not None:
+        q, r, _ = matching.embedding_matches(train.embeddings, reference.embeddings, threshold, settings)
         similarity = (
             np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
         )
@@ -76,7 +76,7 @@ def best_reference(rows: int, found: dict, train_embeddings: np.ndarray, referen
 
 def base_manifest(run_dir: Path, train) -> pa.Table:
     """The run's manifest from `select` when there is one; else every readable sample kept."""
-    if (run_dir / "manifest.parquet").exists():
+    if RunFolder(run_dir).manifest.exists():
         return load_manifest(run_dir)
     meta = train.metadata
     rows = len(meta)
@@ -129,7 +129,7 @@ def purge(
     ref_keys, ref_shards = reference.metadata["key"].to_pylist(), reference.metadata["shard"].to_pylist()
     status, reasons = manifest["status"].to_pylist(), manifest["reason"].to_pylist()
     # an earlier purge's matches (another reference set) stay in place
-    extra = {
+    extra: dict[str, list[Any]] = {
         name: manifest[name].to_pylist() if name in manifest.column_names else [None] * len(manifest)
         for name, _ in PURGE_COLUMNS
     }
@@ -157,7 +157,7 @@ def purge(
         if name in manifest.column_names:
             manifest = manifest.drop_columns([name])
         manifest = manifest.append_column(pa.field(name, kind), pa.array(extra[name], kind))
-    write_parquet(run_dir / "manifest.parquet", manifest)
+    write_parquet(RunFolder(run_dir).manifest, manifest)
     summary = {
         "training_samples": len(manifest),
         "reference_images": len(reference.metadata),
@@ -168,7 +168,7 @@ def purge(
         "unreadable": status.count("unreadable"),
         "reference_store": str(reference_store),
     }
-    write_json(run_dir / "purge.json", summary)
+    write_json(RunFolder(run_dir).purge_summary, summary)
     reporter.info(
         f"purge: {matched} of {len(manifest)} training samples are near-copies of the {len(reference.metadata)} reference images"
     )

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dedup.io.atomic import write_parquet
-from dedup.io.runfiles import load_groups
+from dedup.io.runfolder import RunFolder, load_groups
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.settings import SelectSettings, parse_policy
@@ -74,7 +74,7 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
     size = groups["group_size"].to_numpy()
     best_row = np.zeros(rows, dtype=np.int64)
     best_row_of_group = {}
-    for row in np.flatnonzero(ranks == 0):
+    for row in np.flatnonzero(ranks == 0).tolist():
         best_row_of_group[group_id[row]] = row
     best_row = np.array([best_row_of_group[g] for g in group_id], dtype=np.int64) if rows else best_row
     keys = groups["key"].to_pylist()
@@ -83,7 +83,7 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
     similarity = groups["nearest_similarity"].to_pylist()
     nearest = groups["nearest_key"].to_pylist()
 
-    limit = {"one": 1, "cap": cap, "none": None}[kind]
+    limit: int | None = {"one": 1, "cap": cap, "none": None}[kind]
     status, reasons = [], []
     for row in range(rows):
         if size[row] == 1:
@@ -158,7 +158,7 @@ def select(
     manifest = pa.concat_tables([decide(groups, settings.policy), unreadable_rows(failures)])
     order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
     manifest = manifest.take(order)
-    write_parquet(Path(run_dir) / "manifest.parquet", manifest)
+    write_parquet(RunFolder(run_dir).manifest, manifest)
     counts = {
         status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0)
         for status in ("kept", "dropped", "unreadable")

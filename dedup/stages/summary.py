@@ -41,10 +41,10 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
     dropped = manifest.filter(pc.equal(manifest["status"], "dropped"))
     if "reference_match" not in dropped.column_names:
         dropped = dropped.append_column("reference_match", pa.nulls(len(dropped), pa.string()))
-    dropped_by = Counter()
+    dropped_by: Counter[str] = Counter()
     for match, reference, rows in _count_rows(dropped, ["match", "reference_match"]):
         dropped_by[f"reference match ({reference})" if reference else f"duplicate ({match})"] += rows
-    unreadable_by = Counter()
+    unreadable_by: Counter[str] = Counter()
     for reason, rows in _count_rows(manifest.filter(pc.equal(manifest["status"], "unreadable")), ["reason"]):
         unreadable_by[reason_class(reason)] += rows
     written = sum(s["samples"] for s in shard_stats)

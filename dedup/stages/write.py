@@ -24,7 +24,7 @@ from dedup.errors import DedupError, InputError, SettingsError
 from dedup.io import tarspans
 from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
-from dedup.io.runfiles import load_manifest
+from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.sources import fingerprint, is_remote
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
@@ -242,7 +242,7 @@ def write_output_shard(
     if located is not None:
         ranges, payload_bytes = located
         copy_ranges(path, ranges, durable)
-        written, renamed = sample_count(slices), []
+        written, renamed = sample_count(slices), list[dict]()
     else:
         written, payload_bytes, renamed = rewrite_members(path, slices, max_member_bytes, durable)
     stats = {
@@ -310,7 +310,7 @@ def write(
     settings = settings or WriteSettings()
     settings.validate()
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "shards"
+    out_dir = Path(out_dir) if out_dir else RunFolder(run_dir).shards
     manifest = load_manifest(run_dir, WRITE_COLUMNS)
     store = EmbeddingStore(store_dir)
     inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
@@ -350,7 +350,7 @@ def write(
     ]
     summary = summarize(manifest, shard_stats, unreadable_shards)
     summary["output_dir"] = str(out_dir)
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunFolder(run_dir).summary, summary)
     reporter.event("write_done", **summary)
     if not summary["reconciles"]:
         raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")

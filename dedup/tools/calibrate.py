@@ -11,6 +11,7 @@ import numpy as np
 
 from dedup.errors import InputError
 from dedup.io.atomic import read_parquet, write_json
+from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
 from dedup.settings import FindSettings
@@ -68,7 +69,8 @@ def load_labels(path: str | Path) -> tuple[set, set]:
     missing = {"a", "b", "duplicate"} - set(table.column_names)
     if missing:
         raise InputError(f"{path}: missing columns {sorted(missing)}; need a, b, duplicate")
-    positive, negative = set(), set()
+    positive: set[tuple[str, str]] = set()
+    negative: set[tuple[str, str]] = set()
     for a, b, label in zip(table["a"].to_pylist(), table["b"].to_pylist(), table["duplicate"].to_pylist()):
         pair = (min(str(a), str(b)), max(str(a), str(b)))
         (positive if label in (True, 1, "true", "True", "1") else negative).add(pair)
@@ -124,8 +126,8 @@ def calibrate(
     suggest(result, bool(positive))
     if out_dir:
         out_dir = Path(out_dir)
-        write_json(out_dir / "calibration.json", result.to_json())
-        plot(result, out_dir / "calibration.png")
+        write_json(RunFolder(out_dir).calibration, result.to_json())
+        plot(result, RunFolder(out_dir).calibration_plot)
     return result
 
 

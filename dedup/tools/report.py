@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from dedup.errors import InputError
 from dedup.io.atomic import atomic_open, read_parquet
+from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
 from dedup.settings import FindSettings
@@ -119,17 +120,17 @@ def build_report(
     pairs_per_band: int = 4,
     seed: int = 0,
 ) -> Path:
-    run_dir = Path(run_dir)
-    for name in ("groups.parquet", "manifest.parquet"):
-        if not (run_dir / name).exists():
-            raise InputError(f"{run_dir / name} does not exist; run `dedup run` (or find and select) first")
-    out = Path(out) if out else run_dir / "report.html"
-    groups = read_parquet(run_dir / "groups.parquet")
-    manifest = read_parquet(run_dir / "manifest.parquet")
-    pairs = read_parquet(run_dir / "pairs.parquet")
-    find_info = json.loads((run_dir / "find.json").read_text()) if (run_dir / "find.json").exists() else {}
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
-    store = EmbeddingStore(embeddings or run_dir / "embeddings").load()
+    folder = RunFolder(run_dir)
+    for needed in (folder.groups, folder.manifest):
+        if not needed.exists():
+            raise InputError(f"{needed} does not exist; run `dedup run` (or find and select) first")
+    out = Path(out) if out else folder.report
+    groups = read_parquet(folder.groups)
+    manifest = read_parquet(folder.manifest)
+    pairs = read_parquet(folder.pairs)
+    find_info = json.loads(folder.find_summary.read_text()) if folder.find_summary.exists() else {}
+    summary = json.loads(folder.summary.read_text()) if folder.summary.exists() else None
+    store = EmbeddingStore(embeddings or folder.embeddings).load()
     threshold = (find_info.get("settings") or {}).get("threshold") or 0.95
 
     chosen_groups = choose_groups(groups, max_groups)
@@ -145,7 +146,7 @@ def build_report(
     lowest = similarity_bands(threshold)[0][0]
     a, b, similarity = near_pairs(store.embeddings, pairs, lowest, seed)
     rng = np.random.default_rng(seed)
-    band_pairs = []
+    band_pairs: list[tuple[float, float, int, list[tuple[int, int, float]]]] = []
     for low, high in similarity_bands(threshold):
         inside = np.flatnonzero((similarity >= low) & (similarity < high) & (a != b))
         _, unique_positions = (
@@ -158,7 +159,9 @@ def build_report(
             else (None, np.zeros(0, int))
         )
         inside = inside[np.sort(unique_positions)]
-        picked = rng.choice(inside, min(pairs_per_band, len(inside)), replace=False) if len(inside) else []
+        picked = (
+            rng.choice(inside, min(pairs_per_band, len(inside)), replace=False) if len(inside) else np.zeros(0, int)
+        )
         band_pairs.append(
             (low, high, len(inside), [(int(a[i]), int(b[i]), float(similarity[i])) for i in sorted(picked)])
         )
@@ -170,9 +173,9 @@ def build_report(
     thumbs = fetch_thumbnails(wanted)
 
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>dedup report: {_esc(run_dir.name)}</title>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dedup report: {_esc(folder.root.name)}</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>dedup report</h1><p class='muted'>run folder {_esc(run_dir)}</p>",
+        f"<h1>dedup report</h1><p class='muted'>run folder {_esc(folder.root)}</p>",
     ]
     parts.append(counts_section(summary, manifest))
     _, group_sizes, samples_in_groups = duplicate_groups(groups)
@@ -190,13 +193,12 @@ def build_report(
         f"<h2>Pairs by similarity band</h2><p>Threshold {threshold}. Bands below it hold near misses found on a sample; "
         "look where the pairs stop being the same picture.</p>"
     )
-    for low, high, total, picked in band_pairs:
-        parts.append(band_section(low, min(high, 1.0), total, picked, records, thumbs, threshold))
-    for extra in ("purge.json", "verify.json"):
-        if (run_dir / extra).exists():
-            parts.append(
-                f"<h2>{_esc(extra[:-5])}</h2><pre id='{extra[:-5]}'>{_esc(json.dumps(json.loads((run_dir / extra).read_text()), indent=2))}</pre>"
-            )
+    for low, high, total, shown in band_pairs:
+        parts.append(band_section(low, min(high, 1.0), total, shown, records, thumbs, threshold))
+    for extra in (folder.purge_summary, folder.verify_report):
+        if extra.exists():
+            shown = _esc(json.dumps(json.loads(extra.read_text()), indent=2))
+            parts.append(f"<h2>{_esc(extra.stem)}</h2><pre id='{extra.stem}'>{shown}</pre>")
     parts.append("</body></html>")
     with atomic_open(out, "w") as handle:
         handle.write("\n".join(parts))

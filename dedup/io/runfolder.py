@@ -1,0 +1,135 @@
+"""A run folder's files, each named once, by the stage that writes it, and the tables read back with an error
+that names the stage to run first.
+
+Apart from the stages, so that a stage reads another's output without importing its code (`find` imports
+faiss, which `dedup write` should not pay for)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from dedup.errors import InputError
+from dedup.io.atomic import read_parquet
+
+
+class RunFolder:
+    """RUN_DIR and every path in it: stages and tools ask it, never spell a file name themselves."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # embed: the embeddings store (clip-retrieval layout; dedup/io/store.py owns its inside)
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def reference(self) -> Path:
+        """purge: the reference set's embeddings store."""
+        return self.root / "reference"
+
+    # find
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs.parquet"
+
+    @property
+    def groups(self) -> Path:
+        return self.root / "groups.parquet"
+
+    @property
+    def find_summary(self) -> Path:
+        return self.root / "find.json"
+
+    # select (and purge, which adds to the manifest)
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def purge_summary(self) -> Path:
+        return self.root / "purge.json"
+
+    # write
+    @property
+    def shards(self) -> Path:
+        """The output shards, unless the run names another folder."""
+        return self.root / "shards"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    # tools
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration.json"
+
+    @property
+    def calibration_plot(self) -> Path:
+        return self.root / "calibration.png"
+
+    # verify and extract
+    @property
+    def planted_data(self) -> Path:
+        """verify: the shards a preset plants its copies into."""
+        return self.root / "data"
+
+    @property
+    def verify_report(self) -> Path:
+        return self.root / "verify.json"
+
+    def verify_model(self, name: str) -> Path:
+        return self.root / f"verify-model-{name}.pt"
+
+    def verify_generations(self, name: str) -> Path:
+        return self.root / f"verify-generations-{name}.npz"
+
+    @property
+    def verify_counts_figure(self) -> Path:
+        return self.root / "verify-counts.png"
+
+    @property
+    def verify_pairs_figure(self) -> Path:
+        return self.root / "verify-pairs.png"
+
+    @property
+    def extract_report(self) -> Path:
+        return self.root / "extract.json"
+
+    @property
+    def extract_figure(self) -> Path:
+        return self.root / "extract-pairs.png"
+
+    def load_groups(self) -> pa.Table:
+        return read_stage_table(self.groups, "find")
+
+    def load_manifest(self, columns: list[str] | None = None) -> pa.Table:
+        return read_stage_table(self.manifest, "select", columns)
+
+
+def read_stage_table(path: Path, stage: str, columns: list[str] | None = None) -> pa.Table:
+    if not path.exists():
+        raise InputError(f"{path} does not exist; run `dedup {stage}` first")
+    return read_parquet(path, columns)
+
+
+def load_groups(run_dir: str | Path) -> pa.Table:
+    return RunFolder(run_dir).load_groups()
+
+
+def load_manifest(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """manifest.parquet of a run folder, or that file itself; `columns`: just those the manifest has of them."""
+    path = Path(path)
+    if path.is_dir():
+        return RunFolder(path).load_manifest(columns)
+    return read_stage_table(path, "select", columns)
