@@ -2,40 +2,56 @@
 
 download (img2dataset) -> embed -> find -> select -> purge (eval set) -> write -> report
 
-.venv/bin/python pipelines/web_corpus.py urls.parquet --eval eval-images/ --run-dir runs/web --config configs/default.toml
+.venv/bin/python pipelines/web_corpus.py urls.parquet --eval eval-images/ --run-dir runs/web --config default
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import typer
 
-from dedup_and_decontaminate import pipeline  # noqa: E402
+from dedup.progress import SILENT, Reporter
+from dedup.settings import DownloadSettings
+from dedup.tools.download import download
 
-from dedup.progress import Reporter  # noqa: E402
-from dedup.tools.download import DownloadSettings, download  # noqa: E402
+try:  # run as a file (python pipelines/web_corpus.py) or imported as pipelines.web_corpus
+    from pipelines.dedup_and_decontaminate import pipeline as dedup_and_decontaminate
+except ModuleNotFoundError:
+    from dedup_and_decontaminate import pipeline as dedup_and_decontaminate  # type: ignore[no-redef]
+
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("url_list", type=Path)
-    parser.add_argument("--eval", nargs="+", required=True, help="Eval set: shards, a folder of images, or an image.")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/web"))
-    parser.add_argument("--config", default="configs/default.toml")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--processes", type=int, default=2)
-    args = parser.parse_args()
-    downloaded = args.run_dir / "downloaded"
-    fetched = download(
-        args.url_list, downloaded, DownloadSettings(image_size=args.image_size, processes=args.processes)
-    )
-    result = pipeline([str(downloaded)], args.eval, args.run_dir, args.config, Reporter())
-    print(json.dumps({"download": fetched, **result}, indent=2, default=str))
+def pipeline(
+    url_list: str | Path,
+    eval_set: list[str],
+    run_dir: str | Path,
+    config: str = "default",
+    download_settings: DownloadSettings | None = None,
+    reporter: Reporter = SILENT,
+) -> dict:
+    downloaded = Path(run_dir) / "downloaded"
+    fetched = download(url_list, downloaded, download_settings or DownloadSettings())
+    return {"download": fetched, **dedup_and_decontaminate([str(downloaded)], eval_set, run_dir, config, reporter)}
+
+
+@app.command()
+def main(
+    url_list: Path = typer.Argument(..., help="Parquet, CSV, TSV, JSON or TXT file of image URLs (and captions)."),
+    eval_set: list[str] = typer.Option(..., "--eval", help="Eval set: shards, a folder of images, or an image."),
+    run_dir: Path = typer.Option(Path("runs/web"), help="The run folder."),
+    config: str = typer.Option("default", help="A config file or preset name."),
+    image_size: int = typer.Option(256, help="Side images are resized to."),
+    processes: int = typer.Option(2, help="Download processes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Download the URL list, deduplicate, drop near-copies of the eval set, write the rest and a report."""
+    settings = DownloadSettings(image_size=image_size, processes=processes)
+    result = pipeline(url_list, eval_set, run_dir, config, settings, Reporter(quiet=quiet))
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ SHARED = ROOT.parent / "shared" / "data"
 FLICKR = SHARED / "flickr8k"
 CIFAR = SHARED / "cifar10"
 DEDUP = [sys.executable, "-m", "dedup.cli"]
+IMG2DATASET = ROOT / ".venv-img2dataset" / "bin" / "python"
 
 
 def require_shared() -> Path:
@@ -101,3 +105,37 @@ def clip_retrieval_store(folder, vectors: np.ndarray, part_rows: int) -> None:
             pa.table({"key": [str(i) for i in range(start, min(start + part_rows, len(vectors)))]}),
             folder / "metadata" / f"metadata_{part}.parquet",
         )
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served_images(tmp_path):
+    """40 Flickr8k photos, a broken JPEG and 5 dead links as a URL list served on 127.0.0.1."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dedup.io.reader import iter_shard
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    captions = {}
+    for sample in iter_shard(str(FLICKR / "flickr8k-224-00006.tar"), print):
+        (folder / f"{sample.key}.jpg").write_bytes(sample.files["jpg"])
+        captions[sample.key] = sample.files["txt"].decode()
+        if len(captions) == 40:
+            break
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is a broken jpeg")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    rows = [{"url": f"{base}/{key}.jpg", "caption": caption} for key, caption in captions.items()]
+    rows += [{"url": f"{base}/missing-{i}.jpg", "caption": "dead link"} for i in range(5)]
+    rows += [{"url": f"{base}/broken.jpg", "caption": "broken image"}]
+    url_list = tmp_path / "urls.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), url_list)
+    yield url_list, len(captions)
+    server.shutdown()

@@ -3,47 +3,10 @@ broken images are counted, not fatal."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import FLICKR, ROOT, run_cli
-
-from dedup.io.reader import iter_shard
-
-IMG2DATASET = ROOT / ".venv-img2dataset" / "bin" / "python"
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def served_images(tmp_path):
-    folder = tmp_path / "www"
-    folder.mkdir()
-    captions = {}
-    for sample in iter_shard(str(FLICKR / "flickr8k-224-00006.tar"), print):
-        (folder / f"{sample.key}.jpg").write_bytes(sample.files["jpg"])
-        captions[sample.key] = sample.files["txt"].decode()
-        if len(captions) == 40:
-            break
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is a broken jpeg")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    rows = [{"url": f"{base}/{key}.jpg", "caption": caption} for key, caption in captions.items()]
-    rows += [{"url": f"{base}/missing-{i}.jpg", "caption": "dead link"} for i in range(5)]
-    rows += [{"url": f"{base}/broken.jpg", "caption": "broken image"}]
-    url_list = tmp_path / "urls.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), url_list)
-    yield url_list, len(captions)
-    server.shutdown()
+from conftest import IMG2DATASET, run_cli
 
 
 def test_download_then_run(served_images, tmp_path):
