@@ -3,7 +3,7 @@
 Plants copies into three Flickr8k shards and builds the demo shards, runs `dedup run` on both as a user
 would (the offline preset, and the demo's), and prints a sha256 for every file a run writes that should
 not change: manifest, pairs, groups, output shards, the embeddings store and summary.json (its output
-folder taken out). Tables name their input shards by path, so compare runs made in the same --work folder
+folder taken out); and `dedup purge` of the planted shards against another Flickr8k shard. Tables name their input shards by path, so compare runs made in the same --work folder
 (the runs are made afresh each time; the planted data is reused):
 
     .venv/bin/python benchmarks/output_fingerprint.py --work /tmp/fp --json before.json
@@ -42,9 +42,9 @@ def table_digest(path: Path) -> str:
     return hashlib.sha256(repr((table.schema.remove_metadata(), table.to_pydict())).encode()).hexdigest()
 
 
-def fingerprint(run_dir: Path) -> dict[str, str]:
+def fingerprint(run_dir: Path, tables: tuple[str, ...] = COMPARED) -> dict[str, str]:
     found: dict[str, str] = {}
-    for name in COMPARED:
+    for name in tables:
         found[name] = sha256(run_dir / name)
         found[f"{name} rows"] = table_digest(run_dir / name)
     for path in sorted((run_dir / "shards").glob("*.tar")):
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     results: dict[str, dict[str, str]] = {}
-    for run in ("flickr-run", "demo-run", "demo-data"):
+    for run in ("flickr-run", "purge-run", "demo-run", "demo-data"):
         shutil.rmtree(args.work / run, ignore_errors=True)
     flickr = args.work / "flickr"
     if not (flickr / "planted.json").exists():
@@ -91,6 +91,9 @@ def main() -> None:
         check=True,
     )
     results["flickr-offline"] = fingerprint(args.work / "flickr-run")
+    subprocess.run([*DEDUP, "purge", str(flickr), "--against", str(FLICKR / "flickr8k-224-00001.tar"), "--config",
+                    str(ROOT / "configs" / "offline.toml"), "--run-dir", str(args.work / "purge-run")], check=True)
+    results["flickr-purge"] = fingerprint(args.work / "purge-run", tables=("manifest.parquet",))
     subprocess.run([*DEDUP, "demo", str(args.work / "demo-data")], check=True, cwd=args.work)
     subprocess.run(
         [

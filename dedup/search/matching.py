@@ -213,31 +213,3 @@ def embedding_pairs(
     a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch, same=True, units=units)
     a, b = _ordered_unique(a, b)
     return a, b, choice
-
-
-def signal_masks(
-    similarity: np.ndarray,
-    hashes_a: np.ndarray,
-    present_a: np.ndarray,
-    hashes_b: np.ndarray,
-    present_b: np.ndarray,
-    settings: FindSettings,
-) -> dict[str, np.ndarray]:
-    """Which embedding candidates each embedding-based signal keeps: `embedding` (cosine alone) and
-    `embedding+phash` (a looser cosine and a looser Hamming distance that agree)."""
-    masks = {}
-    if settings.threshold is not None:
-        masks["embedding"] = similarity >= settings.threshold
-    if settings.corroborate_threshold is not None:
-        agree = (similarity >= settings.corroborate_threshold) & present_a & present_b
-        agree[agree] = hamming_between(hashes_a[agree], hashes_b[agree]) <= settings.corroborate_radius
-        masks["embedding+phash"] = agree
-    return masks
-
-
-def cosine(embeddings: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
-    out = np.empty(len(a), dtype=np.float32)
-    for start in range(0, len(a), chunk):
-        sl = slice(start, start + chunk)
-        out[sl] = np.einsum("ij,ij->i", embeddings[a[sl]], embeddings[b[sl]])
-    return out

@@ -12,6 +12,7 @@ Writes, into the run folder:
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,9 @@ from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search import matching
 from dedup.search.components import component_labels, in_chunks
+from dedup.search.signals import SIGNALS, Samples, SignalPairs, best_partner, signal_pairs, stacked, with_similarity
 from dedup.settings import FindSettings
 from dedup.stages import find_units
-
-SIGNALS = ("exact", "phash", "embedding", "embedding+phash")
 
 
 def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,99 +36,27 @@ def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarra
     return labels, np.bincount(labels, minlength=rows)[labels]
 
 
-def phash_columns(metadata: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """The perceptual hashes as uint64, and where they are present (clip-retrieval metadata has none)."""
-    phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
-    return phash, ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
-
-
-def collect_pairs(
-    store_data, phash: np.ndarray, phash_present: np.ndarray, settings: FindSettings, reporter: Reporter, units=None
-) -> tuple[dict, dict]:
-    metadata, embeddings = store_data.metadata, store_data.embeddings
-    rows = len(metadata)
-    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    timings: dict[str, float] = {}
-    info: dict = {}
-    if settings.exact:
-        started = time.perf_counter()
-        found["exact"] = matching.exact_pairs(np.asarray(metadata["sha256"].to_pylist(), dtype=object))
-        timings["exact"] = time.perf_counter() - started
-    if settings.phash_radius is not None and phash_present.any():
-        started = time.perf_counter()
-        found["phash"] = matching.phash_pairs(phash, settings.phash_radius, phash_present)
-        timings["phash"] = time.perf_counter() - started
-    threshold = settings.search_threshold()
-    if threshold is not None and rows > 1:
-        started = time.perf_counter()
-        with reporter.task("find: embedding search", total=rows, unit="queries") as progress:
-            a, b, choice = matching.embedding_pairs(
-                embeddings,
-                threshold,
-                settings,
-                on_batch=lambda n: progress.advance(n, samples=n),
-                units=units,
-            )
-        masks = matching.signal_masks(
-            matching.cosine(embeddings, a, b), phash[a], phash_present[a], phash[b], phash_present[b], settings
-        )
-        found.update({signal: (a[mask], b[mask]) for signal, mask in masks.items()})
-        timings["embedding"] = time.perf_counter() - started
-        info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
-        reporter.info(f"find: {choice.reason}")
-    info["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    return found, info
-
-
-def stack_signals(found: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs of every signal as (a, b, signal code), codes in SIGNALS order (lower = stronger)."""
-    a_parts, b_parts, code_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int8)]
-    for code, signal in enumerate(SIGNALS):
-        if signal in found:
-            a_parts.append(found[signal][0])
-            b_parts.append(found[signal][1])
-            code_parts.append(np.full(len(found[signal][0]), code, dtype=np.int8))
-    return np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(code_parts)
-
-
-def merge_pairs(found: dict, embeddings: np.ndarray, phash: np.ndarray, phash_present: np.ndarray) -> pa.Table:
+def merge_pairs(found: SignalPairs, samples: Samples) -> pa.Table:
     """One row per unordered pair, labelled with the first signal (in SIGNALS order) that found it."""
-    a, b, codes = stack_signals(found)
+    a, b, codes, similarity = stacked(found)
     packed = a * (1 << 32) + b
     order = np.lexsort((codes, packed))
     first = np.ones(len(order), dtype=bool)
     first[1:] = packed[order][1:] != packed[order][:-1]
     keep = order[first]
     a, b, codes = a[keep], b[keep], codes[keep]
-    both_hashed = phash_present[a] & phash_present[b]
-    distances = np.where(both_hashed, matching.hamming(phash, a, b), -1).astype(np.int32)
+    similarity = with_similarity(similarity[keep], samples.embeddings, samples.embeddings, a, b)
+    both_hashed = samples.phash_present[a] & samples.phash_present[b]
+    distances = np.where(both_hashed, matching.hamming(samples.phash, a, b), -1).astype(np.int32)
     return pa.table(
         {
             "a": pa.array(a, pa.int64()),
             "b": pa.array(b, pa.int64()),
             "signal": pa.array(np.asarray(SIGNALS, dtype=object)[codes].tolist() if len(codes) else [], pa.string()),
-            "similarity": pa.array(matching.cosine(embeddings, a, b), pa.float32()),
+            "similarity": pa.array(similarity, pa.float32()),
             "hamming": pa.array(distances, pa.int32()),
         }
     )
-
-
-def best_partner(
-    rows: int, node: np.ndarray, partner: np.ndarray, codes: np.ndarray, similarity: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of `rows`, the partner of its best candidate (strongest signal, then highest similarity),
-    that similarity and that signal's code; -1, NaN and -1 where a row has no candidate."""
-    order = np.lexsort((-similarity, codes, node))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = node[order][1:] != node[order][:-1]
-    chosen = order[first]
-    best = np.full(rows, -1, dtype=np.int64)
-    best_similarity = np.full(rows, np.nan, dtype=np.float32)
-    best_code = np.full(rows, -1, dtype=np.int8)
-    best[node[chosen]] = partner[chosen]
-    best_similarity[node[chosen]] = similarity[chosen]
-    best_code[node[chosen]] = codes[chosen]
-    return best, best_similarity, best_code
 
 
 def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,14 +92,27 @@ def find(
         reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
-    phash, phash_present = phash_columns(metadata)
+    samples = Samples.of(metadata, embeddings)
     units = find_units.EngineUnits(store_dir, run_dir, engine, reporter, embeddings) if engine is not None else None
     try:
-        found, info = collect_pairs(data, phash, phash_present, settings, reporter, units)
+        searching = settings.search_threshold() is not None and rows > 1
+        with (
+            reporter.task("find: embedding search", total=rows, unit="queries")
+            if searching
+            else nullcontext() as progress
+        ):
+            on_batch = (lambda n: progress.advance(n, samples=n)) if progress is not None else None
+            found = signal_pairs(samples, None, settings, on_batch, units)
     finally:
         if units is not None:
             units.release()
-    pairs = merge_pairs(found, embeddings, phash, phash_present)
+    info: dict = {}
+    if found.index is not None:
+        choice = found.index
+        info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
+        reporter.info(f"find: {choice.reason}")
+    info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
+    pairs = merge_pairs(found, samples)
     group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
     nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)
 

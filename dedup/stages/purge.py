@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,9 +21,8 @@ from dedup.io.atomic import write_json, write_parquet
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
-from dedup.search import matching
+from dedup.search.signals import SIGNALS, Samples, best_partner, signal_pairs, stacked, with_similarity
 from dedup.settings import FindSettings
-from dedup.stages.find import SIGNALS, best_partner, phash_columns, stack_signals
 from dedup.stages.select import MANIFEST_SCHEMA, unreadable_rows
 
 PURGE_COLUMNS = [
@@ -35,43 +33,12 @@ PURGE_COLUMNS = [
 ]
 
 
-def match_reference(train, reference, settings: FindSettings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(train row, reference row) pairs for each signal."""
-    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if settings.exact:
-        train_sha = np.asarray(train.metadata["sha256"].to_pylist(), dtype=object)
-        reference_rows: dict[str, int] = {}
-        for row, digest in enumerate(reference.metadata["sha256"].to_pylist()):
-            if digest is not None:
-                reference_rows.setdefault(digest, row)
-        hits = [(i, reference_rows[d]) for i, d in enumerate(train_sha) if d is not None and d in reference_rows]
-        found["exact"] = (np.array([h[0] for h in hits], np.int64), np.array([h[1] for h in hits], np.int64))
-    train_hash, train_has = phash_columns(train.metadata)
-    reference_hash, reference_has = phash_columns(reference.metadata)
-    if settings.phash_radius is not None:
-        t_rows, r_rows = np.flatnonzero(train_has), np.flatnonzero(reference_has)
-        q, r = matching.phash_matches(train_hash[t_rows], reference_hash[r_rows], settings.phash_radius)
-        found["phash"] = (t_rows[q], r_rows[r])
-    threshold = settings.search_threshold()
-    if threshold is not None:
-        q, r, _ = matching.embedding_matches(train.embeddings, reference.embeddings, threshold, settings)
-        similarity = (
-            np.einsum("ij,ij->i", train.embeddings[q], reference.embeddings[r]) if len(q) else np.zeros(0, np.float32)
-        )
-        masks = matching.signal_masks(
-            similarity, train_hash[q], train_has[q], reference_hash[r], reference_has[r], settings
-        )
-        found.update({signal: (q[mask], r[mask]) for signal, mask in masks.items()})
-    return found
-
-
-def best_reference(rows: int, found: dict, train_embeddings: np.ndarray, reference_embeddings: np.ndarray):
-    """For each training row, its best reference match (strongest signal, then highest cosine); -1 if none."""
-    q, r, codes = stack_signals(found)
-    similarity = (
-        np.einsum("ij,ij->i", train_embeddings[q], reference_embeddings[r]) if len(q) else np.zeros(0, np.float32)
-    )
-    return best_partner(rows, q, r, codes, similarity)
+def best_reference(train: Samples, reference: Samples, settings: FindSettings):
+    """For each training row, its best reference match (strongest signal, then highest cosine): the reference
+    row (-1 if none), the cosine and the signal's code."""
+    q, r, codes, similarity = stacked(signal_pairs(train, reference, settings))
+    similarity = with_similarity(similarity, train.embeddings, reference.embeddings, q, r)
+    return best_partner(len(train.embeddings), q, r, codes, similarity)
 
 
 def base_manifest(run_dir: Path, train) -> pa.Table:
@@ -116,8 +83,9 @@ def purge(
             f"training embeddings ({train.spec.get('embedder')}) and reference embeddings "
             f"({reference.spec.get('embedder')}) were made differently; embed both with the same embedder"
         )
-    found = match_reference(train, reference, settings)
-    best, similarity, code = best_reference(len(train.metadata), found, train.embeddings, reference.embeddings)
+    best, similarity, code = best_reference(
+        Samples.of(train.metadata, train.embeddings), Samples.of(reference.metadata, reference.embeddings), settings
+    )
 
     manifest = base_manifest(run_dir, train)
     row_of = {

@@ -14,6 +14,7 @@ from dedup.io.atomic import read_parquet, write_json
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
+from dedup.search.signals import cosine
 from dedup.settings import FindSettings
 from dedup.stages.find import connected_groups
 from dedup.tools.planting import found_pairs, planted_pairs
@@ -98,7 +99,7 @@ def calibrate(
     )
     vectors = np.ascontiguousarray(data.embeddings[chosen], dtype=np.float32)
     a, b, _ = matching.embedding_pairs(vectors, min(thresholds), FindSettings(phash_radius=None, index="auto"))
-    similarity = matching.cosine(vectors, a, b)
+    similarity = cosine(vectors, vectors, a, b)
     sample_keys = keys[chosen].tolist()
     result = Calibration(sample_rows=len(chosen), total_rows=total)
     for threshold in sorted(thresholds):

@@ -23,6 +23,7 @@ from dedup.io.atomic import atomic_open, read_parquet
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
+from dedup.search.signals import cosine
 from dedup.settings import FindSettings
 from dedup.tools.thumbnails import fetch_thumbnails
 
@@ -107,7 +108,7 @@ def near_pairs(
             np.ascontiguousarray(embeddings[rows]), lowest, FindSettings(phash_radius=None)
         )
         a, b = np.concatenate([a, rows[sa]]), np.concatenate([b, rows[sb]])
-        similarity = np.concatenate([similarity, matching.cosine(embeddings, rows[sa], rows[sb])])
+        similarity = np.concatenate([similarity, cosine(embeddings, embeddings, rows[sa], rows[sb])])
     return a, b, similarity
 
 
@@ -269,8 +270,8 @@ def group_section(group_id: int, rows: list[dict], status_of: dict, thumbs: dict
     figures = []
     for record in rows:
         status = status_of.get((record["shard"], record["sample_index"]), "unknown")
-        cosine = float(embeddings[record["row"]] @ embeddings[kept["row"]])
-        note = "kept" if record is kept else f"{status}, cos {cosine:.3f} ({_esc(record['match'])})"
+        similarity = float(embeddings[record["row"]] @ embeddings[kept["row"]])
+        note = "kept" if record is kept else f"{status}, cos {similarity:.3f} ({_esc(record['match'])})"
         figures.append(_figure(record, status, thumbs, note))
     size = rows[0]["group_size"]
     return (
@@ -284,10 +285,10 @@ def band_section(
 ) -> str:
     side = "duplicates" if low >= threshold else "below the threshold"
     items = []
-    for i, j, cosine in picked:
+    for i, j, pair_cosine in picked:
         items.append(
-            f"<div class='pair' data-similarity='{cosine:.4f}'>{_figure(records[i], '', thumbs, '')}"
-            f"{_figure(records[j], '', thumbs, f'cos {cosine:.4f}')}</div>"
+            f"<div class='pair' data-similarity='{pair_cosine:.4f}'>{_figure(records[i], '', thumbs, '')}"
+            f"{_figure(records[j], '', thumbs, f'cos {pair_cosine:.4f}')}</div>"
         )
     return (
         f"<section class='band' data-low='{low:.3f}'><h3>cosine {low:.3f} to {high:.3f} ({side}): {total:,} pairs seen</h3>"

@@ -1,0 +1,160 @@
+"""Duplicate pairs of every signal, within one set of samples (`find`) or between two (`purge`), each pair
+with its cosine similarity computed once; the one rule that decides which signals an embedding candidate
+satisfies; and, for each sample, its strongest partner.
+
+The searches only select candidates: the similarity stored for a pair is one exact float32 dot product of
+the two embeddings, whichever index (flat, IVF, partitioned) found it, so it does not depend on the search.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from dedup.search import matching
+from dedup.settings import FindSettings
+
+SIGNALS = ("exact", "phash", "embedding", "embedding+phash")  # in order of strength: a pair is labelled by the first
+
+
+@dataclass
+class Samples:
+    """What the signals read of a set of samples: content hashes, perceptual hashes, embeddings."""
+
+    sha256: np.ndarray  # object: hex digests, None where unknown
+    phash: np.ndarray  # uint64
+    phash_present: np.ndarray  # bool: clip-retrieval metadata has no perceptual hashes
+    embeddings: np.ndarray  # float32 (rows, dim), or a RowStack read like one
+
+    @classmethod
+    def of(cls, metadata: pa.Table, embeddings: np.ndarray) -> Samples:
+        phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
+        present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
+        return cls(np.asarray(metadata["sha256"].to_pylist(), dtype=object), phash, present, embeddings)
+
+
+@dataclass
+class SignalPairs:
+    """(a, b) pairs for each signal (a < b within one set; query row, indexed row between two), with the
+    cosine of the embedding signals' pairs (the hash signals' are computed when the pairs are merged)."""
+
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    similarity: dict[str, np.ndarray] = field(default_factory=dict)
+    index: matching.IndexChoice | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    """Cosine of x[a[i]] and y[b[i]] (unit vectors): one float32 dot product a pair."""
+    out = np.empty(len(a), dtype=np.float32)
+    for start in range(0, len(a), chunk):
+        part = slice(start, start + chunk)
+        out[part] = np.einsum("ij,ij->i", x[a[part]], y[b[part]])
+    return out
+
+
+def signal_masks(
+    similarity: np.ndarray, queries: Samples, indexed: Samples, a: np.ndarray, b: np.ndarray, settings: FindSettings
+) -> dict[str, np.ndarray]:
+    """Which embedding candidates each embedding-based signal keeps: `embedding` (cosine alone) and
+    `embedding+phash` (a looser cosine and a looser Hamming distance that agree)."""
+    masks = {}
+    if settings.threshold is not None:
+        masks["embedding"] = similarity >= settings.threshold
+    if settings.corroborate_threshold is not None:
+        agree = (similarity >= settings.corroborate_threshold) & queries.phash_present[a] & indexed.phash_present[b]
+        agree[agree] = (
+            matching.hamming_between(queries.phash[a][agree], indexed.phash[b][agree]) <= settings.corroborate_radius
+        )
+        masks["embedding+phash"] = agree
+    return masks
+
+
+def exact_matches(queries: Samples, indexed: Samples) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, first indexed row with the same content hash)."""
+    first_row: dict[str, int] = {}
+    for row, digest in enumerate(indexed.sha256):
+        if digest is not None:
+            first_row.setdefault(digest, row)
+    hits = [(i, first_row[d]) for i, d in enumerate(queries.sha256) if d is not None and d in first_row]
+    return np.array([h[0] for h in hits], np.int64), np.array([h[1] for h in hits], np.int64)
+
+
+def signal_pairs(
+    queries: Samples, indexed: Samples | None, settings: FindSettings, on_batch=None, units=None
+) -> SignalPairs:
+    """Every signal's pairs among `queries` (indexed None: one set) or between `queries` and `indexed`."""
+    same = indexed is None
+    other = queries if indexed is None else indexed
+    found = SignalPairs()
+    if settings.exact:
+        started = time.perf_counter()
+        found.pairs["exact"] = matching.exact_pairs(queries.sha256) if same else exact_matches(queries, other)
+        found.timings_s["exact"] = time.perf_counter() - started
+    if settings.phash_radius is not None and (queries.phash_present.any() or not same):
+        started = time.perf_counter()
+        if same:
+            found.pairs["phash"] = matching.phash_pairs(queries.phash, settings.phash_radius, queries.phash_present)
+        else:
+            q_rows, i_rows = np.flatnonzero(queries.phash_present), np.flatnonzero(other.phash_present)
+            q, i = matching.phash_matches(queries.phash[q_rows], other.phash[i_rows], settings.phash_radius)
+            found.pairs["phash"] = (q_rows[q], i_rows[i])
+        found.timings_s["phash"] = time.perf_counter() - started
+    threshold = settings.search_threshold()
+    if threshold is not None and (len(queries.embeddings) > 1 or not same):
+        started = time.perf_counter()
+        if same:
+            a, b, found.index = matching.embedding_pairs(queries.embeddings, threshold, settings, on_batch, units)
+        else:
+            a, b, found.index = matching.embedding_matches(queries.embeddings, other.embeddings, threshold, settings)
+        similarity = cosine(queries.embeddings, other.embeddings, a, b)
+        for signal, mask in signal_masks(similarity, queries, other, a, b, settings).items():
+            found.pairs[signal] = (a[mask], b[mask])
+            found.similarity[signal] = similarity[mask]
+        found.timings_s["embedding"] = time.perf_counter() - started
+    return found
+
+
+def stacked(found: SignalPairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of every signal as (a, b, signal code, similarity), codes in SIGNALS order (lower = stronger);
+    similarity NaN where the pair's signal is a hash."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = [
+        (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.float32))
+    ]
+    for code, signal in enumerate(SIGNALS):
+        if signal in found.pairs:
+            a, b = found.pairs[signal]
+            similarity = found.similarity.get(signal, np.full(len(a), np.nan, np.float32))
+            parts.append((a, b, np.full(len(a), code, dtype=np.int8), similarity))
+    a_all, b_all, codes, similarity = (np.concatenate(column) for column in zip(*parts))
+    return a_all, b_all, codes, similarity
+
+
+def with_similarity(similarity: np.ndarray, x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`similarity`, with the cosines not yet known (NaN: pairs of a hash signal) computed."""
+    missing = np.flatnonzero(np.isnan(similarity))
+    if len(missing):
+        similarity = similarity.copy()
+        similarity[missing] = cosine(x, y, a[missing], b[missing])
+    return similarity
+
+
+def best_partner(
+    rows: int, node: np.ndarray, partner: np.ndarray, codes: np.ndarray, similarity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of `rows`, the partner of its best candidate (strongest signal, then highest similarity),
+    that similarity and that signal's code; -1, NaN and -1 where a row has no candidate."""
+    order = np.lexsort((-similarity, codes, node))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = node[order][1:] != node[order][:-1]
+    chosen = order[first]
+    best = np.full(rows, -1, dtype=np.int64)
+    best_similarity = np.full(rows, np.nan, dtype=np.float32)
+    best_code = np.full(rows, -1, dtype=np.int8)
+    best[node[chosen]] = partner[chosen]
+    best_similarity[node[chosen]] = similarity[chosen]
+    best_code[node[chosen]] = codes[chosen]
+    return best, best_similarity, best_code
