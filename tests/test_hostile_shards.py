@@ -123,6 +123,10 @@ def test_odd_keys_duplicate_keys_and_empty_captions_go_through(hostile):
     read_back = list(wds.WebDataset([str(p) for p in sorted((run_dir / "shards").glob("*.tar"))], shardshuffle=False))
     assert len(read_back) == summary["kept"]  # same-key neighbours were not merged into one sample
     assert [item["key"] for item in summary["renamed_keys"]] == ["same"]
+    written_as = {
+        r["output_key"] for r in pq.read_table(run_dir / "manifest.parquet").to_pylist() if r["key"] == "same"
+    }
+    assert written_as == {"same", summary["renamed_keys"][0]["written_as"]}  # the manifest says which was renamed
     # gzip input and a renamed key need members re-serialised; plain tars otherwise go as byte ranges
     copies = {json.loads(p.read_text())["copy"] for p in (run_dir / "shards").glob("*_stats.json")}
     assert "members" in copies

@@ -96,6 +96,18 @@ def test_output_shards_read_back_and_are_byte_identical(flickr_run):
     assert members and all((m.mtime, m.mode, m.uname, m.size) == headers[m.name] for m in members)
 
 
+def test_manifest_says_where_each_kept_sample_went(flickr_run):
+    _, _, run_dir = flickr_run
+    manifest = pq.read_table(run_dir / "manifest.parquet").to_pylist()
+    said = {(row["output_shard"], row["output_key"]) for row in manifest if row["status"] == "kept"}
+    assert all(row["output_shard"] is None and row["output_key"] is None for row in manifest if row["status"] != "kept")
+    found = {
+        (shard.name, key) for shard in sorted((run_dir / "shards").glob("dedup-*.tar")) for key in read_samples([shard])
+    }
+    assert len(said) == sum(row["status"] == "kept" for row in manifest) and said == found
+    assert len({shard for shard, _ in found}) == 3  # 3,000 kept samples (one per source photo), 1,000 a shard
+
+
 def test_rerun_resumes_without_redoing_work(flickr_run):
     shards_dir, _, run_dir = flickr_run
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "embeddings" / "img_emb").glob("*.npy")}

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.io import tarspans
-from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
+from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json, write_parquet
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.sources import fingerprint, is_remote
@@ -35,6 +35,7 @@ FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed r
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
 # the manifest columns write reads, of 13: the plan's, then the summary's (reference_match: purged runs only)
 WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason"]
+OUTPUT_COLUMNS = ["output_shard", "output_key"]  # what write adds to the manifest
 
 
 @dataclass
@@ -345,6 +346,7 @@ def write(
         engine or LocalEngine(settings.workers, threads=True), units, "write", len(plan), "output shards", reporter
     )
     shard_stats = [read_json(_marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
+    record_outputs(RunFolder(run_dir), plan, shard_stats, settings.prefix)
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
     ]
@@ -355,6 +357,31 @@ def write(
     if not summary["reconciles"]:
         raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")
     return summary
+
+
+def record_outputs(folder: RunFolder, plan: list[list[InputSlice]], shard_stats: list[dict], prefix: str) -> None:
+    """Add to the manifest, for each kept sample, the output shard it went to and the key it was written
+    under (`output_shard`, `output_key`; null for the others), replacing those of an earlier write."""
+    manifest = folder.load_manifest()
+    manifest = manifest.drop_columns([c for c in OUTPUT_COLUMNS if c in manifest.column_names])
+    pieces = [(number, piece) for number, slices in enumerate(plan) for piece in slices]
+    # the plan is in input order, so the packed (input shard, sample index) of its samples ascend
+    planned = np.concatenate([np.zeros(0, np.int64), *((np.int64(p.part) << 32) | p.indexes for _, p in pieces)])
+    number = np.concatenate([np.zeros(0, np.int64), *(np.full(len(p.indexes), n) for n, p in pieces)])
+    rows = (manifest["shard_index"].to_numpy().astype(np.int64) << 32) | manifest["sample_index"].to_numpy()
+    at = np.minimum(np.searchsorted(planned, rows), max(len(planned) - 1, 0))
+    written = planned[at] == rows if len(planned) else np.zeros(len(rows), bool)
+    names = pa.array([shard_name(prefix, n) for n in range(len(plan))] or [""], pa.string())
+    output_shard = pc.if_else(pa.array(written), names.take(pa.array(number[at] if len(planned) else at)), None)
+    output_key = pc.if_else(pa.array(written), manifest["key"], None).to_pylist()
+    for renamed in (r for stats in shard_stats for r in stats.get("renamed_keys", [])):  # rare: equal keys side by side
+        same_place = pc.and_(
+            pc.equal(manifest["shard"], renamed["shard"]), pc.equal(manifest["sample_index"], renamed["sample_index"])
+        )
+        for row in np.flatnonzero(same_place.to_numpy(zero_copy_only=False)).tolist():
+            output_key[row] = renamed["written_as"]
+    manifest = manifest.append_column("output_shard", output_shard.cast(pa.string()))
+    write_parquet(folder.manifest, manifest.append_column("output_key", pa.array(output_key, pa.string())))
 
 
 def _marker(out_dir: Path, prefix: str, number: int) -> Path:
