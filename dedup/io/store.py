@@ -23,13 +23,11 @@ import pyarrow as pa
 
 from dedup.errors import InputError
 from dedup.io.atomic import read_json, read_parquet, write_json, write_npy, write_parquet
+from dedup.io.samples import KEY_FIRST, sample_id_fields
 
 METADATA_SCHEMA = pa.schema(
     [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("shard_index", pa.int32()),
-        ("sample_index", pa.int32()),
+        *sample_id_fields(KEY_FIRST),
         ("sha256", pa.string()),
         ("phash", pa.uint64()),
         ("width", pa.int32()),
@@ -37,15 +35,7 @@ METADATA_SCHEMA = pa.schema(
         ("caption", pa.string()),
     ]
 )
-FAILURE_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("shard_index", pa.int32()),
-        ("sample_index", pa.int32()),
-        ("reason", pa.string()),
-    ]
-)
+FAILURE_SCHEMA = pa.schema([*sample_id_fields(KEY_FIRST), ("reason", pa.string())])
 PART_NUMBER = re.compile(r"_(\d+)\.(?:npy|parquet|json)$")
 
 

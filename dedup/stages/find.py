@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from dedup.io.atomic import write_json, write_parquet
 from dedup.io.runfolder import RunFolder
+from dedup.io.samples import KEY_FIRST, sample_id
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search import matching
@@ -123,10 +124,7 @@ def find(
     groups = pa.table(
         {
             "row": pa.array(np.arange(rows, dtype=np.int64)),
-            "key": keys,
-            "shard": shards,
-            "shard_index": metadata["shard_index"],
-            "sample_index": metadata["sample_index"],
+            **sample_id(metadata, KEY_FIRST),
             "group_id": pa.array(group_id),
             "group_size": pa.array(group_size.astype(np.int64)),
             "nearest_key": pc.if_else(pa.array(has_nearest), keys.take(pa.array(safe)), pa.scalar(None, pa.string())),

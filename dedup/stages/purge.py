@@ -23,7 +23,7 @@ from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search.signals import SIGNALS, Samples, best_partner, signal_pairs, stacked, with_similarity
 from dedup.settings import FindSettings
-from dedup.stages.select import MANIFEST_SCHEMA, unreadable_rows
+from dedup.stages.select import ungrouped_rows, unreadable_rows
 
 PURGE_COLUMNS = [
     ("reference_key", pa.string()),
@@ -45,24 +45,7 @@ def base_manifest(run_dir: Path, train) -> pa.Table:
     """The run's manifest from `select` when there is one; else every readable sample kept."""
     if RunFolder(run_dir).manifest.exists():
         return load_manifest(run_dir)
-    meta = train.metadata
-    rows = len(meta)
-    nulls = {
-        name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
-        for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")
-    }
-    kept = pa.table(
-        {
-            "shard": meta["shard"],
-            "shard_index": meta["shard_index"],
-            "sample_index": meta["sample_index"],
-            "key": meta["key"],
-            "status": pa.array(["kept"] * rows, pa.string()),
-            "reason": pa.array(["no reference match"] * rows, pa.string()),
-            **nulls,
-        },
-        schema=MANIFEST_SCHEMA,
-    )
+    kept = ungrouped_rows(train.metadata, "kept", pa.array(["no reference match"] * len(train.metadata), pa.string()))
     return pa.concat_tables([kept, unreadable_rows(train.failures)])
 
 

@@ -19,16 +19,14 @@ import pyarrow.compute as pc
 
 from dedup.io.atomic import write_parquet
 from dedup.io.runfolder import RunFolder, load_groups
+from dedup.io.samples import IN_INPUT_ORDER, sample_id, sample_id_fields
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.settings import SelectSettings, parse_policy
 
 MANIFEST_SCHEMA = pa.schema(
     [
-        ("shard", pa.string()),
-        ("shard_index", pa.int32()),
-        ("sample_index", pa.int32()),
-        ("key", pa.string()),
+        *sample_id_fields(),
         ("status", pa.string()),  # kept | dropped | unreadable
         ("reason", pa.string()),
         ("group_id", pa.int64()),
@@ -109,10 +107,7 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
             reasons.append(f"duplicate of {shards[best]}:{keys[best]} ({described})")
     return pa.table(
         {
-            "shard": groups["shard"],
-            "shard_index": groups["shard_index"],
-            "sample_index": groups["sample_index"],
-            "key": groups["key"],
+            **sample_id(groups),
             "status": pa.array(status, pa.string()),
             "reason": pa.array(reasons, pa.string()),
             "group_id": groups["group_id"],
@@ -127,24 +122,23 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
     )
 
 
-def unreadable_rows(failures: pa.Table) -> pa.Table:
-    rows = len(failures)
-    nulls = {
-        name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type)
-        for name in ("group_id", "group_size", "rank", "kept_key", "kept_shard", "match", "similarity")
-    }
+def ungrouped_rows(samples: pa.Table, status: str, reasons: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """Manifest rows of samples no duplicate group decided about, their group columns null."""
+    rows = len(samples)
+    undecided = [name for name in MANIFEST_SCHEMA.names if name not in (*IN_INPUT_ORDER, "status", "reason")]
     return pa.table(
         {
-            "shard": failures["shard"],
-            "shard_index": failures["shard_index"],
-            "sample_index": failures["sample_index"],
-            "key": failures["key"],
-            "status": pa.array(["unreadable"] * rows, pa.string()),
-            "reason": failures["reason"],
-            **nulls,
+            **sample_id(samples),
+            "status": pa.array([status] * rows, pa.string()),
+            "reason": reasons,
+            **{name: pa.nulls(rows, MANIFEST_SCHEMA.field(name).type) for name in undecided},
         },
         schema=MANIFEST_SCHEMA,
     )
+
+
+def unreadable_rows(failures: pa.Table) -> pa.Table:
+    return ungrouped_rows(failures, "unreadable", failures["reason"])
 
 
 def select(
