@@ -11,7 +11,7 @@ from dedup.attack.diffusion import auc, denoising_losses, text_guidance_magnitud
 from dedup.attack.diffusion import sample as generate
 from dedup.attack.extraction import counts_by_duplicates, generate_and_filter, white_box
 from dedup.attack.presets import AttackSettings
-from dedup.attack.training_data import Conditioning, Images, to_unit
+from dedup.attack.training_data import Conditioning, Images, to_display_range
 
 
 def _auc(members: np.ndarray, others: np.ndarray) -> float | None:
@@ -69,13 +69,13 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
     started = time.perf_counter()
     generations = generate(model, attack.generations, labels, seed=attack.seed + 1)
     sampling_seconds = time.perf_counter() - started
-    train_unit = to_unit(data.images)
+    train_images = to_display_range(data.images)
     result, nearest, references = white_box_per_group(
-        generations, train_unit, sets["rank"], attack.alpha, attack.neighbours
+        generations, train_images, sets["rank"], attack.alpha, attack.neighbours
     )
     extracted_rows = sorted({int(row) for row in nearest[result.extracted]})
     closest = [
-        (generations[i], train_unit[nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
+        (generations[i], train_images[nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
         for i in closest_per_image(np.argsort(result.ratio), nearest)
     ]
     return {
@@ -121,10 +121,10 @@ def black_box_attack(
     sampling_seconds = time.perf_counter() - started
     by_prompt = {str(i): generations[i * per_prompt : (i + 1) * per_prompt] for i in range(len(captions))}
     position_of = {place: row for row, place in enumerate(sets["rows"])}
-    train_unit = to_unit(data.images)
+    train_images = to_display_range(data.images)
 
     def from_memory(places, side):
-        return train_unit[[position_of[place] for place in places]]
+        return train_images[[position_of[place] for place in places]]
 
     result = generate_and_filter(
         by_prompt,
@@ -146,7 +146,7 @@ def black_box_attack(
     closest = [
         (
             by_prompt[str(p)][m.generation],
-            train_unit[position_of[(m.shard, m.sample_index)]],
+            train_images[position_of[(m.shard, m.sample_index)]],
             f"l2 {m.tiled_l2:.2f}",
             m in result.extracted[str(p)],
         )

@@ -94,7 +94,7 @@ def training_sets(manifest) -> dict:
     }
 
 
-def to_unit(images: np.ndarray) -> np.ndarray:
+def to_display_range(images: np.ndarray) -> np.ndarray:
     return ((images.transpose(0, 2, 3, 1) + 1) / 2).clip(0, 1)
 
 

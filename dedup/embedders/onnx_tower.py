@@ -106,7 +106,7 @@ def quantize_tower(source: Path, target: Path) -> None:
 
     temporary = target.with_suffix(".partial.onnx")
     # reduce_range (7-bit weights): CPUs without VNNI multiply u8 x s8 in pairs that saturate 16 bits, which
-    # cost a random ViT-B-32 its agreement with fp32: cosine 0.9885-0.991 full-range, 0.9995 at 7 bits (benchmarks.md)
+    # costs full-range weights their agreement with fp32 (measured: docs/benchmarks.md, embed)
     quantize_dynamic(
         str(source),
         str(temporary),

@@ -40,7 +40,7 @@ BATCH_ROWS = 32_768  # padded rows (both sides) a batch of small joins holds: 64
 MAX_DEPTH = 8
 DIRECT_PRODUCTS = 4 * 1_024**2  # a join this small is cheaper to compute whole than to partition
 # in high dimensions a far centroid's bisector can pass close by: look well beyond the nearest few, and
-# further among more partitions (at 4M, 2,000 partitions: planted-pair recall 0.990 looking at 32, 0.994 at 64)
+# further among more partitions (the recall each bought: docs/benchmarks.md, find)
 NEIGHBOURS_LOOKED_AT = 32
 NEIGHBOURS_SHARE = 32  # ... or one in this many of the centroids, if more
 
