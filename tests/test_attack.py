@@ -135,11 +135,11 @@ def test_store_confirmation_finds_the_training_image_a_generation_copies(flickr_
     the prompt whose generations copy a training image."""
     from dedup.attack.confirm import images_from_shards, nearest_training_images
     from dedup.attack.extraction import generate_and_filter
-    from dedup.embedders import build_embedder
+    from dedup.embedders import embedder_from
 
     root, planted, settings = flickr_run
     store = root / "run" / "embeddings"
-    embedder = build_embedder(settings.embed.embedder, **settings.embed.embedder_options())
+    embedder = embedder_from(settings.embed)
     source_key = planted.groups[0][0]
     groups = pq.read_table(root / "run" / "groups.parquet").to_pylist()
     place = next((g["shard"], g["sample_index"]) for g in groups if g["key"] == source_key)

@@ -123,14 +123,14 @@ def extract(
     pipe=None,
 ) -> dict:
     """Attack the pipeline with the captions of RUN_DIR's largest duplicate groups; write extract.json."""
-    from dedup.embedders import build_embedder
+    from dedup.embedders import embedder_from
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
     prompts: list[Prompt] = largest_group_prompts(run_dir, settings.prompts)
     if not prompts:
         raise SettingsError(f"{run_dir}/groups.parquet holds no duplicate group with a caption to attack with")
-    embedder = build_embedder(embed.embedder, **embed.embedder_options())  # fails now on missing weights
+    embedder = embedder_from(embed)  # fails now on missing weights
     pipe = pipe or load_pipeline(pipeline_path, settings.device)
     captions = [p.caption for p in prompts]
     scores = detector_scores(pipe, captions, settings)

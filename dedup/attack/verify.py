@@ -86,7 +86,7 @@ def verify(
 ) -> dict:
     """Train A (original) and B (deduplicated) and attack both; write verify.json and figures."""
     from dedup.attack.prompts import largest_group_prompts, unique_image_prompts
-    from dedup.embedders import build_embedder
+    from dedup.embedders import embedder_from
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
@@ -112,7 +112,7 @@ def verify(
         assert settings.embed is not None  # refused above
         prompts = largest_group_prompts(run_dir, attack.prompts)
         controls = unique_image_prompts(run_dir, attack.control_prompts, attack.seed)
-        embedder = build_embedder(settings.embed.embedder, **settings.embed.embedder_options())
+        embedder = embedder_from(settings.embed)
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "settings": {

@@ -1,42 +1,57 @@
-"""Embedders by name. Heavy imports happen only when an embedder is built."""
+"""Embedders by name, built from EmbedSettings (which holds their defaults). Heavy imports happen only when an
+embedder is built."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from dedup.embedders.base import Embedder
 from dedup.errors import SettingsError
+from dedup.settings import EmbedSettings
+from dedup.settings.run import EMBEDDERS
 
-EMBEDDERS = ("clip", "pixels", "model")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_embedder(name: str, **options) -> Embedder:
-    """Build an embedder from its name and the options of `EmbedSettings` that concern it."""
-    if name == "pixels":
+def embedder_from(settings: EmbedSettings) -> Embedder:
+    """The embedder `settings.embedder` names, with the options of `settings` that concern it."""
+    if settings.embedder == "pixels":
         from dedup.embedders.pixels import PixelEmbedder
 
-        return PixelEmbedder(size=options.get("pixel_size", 16))
-    if name == "clip":
+        return PixelEmbedder(size=settings.pixel_size)
+    if settings.embedder == "clip":
         from dedup.embedders.clip import ClipEmbedder
 
         return ClipEmbedder(
-            model=options.get("model", "ViT-B-32"),
-            pretrained=options.get("pretrained"),
-            device=options.get("device", "auto"),
-            precision=options.get("precision", "auto"),
-            model_config=options.get("model_config"),
-            text=options.get("text", False),
-            runtime=options.get("runtime", "torch"),
+            model=settings.model,
+            pretrained=settings.pretrained,
+            device=settings.device,
+            precision=settings.precision,
+            model_config=settings.model_config,
+            text=settings.text,
+            runtime=settings.runtime,
         )
-    if name == "model":
+    if settings.embedder == "model":
         from dedup.embedders.model import ExportedModelEmbedder
 
         return ExportedModelEmbedder(
-            path=options.get("model_path") or "",
-            input_size=options.get("input_size", 224),
-            mean=options.get("mean") or (0.485, 0.456, 0.406),
-            std=options.get("std") or (0.229, 0.224, 0.225),
-            resize_mode=options.get("resize_mode", "resize"),
+            path=settings.model_path or "",
+            input_size=settings.input_size,
+            mean=settings.mean or IMAGENET_MEAN,
+            std=settings.std or IMAGENET_STD,
+            resize_mode=settings.resize_mode,
         )
-    raise SettingsError(f"unknown embedder {name!r}; choose one of {', '.join(EMBEDDERS)}")
+    raise SettingsError(f"unknown embedder {settings.embedder!r}; choose one of {', '.join(EMBEDDERS)}")
 
 
-__all__ = ["EMBEDDERS", "Embedder", "build_embedder"]
+def build_embedder(name: str, **options) -> Embedder:
+    """`embedder_from` with the options as keywords: build_embedder("clip", pretrained="ckpt.pt")."""
+    known = {f.name for f in dataclasses.fields(EmbedSettings)}
+    unknown = set(options) - known
+    if unknown:
+        raise SettingsError(f"unknown embedder options {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    return embedder_from(EmbedSettings(**{**options, "embedder": name}))
+
+
+__all__ = ["EMBEDDERS", "Embedder", "build_embedder", "embedder_from"]

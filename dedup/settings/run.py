@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dedup.errors import SettingsError
+from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES
 from dedup.settings.base import positive, setting
+
+EMBEDDERS = ("clip", "pixels", "model")  # dedup/embedders/ builds each
 
 
 @dataclass
@@ -31,11 +34,9 @@ class EmbedSettings:
     workers: int = setting(1, "Shard processes (clip is best with 1: torch uses every core).")
     decode_threads: int = setting(2, "Threads decoding images for each shard process.")
     max_pixels: int = setting(64_000_000, "Larger images are recorded unreadable (decompression bombs).")
-    max_member_bytes: int = setting(256 * 1024 * 1024, "Larger tar members are recorded unreadable.")
+    max_member_bytes: int = setting(DEFAULT_MAX_MEMBER_BYTES, "Larger tar members are recorded unreadable.")
 
     def validate(self) -> None:
-        from dedup.embedders import EMBEDDERS
-
         if self.embedder not in EMBEDDERS:
             raise SettingsError(f"unknown embedder {self.embedder!r}; choose one of {', '.join(EMBEDDERS)}")
         positive(
@@ -50,11 +51,6 @@ class EmbedSettings:
             raise SettingsError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.runtime not in ("torch", "onnx", "onnx-int8"):
             raise SettingsError(f"runtime must be torch, onnx or onnx-int8, got {self.runtime!r}")
-
-    def embedder_options(self) -> dict:
-        import dataclasses
-
-        return dataclasses.asdict(self)
 
 
 @dataclass

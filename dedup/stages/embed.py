@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dedup.embedders import Embedder, build_embedder
+from dedup.embedders import Embedder, embedder_from
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import InputError, SettingsError
 from dedup.io import tarspans
@@ -41,7 +41,7 @@ def cached_embedder(settings: EmbedSettings) -> Embedder:
     with _EMBEDDER_LOCK:
         if key not in _EMBEDDER_CACHE:
             _EMBEDDER_CACHE.clear()
-            _EMBEDDER_CACHE[key] = build_embedder(settings.embedder, **settings.embedder_options())
+            _EMBEDDER_CACHE[key] = embedder_from(settings)
         return _EMBEDDER_CACHE[key]
 
 

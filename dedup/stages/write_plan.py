@@ -1,0 +1,99 @@
+"""write's plan: the kept samples in input order, cut into output shards; and, once the shards are written,
+the manifest's record of where each kept sample went."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dedup.io.atomic import write_parquet
+from dedup.io.runfolder import RunFolder
+
+PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
+# the manifest columns write reads, of 13: the plan's, then the summary's (reference_match: purged runs only)
+WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason"]
+OUTPUT_COLUMNS = ["output_shard", "output_key"]  # what write adds to the manifest
+
+
+@dataclass
+class InputSlice:
+    """The kept samples one output shard takes from one input shard, in input order."""
+
+    shard: str
+    part: int
+    indexes: np.ndarray  # sample indexes in the input shard, ascending
+    keys: list[str]
+
+
+def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[InputSlice]]:
+    """The kept samples in input order, cut into output shards of `samples_per_shard`, each a list of slices."""
+    kept = manifest.select(PLAN_COLUMNS)
+    kept = kept.filter(pc.equal(kept["status"], "kept"))
+    kept = kept.take(pc.sort_indices(kept, [("shard_index", "ascending"), ("sample_index", "ascending")]))
+    parts = kept["shard_index"].to_numpy()
+    indexes = kept["sample_index"].to_numpy()
+    keys = kept["key"].to_pylist()
+    shard_of = _shard_names(kept)
+    plan = []
+    for first in range(0, len(keys), samples_per_shard):
+        last = min(first + samples_per_shard, len(keys))
+        cuts = [first, *(first + 1 + np.flatnonzero(parts[first + 1 : last] != parts[first : last - 1])).tolist(), last]
+        plan.append(
+            [
+                InputSlice(shard_of[int(parts[a])], int(parts[a]), indexes[a:b], keys[a:b])
+                for a, b in zip(cuts, cuts[1:])
+            ]
+        )
+    return plan
+
+
+def _shard_names(kept: pa.Table) -> dict[int, str]:
+    pairs = kept.select(["shard_index", "shard"]).group_by(["shard_index", "shard"]).aggregate([])
+    return dict(zip(pairs["shard_index"].to_pylist(), pairs["shard"].to_pylist()))
+
+
+def plan_digest(slices: list[InputSlice]) -> str:
+    """What an output shard holds, as a marker records it: a rerun with another plan rewrites the shard."""
+    digest = hashlib.sha256()
+    for piece in slices:
+        digest.update(f"{piece.shard}\0{len(piece.keys)}\0".encode())
+        digest.update(piece.indexes.astype("<i8").tobytes())
+        digest.update("\0".join(piece.keys).encode())
+    return digest.hexdigest()
+
+
+def sample_count(slices: list[InputSlice]) -> int:
+    return sum(len(piece.keys) for piece in slices)
+
+
+def shard_name(prefix: str, number: int) -> str:
+    return f"{prefix}-{number:05d}.tar"
+
+
+def record_outputs(folder: RunFolder, plan: list[list[InputSlice]], shard_stats: list[dict], prefix: str) -> None:
+    """Add to the manifest, for each kept sample, the output shard it went to and the key it was written
+    under (`output_shard`, `output_key`; null for the others), replacing those of an earlier write."""
+    manifest = folder.load_manifest()
+    manifest = manifest.drop_columns([c for c in OUTPUT_COLUMNS if c in manifest.column_names])
+    pieces = [(number, piece) for number, slices in enumerate(plan) for piece in slices]
+    # the plan is in input order, so the packed (input shard, sample index) of its samples ascend
+    planned = np.concatenate([np.zeros(0, np.int64), *((np.int64(p.part) << 32) | p.indexes for _, p in pieces)])
+    number = np.concatenate([np.zeros(0, np.int64), *(np.full(len(p.indexes), n) for n, p in pieces)])
+    rows = (manifest["shard_index"].to_numpy().astype(np.int64) << 32) | manifest["sample_index"].to_numpy()
+    at = np.minimum(np.searchsorted(planned, rows), max(len(planned) - 1, 0))
+    written = planned[at] == rows if len(planned) else np.zeros(len(rows), bool)
+    names = pa.array([shard_name(prefix, n) for n in range(len(plan))] or [""], pa.string())
+    output_shard = pc.if_else(pa.array(written), names.take(pa.array(number[at] if len(planned) else at)), None)
+    output_key = pc.if_else(pa.array(written), manifest["key"], None).to_pylist()
+    for renamed in (r for stats in shard_stats for r in stats.get("renamed_keys", [])):  # rare: equal keys side by side
+        same_place = pc.and_(
+            pc.equal(manifest["shard"], renamed["shard"]), pc.equal(manifest["sample_index"], renamed["sample_index"])
+        )
+        for row in np.flatnonzero(same_place.to_numpy(zero_copy_only=False)).tolist():
+            output_key[row] = renamed["written_as"]
+    manifest = manifest.append_column("output_shard", output_shard.cast(pa.string()))
+    write_parquet(folder.manifest, manifest.append_column("output_key", pa.array(output_key, pa.string())))
