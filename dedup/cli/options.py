@@ -19,11 +19,13 @@ from dedup.errors import DedupError
 from dedup.io.runfolder import RunFolder
 from dedup.progress import Reporter
 from dedup.settings import (
+    CalibrateSettings,
     DownloadSettings,
     EmbedSettings,
     EngineSettings,
     ExtractSettings,
     FindSettings,
+    ReportSettings,
     RunSettings,
     SelectSettings,
     WriteSettings,
@@ -42,6 +44,8 @@ SECTIONS: dict[str, type] = {
     "engine": EngineSettings,
     "extract": ExtractSettings,
     "download": DownloadSettings,
+    "report": ReportSettings,
+    "calibrate": CalibrateSettings,
 }
 
 CONFIG = typer.Option(None, "--config", "-c", help="A TOML config file, or the name of a preset (configs/NAME.toml).")

@@ -22,37 +22,40 @@ from dedup.cli.options import (
 from dedup.io.runfolder import RunFolder
 
 
+@with_settings("report.max_groups", "report.max_members", "report.pairs_per_band")
 def report_command(
     run_dir: Path = typer.Argument(..., help="The run folder."),
     out: Path | None = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)."),
     embeddings: Path | None = EMBEDDINGS,
-    max_groups: int = typer.Option(20, help="Largest groups shown."),
-    pairs_per_band: int = typer.Option(4, help="Pairs shown per similarity band."),
+    *,
+    options: dict,
 ) -> None:
     """Write one self-contained HTML report: counts, largest groups with thumbnails, pairs around the threshold."""
+    from dedup.settings import ReportSettings, build
     from dedup.tools.report import build_report
 
     with handled() as current:
-        path = build_report(run_dir, out, embeddings, max_groups=max_groups, pairs_per_band=pairs_per_band)
+        settings = build(ReportSettings, options.get("report", {}), "command line")
+        path = build_report(run_dir, out, embeddings, settings)
         current.info(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB)")
         typer.echo(str(path))
 
 
+@with_settings("calibrate.sample", "calibrate.low", "calibrate.step")
 def calibrate_command(
     run_dir: Path = typer.Argument(..., help="The run folder (its embeddings are sampled)."),
     embeddings: Path | None = EMBEDDINGS,
     labels: Path | None = typer.Option(None, help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate."),
-    sample: int = typer.Option(20_000, help="Rows sampled from the embeddings (labelled rows always included)."),
-    low: float = typer.Option(0.80, help="Lowest threshold tried."),
-    step: float = typer.Option(0.01, help="Step between thresholds."),
+    *,
+    options: dict,
 ) -> None:
     """Groups and removals per threshold (and precision/recall with labels); suggests a threshold."""
-    from dedup.tools.calibrate import calibrate, calibration_table, threshold_grid
+    from dedup.settings import CalibrateSettings, build
+    from dedup.tools.calibrate import calibrate, calibration_table
 
     with handled() as current:
-        result = calibrate(
-            embeddings or RunFolder(run_dir).embeddings, run_dir, threshold_grid(low, step), sample, labels
-        )
+        settings = build(CalibrateSettings, options.get("calibrate", {}), "command line")
+        result = calibrate(embeddings or RunFolder(run_dir).embeddings, run_dir, labels, settings)
         if not current.quiet:
             current.console.print(calibration_table(result, labelled=labels is not None))
         typer.echo(f"suggested threshold: {result.suggested} ({result.reason})")

@@ -17,9 +17,12 @@ from dedup.settings.run import (
     WriteSettings,
     parse_policy,
 )
+from dedup.settings.tools import CalibrateSettings, ReportSettings
 
 __all__ = [
     "AttackSettings",
+    "CalibrateSettings",
+    "ReportSettings",
     "DownloadSettings",
     "EmbedSettings",
     "EngineSettings",

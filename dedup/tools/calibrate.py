@@ -15,7 +15,7 @@ from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
 from dedup.search.signals import cosine
-from dedup.settings import FindSettings
+from dedup.settings import CalibrateSettings, FindSettings
 from dedup.stages.find import connected_groups
 from dedup.tools.planting import found_pairs, planted_pairs
 
@@ -25,7 +25,6 @@ def threshold_grid(low: float = 0.80, step: float = 0.01) -> tuple[float, ...]:
     return tuple(round(float(t), 4) for t in np.arange(low, 0.9999, step))
 
 
-DEFAULT_THRESHOLDS = threshold_grid()
 
 
 @dataclass
@@ -81,11 +80,12 @@ def load_labels(path: str | Path) -> tuple[set, set]:
 def calibrate(
     store_dir: str | Path,
     out_dir: str | Path | None = None,
-    thresholds=DEFAULT_THRESHOLDS,
-    sample: int = 20_000,
     labels: str | Path | None = None,
-    seed: int = 0,
+    settings: CalibrateSettings | None = None,
 ) -> Calibration:
+    settings = settings or CalibrateSettings()
+    settings.validate()
+    thresholds, sample, seed = threshold_grid(settings.low, settings.step), settings.sample, settings.seed
     data = EmbeddingStore(store_dir).load()
     keys = np.asarray(data.metadata["key"].to_pylist(), dtype=object)
     total = len(keys)

@@ -24,7 +24,7 @@ from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
 from dedup.search.signals import cosine
-from dedup.settings import FindSettings
+from dedup.settings import FindSettings, ReportSettings
 from dedup.tools.thumbnails import fetch_thumbnails
 
 STYLE = """
@@ -116,11 +116,16 @@ def build_report(
     run_dir: str | Path,
     out: str | Path | None = None,
     embeddings: str | Path | None = None,
-    max_groups: int = 20,
-    max_members: int = 8,
-    pairs_per_band: int = 4,
-    seed: int = 0,
+    settings: ReportSettings | None = None,
 ) -> Path:
+    settings = settings or ReportSettings()
+    settings.validate()
+    max_groups, max_members, pairs_per_band, seed = (
+        settings.max_groups,
+        settings.max_members,
+        settings.pairs_per_band,
+        settings.seed,
+    )
     folder = RunFolder(run_dir)
     for needed in (folder.groups, folder.manifest):
         if not needed.exists():
