@@ -25,8 +25,6 @@ def threshold_grid(low: float = 0.80, step: float = 0.01) -> tuple[float, ...]:
     return tuple(round(float(t), 4) for t in np.arange(low, 0.9999, step))
 
 
-
-
 @dataclass
 class Calibration:
     sample_rows: int
