@@ -52,3 +52,12 @@ def test_readme_python_example_runs_as_users_write_it(demo_folder, way):
     assert result.stdout.strip().splitlines()[-1] == "18 kept of 44"
     threads_warning = "runs its 2 workers as threads" in result.stderr
     assert threads_warning == (way in ("script", "stdin")), result.stderr  # processes wherever they can start
+
+
+def test_the_cli_gets_worker_processes(demo_folder):
+    """`python -m dedup.cli` and the `dedup` script both guard their call, so workers start as processes."""
+    result = _run(
+        demo_folder, ["-m", "dedup.cli", "run", "demo-data/shards", "--config", "offline", "--run-dir", "cli-run"]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "as threads" not in result.stderr

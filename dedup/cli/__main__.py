@@ -1,3 +1,4 @@
 from dedup.cli import app
 
-app()
+if __name__ == "__main__":
+    app()

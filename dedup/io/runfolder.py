@@ -46,6 +46,11 @@ class RunFolder:
     def find_summary(self) -> Path:
         return self.root / "find.json"
 
+    @property
+    def find_units(self) -> Path:
+        """The partitioned search's unit plans and pairs while find runs on an engine (removed when it ends)."""
+        return self.root / "find-units"
+
     # select (and purge, which adds to the manifest)
     @property
     def manifest(self) -> Path:

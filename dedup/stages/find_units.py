@@ -20,15 +20,9 @@ import numpy as np
 
 from dedup.engine import Unit, run_units
 from dedup.io.atomic import atomic_open, read_json, write_json
+from dedup.io.runfolder import RunFolder
 from dedup.progress import Reporter
 from dedup.search import partition_units, partitioned
-
-FOLDER = "find-units"
-
-
-def units_folder(run_dir: str | Path) -> Path:
-    return Path(run_dir) / FOLDER
-
 
 _HELD: dict = {}  # the vectors the driver holds (in memory or memory-mapped), for units that run in its process
 
@@ -74,7 +68,7 @@ class EngineUnits:
     def __init__(self, store_dir: str | Path, run_dir: str | Path, engine, reporter: Reporter, vectors=None):
         """`vectors`: the store's vectors as find loaded them; units that run in this process read them there
         instead of opening the store again (a second memory map of the same files would count its pages twice)."""
-        self.store_dir, self.folder = str(store_dir), units_folder(run_dir)
+        self.store_dir, self.folder = str(store_dir), RunFolder(run_dir).find_units
         self.engine, self.reporter = engine, reporter
         if vectors is not None:
             _HELD[self.store_dir] = vectors
