@@ -480,3 +480,16 @@ def test_white_box_counts_a_copy_of_a_heavily_duplicated_image():
     assert not white_box(generation.reshape(1, -1), training.reshape(len(training), -1)).extracted[0]
     result, nearest, references = white_box_per_group(generation, training, rank, 0.5, 50)
     assert result.extracted[0] and nearest[0] == 0 and len(references) == 100
+
+
+def test_verify_preset_without_the_shared_images_says_where_to_point(tmp_path):
+    result = run_cli(
+        "verify",
+        tmp_path / "run",
+        "--preset",
+        "cifar-quick",
+        env={"DEDUP_SHARED_DATA": str(tmp_path / "nowhere")},
+        check=False,
+    )
+    assert result.returncode == 3
+    assert "DEDUP_SHARED_DATA" in result.stderr and str(tmp_path / "nowhere") in result.stderr

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
 from dedup.errors import SettingsError
 from dedup.settings import AttackSettings, ModelSettings, VerifySettings, build, preset_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # beside a source checkout
+
+
+def shared_data() -> Path:
+    """The real images the verify presets plant into: $DEDUP_SHARED_DATA, else ../shared/data of the checkout."""
+    return Path(os.environ.get("DEDUP_SHARED_DATA") or SHARED_DATA)
 
 
 def load_preset(name: str) -> dict:
-    """A verify preset: configs/verify-NAME.toml (or shipped), or a path. `{shared}` in strings is ../shared/data."""
-    text = preset_path(name, prefix="verify-").read_text().replace("{shared}", str(SHARED_DATA))
+    """A verify preset: configs/verify-NAME.toml (or shipped), or a path. `{shared}` in its strings is the
+    shared data folder (`shared_data`)."""
+    path = preset_path(name, prefix="verify-")
+    text = path.read_text()
+    if "{shared}" in text:
+        if not shared_data().is_dir():
+            raise SettingsError(
+                f"verify preset {name!r} reads the shared images at {shared_data()}, which does not exist; "
+                "set DEDUP_SHARED_DATA to the folder holding cifar10/ and flickr8k/"
+            )
+        text = text.replace("{shared}", str(shared_data()))
     return tomllib.loads(text)
 
 
