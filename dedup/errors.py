@@ -25,3 +25,11 @@ class ModelUnavailableError(DedupError):
     """Model weights cannot be obtained (offline and not cached)."""
 
     exit_code = 4
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Stop, with the line that installs it, when `what` needs an optional dependency that is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SettingsError(f"{what} needs {module}, which is not installed: pip install 'dedup[{extra}]'")

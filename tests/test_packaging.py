@@ -33,12 +33,21 @@ def _python(site, cwd, *args):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def test_the_wheel_holds_every_module_and_preset(installed_wheel):
+    """The editable install's finder would serve a module the wheel lacks from the checkout: compare files."""
+    source = {p.relative_to(ROOT / "dedup") for p in (ROOT / "dedup").rglob("*.py")}
+    installed = {p.relative_to(installed_wheel / "dedup") for p in (installed_wheel / "dedup").rglob("*.py")}
+    assert source <= installed, sorted(map(str, source - installed))
+    presets = {p.name for p in (ROOT / "configs").glob("*.toml")}
+    assert presets and presets <= {p.name for p in (installed_wheel / "dedup" / "presets").glob("*.toml")}
+
+
 def test_installed_wheel_runs_with_its_shipped_preset_from_another_folder(installed_wheel, tmp_path):
     where = _python(
         installed_wheel,
         tmp_path,
         "-c",
-        "import dedup; from dedup.settings import preset_path; print(dedup.__file__); print(preset_path('offline'))",
+        "import dedup.cli; from dedup.settings import preset_path; print(dedup.cli.__file__); print(preset_path('offline'))",
     )
     assert where.returncode == 0, where.stderr
     module, preset = where.stdout.split()
@@ -72,3 +81,22 @@ def test_remote_extras_give_fsspec_its_back_ends(protocol):
     import fsspec
 
     assert fsspec.get_filesystem_class(protocol).protocol  # s3fs / gcsfs, from the s3 and gcs extras
+
+
+@pytest.mark.parametrize(
+    ("missing", "command", "extra"),
+    [
+        ("matplotlib", ["report", "RUN"], "report"),
+        ("skimage", ["demo", "out"], "demo"),
+        ("diffusers", ["verify", "RUN", "--preset", "cifar-quick"], "attack"),
+    ],
+)
+def test_a_missing_extra_is_named_with_its_install_line(tmp_path, missing, command, extra):
+    """A core-only install: the command stops at once (exit 3) with the pip line, not a traceback."""
+    code = f"import sys; sys.modules[{missing!r}] = None; from dedup.cli import app; app()"  # None: not installed
+    args = [str(tmp_path) if part == "RUN" else part for part in command]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stderr
+    assert f"pip install 'dedup[{extra}]'" in result.stderr and "Traceback" not in result.stderr

@@ -61,9 +61,9 @@ def embed_command(
     options: dict,
 ) -> None:
     """Hash and embed every sample (clip-retrieval layout: img_emb/*.npy + metadata/*.parquet)."""
-    from dedup.stages.embed import embed
-
     with handled() as reporter:
+        from dedup.stages.embed import embed
+
         settings = settings_from(config, overrides, options)
         target = out or run_folder(settings, run_dir).embeddings
         print_json(embed(shards, target, settings.embed, engine=settings.embed_engine(), reporter=reporter))
@@ -79,9 +79,9 @@ def find_command(
     options: dict,
 ) -> None:
     """Find duplicate pairs (exact, perceptual hash, embedding) and group them: groups.parquet."""
-    from dedup.stages.find import find
-
     with handled() as reporter:
+        from dedup.stages.find import find
+
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
         print_json(
@@ -105,9 +105,9 @@ def select_command(
     options: dict,
 ) -> None:
     """Apply the keep policy: manifest.parquet, one row per input sample with its decision and reason."""
-    from dedup.stages.select import select
-
     with handled() as reporter:
+        from dedup.stages.select import select
+
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
         print_json(select(embeddings or folder.embeddings, folder.root, settings.select, reporter=reporter))
@@ -124,9 +124,9 @@ def write_command(
     options: dict,
 ) -> None:
     """Copy the kept samples into new shards, byte for byte, and write summary.json."""
-    from dedup.stages.write import write
-
     with handled() as reporter:
+        from dedup.stages.write import write
+
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
         print_json(
@@ -160,9 +160,9 @@ def run_command(
     options: dict,
 ) -> None:
     """embed -> find -> select -> write, from a config with command-line overrides."""
-    from dedup.runner import run
-
     with handled() as reporter:
+        from dedup.runner import run
+
         settings = settings_from(config, overrides, options)
         place(settings, shards, run_dir, out)
         summary = run(settings, reporter=reporter)
@@ -198,9 +198,9 @@ def purge_command(
     options: dict,
 ) -> None:
     """Drop every training sample that is a near-copy of a reference image (eval decontamination, takedowns)."""
-    from dedup.runner import purge_run
-
     with handled() as reporter:
+        from dedup.runner import purge_run
+
         settings = settings_from(config, overrides, options)
         place(settings, shards, run_dir, out)
         print_json(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))

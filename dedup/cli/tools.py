@@ -31,10 +31,10 @@ def report_command(
     options: dict,
 ) -> None:
     """Write one self-contained HTML report: counts, largest groups with thumbnails, pairs around the threshold."""
-    from dedup.settings import ReportSettings, build
-    from dedup.tools.report import build_report
-
     with handled() as current:
+        from dedup.settings import ReportSettings, build
+        from dedup.tools.report import build_report
+
         settings = build(ReportSettings, options.get("report", {}), "command line")
         path = build_report(run_dir, out, embeddings, settings)
         current.info(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB)")
@@ -50,10 +50,10 @@ def calibrate_command(
     options: dict,
 ) -> None:
     """Groups and removals per threshold (and precision/recall with labels); suggests a threshold."""
-    from dedup.settings import CalibrateSettings, build
-    from dedup.tools.calibrate import calibrate, calibration_table
-
     with handled() as current:
+        from dedup.settings import CalibrateSettings, build
+        from dedup.tools.calibrate import calibrate, calibration_table
+
         settings = build(CalibrateSettings, options.get("calibrate", {}), "command line")
         result = calibrate(embeddings or RunFolder(run_dir).embeddings, run_dir, labels, settings)
         if not current.quiet:
@@ -83,10 +83,10 @@ def download_command(
     options: dict,
 ) -> None:
     """Download a URL list into shards with img2dataset (dead links and broken images are counted, not fatal)."""
-    from dedup.settings import DownloadSettings, build
-    from dedup.tools.download import download
-
     with handled() as current:
+        from dedup.settings import DownloadSettings, build
+        from dedup.tools.download import download
+
         settings = build(DownloadSettings, options.get("download", {}), "command line")
         summary = download(url_list, out, settings, img2dataset_python)
         print_json(summary)
@@ -120,10 +120,10 @@ def extract_command(
     options: dict,
 ) -> None:
     """Black-box extraction attack on a text-to-image pipeline, with the captions of the run's largest groups."""
-    from dedup.attack.text_to_image import extract
-    from dedup.settings import ExtractSettings, build
-
     with handled() as current:
+        from dedup.attack.text_to_image import extract
+        from dedup.settings import ExtractSettings, build
+
         settings = settings_from(config, overrides, options)
         attack = build(ExtractSettings, options.get("extract", {}), "command line")
         report = extract(run_folder(settings, run_dir).root, pipeline, attack, settings.embed, current)
@@ -145,9 +145,9 @@ def verify_command(
     ),
 ) -> None:
     """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction."""
-    from dedup.attack.verify import verify_run
-
     with handled() as current:
+        from dedup.attack.verify import verify_run
+
         show_verify(verify_run(preset, run_dir, current, shards))
 
 
@@ -163,9 +163,9 @@ def demo_command(
     seed: int = typer.Option(0),
 ) -> None:
     """Build demo shards from the real photos that ship with scikit-image, with planted copies."""
-    from dedup.tools.demo import build_demo
-
     with handled() as current:
+        from dedup.tools.demo import build_demo
+
         planted = build_demo(out, seed=seed)
         current.info(
             f"wrote {planted.samples} samples in {len(planted.shards)} shards to {out}/shards, with "

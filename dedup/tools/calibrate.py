@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dedup.errors import InputError
+from dedup.errors import InputError, require_extra
 from dedup.io.atomic import read_parquet, write_json
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
@@ -81,6 +81,7 @@ def calibrate(
     labels: str | Path | None = None,
     settings: CalibrateSettings | None = None,
 ) -> Calibration:
+    require_extra("matplotlib", "report", "dedup calibrate (its plot)")
     settings = settings or CalibrateSettings()
     settings.validate()
     thresholds, sample, seed = threshold_grid(settings.low, settings.step), settings.sample, settings.seed

@@ -17,6 +17,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from dedup.errors import require_extra
 from dedup.io.atomic import atomic_open
 from dedup.tools.planting import PlantedSet, plant
 
@@ -47,6 +48,7 @@ def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
 
 
 def _photos() -> list[tuple[str, Image.Image, str]]:
+    require_extra("skimage", "demo", "dedup demo")
     from skimage import data
 
     found = []

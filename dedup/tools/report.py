@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.errors import InputError
+from dedup.errors import InputError, require_extra
 from dedup.io.atomic import atomic_open, read_parquet
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
@@ -118,6 +118,7 @@ def build_report(
     embeddings: str | Path | None = None,
     settings: ReportSettings | None = None,
 ) -> Path:
+    require_extra("matplotlib", "report", "dedup report")
     settings = settings or ReportSettings()
     settings.validate()
     max_groups, max_members, pairs_per_band, seed = (
