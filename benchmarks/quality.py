@@ -103,13 +103,17 @@ def build(out: Path, split: str, sources: int, distractors: int) -> dict:
     return truth
 
 
+def found_groups(run_dir: Path) -> dict:
+    rows = pq.read_table(run_dir / "groups.parquet", columns=["key", "group_id"]).to_pylist()
+    return {row["key"]: row["group_id"] for row in rows}
+
+
 def pairs(count: int) -> int:
     return count * (count - 1) // 2
 
 
-def score(groups_path: Path, truth: dict) -> dict:
-    groups = pq.read_table(groups_path, columns=["key", "group_id"]).to_pylist()
-    predicted_of = {row["key"]: row["group_id"] for row in groups}
+def score(predicted_of: dict, truth: dict) -> dict:
+    """Pair precision and recall of the groups (key -> group id) against the truth, and recall per edit."""
     members: dict[int, Counter] = defaultdict(Counter)
     for key, found in predicted_of.items():
         members[found][truth[key]["group"]] += 1
@@ -131,6 +135,39 @@ def score(groups_path: Path, truth: dict) -> dict:
         "recall": round(correct / true_pairs, 4),
         "recall_by_edit": {kind: round(found_with_source[kind] / copies[kind], 4) for kind in EDITS},
     }
+
+
+def pdq_groups(data: Path, truth: dict, radius: int, dihedral: bool) -> tuple[dict, dict]:
+    """A peer measured in the same run: PDQ hashes (pdqhash, MIT; installed for the benchmark only), each
+    image's hash against the eight dihedral variants of every other (flips and 90 degree turns) when asked,
+    pairs within `radius` of 256 bits, connected components. Returns key -> group and the cost."""
+    import faiss
+    import numpy as np
+    import pdqhash
+
+    from dedup.search.components import component_labels, in_chunks
+
+    started = time.perf_counter()
+    keys, hashes, variants = [], [], []
+    for shard in sorted(data.glob("ukbench-*.tar")):
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                handle = archive.extractfile(member)
+                assert handle is not None
+                image = np.asarray(Image.open(io.BytesIO(handle.read())).convert("RGB"))
+                found, _ = pdqhash.compute_dihedral(image) if dihedral else ([pdqhash.compute(image)[0]], None)
+                keys.append(member.name[: -len(".jpg")])
+                hashes.append(np.packbits(found[0].astype(np.uint8)))
+                variants.append(np.packbits(np.stack(found).astype(np.uint8), axis=1))
+    index = faiss.IndexBinaryFlat(256)
+    index.add(np.stack(hashes))
+    queries = np.concatenate(variants)
+    owner = np.repeat(np.arange(len(keys)), [len(v) for v in variants])
+    lims, _, hits = index.range_search(queries, radius + 1)
+    a = np.repeat(owner, np.diff(lims).astype(np.int64))
+    keep = a != hits
+    labels = component_labels(len(keys), in_chunks(a[keep], hits[keep].astype(np.int64)))
+    return dict(zip(keys, np.asarray(labels).tolist())), {"seconds": round(time.perf_counter() - started, 1)}
 
 
 def run_dedup(shards: Path, run_dir: Path, config: str, overrides: list[str]) -> dict:
@@ -166,6 +203,8 @@ def main() -> None:
     parser.add_argument("--config", default="offline")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", help="Run folder name (default: from the config and overrides).")
+    parser.add_argument("--peer", choices=["pdq", "pdq-dihedral"], help="Measure this peer instead of dedup run.")
+    parser.add_argument("--radius", type=int, default=31, help="The peer's Hamming radius (PDQ's usual: 31).")
     args = parser.parse_args()
 
     data = args.work / f"{args.split}-{args.sources}-{args.distractors}"
@@ -174,6 +213,18 @@ def main() -> None:
         if (data / "truth.json").exists()
         else build(data, args.split, args.sources, args.distractors)
     )
+    if args.peer:
+        groups, cost = pdq_groups(data, truth, args.radius, dihedral=args.peer == "pdq-dihedral")
+        result = {
+            "split": args.split,
+            "peer": args.peer,
+            "radius": args.radius,
+            **score(groups, truth),
+            **cost,
+            "images_per_second": round(len(truth) / cost["seconds"], 1),
+        }
+        print(json.dumps(result))
+        return
     name = args.name or "-".join([args.config, *args.overrides]).replace("/", "_").replace("=", "_")
     run_dir = args.work / "runs" / f"{args.split}-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -182,7 +233,7 @@ def main() -> None:
         "split": args.split,
         "config": args.config,
         "overrides": args.overrides,
-        **score(run_dir / "groups.parquet", truth),
+        **score(found_groups(run_dir), truth),
         **cost,
         "images_per_second": round(len(truth) / cost["seconds"], 1),
     }
