@@ -7,11 +7,12 @@ faiss, which `dedup write` should not pay for)."""
 from __future__ import annotations
 
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from dedup.errors import InputError
-from dedup.io.atomic import read_parquet
+
+if TYPE_CHECKING:  # the paths need no pyarrow: `dedup --help` should not import it
+    import pyarrow as pa
 
 
 class RunFolder:
@@ -123,6 +124,8 @@ class RunFolder:
 
 
 def read_stage_table(path: Path, stage: str, columns: list[str] | None = None) -> pa.Table:
+    from dedup.io.atomic import read_parquet
+
     if not path.exists():
         raise InputError(f"{path} does not exist; run `dedup {stage}` first")
     return read_parquet(path, columns)
