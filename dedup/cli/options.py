@@ -33,7 +33,7 @@ from dedup.settings import (
     load_settings,
 )
 from dedup.settings.base import help_of
-from dedup.settings.loading import _optional
+from dedup.settings.loading import unwrap_optional
 
 STATE: dict = {"reporter": Reporter()}
 SECTIONS: dict[str, type] = {
@@ -115,7 +115,7 @@ def _option(spec: str) -> tuple[str, inspect.Parameter, list[tuple[str, str]]]:
     targets = [tuple(target.split(".", 1)) for target in fields.split("+")]
     section, name = targets[0]
     cls = SECTIONS[section]
-    hint, optional = _optional(typing.get_type_hints(cls)[name])
+    hint, optional = unwrap_optional(typing.get_type_hints(cls)[name])
     flag = flag or "--" + name.replace("_", "-")
     text = "; ".join(
         f"{section}: " * (len(targets) > 1) + _described(SECTIONS[section], name) for section, name in targets

@@ -23,7 +23,8 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _optional(hint: Any) -> tuple[Any, bool]:
+def unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """(T, True) for `T | None`, else (hint, False)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
         rest = [a for a in typing.get_args(hint) if a is not type(None)]
         return (rest[0] if len(rest) == 1 else hint), True
@@ -32,7 +33,7 @@ def _optional(hint: Any) -> tuple[Any, bool]:
 
 def convert(hint: Any, value: Any, key: str, origin: str) -> Any:
     """`value` as the annotated type `hint`; 'off', 'none' or 'false' turn an optional setting off."""
-    hint, optional = _optional(hint)
+    hint, optional = unwrap_optional(hint)
     if optional and (value is None or (isinstance(value, str) and value.lower() in OFF_VALUES)):
         return None
     if dataclasses.is_dataclass(hint):
