@@ -28,6 +28,7 @@ class DecodedImage:
     phash: int  # unsigned 64-bit
     width: int
     height: int
+    pdq: np.ndarray  # uint8 (8, 32): PDQ's 256 bits of the image and of its seven flips and quarter turns
 
 
 def find_image_field(files: dict[str, bytes]) -> str:
@@ -70,12 +71,22 @@ def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> Dec
         phash=perceptual_hash(image),
         width=width,
         height=height,
+        pdq=pdq_hashes(image),
     )
 
 
 def perceptual_hash(image: Image.Image) -> int:
     bits = imagehash.phash(image, hash_size=8).hash.flatten()
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
+
+
+def pdq_hashes(image: Image.Image) -> np.ndarray:
+    """PDQ (Meta's 256-bit perceptual hash, via pdqhash) of the image and of its dihedral variants, the image's
+    own first: a flipped or quarter-turned copy matches one of them."""
+    import pdqhash
+
+    hashes, _ = pdqhash.compute_dihedral(np.asarray(image))
+    return np.packbits(np.stack(hashes).astype(np.uint8), axis=1)
 
 
 def caption_of(files: dict[str, bytes]) -> str:

@@ -50,6 +50,7 @@ class LoadedStore:
     embeddings: np.ndarray  # float32 (rows, dim); a RowStack, read like one, when the store exceeds memory
     failures: pa.Table
     spec: dict
+    pdq: np.ndarray | None = None  # uint8 (rows, 8, 32) where every part has PDQ hashes (stores of dedup >= 0.1)
 
 
 class EmbeddingStore:
@@ -77,6 +78,10 @@ class EmbeddingStore:
         end -1 where a folder entry interrupts it): `write` copies these ranges without scanning the shard."""
         return self.root / "spans" / f"spans_{part}.npy"
 
+    def pdq_path(self, part: int) -> Path:
+        """uint8 (rows, 8, 32): each embedded sample's PDQ hash and its dihedral variants."""
+        return self.root / "pdq" / f"pdq_{part}.npy"
+
     @property
     def spec_path(self) -> Path:
         return self.root / "embed.json"
@@ -91,9 +96,12 @@ class EmbeddingStore:
         stats: dict,
         text_embeddings: np.ndarray | None = None,
         spans: np.ndarray | None = None,
+        pdq: np.ndarray | None = None,
     ) -> None:
         """Write one part; the stats file goes last, so its presence means the part is complete."""
         write_npy(self.emb_path(part), np.ascontiguousarray(embeddings, dtype=np.float32))
+        if pdq is not None:
+            write_npy(self.pdq_path(part), pdq)
         if spans is not None:
             write_npy(self.spans_path(part), spans)
         if text_embeddings is not None:
@@ -151,6 +159,8 @@ class EmbeddingStore:
             arrays.append(array)
             if self.failures_path(part).exists():
                 failures.append(read_parquet(self.failures_path(part)).cast(FAILURE_SCHEMA))
+        pdq_files = [self.pdq_path(part) for part in parts]
+        pdq = np.concatenate([np.load(path) for path in pdq_files]) if all(p.exists() for p in pdq_files) else None
         stack = RowStack(arrays)
         fits = max_in_memory_bytes is None or stack.shape[0] * stack.shape[1] * 4 <= max_in_memory_bytes
         embeddings = stack.in_memory() if fits else cast(np.ndarray, stack)  # reads rows as an array does
@@ -159,6 +169,7 @@ class EmbeddingStore:
             embeddings=embeddings,
             failures=pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table(),
             spec=spec,
+            pdq=pdq,
         )
 
 

@@ -81,6 +81,36 @@ def phash_pairs(phash: np.ndarray, radius: int, present: np.ndarray) -> tuple[np
     return _ordered_unique(valid[q], valid[r])
 
 
+def pdq_matches(variants: np.ndarray, indexed: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (query row, indexed row) where one of the query's PDQ variants (rows, 8, 32 bytes) lies within
+    `radius` bits of the indexed row's own hash (rows, 32 bytes). Exact: the 256 bits are cut into chunks
+    and each query also probes the buckets one flipped bit away, so a hash within `radius` of another shares
+    a chunk up to one bit (pigeonhole) as long as radius < 2 x chunks."""
+    if len(variants) == 0 or len(indexed) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    chunks = 16 if radius < 32 else 32
+    index = faiss.IndexBinaryMultiHash(256, chunks, 256 // chunks)
+    index.nflip = 1
+    index.add(np.ascontiguousarray(indexed, dtype=np.uint8))
+    per_query = variants.shape[1]
+    flat = np.ascontiguousarray(variants.reshape(-1, 32), dtype=np.uint8)
+    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start in range(0, len(flat), QUERY_BATCH):
+        lims, _, found = index.range_search(flat[start : start + QUERY_BATCH], radius + 1)
+        rows = np.arange(start, start + len(lims) - 1) // per_query
+        q_parts.append(np.repeat(rows, np.diff(lims).astype(np.int64)))
+        r_parts.append(found.astype(np.int64))
+    q, r = np.concatenate(q_parts), np.concatenate(r_parts)
+    packed = np.unique(q * (1 << 32) + r)  # a pair found through several variants once
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
+def pdq_pairs(pdq: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs within `radius` bits among rows of one set, either member's variants against the other's hash."""
+    q, r = pdq_matches(pdq, pdq[:, 0], radius)
+    return _ordered_unique(q, r)
+
+
 @dataclass
 class IndexChoice:
     kind: str  # flat | partitioned | ivf

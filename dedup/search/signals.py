@@ -17,7 +17,13 @@ import pyarrow as pa
 from dedup.search import matching
 from dedup.settings import FindSettings
 
-SIGNALS = ("exact", "phash", "embedding", "embedding+phash")  # in order of strength: a pair is labelled by the first
+SIGNALS = (
+    "exact",
+    "phash",
+    "pdq",
+    "embedding",
+    "embedding+phash",
+)  # in order of strength: a pair is labelled by the first
 
 
 @dataclass
@@ -28,12 +34,13 @@ class Samples:
     phash: np.ndarray  # uint64
     phash_present: np.ndarray  # bool: clip-retrieval metadata has no perceptual hashes
     embeddings: np.ndarray  # float32 (rows, dim), or a RowStack read like one
+    pdq: np.ndarray | None = None  # uint8 (rows, 8, 32): PDQ of each image and its variants; None in older stores
 
     @classmethod
-    def of(cls, metadata: pa.Table, embeddings: np.ndarray) -> Samples:
+    def of(cls, metadata: pa.Table, embeddings: np.ndarray, pdq: np.ndarray | None = None) -> Samples:
         phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
         present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
-        return cls(np.asarray(metadata["sha256"].to_pylist(), dtype=object), phash, present, embeddings)
+        return cls(np.asarray(metadata["sha256"].to_pylist(), dtype=object), phash, present, embeddings, pdq)
 
 
 @dataclass
@@ -103,6 +110,13 @@ def signal_pairs(
             q, i = matching.phash_matches(queries.phash[q_rows], other.phash[i_rows], settings.phash_radius)
             found.pairs["phash"] = (q_rows[q], i_rows[i])
         found.timings_s["phash"] = time.perf_counter() - started
+    if settings.pdq_radius is not None and queries.pdq is not None and other.pdq is not None:
+        started = time.perf_counter()
+        if same:
+            found.pairs["pdq"] = matching.pdq_pairs(queries.pdq, settings.pdq_radius)
+        else:
+            found.pairs["pdq"] = matching.pdq_matches(queries.pdq, other.pdq[:, 0], settings.pdq_radius)
+        found.timings_s["pdq"] = time.perf_counter() - started
     threshold = settings.search_threshold()
     if threshold is not None and (len(queries.embeddings) > 1 or not same):
         started = time.perf_counter()

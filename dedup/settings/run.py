@@ -9,7 +9,10 @@ from dedup.errors import SettingsError
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES
 from dedup.settings.base import positive, setting
 
-EMBEDDERS = ("clip", "pixels", "model")  # dedup/embedders/ builds each
+EMBEDDERS = ("clip", "pixels", "model")
+PDQ_MAX_RADIUS = (
+    63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)  # dedup/embedders/ builds each
+)
 
 
 @dataclass
@@ -57,6 +60,11 @@ class EmbedSettings:
 class FindSettings:
     exact: bool = setting(True, "Group identical image bytes.")
     phash_radius: int | None = setting(4, "Hamming radius on the 64-bit perceptual hash, or 'off'.")
+    pdq_radius: int | None = setting(
+        None,
+        "Hamming radius on the 256-bit PDQ hash, against the image's flips and quarter turns too; 'off' "
+        "(PDQ's own threshold is 31).",
+    )
     threshold: float | None = setting(
         0.95, "Cosine similarity at or above which two embeddings are duplicates, or 'off'."
     )
@@ -94,6 +102,8 @@ class FindSettings:
             raise SettingsError(f"corroborate_radius must be between 0 and 32 bits, got {self.corroborate_radius}")
         if self.phash_radius is not None and not 0 <= self.phash_radius <= 32:
             raise SettingsError(f"phash_radius must be between 0 and 32 bits, got {self.phash_radius}")
+        if self.pdq_radius is not None and not 0 <= self.pdq_radius <= PDQ_MAX_RADIUS:
+            raise SettingsError(f"pdq_radius must be between 0 and {PDQ_MAX_RADIUS} bits, got {self.pdq_radius}")
         if self.index not in ("auto", "flat", "partitioned", "ivf"):
             raise SettingsError(f"index must be auto, flat, partitioned or ivf, got {self.index!r}")
         positive(
@@ -107,12 +117,13 @@ class FindSettings:
         if self.boundary < 0:
             raise SettingsError(f"boundary must be >= 0 (0: no comparison across partitions), got {self.boundary}")
         if not (
-            self.exact
+            self.pdq_radius is not None
+            or self.exact
             or self.phash_radius is not None
             or self.threshold is not None
             or self.corroborate_threshold is not None
         ):
-            raise SettingsError("every signal is off: enable exact, phash_radius or threshold")
+            raise SettingsError("every signal is off: enable exact, phash_radius, pdq_radius or threshold")
 
 
 @dataclass

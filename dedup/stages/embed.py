@@ -61,6 +61,7 @@ class _PartBuilder:
         self.text_vectors: list[np.ndarray] = []
         self.failures: dict[str, list] = {name: [] for name in FAILURE_SCHEMA.names}
         self.shard_faults: list[str] = []
+        self.pdq: list[np.ndarray] = []
         self.spans: list[tuple[int, int, int, int]] = []  # (sample index, start, end, payload) of each embedded sample
 
     def on_fault(self, fault: Fault) -> None:
@@ -100,6 +101,7 @@ class _PartBuilder:
             )
             for name, value in zip(METADATA_SCHEMA.names, values):
                 self.rows[name].append(value)
+            self.pdq.append(image.pdq)
             self.spans.append(
                 (sample.index, *(sample.span or (-1, -1)), sum(len(data) for data in sample.files.values()))
             )
@@ -156,7 +158,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     }
     # where each sample lies in a plain local tar, so write copies byte ranges without scanning the shard
     spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
-    store.write_part(part, vectors, metadata, failures, stats, text, spans)
+    pdq = np.stack(builder.pdq) if builder.pdq else np.zeros((0, 8, 32), np.uint8)
+    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq)
     return stats
 
 

@@ -67,7 +67,9 @@ def purge(
             f"({reference.spec.get('embedder')}) were made differently; embed both with the same embedder"
         )
     best, similarity, code = best_reference(
-        Samples.of(train.metadata, train.embeddings), Samples.of(reference.metadata, reference.embeddings), settings
+        Samples.of(train.metadata, train.embeddings, train.pdq),
+        Samples.of(reference.metadata, reference.embeddings, reference.pdq),
+        settings,
     )
 
     manifest = base_manifest(run_dir, train)
