@@ -215,29 +215,15 @@ def main() -> None:
     )
     if args.peer:
         groups, cost = pdq_groups(data, truth, args.radius, dihedral=args.peer == "pdq-dihedral")
-        result = {
-            "split": args.split,
-            "peer": args.peer,
-            "radius": args.radius,
-            **score(groups, truth),
-            **cost,
-            "images_per_second": round(len(truth) / cost["seconds"], 1),
-        }
-        print(json.dumps(result))
-        return
-    name = args.name or "-".join([args.config, *args.overrides]).replace("/", "_").replace("=", "_")
-    run_dir = args.work / "runs" / f"{args.split}-{name}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cost = run_dedup(data, run_dir, args.config, args.overrides)
-    result = {
-        "split": args.split,
-        "config": args.config,
-        "overrides": args.overrides,
-        **score(found_groups(run_dir), truth),
-        **cost,
-        "images_per_second": round(len(truth) / cost["seconds"], 1),
-    }
-    print(json.dumps(result))
+        what = {"peer": args.peer, "radius": args.radius}
+    else:
+        name = args.name or "-".join([args.config, *args.overrides]).replace("/", "_").replace("=", "_")
+        run_dir = args.work / "runs" / f"{args.split}-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cost = run_dedup(data, run_dir, args.config, args.overrides)
+        groups, what = found_groups(run_dir), {"config": args.config, "overrides": args.overrides}
+    rate = {"images_per_second": round(len(truth) / cost["seconds"], 1)}
+    print(json.dumps({"split": args.split, **what, **score(groups, truth), **cost, **rate}))
 
 
 if __name__ == "__main__":
