@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -130,7 +131,7 @@ def _called_outside_main_guard(main, script: str) -> bool:
     if frame is None:  # not called from the script's top level (a thread, a callback): nothing re-runs
         return False
     try:
-        tree = ast.parse(open(script, "rb").read())
+        tree = ast.parse(Path(script).read_bytes())
     except (OSError, SyntaxError, ValueError):
         return True
     return not any(

@@ -83,7 +83,8 @@ def record_outputs(folder: RunFolder, plan: list[list[InputSlice]], shard_stats:
     # the plan is in input order, so the packed (input shard, sample index) of its samples ascend
     planned = np.concatenate([np.zeros(0, np.int64), *((np.int64(p.part) << 32) | p.indexes for _, p in pieces)])
     number = np.concatenate([np.zeros(0, np.int64), *(np.full(len(p.indexes), n) for n, p in pieces)])
-    rows = (manifest["shard_index"].to_numpy().astype(np.int64) << 32) | manifest["sample_index"].to_numpy()
+    index = manifest["sample_index"].fill_null(-1).to_numpy().astype(np.int64)  # -1: a fault with no place
+    rows = (manifest["shard_index"].fill_null(-1).to_numpy().astype(np.int64) << 32) | index
     at = np.minimum(np.searchsorted(planned, rows), max(len(planned) - 1, 0))
     written = planned[at] == rows if len(planned) else np.zeros(len(rows), bool)
     names = pa.array([shard_name(prefix, n) for n in range(len(plan))] or [""], pa.string())
