@@ -40,6 +40,7 @@ EMBED_OPTIONS = (
 FIND_OPTIONS = (
     "find.threshold",
     "find.phash_radius",
+    "find.pdq_radius",
     "find.exact",
     "find.index",
     "find.nprobe",
