@@ -50,7 +50,6 @@ class LoadedStore:
     embeddings: np.ndarray  # float32 (rows, dim); a RowStack, read like one, when the store exceeds memory
     failures: pa.Table
     spec: dict
-    pdq: np.ndarray | None = None  # uint8 (rows, 8, 32) where every part has PDQ hashes (stores of dedup >= 0.1)
 
 
 class EmbeddingStore:
@@ -159,8 +158,6 @@ class EmbeddingStore:
             arrays.append(array)
             if self.failures_path(part).exists():
                 failures.append(read_parquet(self.failures_path(part)).cast(FAILURE_SCHEMA))
-        pdq_files = [self.pdq_path(part) for part in parts]
-        pdq = np.concatenate([np.load(path) for path in pdq_files]) if all(p.exists() for p in pdq_files) else None
         stack = RowStack(arrays)
         fits = max_in_memory_bytes is None or stack.shape[0] * stack.shape[1] * 4 <= max_in_memory_bytes
         embeddings = stack.in_memory() if fits else cast(np.ndarray, stack)  # reads rows as an array does
@@ -169,8 +166,15 @@ class EmbeddingStore:
             embeddings=embeddings,
             failures=pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table(),
             spec=spec,
-            pdq=pdq,
         )
+
+    def pdq_hashes(self) -> np.ndarray | None:
+        """uint8 (rows, 8, 32), in the rows' order of `load`, where every part has PDQ hashes; None otherwise
+        (stores of older runs, clip-retrieval's). Read only by a search that uses them."""
+        files = [self.pdq_path(part) for part in self.parts()]
+        if not files or not all(path.exists() for path in files):
+            return None
+        return np.concatenate([np.load(path) for path in files])
 
 
 class RowStack:

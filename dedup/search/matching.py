@@ -56,6 +56,16 @@ def hamming(phash: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return hamming_between(phash[a], phash[b])
 
 
+def binary_range_search(index, codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """(code row, indexed row) for every indexed code within `radius` bits of a code, in query batches."""
+    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start in range(0, len(codes), QUERY_BATCH):
+        lims, _, found = index.range_search(codes[start : start + QUERY_BATCH], radius + 1)  # keeps < radius + 1
+        q_parts.append(np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64)))
+        r_parts.append(found.astype(np.int64))
+    return np.concatenate(q_parts), np.concatenate(r_parts)
+
+
 def phash_matches(queries: np.ndarray, indexed: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """All (query row, indexed row) with Hamming distance <= radius."""
     if len(queries) == 0 or len(indexed) == 0:
@@ -63,13 +73,7 @@ def phash_matches(queries: np.ndarray, indexed: np.ndarray, radius: int) -> tupl
     blocks = radius + 1
     index = faiss.IndexBinaryMultiHash(64, blocks, 64 // blocks)
     index.add(hashes_to_bytes(indexed))
-    codes = hashes_to_bytes(queries)
-    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for start in range(0, len(codes), QUERY_BATCH):
-        lims, _, found = index.range_search(codes[start : start + QUERY_BATCH], radius + 1)
-        q_parts.append(np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64)))
-        r_parts.append(found.astype(np.int64))
-    q, r = np.concatenate(q_parts), np.concatenate(r_parts)
+    q, r = binary_range_search(index, hashes_to_bytes(queries), radius)
     within = hamming_between(queries[q], indexed[r]) <= radius
     return q[within], r[within]
 
@@ -92,16 +96,8 @@ def pdq_matches(variants: np.ndarray, indexed: np.ndarray, radius: int) -> tuple
     index = faiss.IndexBinaryMultiHash(256, chunks, 256 // chunks)
     index.nflip = 1
     index.add(np.ascontiguousarray(indexed, dtype=np.uint8))
-    per_query = variants.shape[1]
-    flat = np.ascontiguousarray(variants.reshape(-1, 32), dtype=np.uint8)
-    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for start in range(0, len(flat), QUERY_BATCH):
-        lims, _, found = index.range_search(flat[start : start + QUERY_BATCH], radius + 1)
-        rows = np.arange(start, start + len(lims) - 1) // per_query
-        q_parts.append(np.repeat(rows, np.diff(lims).astype(np.int64)))
-        r_parts.append(found.astype(np.int64))
-    q, r = np.concatenate(q_parts), np.concatenate(r_parts)
-    packed = np.unique(q * (1 << 32) + r)  # a pair found through several variants once
+    variant, r = binary_range_search(index, np.ascontiguousarray(variants.reshape(-1, 32), dtype=np.uint8), radius)
+    packed = np.unique(variant // variants.shape[1] * (1 << 32) + r)  # a pair found through several variants once
     return packed >> 32, packed & 0xFFFFFFFF
 
 

@@ -93,7 +93,8 @@ def find(
         reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
-    samples = Samples.of(metadata, embeddings, data.pdq)
+    pdq = EmbeddingStore(store_dir).pdq_hashes() if settings.pdq_radius is not None else None
+    samples = Samples.of(metadata, embeddings, pdq)
     units = find_units.EngineUnits(store_dir, run_dir, engine, reporter, embeddings) if engine is not None else None
     try:
         searching = settings.search_threshold() is not None and rows > 1
