@@ -4,6 +4,7 @@ mirrored copy is found; the search is exact (checked against brute force)."""
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import numpy as np
@@ -77,3 +78,35 @@ def test_pdq_finds_mirrored_copies_of_real_photos_and_merges_nothing_else(tmp_pa
     assert sizes.max() <= 3  # a photo and its two copies: no unrelated photo merged
     signals = pq.read_table(tmp_path / "with" / "pairs.parquet", columns=["signal"])["signal"].to_pylist()
     assert set(signals) == {"pdq"}
+
+
+def test_purge_finds_mirrored_copies_of_reference_photos(tmp_path, shared):
+    pairs, shard = _mirrored_copies(tmp_path, 30)
+    copies = tmp_path / "copies.tar"  # the flipped copies alone, as a training set
+    with tarfile.open(shard) as archive:
+        copies.write_bytes(
+            tar_bytes(
+                [
+                    (m.name, archive.extractfile(m).read())
+                    for m in archive
+                    if m.name.endswith(("-mirror.jpg", "-upside.jpg"))
+                ]
+            )
+        )
+    signals = ["--set", "find.threshold=off", "--set", "find.corroborate_threshold=off"]
+    run_cli(
+        "purge",
+        copies,
+        "--against",
+        FLICKR / "flickr8k-224-00007.tar",
+        "--config",
+        "offline",
+        "--run-dir",
+        tmp_path / "run",
+        "--no-write",
+        *signals,
+        "--set",
+        "find.pdq_radius=31",
+    )
+    matched = json.loads((tmp_path / "run" / "purge.json").read_text())["matched_by_signal"]
+    assert matched["pdq"] >= 0.95 * len(pairs) and matched["phash"] == 0
