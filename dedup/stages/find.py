@@ -94,6 +94,11 @@ def find(
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
     pdq = EmbeddingStore(store_dir).pdq_hashes() if settings.pdq_radius is not None else None
+    if settings.pdq_radius is not None and pdq is None:
+        reporter.info(
+            f"find: pdq_radius is set, but {store_dir} holds no PDQ hashes (embedded by an older dedup, "
+            "or clip-retrieval's): the pdq signal is skipped; embed again into a new folder to use it"
+        )
     samples = Samples.of(metadata, embeddings, pdq)
     units = find_units.EngineUnits(store_dir, run_dir, engine, reporter, embeddings) if engine is not None else None
     try:
