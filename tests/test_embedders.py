@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FLICKR, run_cli
+from conftest import FLICKR, jpeg_bytes, run_cli, tar_bytes
 
 from dedup.embedders import build_embedder
 from dedup.errors import ModelUnavailableError, SettingsError
@@ -178,6 +178,58 @@ def test_exported_model_torchscript_and_onnx_agree(tmp_path):
     assert np.allclose(np.linalg.norm(results[0], axis=1), 1.0, atol=1e-5)
     with pytest.raises(ModelUnavailableError):
         build_embedder("model", model_path=str(tmp_path / "nothing.onnx"))
+
+
+class RawPixelEncoder(torch.nn.Module):
+    """As SSCD's uint8 exports: NHWC uint8 in, ImageNet normalisation inside."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        pixels = x.permute(0, 3, 1, 2).float() / 255.0
+        return self.encoder((pixels - self.mean) / self.std)
+
+
+def test_exported_model_with_uint8_nhwc_input_gets_raw_pixels(tmp_path):
+    torch.manual_seed(0)
+    encoder = TinyEncoder().eval()
+    float_path, raw_path = tmp_path / "float.pt", tmp_path / "raw.onnx"
+    torch.jit.trace(encoder, torch.zeros(1, 3, 96, 96)).save(str(float_path))
+    torch.onnx.export(
+        RawPixelEncoder(encoder).eval(),
+        torch.zeros(1, 96, 96, 3, dtype=torch.uint8),
+        str(raw_path),
+        input_names=["image"],
+        dynamic_axes={"image": {0: "batch"}},
+        dynamo=False,
+    )
+    images = some_images(3)
+    float_model = build_embedder("model", model_path=str(float_path), input_size=96)
+    raw_model = build_embedder("model", model_path=str(raw_path), input_size=96)
+    assert (float_model.spec()["layout"], raw_model.spec()["layout"]) == ("nchw-float", "nhwc-uint8")
+    assert raw_model.prepare(images[0]).dtype == np.uint8
+    vectors = [m.embed([m.prepare(image) for image in images]) for m in (float_model, raw_model)]
+    assert np.allclose(vectors[0], vectors[1], atol=1e-4)
+
+
+def test_exported_model_of_the_wrong_shape_stops_with_exit_4(tmp_path):
+    feature_map = torch.nn.Conv2d(3, 8, 3).eval()  # returns (batch, 8, h, w), not (batch, dim)
+    path = tmp_path / "feature-map.pt"
+    torch.jit.trace(feature_map, torch.zeros(1, 3, 32, 32)).save(str(path))
+    (tmp_path / "garbage.onnx").write_bytes(b"not a model")
+    shard = tmp_path / "in.tar"
+    shard.write_bytes(tar_bytes([("a.jpg", jpeg_bytes())]))
+    for model, expected in ((path, "returns shape (1, 8, 30, 30)"), (tmp_path / "garbage.onnx", "not a loadable ONNX")):
+        result = run_cli(
+            "embed", shard, "--run-dir", tmp_path / "run", "--embedder", "model", "--model-path", model,
+            "--input-size", "32", check=False,
+        )  # fmt: skip
+        assert result.returncode == 4, result.stderr
+        assert expected in " ".join(result.stderr.split())
 
 
 def test_pixels_embedder_is_brightness_invariant():

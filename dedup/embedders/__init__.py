@@ -32,6 +32,10 @@ def embedder_from(settings: EmbedSettings) -> Embedder:
             text=settings.text,
             runtime=settings.runtime,
         )
+    if settings.embedder == "copydetect":
+        from dedup.embedders.copydetect import CopyDetectEmbedder
+
+        return CopyDetectEmbedder(weights=settings.model_path)
     if settings.embedder == "model":
         from dedup.embedders.model import ExportedModelEmbedder
 

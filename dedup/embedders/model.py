@@ -1,4 +1,6 @@
-"""Any image encoder exported to ONNX or TorchScript (for example SSCD, the copy-detection model)."""
+"""Any image encoder exported to ONNX or TorchScript, for example SSCD, Meta's copy-detection model: its published
+TorchScript files take NCHW float images normalised with ImageNet's mean and std; ONNX exports that take uint8
+NHWC images and normalise inside are recognised from the graph's input and fed raw pixels."""
 
 from __future__ import annotations
 
@@ -38,11 +40,19 @@ class ExportedModelEmbedder(Embedder):
         self.mean = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
         self.format = "onnx" if path.endswith(".onnx") else "torchscript"
+        self.layout = "nchw-float"
         self._run = self._load_onnx() if self.format == "onnx" else self._load_torchscript()
-        probe = self._run(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
-        if probe.ndim != 2:
-            raise SettingsError(
-                f"model {path!r} returns shape {tuple(probe.shape)}; an image encoder must return (batch, dim)"
+        try:
+            probe = self._run(np.stack([self.prepare(Image.new("RGB", (self.input_size, self.input_size)))]))
+        except Exception as error:  # the runtime's own error types: the model does not take this input
+            raise ModelUnavailableError(
+                f"model {path!r} fails on a {self.input_size}x{self.input_size} image ({type(error).__name__}: "
+                f"{error}); check --input-size and that the file is an image encoder"
+            ) from error
+        if probe.ndim != 2 or probe.shape[1] < 1:
+            raise ModelUnavailableError(
+                f"model {path!r} returns shape {tuple(probe.shape)} for one image; an image encoder must return "
+                "(batch, dim): export the encoder's embedding output, not a feature map or logits of another shape"
             )
         self.dim = int(probe.shape[1])
 
@@ -51,9 +61,16 @@ class ExportedModelEmbedder(Embedder):
             import onnxruntime
         except ImportError as error:
             raise SettingsError("ONNX models need onnxruntime: pip install 'dedup[onnx]'") from error
-        session = onnxruntime.InferenceSession(self.path, providers=onnxruntime.get_available_providers())
-        input_name = session.get_inputs()[0].name
-        return lambda batch: np.asarray(session.run(None, {input_name: batch})[0])
+        try:
+            session = onnxruntime.InferenceSession(self.path, providers=onnxruntime.get_available_providers())
+        except Exception as error:  # onnxruntime raises its own exception types for a bad file
+            raise ModelUnavailableError(
+                f"{self.path!r} is not a loadable ONNX model ({error}); export the encoder again and give its path"
+            ) from error
+        graph_input = session.get_inputs()[0]
+        if graph_input.type == "tensor(uint8)" and len(graph_input.shape) == 4 and graph_input.shape[-1] == 3:
+            self.layout = "nhwc-uint8"  # the graph normalises inside
+        return lambda batch: np.asarray(session.run(None, {graph_input.name: batch})[0])
 
     def _load_torchscript(self):
         import torch
@@ -80,6 +97,7 @@ class ExportedModelEmbedder(Embedder):
             "mean": self.mean.ravel().tolist(),
             "std": self.std.ravel().tolist(),
             "resize_mode": self.resize_mode,
+            "layout": self.layout,
             "dim": self.dim,
         }
 
@@ -95,10 +113,13 @@ class ExportedModelEmbedder(Embedder):
             image = image.crop((left, top, left + size, top + size))
         else:
             image = image.resize((size, size), Image.Resampling.BICUBIC)
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        if self.layout == "nhwc-uint8":
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
         return (pixels - self.mean) / self.std
 
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalize(self._run(np.stack(prepared).astype(np.float32)))
+        batch = np.stack(prepared)
+        return l2_normalize(self._run(batch if self.layout == "nhwc-uint8" else batch.astype(np.float32)))

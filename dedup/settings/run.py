@@ -9,15 +9,13 @@ from dedup.errors import SettingsError
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES
 from dedup.settings.base import positive, setting
 
-EMBEDDERS = ("clip", "pixels", "model")
-PDQ_MAX_RADIUS = (
-    63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)  # dedup/embedders/ builds each
-)
+EMBEDDERS = ("copydetect", "clip", "pixels", "model")
+PDQ_MAX_RADIUS = 63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)
 
 
 @dataclass
 class EmbedSettings:
-    embedder: str = setting("clip", "clip | pixels | model")
+    embedder: str = setting("clip", "copydetect | clip | pixels | model")
     model: str = setting("ViT-B-32", "open_clip architecture, e.g. ViT-B-32.")
     pretrained: str | None = setting("laion2b_s34b_b79k", "open_clip pretrained tag or a local checkpoint path.")
     model_config: str | None = setting(None, "open_clip model config JSON for an architecture it does not ship.")
@@ -28,7 +26,9 @@ class EmbedSettings:
     )
     text: bool = setting(False, "Also embed captions (txt_emb/), clip only.")
     pixel_size: int = setting(16, "Side of the thumbnail (embedder pixels).")
-    model_path: str | None = setting(None, "ONNX or TorchScript encoder (embedder model).")
+    model_path: str | None = setting(
+        None, "ONNX or TorchScript encoder (embedder model); other copydetect weights (embedder copydetect)."
+    )
     input_size: int = setting(224, "Input size of the exported model.")
     mean: list[float] | None = setting(None, "Normalisation mean of the exported model (default ImageNet's).")
     std: list[float] | None = setting(None, "Normalisation std of the exported model (default ImageNet's).")
