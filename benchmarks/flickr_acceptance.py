@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--sources", type=int, default=200)
     parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Config overrides, as dedup's.")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -50,6 +51,7 @@ def main() -> None:
             args.config,
             "--run-dir",
             str(run_dir),
+            *(part for override in args.overrides for part in ("--set", override)),
         ],
         check=True,
     )

@@ -55,20 +55,22 @@ def low_detail_images(seed: int = 0) -> list[tuple[str, Image.Image]]:
     """(name, image) of distinct low-detail images: 60 numbers, 40 words, 10 small digits, 36 icons."""
     rng = random.Random(seed)
     images: list[tuple[str, Image.Image]] = []
+    number_size = rng.randint(30, 40)
     for number in rng.sample(range(10, 10_000), 60):
-        images.append((f"number-{number}", _text(str(number), (128, 64), 36, (255, 255, 255), (0, 0, 0))))
+        images.append((f"number-{number}", _text(str(number), (128, 64), number_size, (255, 255, 255), (0, 0, 0))))
     words = ["SALE", "NEW", "FREE", "OPEN", "STOP", "HELLO", "LOGIN", "MENU", "HOME", "SHOP", "BUY NOW", "50% OFF",
              "CLOSED", "EXIT", "INFO", "HELP", "SEARCH", "CART", "BACK", "NEXT", "SIGN UP", "ABOUT", "BLOG", "NEWS",
              "LIVE", "HOT", "TOP 10", "BEST", "DEAL", "GIFT", "SAVE", "JOIN", "PLAY", "WIN", "DOWNLOAD", "CONTACT",
              "FAQ", "SUPPORT", "LOGOUT", "SETTINGS"]  # fmt: skip
+    word_size, digit_size, icon_side = rng.randint(24, 32), rng.randint(18, 24), rng.randint(64, 128)
     for index, word in enumerate(words):
-        background, ink = BACKGROUNDS[index % len(BACKGROUNDS)], COLOURS[index % len(COLOURS)]
-        images.append((f"word-{index}", _text(word, (160, 64), 28, background, ink)))
+        background, ink = rng.choice(BACKGROUNDS), rng.choice(COLOURS)
+        images.append((f"word-{index}", _text(word, (160, 64), word_size, background, ink)))
     for digit in range(10):
-        images.append((f"digit-{digit}", _text(str(digit), (28, 28), 22, (0, 0, 0), (255, 255, 255)).convert("L")))
+        images.append((f"digit-{digit}", _text(str(digit), (28, 28), digit_size, (0, 0, 0), (255, 255, 255)).convert("L")))
     for shape in SHAPES:
         for colour_index, colour in enumerate(COLOURS):
-            images.append((f"icon-{shape}-{colour_index}", _icon(shape, colour, (255, 255, 255))))
+            images.append((f"icon-{shape}-{colour_index}", _icon(shape, colour, (255, 255, 255), icon_side)))
     return images
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from dedup.errors import ModelUnavailableError
 
 SHIPPED_WEIGHTS = "copydetect-lite0.pt"
+TRUNK_CHANNELS = 1280  # EfficientNet-Lite0's head
 TRAINED_PREFIXES = ("trunk.blocks.5.", "trunk.blocks.6.", "trunk.conv_head.", "trunk.bn2.", "pool.", "projection.")
 
 
@@ -52,7 +53,7 @@ class CopyDetector(nn.Module):
         self.config = config
         self.trunk = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
         self.pool = GeM(config.gem_p)
-        self.projection = nn.Linear(int(self.trunk.num_features), config.dim)
+        self.projection = nn.Linear(TRUNK_CHANNELS, config.dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(self.pool(self.trunk(images))), dim=1)

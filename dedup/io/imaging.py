@@ -12,6 +12,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+THUMB_SIDE = 16
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -29,6 +31,7 @@ class DecodedImage:
     width: int
     height: int
     pdq: np.ndarray  # uint8 (8, 32): PDQ's 256 bits of the image and of its seven flips and quarter turns
+    thumb: np.ndarray  # uint8 (16, 16, 3): what the low-detail check compares (search/low_detail.py)
 
 
 def find_image_field(files: dict[str, bytes]) -> str:
@@ -72,7 +75,13 @@ def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> Dec
         width=width,
         height=height,
         pdq=pdq_hashes(image),
+        thumb=thumbnail(image),
     )
+
+
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """uint8 (16, 16, 3): the image averaged down (box filter), what the low-detail check compares."""
+    return np.asarray(image.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
 
 
 def perceptual_hash(image: Image.Image) -> int:

@@ -81,6 +81,10 @@ class EmbeddingStore:
         """uint8 (rows, 8, 32): each embedded sample's PDQ hash and its dihedral variants."""
         return self.root / "pdq" / f"pdq_{part}.npy"
 
+    def thumbs_path(self, part: int) -> Path:
+        """uint8 (rows, 16, 16, 3): each embedded sample's thumbnail, for the low-detail check."""
+        return self.root / "thumbs" / f"thumbs_{part}.npy"
+
     @property
     def spec_path(self) -> Path:
         return self.root / "embed.json"
@@ -96,11 +100,14 @@ class EmbeddingStore:
         text_embeddings: np.ndarray | None = None,
         spans: np.ndarray | None = None,
         pdq: np.ndarray | None = None,
+        thumbs: np.ndarray | None = None,
     ) -> None:
         """Write one part; the stats file goes last, so its presence means the part is complete."""
         write_npy(self.emb_path(part), np.ascontiguousarray(embeddings, dtype=np.float32))
         if pdq is not None:
             write_npy(self.pdq_path(part), pdq)
+        if thumbs is not None:
+            write_npy(self.thumbs_path(part), thumbs)
         if spans is not None:
             write_npy(self.spans_path(part), spans)
         if text_embeddings is not None:
@@ -171,7 +178,14 @@ class EmbeddingStore:
     def pdq_hashes(self) -> np.ndarray | None:
         """uint8 (rows, 8, 32), in the rows' order of `load`, where every part has PDQ hashes; None otherwise
         (stores of older runs, clip-retrieval's). Read only by a search that uses them."""
-        files = [self.pdq_path(part) for part in self.parts()]
+        return self._rows_of(self.pdq_path)
+
+    def thumbnails(self) -> np.ndarray | None:
+        """uint8 (rows, 16, 16, 3), as `pdq_hashes`: what the low-detail check compares."""
+        return self._rows_of(self.thumbs_path)
+
+    def _rows_of(self, path_of) -> np.ndarray | None:
+        files = [path_of(part) for part in self.parts()]
         if not files or not all(path.exists() for path in files):
             return None
         return np.concatenate([np.load(path) for path in files])

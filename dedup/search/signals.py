@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from dedup.search import matching
+from dedup.io.store import EmbeddingStore, LoadedStore
+from dedup.search import low_detail, matching
 from dedup.settings import FindSettings
 
 SIGNALS = (
     "exact",
     "phash",
     "pdq",
+    "thumbnail",
     "embedding",
     "embedding+phash",
 )  # in order of strength: a pair is labelled by the first
@@ -35,12 +37,33 @@ class Samples:
     phash_present: np.ndarray  # bool: clip-retrieval metadata has no perceptual hashes
     embeddings: np.ndarray  # float32 (rows, dim), or a RowStack read like one
     pdq: np.ndarray | None = None  # uint8 (rows, 8, 32): PDQ of each image and its variants; None in older stores
+    thumbs: np.ndarray | None = None  # uint8 (rows, 16, 16, 3): for the low-detail check; None in older stores
 
     @classmethod
-    def of(cls, metadata: pa.Table, embeddings: np.ndarray, pdq: np.ndarray | None = None) -> Samples:
+    def of(
+        cls, metadata: pa.Table, embeddings: np.ndarray, pdq: np.ndarray | None = None, thumbs: np.ndarray | None = None
+    ) -> Samples:
         phash = metadata["phash"].fill_null(0).to_numpy().astype(np.uint64)
         present = ~metadata["phash"].is_null().to_numpy(zero_copy_only=False)
-        return cls(np.asarray(metadata["sha256"].to_pylist(), dtype=object), phash, present, embeddings, pdq)
+        return cls(np.asarray(metadata["sha256"].to_pylist(), dtype=object), phash, present, embeddings, pdq, thumbs)
+
+    @classmethod
+    def from_store(cls, store: EmbeddingStore, loaded: LoadedStore, settings: FindSettings) -> Samples:
+        """The samples of a loaded store, with the PDQ hashes and thumbnails the settings' signals read."""
+        checking = settings.low_detail_tolerance is not None
+        pdq = store.pdq_hashes() if settings.pdq_radius is not None or checking else None
+        thumbs = store.thumbnails() if checking else None
+        return cls.of(loaded.metadata, loaded.embeddings, pdq, thumbs)
+
+    def low_detail_rows(self) -> np.ndarray:
+        """bool (rows,): images that are mostly flat background; all False without thumbnails."""
+        if self.thumbs is None:
+            return np.zeros(len(self.sha256), dtype=bool)
+        return low_detail.is_low_detail(self.thumbs)
+
+    def low_detail_evidence(self, low: np.ndarray) -> low_detail.LowDetailEvidence:
+        assert self.thumbs is not None
+        return low_detail.LowDetailEvidence(low, self.thumbs, self.phash, self.phash_present, self.pdq)
 
 
 @dataclass
@@ -52,6 +75,7 @@ class SignalPairs:
     similarity: dict[str, np.ndarray] = field(default_factory=dict)
     index: matching.IndexChoice | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    unconfirmed: dict[str, int] = field(default_factory=dict)  # low-detail pairs each signal lost to the check
 
 
 def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
@@ -117,6 +141,17 @@ def signal_pairs(
         else:
             found.pairs["pdq"] = matching.pdq_matches(queries.pdq, other.pdq[:, 0], settings.pdq_radius)
         found.timings_s["pdq"] = time.perf_counter() - started
+    if settings.low_detail_tolerance is not None and queries.thumbs is not None and other.thumbs is not None:
+        started = time.perf_counter()
+        low_q = queries.low_detail_rows()
+        low_o = low_q if same else other.low_detail_rows()
+        tolerance = settings.low_detail_tolerance
+        found.pairs["thumbnail"] = (
+            low_detail.thumbnail_pairs(queries.thumbs, low_q, tolerance)
+            if same
+            else low_detail.thumbnail_matches(queries.thumbs, low_q, other.thumbs, low_o, tolerance)
+        )
+        found.timings_s["thumbnail"] = time.perf_counter() - started
     threshold = settings.search_threshold()
     if threshold is not None and (len(queries.embeddings) > 1 or not same):
         started = time.perf_counter()
@@ -129,7 +164,28 @@ def signal_pairs(
             found.pairs[signal] = (a[mask], b[mask])
             found.similarity[signal] = similarity[mask]
         found.timings_s["embedding"] = time.perf_counter() - started
+    if settings.low_detail_tolerance is not None and queries.thumbs is not None and other.thumbs is not None:
+        started = time.perf_counter()
+        _check_low_detail(found, queries, other, settings.low_detail_tolerance)
+        found.timings_s["low_detail"] = time.perf_counter() - started
     return found
+
+
+def _check_low_detail(found: SignalPairs, queries: Samples, other: Samples, tolerance: float) -> None:
+    """Drop the pairs of two low-detail images whose thumbnails disagree (every signal but exact)."""
+    assert queries.thumbs is not None and other.thumbs is not None
+    low_q = queries.low_detail_rows()
+    first = queries.low_detail_evidence(low_q)
+    second = first if other is queries else other.low_detail_evidence(other.low_detail_rows())
+    for signal, (a, b) in found.pairs.items():
+        if signal in ("exact", "thumbnail") or not len(a):
+            continue
+        drop = low_detail.unconfirmed(a, b, first, second, tolerance)
+        if drop.any():
+            found.pairs[signal] = (a[~drop], b[~drop])
+            if signal in found.similarity:
+                found.similarity[signal] = found.similarity[signal][~drop]
+        found.unconfirmed[signal] = int(drop.sum())
 
 
 def stacked(found: SignalPairs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

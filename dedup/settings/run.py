@@ -72,6 +72,12 @@ class FindSettings:
         None, "Two weak signals that agree: cosine at or above this AND Hamming within corroborate_radius; 'off'."
     )
     corroborate_radius: int = setting(12, "Hamming radius of the corroborating perceptual hash.")
+    low_detail_tolerance: float | None = setting(
+        24.0,
+        "Pairs of two low-detail images (text, digits, icons on flat backgrounds) count only when their 16x16 "
+        "thumbnails differ by at most this many levels (99.5th percentile), or their hashes and colours agree; "
+        "'off' trusts every signal on them.",
+    )
     index: str = setting("auto", "auto | flat | partitioned | ivf")
     nprobe: int = setting(16, "Lists an IVF search visits.")
     memory_budget_gb: float = setting(
@@ -104,6 +110,10 @@ class FindSettings:
             raise SettingsError(f"phash_radius must be between 0 and 32 bits, got {self.phash_radius}")
         if self.pdq_radius is not None and not 0 <= self.pdq_radius <= PDQ_MAX_RADIUS:
             raise SettingsError(f"pdq_radius must be between 0 and {PDQ_MAX_RADIUS} bits, got {self.pdq_radius}")
+        if self.low_detail_tolerance is not None and not 0 <= self.low_detail_tolerance <= 255:
+            raise SettingsError(
+                f"low_detail_tolerance must be between 0 and 255 gray levels, got {self.low_detail_tolerance}"
+            )
         if self.index not in ("auto", "flat", "partitioned", "ivf"):
             raise SettingsError(f"index must be auto, flat, partitioned or ivf, got {self.index!r}")
         positive(

@@ -23,7 +23,7 @@ from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import InputError, SettingsError
 from dedup.io import tarspans
 from dedup.io.atomic import remove_stale_temporaries
-from dedup.io.imaging import UnreadableImage, caption_of, decode
+from dedup.io.imaging import THUMB_SIDE, UnreadableImage, caption_of, decode
 from dedup.io.reader import Fault, Sample, iter_source
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
@@ -62,6 +62,7 @@ class _PartBuilder:
         self.failures: dict[str, list] = {name: [] for name in FAILURE_SCHEMA.names}
         self.shard_faults: list[str] = []
         self.pdq: list[np.ndarray] = []
+        self.thumbs: list[np.ndarray] = []
         self.spans: list[tuple[int, int, int, int]] = []  # (sample index, start, end, payload) of each embedded sample
 
     def on_fault(self, fault: Fault) -> None:
@@ -102,6 +103,7 @@ class _PartBuilder:
             for name, value in zip(METADATA_SCHEMA.names, values):
                 self.rows[name].append(value)
             self.pdq.append(image.pdq)
+            self.thumbs.append(image.thumb)
             self.spans.append(
                 (sample.index, *(sample.span or (-1, -1)), sum(len(data) for data in sample.files.values()))
             )
@@ -159,7 +161,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     # where each sample lies in a plain local tar, so write copies byte ranges without scanning the shard
     spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
     pdq = np.stack(builder.pdq) if builder.pdq else np.zeros((0, 8, 32), np.uint8)
-    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq)
+    thumbs = np.stack(builder.thumbs) if builder.thumbs else np.zeros((0, THUMB_SIDE, THUMB_SIDE, 3), np.uint8)
+    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs)
     return stats
 
 

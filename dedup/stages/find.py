@@ -93,13 +93,12 @@ def find(
         reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
-    pdq = EmbeddingStore(store_dir).pdq_hashes() if settings.pdq_radius is not None else None
-    if settings.pdq_radius is not None and pdq is None:
+    samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
+    if settings.pdq_radius is not None and samples.pdq is None:
         reporter.info(
             f"find: pdq_radius is set, but {store_dir} holds no PDQ hashes (embedded by an older dedup, "
             "or clip-retrieval's): the pdq signal is skipped; embed again into a new folder to use it"
         )
-    samples = Samples.of(metadata, embeddings, pdq)
     units = find_units.EngineUnits(store_dir, run_dir, engine, reporter, embeddings) if engine is not None else None
     try:
         searching = settings.search_threshold() is not None and rows > 1
@@ -119,6 +118,10 @@ def find(
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
         reporter.info(f"find: {choice.reason}")
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
+    if found.unconfirmed:
+        info["low_detail_unconfirmed"] = found.unconfirmed
+        if sum(found.unconfirmed.values()):
+            reporter.info(f"find: low-detail pairs whose thumbnails disagree, not counted: {found.unconfirmed}")
     pairs = merge_pairs(found, samples)
     group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
     nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)

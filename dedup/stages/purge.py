@@ -66,14 +66,9 @@ def purge(
             f"training embeddings ({train.spec.get('embedder')}) and reference embeddings "
             f"({reference.spec.get('embedder')}) were made differently; embed both with the same embedder"
         )
-    with_pdq = settings.pdq_radius is not None
     best, similarity, code = best_reference(
-        Samples.of(train.metadata, train.embeddings, EmbeddingStore(train_store).pdq_hashes() if with_pdq else None),
-        Samples.of(
-            reference.metadata,
-            reference.embeddings,
-            EmbeddingStore(reference_store).pdq_hashes() if with_pdq else None,
-        ),
+        Samples.from_store(EmbeddingStore(train_store), train, settings),
+        Samples.from_store(EmbeddingStore(reference_store), reference, settings),
         settings,
     )
 
