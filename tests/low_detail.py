@@ -67,7 +67,9 @@ def low_detail_images(seed: int = 0) -> list[tuple[str, Image.Image]]:
         background, ink = rng.choice(BACKGROUNDS), rng.choice(COLOURS)
         images.append((f"word-{index}", _text(word, (160, 64), word_size, background, ink)))
     for digit in range(10):
-        images.append((f"digit-{digit}", _text(str(digit), (28, 28), digit_size, (0, 0, 0), (255, 255, 255)).convert("L")))
+        images.append(
+            (f"digit-{digit}", _text(str(digit), (28, 28), digit_size, (0, 0, 0), (255, 255, 255)).convert("L"))
+        )
     for shape in SHAPES:
         for colour_index, colour in enumerate(COLOURS):
             images.append((f"icon-{shape}-{colour_index}", _icon(shape, colour, (255, 255, 255), icon_side)))

@@ -116,7 +116,7 @@ def thumbnail_matches(
         limits, _, labels = index.range_search(
             np.ascontiguousarray(variant.reshape(len(q_rows), -1), dtype=np.float32), bound
         )
-        counts = np.diff(np.asarray(limits, dtype=np.int64))
+        counts: np.ndarray = np.asarray(limits, dtype=np.int64)[1:] - np.asarray(limits, dtype=np.int64)[:-1]
         found_q.append(np.repeat(np.arange(len(q_rows)), counts))
         found_i.append(labels.astype(np.int64))
     q, i = np.concatenate(found_q), np.concatenate(found_i)

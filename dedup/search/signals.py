@@ -24,6 +24,7 @@ SIGNALS = (
     "pdq",
     "thumbnail",
     "embedding",
+    "verified",
     "embedding+phash",
 )  # in order of strength: a pair is labelled by the first
 
@@ -76,6 +77,7 @@ class SignalPairs:
     index: matching.IndexChoice | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     unconfirmed: dict[str, int] = field(default_factory=dict)  # low-detail pairs each signal lost to the check
+    inliers: dict[str, np.ndarray] = field(default_factory=dict)  # of the verified pairs
 
 
 def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
@@ -95,6 +97,8 @@ def signal_masks(
     masks = {}
     if settings.threshold is not None:
         masks["embedding"] = similarity >= settings.threshold
+    if settings.verify_threshold is not None and settings.threshold is not None:  # verified by the find stage
+        masks["borderline"] = (similarity >= settings.verify_threshold) & (similarity < settings.threshold)
     if settings.corroborate_threshold is not None:
         agree = (similarity >= settings.corroborate_threshold) & queries.phash_present[a] & indexed.phash_present[b]
         agree[agree] = (

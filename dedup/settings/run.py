@@ -15,7 +15,7 @@ PDQ_MAX_RADIUS = 63  # the search is exact up to here (32 chunks of 8 bits, one 
 
 @dataclass
 class EmbedSettings:
-    embedder: str = setting("clip", "copydetect | clip | pixels | model")
+    embedder: str = setting("copydetect", "copydetect (dedup's own, shipped) | clip | pixels | model")
     model: str = setting("ViT-B-32", "open_clip architecture, e.g. ViT-B-32.")
     pretrained: str | None = setting("laion2b_s34b_b79k", "open_clip pretrained tag or a local checkpoint path.")
     model_config: str | None = setting(None, "open_clip model config JSON for an architecture it does not ship.")
@@ -61,17 +61,26 @@ class FindSettings:
     exact: bool = setting(True, "Group identical image bytes.")
     phash_radius: int | None = setting(4, "Hamming radius on the 64-bit perceptual hash, or 'off'.")
     pdq_radius: int | None = setting(
-        None,
+        31,
         "Hamming radius on the 256-bit PDQ hash, against the image's flips and quarter turns too; 'off' "
         "(PDQ's own threshold is 31).",
     )
     threshold: float | None = setting(
-        0.95, "Cosine similarity at or above which two embeddings are duplicates, or 'off'."
+        0.8,
+        "Cosine similarity at or above which two embeddings are duplicates, or 'off' (measured for copydetect "
+        "in docs/quality.md; other embedders need their own).",
     )
     corroborate_threshold: float | None = setting(
         None, "Two weak signals that agree: cosine at or above this AND Hamming within corroborate_radius; 'off'."
     )
     corroborate_radius: int = setting(12, "Hamming radius of the corroborating perceptual hash.")
+    verify_threshold: float | None = setting(
+        0.35,
+        "Embedding pairs from this cosine up to threshold count when local features confirm them (ORB + "
+        "RANSAC, images read again from the shards); 'off'.",
+    )
+    verify_inliers: int = setting(40, "Keypoint matches one geometry must explain for a pair to be verified.")
+    verify_per_row: int = setting(10, "Borderline partners verified per sample at most (the most similar).")
     low_detail_tolerance: float | None = setting(
         24.0,
         "Pairs of two low-detail images (text, digits, icons on flat backgrounds) count only when their 16x16 "
@@ -96,7 +105,7 @@ class FindSettings:
 
     def search_threshold(self) -> float | None:
         """The cosine the embedding search must reach to serve every embedding-based signal; None: no search."""
-        wanted = [t for t in (self.threshold, self.corroborate_threshold) if t is not None]
+        wanted = [t for t in (self.threshold, self.corroborate_threshold, self.verify_threshold) if t is not None]
         return min(wanted) if wanted else None
 
     def validate(self) -> None:
@@ -104,6 +113,11 @@ class FindSettings:
             raise SettingsError(f"threshold must be in (0, 1] (a cosine similarity), got {self.threshold}")
         if self.corroborate_threshold is not None and not 0.0 < self.corroborate_threshold <= 1.0:
             raise SettingsError(f"corroborate_threshold must be in (0, 1], got {self.corroborate_threshold}")
+        if self.verify_threshold is not None and not 0.0 < self.verify_threshold <= 1.0:
+            raise SettingsError(
+                f"verify_threshold must be in (0, 1] (a cosine similarity), got {self.verify_threshold}"
+            )
+        positive(verify_inliers=self.verify_inliers, verify_per_row=self.verify_per_row)
         if not 0 <= self.corroborate_radius <= 32:
             raise SettingsError(f"corroborate_radius must be between 0 and 32 bits, got {self.corroborate_radius}")
         if self.phash_radius is not None and not 0 <= self.phash_radius <= 32:

@@ -2,7 +2,8 @@
 
 Writes, into the run folder:
 - pairs.parquet: one row per duplicate pair (a, b as row numbers of groups.parquet), the signal that
-  matched first (exact, then phash, then embedding), the cosine similarity and the Hamming distance;
+  matched first (in SIGNALS order), the cosine similarity, the Hamming distance and, for a pair that local
+  features verified, its inliers (-1 otherwise);
   scores are stored so a stricter threshold can be applied later without searching again;
 - groups.parquet: one row per embedded sample: key, shard, group id, group size, its nearest duplicate
   and that pair's similarity and signal;
@@ -29,6 +30,7 @@ from dedup.search.components import component_labels, in_chunks
 from dedup.search.signals import SIGNALS, Samples, SignalPairs, best_partner, signal_pairs, stacked, with_similarity
 from dedup.settings import FindSettings
 from dedup.stages import find_units
+from dedup.stages.verify_pairs import verify_borderline
 
 
 def connected_groups(rows: int, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +51,12 @@ def merge_pairs(found: SignalPairs, samples: Samples) -> pa.Table:
     similarity = with_similarity(similarity[keep], samples.embeddings, samples.embeddings, a, b)
     both_hashed = samples.phash_present[a] & samples.phash_present[b]
     distances = np.where(both_hashed, matching.hamming(samples.phash, a, b), -1).astype(np.int32)
+    inliers = np.full(len(a), -1, dtype=np.int32)
+    if "verified" in found.inliers:
+        verified_a, verified_b = found.pairs["verified"]
+        inlier_of = dict(zip((verified_a * (1 << 32) + verified_b).tolist(), found.inliers["verified"].tolist()))
+        is_verified = codes == SIGNALS.index("verified")
+        inliers[is_verified] = [inlier_of[key] for key in (a * (1 << 32) + b)[is_verified].tolist()]
     return pa.table(
         {
             "a": pa.array(a, pa.int64()),
@@ -56,6 +64,7 @@ def merge_pairs(found: SignalPairs, samples: Samples) -> pa.Table:
             "signal": pa.array(np.asarray(SIGNALS, dtype=object)[codes].tolist() if len(codes) else [], pa.string()),
             "similarity": pa.array(similarity, pa.float32()),
             "hamming": pa.array(distances, pa.int32()),
+            "inliers": pa.array(inliers, pa.int32()),
         }
     )
 
@@ -117,6 +126,8 @@ def find(
         choice = found.index
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
         reporter.info(f"find: {choice.reason}")
+    if settings.verify_threshold is not None:
+        info["verification"] = verify_borderline(found, metadata, settings, reporter)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     if found.unconfirmed:
         info["low_detail_unconfirmed"] = found.unconfirmed

@@ -1,0 +1,66 @@
+"""Borderline embedding pairs confirmed by local features (ORB + RANSAC) on real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pyarrow.parquet as pq
+from conftest import FLICKR, run_cli, tar_bytes
+from PIL import Image
+
+from dedup.search import local_features
+
+
+def _photos(count: int, shard: int = 6) -> list[tuple[str, bytes]]:
+    with tarfile.open(FLICKR / f"flickr8k-224-{shard:05d}.tar") as archive:
+        return [(m.name[:-4], archive.extractfile(m).read()) for m in archive if m.name.endswith(".jpg")][:count]
+
+
+def _crop_and_turn(data: bytes, degrees: int = 15) -> bytes:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    image = image.crop((width // 8, height // 8, width - width // 6, height - height // 7))
+    image = image.rotate(degrees, expand=True) if degrees else image
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_a_cropped_turned_copy_has_many_inliers_an_unrelated_photo_few(shared):
+    photos = _photos(40)
+    copies = [local_features.features(_image(_crop_and_turn(data))) for _, data in photos[:20]]
+    originals = [local_features.features(_image(data)) for _, data in photos]
+    same = [local_features.inliers(copy, originals[i]) for i, copy in enumerate(copies)]
+    other = [local_features.inliers(copy, originals[20 + i]) for i, copy in enumerate(copies)]
+    assert sorted(same)[1] >= 40, same  # all but the hardest one
+    assert max(other) < 25, other
+
+
+def test_find_verifies_borderline_pairs_and_records_their_inliers(tmp_path, shared):
+    """With the 8x8 thumbnail as the embedding, a cropped copy is only a borderline match of its photo:
+    verification finds it; unrelated photos in the same band are refused."""
+    photos = _photos(150)
+    members = [(f"{key}.jpg", data) for key, data in photos]
+    members += [(f"{key}-copy.jpg", _crop_and_turn(data, degrees=0)) for key, data in photos[:30]]
+    shard = tmp_path / "in.tar"
+    shard.write_bytes(tar_bytes(members))
+    settings = ["--set", "find.threshold=0.99", "--set", "find.verify_threshold=0.2", "--set", "find.verify_inliers=40",
+                "--set", "find.verify_per_row=20"]  # fmt: skip
+    run_cli("run", shard, "--config", "offline", "--run-dir", tmp_path / "run", "--set", "embed.pixel_size=8",
+            "--set", "find.corroborate_threshold=off", "--set", "find.phash_radius=off", *settings)  # fmt: skip
+    groups = {r["key"]: r["group_id"] for r in pq.read_table(tmp_path / "run" / "groups.parquet").to_pylist()}
+    found = sum(groups[f"{key}-copy"] == groups[key] for key, _ in photos[:30])
+    assert found >= 27
+    assert max(list(groups.values()).count(g) for g in set(groups.values())) == 2  # nothing else merged
+    pairs = pq.read_table(tmp_path / "run" / "pairs.parquet").to_pylist()
+    verified = [p for p in pairs if p["signal"] == "verified"]
+    assert verified and all(p["inliers"] >= 40 and 0.2 <= p["similarity"] < 0.99 for p in verified)
+    assert all(p["inliers"] == -1 for p in pairs if p["signal"] != "verified")
+    info = json.loads((tmp_path / "run" / "find.json").read_text())["verification"]
+    assert info["checked"] > info["verified"] >= found - sum(p["signal"] != "verified" for p in pairs)
