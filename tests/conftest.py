@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FLICKR = SHARED / "flickr8k"
 CIFAR = SHARED / "cifar10"
+IMAGENETTE = SHARED / "imagenette"
 DEDUP = [sys.executable, "-m", "dedup.cli"]
 IMG2DATASET = ROOT / ".venv-img2dataset" / "bin" / "python"
 

@@ -75,6 +75,7 @@ class PairStream(Dataset):
         if epoch != self._epoch:
             self._epoch, self._order = epoch, np.random.default_rng((self.seed, epoch)).permutation(len(self.photos))
         rng = random.Random(f"{self.seed}:{position}")
+        torch.manual_seed(rng.getrandbits(63))  # torchvision's colour jitter draws from torch's generator
         photo = self._decode(int(self._order[offset]))
         background = self._decode(rng.randrange(len(self.photos)))
         size = self.config.input_size
@@ -176,6 +177,7 @@ def main(
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     config = DetectorConfig()
+    torch.manual_seed(seed)  # the projection's initial weights
     photos = read_photos(data, "train")
     held_back = read_photos(data, "val")[:400]
     model = CopyDetector(config)
@@ -211,7 +213,7 @@ def main(
         optimizer.step()
         step += 1
         record = {"step": step, "loss": loss.item(), "infonce": contrastive.item(), "koleo": entropy.item()}
-        if step % monitor_every == 0 or step == steps:
+        if held_back and (step % monitor_every == 0 or step == steps):
             record.update(monitor(model, held_back, config))
         record["seconds"] = round(time.monotonic() - started, 1)
         log.write(json.dumps(record) + "\n")

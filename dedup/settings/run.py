@@ -117,7 +117,9 @@ class FindSettings:
             raise SettingsError(
                 f"verify_threshold must be in (0, 1] (a cosine similarity), got {self.verify_threshold}"
             )
-        positive(verify_inliers=self.verify_inliers, verify_per_row=self.verify_per_row)
+        positive(verify_per_row=self.verify_per_row)
+        if self.verify_inliers < 0:
+            raise SettingsError(f"verify_inliers must be >= 0, got {self.verify_inliers}")
         if not 0 <= self.corroborate_radius <= 32:
             raise SettingsError(f"corroborate_radius must be between 0 and 32 bits, got {self.corroborate_radius}")
         if self.phash_radius is not None and not 0 <= self.phash_radius <= 32:
