@@ -59,14 +59,14 @@ class EmbedSettings:
 @dataclass
 class FindSettings:
     exact: bool = setting(True, "Group identical image bytes.")
-    phash_radius: int | None = setting(4, "Hamming radius on the 64-bit perceptual hash, or 'off'.")
+    phash_radius: int | None = setting(None, "Hamming radius on the 64-bit perceptual hash, or 'off'.")
     pdq_radius: int | None = setting(
         31,
         "Hamming radius on the 256-bit PDQ hash, against the image's flips and quarter turns too; 'off' "
         "(PDQ's own threshold is 31).",
     )
     threshold: float | None = setting(
-        0.8,
+        0.85,
         "Cosine similarity at or above which two embeddings are duplicates, or 'off' (measured for copydetect "
         "in docs/quality.md; other embedders need their own).",
     )
@@ -75,7 +75,7 @@ class FindSettings:
     )
     corroborate_radius: int = setting(12, "Hamming radius of the corroborating perceptual hash.")
     verify_threshold: float | None = setting(
-        0.35,
+        0.3,
         "Embedding pairs from this cosine up to threshold count when local features confirm them (ORB + "
         "RANSAC, images read again from the shards); 'off'.",
     )
