@@ -43,6 +43,7 @@ EDITS = ("crop", "hflip", "vflip", "rotate25", "square")
 # detector's training augmentations (dedup/detector/augment.py), and fixed before anything was measured on it
 HARD_EDITS = ("caption", "crop-third", "colour", "blur-jpeg", "border", "composite", "mixed")
 PROTOCOLS = {"ukbench": EDITS, "hard": HARD_EDITS}
+HARD_VERSION = 2  # 1 drew composite backgrounds with replacement from 391 photos (held-out): see docs/quality.md
 
 
 def read_photos(shards: range) -> list[tuple[str, bytes]]:
@@ -139,20 +140,31 @@ def hard_edit(data: bytes, kind: str, rng: random.Random, background: bytes) -> 
     return buffer.getvalue()
 
 
+def composite_backgrounds(chosen: list[tuple[str, bytes]], rng: random.Random) -> list[bytes]:
+    """A background photo for each composite of the hard set, each used once (two composites on one background share
+    most of their pixels: a copy of each other), from Flickr8k photos outside the split's set, any shard."""
+    used = {key for key, _ in chosen}
+    pool = [data for key, data in read_photos(range(0, 9)) if key not in used]
+    return rng.sample(pool, len(chosen))
+
+
 def build(out: Path, split: str, sources: int, distractors: int, protocol: str = "ukbench") -> dict:
     """Shards of sources, their edited copies and distractors, shuffled; the ground truth as JSON."""
     seed, shards = SPLITS[split]
     rng = random.Random(seed if protocol == "ukbench" else seed * 1000 + 7)
     photos = read_photos(shards)
     chosen = rng.sample(photos, sources + distractors)
-    used = {key for key, _ in chosen}
-    unused = [data for key, data in photos if key not in used]  # backgrounds of composites
+    backgrounds = iter(composite_backgrounds(chosen, rng) if protocol == "hard" else [])
     samples, truth = [], {}
     for key, data in chosen[:sources]:
         samples.append((key, data))
         truth[key] = {"group": key, "edit": "source"}
         for kind in PROTOCOLS[protocol]:
-            copy = edit(data, kind, rng) if protocol == "ukbench" else hard_edit(data, kind, rng, rng.choice(unused))
+            copy = (
+                edit(data, kind, rng)
+                if protocol == "ukbench"
+                else hard_edit(data, kind, rng, next(backgrounds) if kind == "composite" else b"")
+            )
             samples.append((f"{key}-{kind}", copy))
             truth[f"{key}-{kind}"] = {"group": key, "edit": kind}
     for key, data in chosen[sources:]:
@@ -296,7 +308,7 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = f"{args.split}-{args.sources}-{args.distractors}"
-    data = args.work / (folder if args.protocol == "ukbench" else f"{args.protocol}-{folder}")
+    data = args.work / (folder if args.protocol == "ukbench" else f"{args.protocol}{HARD_VERSION}-{folder}")
     truth = (
         json.loads((data / "truth.json").read_text())
         if (data / "truth.json").exists()

@@ -12,6 +12,7 @@ Writes, into the run folder:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -69,6 +70,11 @@ def merge_pairs(found: SignalPairs, samples: Samples) -> pa.Table:
     )
 
 
+def _images_readable(metadata: pa.Table, spec: dict) -> bool:
+    """Whether verification can read the images again: a store dedup embedded, which names each row's shard."""
+    return spec.get("embedder") != "external" and metadata["shard"].null_count < len(metadata)
+
+
 def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each row, the partner of its best pair (strongest signal, then highest similarity); -1 if none."""
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
@@ -102,6 +108,12 @@ def find(
         reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
+    if settings.verify_threshold is not None and not _images_readable(data.metadata, data.spec):
+        reporter.info(
+            f"find: {store_dir} records no shards to read the images from (clip-retrieval's layout): pairs "
+            "below the threshold cannot be verified, so verify_threshold is not used"
+        )
+        settings = dataclasses.replace(settings, verify_threshold=None)
     samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
     if settings.pdq_radius is not None and samples.pdq is None:
         reporter.info(
