@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +30,14 @@ class DetectorConfig:
     gem_p: float = 3.0
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def normalised_pixels(image, config: DetectorConfig) -> np.ndarray:
+    """float32 (3, H, W): an RGB PIL image as the network reads it (ImageNet mean and std); no resizing."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return (pixels - np.asarray(config.mean, np.float32)[:, None, None]) / np.asarray(config.std, np.float32)[
+        :, None, None
+    ]
 
 
 class GeM(nn.Module):

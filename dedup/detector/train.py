@@ -28,7 +28,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dedup.detector.augment import augment
-from dedup.detector.model import CopyDetector, DetectorConfig, load_imagenet_trunk, save_detector
+from dedup.detector.model import (
+    CopyDetector,
+    DetectorConfig,
+    load_imagenet_trunk,
+    normalised_pixels,
+    save_detector,
+)
 from dedup.errors import InputError
 
 TEMPERATURE = 0.05  # SSCD's
@@ -55,9 +61,7 @@ def read_photos(folder: Path, split: str | None) -> list[bytes]:
 
 
 def to_tensor(image: Image.Image, config: DetectorConfig) -> torch.Tensor:
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean, std = torch.tensor(config.mean).view(3, 1, 1), torch.tensor(config.std).view(3, 1, 1)
-    return (pixels - mean) / std
+    return torch.from_numpy(normalised_pixels(image, config))
 
 
 class PairStream(Dataset):

@@ -18,19 +18,12 @@ from dedup.embedders.base import Embedder, l2_normalize
 class CopyDetectEmbedder(Embedder):
     name = "copydetect"
 
-    def __init__(self, weights: str | None = None, threads: int | None = None):
-        import torch
-
+    def __init__(self, weights: str | None = None):
         from dedup.detector.model import load_detector, shipped_weights_path
 
         self.weights = str(Path(weights).resolve()) if weights else str(shipped_weights_path())
         self.model = load_detector(self.weights)
-        if threads:
-            torch.set_num_threads(threads)
-        config = self.model.config
-        self.input_size, self.dim = config.input_size, config.dim
-        self.mean = np.asarray(config.mean, dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(config.std, dtype=np.float32).reshape(3, 1, 1)
+        self.input_size, self.dim = self.model.config.input_size, self.model.config.dim
 
     def spec(self) -> dict:
         digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:16]
@@ -43,9 +36,10 @@ class CopyDetectEmbedder(Embedder):
         }
 
     def prepare(self, image: Image.Image) -> np.ndarray:
+        from dedup.detector.model import normalised_pixels
+
         size = (self.input_size, self.input_size)
-        pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-        return (pixels.transpose(2, 0, 1) / 255.0 - self.mean) / self.std
+        return normalised_pixels(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), self.model.config)
 
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         import torch

@@ -145,15 +145,17 @@ def signal_pairs(
         else:
             found.pairs["pdq"] = matching.pdq_matches(queries.pdq, other.pdq[:, 0], settings.pdq_radius)
         found.timings_s["pdq"] = time.perf_counter() - started
-    if settings.low_detail_tolerance is not None and queries.thumbs is not None and other.thumbs is not None:
-        started = time.perf_counter()
+    q_thumbs, o_thumbs = queries.thumbs, other.thumbs
+    tolerance = settings.low_detail_tolerance if q_thumbs is not None and o_thumbs is not None else None
+    if tolerance is not None:  # each set's low-detail rows once, for the thumbnail signal and the check
         low_q = queries.low_detail_rows()
         low_o = low_q if same else other.low_detail_rows()
-        tolerance = settings.low_detail_tolerance
+    if tolerance is not None and q_thumbs is not None and o_thumbs is not None:
+        started = time.perf_counter()
         found.pairs["thumbnail"] = (
-            low_detail.thumbnail_pairs(queries.thumbs, low_q, tolerance)
+            low_detail.thumbnail_pairs(q_thumbs, low_q, tolerance)
             if same
-            else low_detail.thumbnail_matches(queries.thumbs, low_q, other.thumbs, low_o, tolerance)
+            else low_detail.thumbnail_matches(q_thumbs, low_q, o_thumbs, low_o, tolerance)
         )
         found.timings_s["thumbnail"] = time.perf_counter() - started
     threshold = settings.search_threshold()
@@ -168,19 +170,19 @@ def signal_pairs(
             found.pairs[signal] = (a[mask], b[mask])
             found.similarity[signal] = similarity[mask]
         found.timings_s["embedding"] = time.perf_counter() - started
-    if settings.low_detail_tolerance is not None and queries.thumbs is not None and other.thumbs is not None:
+    if tolerance is not None:
         started = time.perf_counter()
-        _check_low_detail(found, queries, other, settings.low_detail_tolerance)
+        first = queries.low_detail_evidence(low_q)
+        second = first if same else other.low_detail_evidence(low_o)
+        _check_low_detail(found, first, second, tolerance)
         found.timings_s["low_detail"] = time.perf_counter() - started
     return found
 
 
-def _check_low_detail(found: SignalPairs, queries: Samples, other: Samples, tolerance: float) -> None:
-    """Drop the pairs of two low-detail images whose thumbnails disagree (every signal but exact)."""
-    assert queries.thumbs is not None and other.thumbs is not None
-    low_q = queries.low_detail_rows()
-    first = queries.low_detail_evidence(low_q)
-    second = first if other is queries else other.low_detail_evidence(other.low_detail_rows())
+def _check_low_detail(
+    found: SignalPairs, first: low_detail.LowDetailEvidence, second: low_detail.LowDetailEvidence, tolerance: float
+) -> None:
+    """Drop the pairs of two low-detail images that nothing confirms (every signal but exact and thumbnail)."""
     for signal, (a, b) in found.pairs.items():
         if signal in ("exact", "thumbnail") or not len(a):
             continue

@@ -10,6 +10,7 @@ When the run already has a manifest from `select`, purge adds its drops to it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def purge(
 ) -> dict:
     settings = settings or FindSettings()
     settings.validate()
+    # purge does not verify borderline pairs (they need find's shard reading): no search below the threshold
+    settings = dataclasses.replace(settings, verify_threshold=None)
     run_dir = Path(run_dir)
     train = EmbeddingStore(train_store).load()
     reference = EmbeddingStore(reference_store).load()
