@@ -29,7 +29,8 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     started, candidates = time.perf_counter(), len(a)
     chosen = local_features.strongest_per_row(a, b, similarity, settings.verify_per_row)
     a, b, similarity = a[chosen], b[chosen], similarity[chosen]
-    features_of = _features_of_rows(np.unique(np.concatenate([a, b])), metadata, reporter)
+    rows = np.unique(np.concatenate([a, b]))
+    features_of = _features_of_rows(rows, metadata, reporter)
     inliers = local_features.pair_inliers(a, b, features_of, threads=os.cpu_count() or 1)
     good = inliers >= settings.verify_inliers
     found.pairs["verified"] = (a[good], b[good])
@@ -39,7 +40,7 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
         "candidates": candidates,
         "checked": len(a),
         "verified": int(good.sum()),
-        "unreadable_rows": int(len(np.unique(np.concatenate([a, b]))) - len(features_of)),
+        "unreadable_rows": len(rows) - len(features_of),
         "seconds": round(time.perf_counter() - started, 3),
     }
     reporter.info(f"find: {info['verified']} of {len(a)} borderline pairs verified by local features")
