@@ -16,6 +16,7 @@ from PIL import Image
 
 from dedup.detector.model import load_detector, shipped_weights_path
 from dedup.embedders import build_embedder
+from dedup.errors import SettingsError
 
 
 def _flickr(count: int) -> list[Image.Image]:
@@ -45,6 +46,20 @@ def test_shipped_detector_tells_an_edited_copy_from_unrelated_photos(shared):
     others[np.arange(30), np.arange(30)] = -1
     assert (own > others.max(axis=1)).mean() >= 0.9  # its own photo is the nearest
     assert np.median(own) > 0.5 and np.percentile(others.max(axis=1), 90) < 0.8
+
+
+def test_onnx_runtime_gives_the_torch_embeddings(tmp_path, shared, monkeypatch):
+    """The default runtime (ONNX Runtime, exported once into the cache) must not move any threshold."""
+    monkeypatch.setenv("DEDUP_CACHE", str(tmp_path / "cache"))
+    photos = _flickr(16)
+    on_onnx, on_torch = build_embedder("copydetect"), build_embedder("copydetect", runtime="torch")
+    assert (on_onnx.spec()["runtime"], on_torch.spec()["runtime"]) == ("onnx", "torch")
+    assert list((tmp_path / "cache" / "onnx").glob("copydetect-*.onnx"))
+    first = on_onnx.embed([on_onnx.prepare(photo) for photo in photos])
+    second = on_torch.embed([on_torch.prepare(photo) for photo in photos])
+    assert np.min(np.sum(first * second, axis=1)) > 0.9999
+    with pytest.raises(SettingsError, match="copydetect embedder runs on"):
+        build_embedder("copydetect", runtime="onnx-int8")
 
 
 def test_training_resumes_where_it_stopped_and_writes_loadable_weights(tmp_path, shared):

@@ -12,7 +12,7 @@ from PIL import Image
 from dedup.attack.diffusion import ModelSettings
 from dedup.attack.text import CaptionVocabulary
 from dedup.errors import InputError
-from dedup.io.imaging import UnreadableImage, decode
+from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import iter_selected, iter_source
 from dedup.io.sources import expand_shards
 
@@ -43,7 +43,7 @@ def load_images(rows: list[tuple[str, int]], resolution: int) -> Images:
     found = 0
     for sample in iter_selected(rows):
         try:
-            image = decode(sample.files).image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+            image = open_image(sample.files)[0].resize((resolution, resolution), Image.Resampling.BICUBIC)
         except UnreadableImage:
             continue
         position = position_of[(sample.shard, sample.index)]

@@ -30,12 +30,12 @@ def embedder_from(settings: EmbedSettings) -> Embedder:
             precision=settings.precision,
             model_config=settings.model_config,
             text=settings.text,
-            runtime=settings.runtime,
+            runtime="torch" if settings.runtime == "auto" else settings.runtime,
         )
     if settings.embedder == "copydetect":
         from dedup.embedders.copydetect import CopyDetectEmbedder
 
-        return CopyDetectEmbedder(weights=settings.model_path)
+        return CopyDetectEmbedder(weights=settings.model_path, runtime=settings.runtime)
     if settings.embedder == "model":
         from dedup.embedders.model import ExportedModelEmbedder
 

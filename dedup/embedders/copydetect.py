@@ -13,17 +13,34 @@ import numpy as np
 from PIL import Image
 
 from dedup.embedders.base import Embedder, l2_normalize
+from dedup.errors import SettingsError
+
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 class CopyDetectEmbedder(Embedder):
     name = "copydetect"
 
-    def __init__(self, weights: str | None = None):
+    def __init__(self, weights: str | None = None, runtime: str = "auto"):
+        """runtime: onnx (ONNX Runtime, about three times torch's speed on CPU; the graph is exported from the
+        loaded weights once and cached) or torch; auto is onnx."""
         from dedup.detector.model import load_detector, shipped_weights_path
 
+        if runtime not in RUNTIMES:
+            raise SettingsError(f"the copydetect embedder runs on {', '.join(RUNTIMES)}, not {runtime!r}")
         self.weights = str(Path(weights).resolve()) if weights else str(shipped_weights_path())
         self.model = load_detector(self.weights)
         self.input_size, self.dim = self.model.config.input_size, self.model.config.dim
+        self.runtime = "torch" if runtime == "torch" else "onnx"
+        self.tower = self._onnx_tower() if self.runtime == "onnx" else None
+
+    def _onnx_tower(self):
+        import torch
+
+        from dedup.embedders.onnx_tower import OnnxImageTower
+
+        example = torch.zeros((2, 3, self.input_size, self.input_size))
+        return OnnxImageTower.for_model(self.model, example, "copydetect", self.weights, quantize=False)
 
     def spec(self) -> dict:
         digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:16]
@@ -33,6 +50,7 @@ class CopyDetectEmbedder(Embedder):
             "sha256": digest,
             "input_size": self.input_size,
             "dim": self.dim,
+            "runtime": self.runtime,
         }
 
     def prepare(self, image: Image.Image) -> np.ndarray:
@@ -46,6 +64,8 @@ class CopyDetectEmbedder(Embedder):
 
         if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32)
+        batch = np.stack(prepared).astype(np.float32, copy=False)
+        if self.tower is not None:
+            return l2_normalize(self.tower(batch))
         with torch.inference_mode():
-            vectors = self.model(torch.from_numpy(np.stack(prepared).astype(np.float32, copy=False)))
-        return l2_normalize(vectors.numpy())
+            return l2_normalize(self.model(torch.from_numpy(batch)).numpy())

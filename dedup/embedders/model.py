@@ -60,7 +60,9 @@ class ExportedModelEmbedder(Embedder):
         try:
             import onnxruntime
         except ImportError as error:
-            raise SettingsError("ONNX models need onnxruntime: pip install 'dedup[onnx]'") from error
+            raise SettingsError(
+                "ONNX models need onnxruntime, a dependency of dedup that is missing: pip install onnxruntime"
+            ) from error
         try:
             session = onnxruntime.InferenceSession(self.path, providers=onnxruntime.get_available_providers())
         except Exception as error:  # onnxruntime raises its own exception types for a bad file

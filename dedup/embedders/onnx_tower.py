@@ -66,7 +66,9 @@ class OnnxImageTower:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise SettingsError("runtime onnx needs onnxruntime: pip install 'dedup[onnx]'") from None
+            raise SettingsError(
+                "runtime onnx needs onnxruntime, a dependency of dedup that is missing: pip install onnxruntime"
+            ) from None
         digest = weights_digest(model, weights)
         fp32_path = cache_dir() / f"{model}-{digest}.onnx"
         if not fp32_path.exists():

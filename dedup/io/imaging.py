@@ -44,7 +44,8 @@ def find_image_field(files: dict[str, bytes]) -> str:
     )
 
 
-def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def open_image(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+    """The sample's image in RGB and its field's extension; UnreadableImage with the reason when it has none."""
     extension = find_image_field(files)
     data = files[extension]
     if not data:
@@ -60,20 +61,25 @@ def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> Dec
                         "(a decompression bomb or an oversized image; raise --max-pixels to accept it)"
                     )
                 opened.load()
-                image = opened.convert("RGB")
+                return opened.convert("RGB"), extension
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UnreadableImage(f"decompression bomb refused: {error}") from error
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad bytes
         raise UnreadableImage(f"image .{extension} cannot be decoded: {type(error).__name__}: {error}") from error
+
+
+def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """The image with its cheap signals (content hash, pHash, PDQ, thumbnail)."""
+    image, extension = open_image(files, max_pixels)
     return DecodedImage(
         image=image,
         extension=extension,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=hashlib.sha256(files[extension]).hexdigest(),
         phash=perceptual_hash(image),
-        width=width,
-        height=height,
+        width=image.width,
+        height=image.height,
         pdq=pdq_hashes(image),
         thumb=thumbnail(image),
     )

@@ -22,7 +22,9 @@ class EmbedSettings:
     device: str = setting("auto", "auto | cpu | cuda")
     precision: str = setting("auto", "auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU).")
     runtime: str = setting(
-        "torch", "clip image tower: torch | onnx | onnx-int8 (ONNX Runtime, exported once and cached)."
+        "auto",
+        "auto | torch | onnx | onnx-int8 (clip only): ONNX Runtime runs the image model exported once and cached; "
+        "auto is onnx for copydetect, torch for clip.",
     )
     text: bool = setting(False, "Also embed captions (txt_emb/), clip only.")
     pixel_size: int = setting(16, "Side of the thumbnail (embedder pixels).")
@@ -52,8 +54,8 @@ class EmbedSettings:
         )
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise SettingsError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
-        if self.runtime not in ("torch", "onnx", "onnx-int8"):
-            raise SettingsError(f"runtime must be torch, onnx or onnx-int8, got {self.runtime!r}")
+        if self.runtime not in ("auto", "torch", "onnx", "onnx-int8"):
+            raise SettingsError(f"runtime must be auto, torch, onnx or onnx-int8, got {self.runtime!r}")
 
 
 @dataclass
@@ -79,8 +81,8 @@ class FindSettings:
         "Embedding pairs from this cosine up to threshold count when local features confirm them (ORB + "
         "RANSAC, images read again from the shards); 'off'.",
     )
-    verify_inliers: int = setting(40, "Keypoint matches one geometry must explain for a pair to be verified.")
-    verify_per_row: int = setting(10, "Borderline partners verified per sample at most (the most similar).")
+    verify_inliers: int = setting(30, "Keypoint matches one geometry must explain for a pair to be verified.")
+    verify_per_row: int = setting(5, "Borderline partners verified per sample at most (the most similar).")
     low_detail_tolerance: float | None = setting(
         24.0,
         "Pairs of two low-detail images (text, digits, icons on flat backgrounds) count only when their 16x16 "

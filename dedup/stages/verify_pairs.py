@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from dedup.io.imaging import UnreadableImage, decode
+from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import iter_selected
 from dedup.progress import Reporter
 from dedup.search import local_features
@@ -55,7 +55,7 @@ def _features_of_rows(rows: np.ndarray, metadata: pa.Table, reporter: Reporter) 
 
     def extract(sample) -> None:
         try:
-            features_of[row_of[(sample.shard, sample.index)]] = local_features.features(decode(sample.files).image)
+            features_of[row_of[(sample.shard, sample.index)]] = local_features.features(open_image(sample.files)[0])
         except UnreadableImage:
             pass
 

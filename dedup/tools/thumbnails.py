@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from dedup.io.imaging import UnreadableImage, decode
+from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import iter_selected
 
 
@@ -24,7 +24,7 @@ def fetch_thumbnails(wanted: list[tuple[str, int]], size: int = 128) -> dict[tup
     found: dict[tuple[str, int], str] = {}
     for sample in iter_selected(wanted):
         try:
-            found[(sample.shard, sample.index)] = thumbnail_uri(decode(sample.files).image, size)
+            found[(sample.shard, sample.index)] = thumbnail_uri(open_image(sample.files)[0], size)
         except UnreadableImage:
             pass
     return found
