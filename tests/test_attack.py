@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import CIFAR, FLICKR, run_cli
+from PIL import Image
 
 from dedup.attack.diffusion import auc
 from dedup.attack.distances import normalized_l2, pairwise_l2, relative_ratio, tiled_l2
@@ -99,6 +101,54 @@ unique_sample = 40
     saved = np.load(report["A"]["generations_file"])["generations"]
     assert saved.shape == (16, 8, 8, 3) and saved.dtype == np.uint8
     assert "membership AUC" in result.stderr + result.stdout
+
+
+def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
+    """Near-duplicate copies that a content hash misses: B-exact keeps them, B (pHash + PDQ) drops them; every
+    model is measured on the same planted images, once per seed, with intervals."""
+    preset = tmp_path / "verify-arms.toml"
+    preset.write_text(f"""
+[plant]
+source = "{CIFAR / "cifar10-train-00002.tar.gz"}"
+unique = 200
+sources = 3
+copies = 10
+transforms = ["reencode", "flip"]
+shard_size = 100
+[dedup]
+config = "hashes"
+arms = {{ B-exact = "exact" }}
+[holdout]
+shards = "{CIFAR / "cifar10-test-00005.tar.gz"}"
+count = 40
+[model]
+resolution = 8
+channels = [8, 16, 16]
+train_steps = 3
+batch_size = 16
+sample_steps = 3
+seeds = [0, 1]
+[attack]
+generations = 8
+neighbours = 10
+duplicated_min = 10
+unique_sample = 40
+""")
+    result = run_cli("verify", tmp_path / "run", "--preset", preset)
+    report = json.loads((tmp_path / "run" / "verify.json").read_text())
+    images = report["training_images"]
+    assert list(images) == ["A", "B", "B-exact"] and images["A"] == 230
+    # no copy is byte-identical to its source; copies made alike (same quality, mirror) are to each other
+    assert images["B-exact"] >= 200 + 3 * 2 and images["B"] < images["B-exact"]
+    assert images["B"] <= 200 + 3  # pHash and PDQ find the re-encodes and mirror images
+    for name in images:
+        assert report[name]["duplicated_images"] == 3  # the planted sources, whatever the arm found
+        assert 0 <= report[name]["membership_tpr_at_1pct_fpr_duplicated"] <= 1
+        assert len(report["by_seed"][name]) == 2
+        interval = report["summary"][name]["auc_duplicated_vs_heldout"]
+        assert interval["seeds"] == 2 and interval["low"] <= interval["mean"] <= interval["high"]
+    assert (tmp_path / "run" / "verify-model-B-exact-seed1.pt").exists()
+    assert "B-exact" in result.stderr and "95% CI" in result.stderr
 
 
 def test_caption_vocabulary_and_empty_caption():
@@ -426,6 +476,46 @@ def test_heavy_tailed_planting_tiers(tmp_path):
     )
     assert [len(group) - 1 for group in planted.groups] == [5, 5, 2, 2, 2]
     assert planted.samples == 60 + 16
+
+
+def test_near_duplicate_planting_misses_the_content_hash_and_paraphrases_captions(tmp_path):
+    import hashlib
+
+    from dedup.io.reader import iter_shard
+    from dedup.tools.planting import NEAR_DUPLICATE_EDITS, plant
+
+    planted = plant(
+        str(FLICKR / "flickr8k-224-00004.tar"), tmp_path, sources=5, copies=5, transforms=NEAR_DUPLICATE_EDITS,
+        limit=40, seed=1, paraphrase=True,
+    )  # fmt: skip
+    samples = {s.key: s.files for url in planted.shards for s in iter_shard(url, on_fault=lambda fault: None)}
+    for group in planted.groups:
+        source = samples[group[0]]
+        source_digest = hashlib.sha256(source["jpg"]).digest()
+        human = json.loads(source["json"])["captions"]
+        for key in group[1:]:
+            copy = samples[key]
+            assert hashlib.sha256(copy["jpg"]).digest() != source_digest
+            assert Image.open(io.BytesIO(copy["jpg"])).convert("RGB").size[0] >= 100
+            caption = copy["txt"].decode()
+            assert caption in human and caption != source["txt"].decode().strip()
+            assert json.loads(copy["json"])["caption"] == caption
+    assert sorted(set(planted.transforms.values())) == sorted(NEAR_DUPLICATE_EDITS)
+
+
+def test_membership_statistics_tpr_at_low_fpr_and_seed_intervals():
+    from dedup.attack.statistics import seed_mean_with_interval, tpr_at_fpr
+
+    heldout = np.linspace(1.0, 2.0, 1000)  # the lowest 1 % of held-out losses lie below 1.01
+    assert tpr_at_fpr(np.array([0.5, 0.9, 1.5, 1.8]), heldout) == 0.5
+    rng = np.random.default_rng(0)
+    alike = [(rng.normal(0, 1, 200), rng.normal(0, 1, 400)) for _ in range(3)]
+    interval = seed_mean_with_interval([m for m, _ in alike], [h for _, h in alike], "auc")
+    assert (
+        interval["seeds"] == 3 and interval["low"] < 0.5 < interval["high"] and interval["high"] - interval["low"] < 0.1
+    )
+    apart = seed_mean_with_interval([rng.normal(-3, 1, 200)], [rng.normal(0, 1, 400)], "auc")
+    assert apart["low"] > 0.95
 
 
 def test_weight_average_is_what_training_returns():

@@ -11,6 +11,7 @@ from dedup.attack.diffusion import auc, denoising_losses, text_guidance_magnitud
 from dedup.attack.diffusion import sample as generate
 from dedup.attack.extraction import counts_by_duplicates, generate_and_filter, white_box
 from dedup.attack.presets import AttackSettings
+from dedup.attack.statistics import tpr_at_fpr
 from dedup.attack.training_data import Conditioning, Images, to_display_range
 
 
@@ -27,14 +28,21 @@ def membership(
     unique_all = np.flatnonzero(sets["group_size"] == 1)
     unique = np.sort(rng.choice(unique_all, min(attack.unique_sample, len(unique_all)), replace=False))
     loss = lambda images: denoising_losses(model, images.images, conditioning.of(images))  # noqa: E731
-    holdout_loss = loss(holdout)
+    holdout_loss, duplicated_loss, unique_loss = loss(holdout), loss(data.take(duplicated)), loss(data.take(unique))
     return {
-        "membership_auc_duplicated_vs_heldout": _auc(loss(data.take(duplicated)), holdout_loss),
-        "membership_auc_unique_vs_heldout": _auc(loss(data.take(unique)), holdout_loss),
+        "membership_auc_duplicated_vs_heldout": _auc(duplicated_loss, holdout_loss),
+        "membership_auc_unique_vs_heldout": _auc(unique_loss, holdout_loss),
+        "membership_tpr_at_1pct_fpr_duplicated": _tpr(duplicated_loss, holdout_loss),
+        "membership_tpr_at_1pct_fpr_unique": _tpr(unique_loss, holdout_loss),
         "duplicated_images": int(len(duplicated)),
         "unique_images_sampled": int(len(unique)),
         "heldout_images": int(len(holdout_loss)),
+        "_losses": {"duplicated": duplicated_loss, "unique": unique_loss, "heldout": holdout_loss},
     }
+
+
+def _tpr(members: np.ndarray, others: np.ndarray) -> float | None:
+    return round(tpr_at_fpr(members, others), 4) if len(members) and len(others) else None
 
 
 def closest_per_image(order, training_image_of, count: int = 8) -> list[int]:

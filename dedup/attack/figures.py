@@ -23,10 +23,11 @@ def write_figures(out_dir: Path, models: dict) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10 + 1.5 * max(0, len(models) - 2), 3.6), dpi=100)
     counts = sorted({c for m in models.values() for c in m["extracted_by_duplicate_count"]} | {1})
-    width = 0.4
-    for offset, (name, model) in zip((-width / 2, width / 2), models.items()):
+    width = 0.8 / len(models)
+    offsets = (np.arange(len(models)) - (len(models) - 1) / 2) * width
+    for offset, (name, model) in zip(offsets, models.items()):
         left.bar(
             np.arange(len(counts)) + offset,
             [model["extracted_by_duplicate_count"].get(c, 0) for c in counts],
@@ -43,7 +44,7 @@ def write_figures(out_dir: Path, models: dict) -> dict:
         "detector_auc_duplicated_vs_unique_prompts": "Wen detector: duplicated\nvs unique captions",
     }
     measures = {key: label for key, label in measures.items() if all(key in m for m in models.values())}
-    for offset, (name, model) in zip((-width / 2, width / 2), models.items()):
+    for offset, (name, model) in zip(offsets, models.items()):
         values = [np.nan if model[key] is None else model[key] for key in measures]
         right.bar(np.arange(len(measures)) + offset, values, width, label=f"model {name}")
     right.axhline(0.5, color="grey", linestyle=":")
@@ -82,24 +83,43 @@ def write_figures(out_dir: Path, models: dict) -> dict:
 VERIFY_MEASURES = (
     ("membership AUC, duplicated vs held-out", "membership_auc_duplicated_vs_heldout"),
     ("membership AUC, unique vs held-out", "membership_auc_unique_vs_heldout"),
+    ("membership TPR at 1% FPR, duplicated", "membership_tpr_at_1pct_fpr_duplicated"),
+    ("membership TPR at 1% FPR, unique", "membership_tpr_at_1pct_fpr_unique"),
     ("Wen detector AUC, duplicated vs unique captions", "detector_auc_duplicated_vs_unique_prompts"),
     ("captions flagged (clique), of the duplicated", "flagged_prompts"),
     ("control captions flagged", "flagged_control_prompts"),
     ("images extracted", "extracted_images"),
     ("generations", "generations"),
 )
+SEED_MEASURES = (
+    ("AUC duplicated, mean of seeds [95% CI]", "auc_duplicated_vs_heldout"),
+    ("AUC unique, mean of seeds [95% CI]", "auc_unique_vs_heldout"),
+    ("TPR@1%FPR duplicated, mean [95% CI]", "tpr_at_1pct_fpr_duplicated_vs_heldout"),
+)
 
 
 def verify_table(report: dict):
-    """verify.json's measures of model A beside model B, as a rich table."""
+    """verify.json's measures of model A beside the deduplicated models, as a rich table: the first seed's
+    measures, then (with several seeds) the means and intervals."""
     from rich.table import Table
 
     images = report["training_images"]
-    table = Table(title=f"verify: model A (original, {images['A']} images) vs B (deduplicated, {images['B']})")
-    for column, justify in (("measure", "left"), ("A", "right"), ("B", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    names = list(images)
+    table = Table(title="verify: " + ", ".join(f"{name} ({count} images)" for name, count in images.items()))
+    table.add_column("measure", justify="left")
+    for name in names:
+        table.add_column(name, justify="right")
     for label, key in VERIFY_MEASURES:
         if key in report["A"]:
-            table.add_row(label, *("n/a" if report[m][key] is None else str(report[m][key]) for m in ("A", "B")))
-    table.add_row("training seconds", *(str(report[m]["training"]["seconds"]) for m in ("A", "B")))
+            table.add_row(label, *("n/a" if report[m].get(key) is None else str(report[m][key]) for m in names))
+    table.add_row("training seconds", *(str(report[m]["training"]["seconds"]) for m in names))
+    summary = report.get("summary") or {}
+    if len(report.get("settings", {}).get("seeds", [])) > 1:
+        for label, key in SEED_MEASURES:
+            table.add_row(label, *(_interval(summary[m][key]) for m in names))
+        table.add_row("images extracted, per seed", *(str(summary[m]["extracted_images"]["per_seed"]) for m in names))
     return table
+
+
+def _interval(value: dict) -> str:
+    return "n/a" if value["mean"] is None else f"{value['mean']} [{value['low']}, {value['high']}]"

@@ -36,12 +36,21 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
     from dedup.settings import load_settings
 
     holdout = preset.get("holdout", {})
+    model = dict(preset.get("model", {}))
+    seeds = model.pop("seeds", [])
+    arms = (preset.get("dedup") or {}).get("arms", {})
+    if not isinstance(arms, dict) or not all(isinstance(c, str) for c in arms.values()) or "A" in arms:
+        raise SettingsError(f"{origin} [dedup] arms must map names other than A to dedup configs, got {arms!r}")
+    if not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds):
+        raise SettingsError(f"{origin} [model] seeds must be a list of integers, got {seeds!r}")
     return VerifySettings(
         holdout=[holdout["shards"]] if isinstance(holdout.get("shards"), str) else list(holdout.get("shards", [])),
         holdout_count=holdout.get("count", 500),
-        model=build(ModelSettings, preset.get("model", {}), f"{origin} [model]"),
+        model=build(ModelSettings, model, f"{origin} [model]"),
         attack=build(AttackSettings, preset.get("attack", {}), f"{origin} [attack]"),
         embed=load_settings(dedup_config(preset)).embed,
+        arms={str(name): config for name, config in arms.items()},
+        seeds=seeds,
     )
 
 

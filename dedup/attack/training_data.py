@@ -76,7 +76,11 @@ def load_holdout(shards: list[str], count: int, resolution: int) -> Images:
     return load_images(rows, resolution)
 
 
-def training_sets(manifest) -> dict:
+def training_sets(manifest, planted_groups: list[list[str]] | None = None) -> dict:
+    """The run's readable samples (rows), which the run kept, and each one's duplicate group, its size and the
+    sample's rank in it. With `planted_groups` (the planting's ground truth: source key first, then its
+    copies) those groups replace what the run found for the samples they hold, so every arm of a verify is
+    measured on the same duplicated images whatever its detector found."""
     readable = manifest.filter(pc.not_equal(manifest["status"], "unreadable"))
     rows = list(zip(readable["shard"].to_pylist(), readable["sample_index"].to_pylist()))
     status = readable["status"].to_pylist()
@@ -85,6 +89,13 @@ def training_sets(manifest) -> dict:
         [g if g is not None else -1 - i for i, g in enumerate(readable["group_id"].to_pylist())], np.int64
     )
     ranks = np.array([r or 0 for r in readable["rank"].to_pylist()], np.int64)
+    if planted_groups:
+        position = {key: i for i, key in enumerate(readable["key"].to_pylist())}
+        first_id = int(groups.max(initial=0)) + 1
+        for number, group in enumerate(planted_groups):
+            members = [position[key] for key in group if key in position]
+            for rank, row in enumerate(members):
+                groups[row], sizes[row], ranks[row] = first_id + number, len(members), rank
     return {
         "rows": rows,
         "kept": np.array([s == "kept" for s in status]),
@@ -92,6 +103,18 @@ def training_sets(manifest) -> dict:
         "group": groups,
         "rank": ranks,
     }
+
+
+def kept_by(manifest, rows: list[tuple[str, int]]) -> np.ndarray:
+    """Which of `rows` ((shard, sample_index)) another run of the same shards kept."""
+    kept = {
+        (shard, index)
+        for shard, index, status in zip(
+            manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist(), manifest["status"].to_pylist()
+        )
+        if status == "kept"
+    }
+    return np.array([row in kept for row in rows])
 
 
 def to_display_range(images: np.ndarray) -> np.ndarray:

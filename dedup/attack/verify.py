@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,15 @@ from dedup.attack.attacks import black_box_attack, membership, white_box_attack
 from dedup.attack.diffusion import ModelSettings, train
 from dedup.attack.figures import save_generations, write_figures
 from dedup.attack.presets import VerifySettings, dedup_config, load_preset, planted_counts, verify_settings
-from dedup.attack.training_data import Conditioning, Images, load_holdout, load_images, training_sets
+from dedup.attack.statistics import MEASURES, seed_mean_with_interval
+from dedup.attack.training_data import (
+    Conditioning,
+    Images,
+    kept_by,
+    load_holdout,
+    load_images,
+    training_sets,
+)
 from dedup.errors import InputError, SettingsError
 from dedup.io.atomic import atomic_open, write_json
 from dedup.io.runfolder import RunFolder, load_manifest
@@ -99,7 +107,7 @@ def verify(
             "give the run's embed settings (the preset's [dedup] config)"
         )
     started = time.perf_counter()
-    sets = training_sets(load_manifest(run_dir))
+    sets = training_sets(load_manifest(run_dir), planted_groups(run_dir))
     data = load_images(sets["rows"], model_settings.resolution)
     holdout = load_holdout(settings.holdout, settings.holdout_count, model_settings.resolution)
     conditioning = Conditioning(model_settings, data.captions)
@@ -113,6 +121,8 @@ def verify(
         prompts = largest_group_prompts(run_dir, attack.prompts)
         controls = unique_image_prompts(run_dir, attack.control_prompts, attack.seed)
         embedder = embedder_from(settings.embed)
+    arms = training_arms(run_dir, sets, settings.arms)
+    seeds = settings.training_seeds()
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "settings": {
@@ -121,49 +131,106 @@ def verify(
             "holdout": settings.holdout,
             "holdout_count": settings.holdout_count,
             "embed": asdict(settings.embed) if settings.embed else None,
+            "arms": settings.arms,
+            "seeds": seeds,
         },
-        "training_images": {"A": int(len(data.images)), "B": int(sets["kept"].sum())},
+        "training_images": {name: int(rows.size) for name, rows in arms.items()},
     }
     conditions = conditioning.of(data)
-    models = {}
-    for name, rows in (("A", np.arange(len(data.images))), ("B", np.flatnonzero(sets["kept"]))):
-        model, stats = trained_model(
-            RunFolder(out_dir).verify_model(name),
-            name,
-            data,
-            rows,
-            conditions,
-            conditioning,
-            [sets["rows"][i] for i in rows],
-            model_settings,
-            reporter,
-        )
-        measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
-        if model_settings.captions:
-            measured.update(
-                black_box_attack(
-                    model, data, conditioning, sets, prompts, controls, attack, RunFolder(run_dir).embeddings, embedder
-                )
+    models: dict[str, dict] = {}
+    by_seed: dict[str, list[dict]] = {name: [] for name in arms}
+    for seed in seeds:
+        seeded = replace(model_settings, seed=seed)
+        for name, rows in arms.items():
+            tag = name if seed == seeds[0] else f"{name}-seed{seed}"
+            model, stats = trained_model(
+                RunFolder(out_dir).verify_model(tag),
+                tag,
+                data,
+                rows,
+                conditions,
+                conditioning,
+                [sets["rows"][i] for i in rows],
+                seeded,
+                reporter,
             )
-        else:
-            measured.update(white_box_attack(model, data, conditioning, sets, attack))
-        reporter.info(
-            f"verify {name}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
-            f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
-            f"extracted from {measured['generations']} generations"
-        )
-        measured["generations_file"] = save_generations(
-            RunFolder(out_dir).verify_generations(name), measured["_generations"]
-        )
-        models[name] = measured
+            measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
+            if model_settings.captions:
+                measured.update(
+                    black_box_attack(
+                        model,
+                        data,
+                        conditioning,
+                        sets,
+                        prompts,
+                        controls,
+                        attack,
+                        RunFolder(run_dir).embeddings,
+                        embedder,
+                    )
+                )
+            else:
+                measured.update(white_box_attack(model, data, conditioning, sets, attack))
+            reporter.info(
+                f"verify {tag}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
+                f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
+                f"extracted from {measured['generations']} generations"
+            )
+            measured["generations_file"] = save_generations(
+                RunFolder(out_dir).verify_generations(tag), measured.pop("_generations")
+            )
+            by_seed[name].append(measured)
+            if seed == seeds[0]:
+                models[name] = measured
     figures = write_figures(out_dir, models)
-    report.update({name: {k: v for k, v in value.items() if not k.startswith("_")} for name, value in models.items()})
+    report.update({name: public(value) for name, value in models.items()})
+    report["by_seed"] = {name: [scalars(value) for value in values] for name, values in by_seed.items()}
+    report["summary"] = {name: seed_summary(values) for name, values in by_seed.items()}
     extracted_a, extracted_b = report["A"]["extracted_images"], report["B"]["extracted_images"]
     report["extracted_reduction"] = None if extracted_a == 0 else round(1 - extracted_b / extracted_a, 4)
     report["figures"] = figures
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(RunFolder(out_dir).verify_report, report)
     return report
+
+
+def planted_groups(run_dir: Path) -> list[list[str]] | None:
+    """The planting's ground truth when verify planted the data (RUN_DIR/data/planted.json)."""
+    path = RunFolder(run_dir).planted_data / "planted.json"
+    return json.loads(path.read_text())["groups"] if path.exists() else None
+
+
+def training_arms(run_dir: Path, sets: dict, arms: dict[str, str]) -> dict[str, np.ndarray]:
+    """The rows each model trains on: A all, B what the run kept, each further arm what its own run kept."""
+    chosen = {"A": np.arange(len(sets["rows"])), "B": np.flatnonzero(sets["kept"])}
+    for name in arms:
+        folder = RunFolder(RunFolder(run_dir).arm(name))
+        if not folder.manifest.exists():
+            raise InputError(f"arm {name!r} has no run at {folder.root}; run `dedup verify` with the preset to make it")
+        chosen[name] = np.flatnonzero(kept_by(load_manifest(folder.root), sets["rows"]))
+    return chosen
+
+
+def public(measured: dict) -> dict:
+    return {key: value for key, value in measured.items() if not key.startswith("_")}
+
+
+def scalars(measured: dict) -> dict:
+    return {key: value for key, value in public(measured).items() if isinstance(value, int | float) or value is None}
+
+
+def seed_summary(measured_by_seed: list[dict]) -> dict:
+    """Means over seeds with 95 % bootstrap intervals over the images, for each membership measure; the
+    extraction counts of every seed."""
+    summary: dict[str, Any] = {}
+    for group in ("duplicated", "unique"):
+        members = [m["_losses"][group] for m in measured_by_seed]
+        heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
+        for measure in MEASURES:
+            summary[f"{measure}_{group}_vs_heldout"] = seed_mean_with_interval(members, heldout, measure)
+    counts = [m["extracted_images"] for m in measured_by_seed]
+    summary["extracted_images"] = {"mean": round(float(np.mean(counts)), 2), "per_seed": counts}
+    return summary
 
 
 def verify_run(
@@ -194,6 +261,7 @@ def verify_run(
                     limit=options.pop("unique", None),
                     shard_size=options.pop("shard_size", None),
                     seed=options.pop("seed", 0),
+                    paraphrase=options.pop("paraphrase", False),
                 )
             shards = [str(data)]
         if not shards:
@@ -201,7 +269,24 @@ def verify_run(
         settings = load_settings(dedup_config(preset))
         settings.shards, settings.run_dir = list(shards), str(run_dir)
         run(settings, reporter=reporter)
+    for name, config in settings_for_verify.arms.items():
+        folder = RunFolder(RunFolder(run_dir).arm(name))
+        if not folder.summary.exists():
+            reporter.info(f"verify: arm {name}, dedup config {config!r}")
+            arm = load_settings(config)
+            arm.shards, arm.run_dir = input_shards(run_dir), str(folder.root)
+            run(arm, reporter=reporter)
     return verify(run_dir, settings_for_verify, reporter=reporter)
+
+
+def input_shards(run_dir: Path) -> list[str]:
+    """The shards the run at `run_dir` read (its embedding store's spec)."""
+    from dedup.io.store import EmbeddingStore
+
+    spec = EmbeddingStore(RunFolder(run_dir).embeddings).read_spec()
+    if not spec or not spec.get("shards"):
+        raise InputError(f"{run_dir} has no embedding store naming its shards; run `dedup run` there first")
+    return list(spec["shards"])
 
 
 def verify_after_run(settings, preset_name: str, reporter: Reporter = SILENT) -> dict:

@@ -90,6 +90,10 @@ class RunFolder:
         """verify: the shards a preset plants its copies into."""
         return self.root / "data"
 
+    def arm(self, name: str) -> Path:
+        """verify: the run of another dedup arm on the same data (B-exact, B-hash, ...)."""
+        return self.root / "arms" / name
+
     @property
     def verify_report(self) -> Path:
         return self.root / "verify.json"

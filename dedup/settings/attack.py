@@ -63,6 +63,17 @@ class VerifySettings:
     model: ModelSettings = setting(factory=ModelSettings)
     attack: AttackSettings = setting(factory=AttackSettings)
     embed: EmbedSettings | None = setting(None, "The run's embedder, to confirm generations through its store.")
+    arms: dict[str, str] = setting(
+        help='More deduplicated models on the same data: name -> dedup config (B-exact = "exact"), each run '
+        "into RUN_DIR/arms/NAME and trained like B.",
+        factory=dict,
+    )
+    seeds: list[int] = setting(
+        help="Training seeds: every model once per seed (empty: the model's seed).", factory=list
+    )
+
+    def training_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.model.seed]
 
 
 @dataclass

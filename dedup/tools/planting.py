@@ -1,8 +1,13 @@
 """Plant near-duplicates whose ground truth is known into real shards: for tests, benchmarks and the demo.
 
-Each planted copy is a transformed version of a real sample's image (exact copy, JPEG re-encode, resize,
-small crop), given a new key, the source's caption, and placed in a shard chosen at random, so copies
-land across shards. The ground truth (which keys belong together) is returned and written as JSON.
+Each planted copy is a transformed version of a real sample's image, given a new key and the source's caption
+(or, with `paraphrase`, another of the source's human captions, as web copies carry captions of their own),
+and placed in a shard chosen at random, so copies land across shards. The ground truth (which keys belong
+together) is returned and written as JSON.
+
+Transforms: the light ones (exact copy, JPEG re-encode, resize, a 2-5 % crop) and NEAR_DUPLICATE_EDITS, the
+edits web copies carry that no content hash sees: a crop to 60-85 % of each side, a mirror image, colour and
+contrast shifts, a border, a text overlay.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from dedup.io.atomic import atomic_open, write_json
 from dedup.io.reader import Sample, iter_shard
 from dedup.io.sources import expand_shards
 
-TRANSFORMS = ("exact", "reencode", "resize", "crop")
+LIGHT_EDITS = ("exact", "reencode", "resize", "crop")
+NEAR_DUPLICATE_EDITS = ("crop-large", "flip", "colour", "border", "overlay")
+TRANSFORMS = LIGHT_EDITS + NEAR_DUPLICATE_EDITS
+OVERLAY_WORDS = ("SALE", "new", "© photo", "wallpaper", "HD", "free download", "4K", "best of", "top 10", "#1")
 
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
@@ -47,7 +55,46 @@ def transform_image(data: bytes, kind: str, rng: random.Random) -> bytes:
         dx, dy = round(width * rng.uniform(0.02, 0.05)), round(height * rng.uniform(0.02, 0.05))
         left, top = rng.randint(0, dx), rng.randint(0, dy)
         return _encode_jpeg(image.crop((left, top, width - (dx - left), height - (dy - top))), 90)
+    if kind in NEAR_DUPLICATE_EDITS:
+        return _encode_jpeg(_near_duplicate(image, kind, rng), rng.choice((75, 85, 95)))
     raise ValueError(f"unknown transform {kind!r}; use one of {TRANSFORMS}")
+
+
+def _near_duplicate(image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
+    from PIL import ImageDraw, ImageEnhance, ImageOps
+
+    width, height = image.size
+    if kind == "crop-large":
+        keep_w, keep_h = round(width * rng.uniform(0.6, 0.85)), round(height * rng.uniform(0.6, 0.85))
+        left, top = rng.randint(0, width - keep_w), rng.randint(0, height - keep_h)
+        return image.crop((left, top, left + keep_w, top + keep_h))
+    if kind == "flip":
+        return ImageOps.mirror(image)
+    if kind == "colour":
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
+        return ImageEnhance.Color(image).enhance(rng.uniform(0.5, 1.5))
+    if kind == "border":
+        side = round(min(width, height) * rng.uniform(0.05, 0.15))
+        colour = rng.choice(((0, 0, 0), (255, 255, 255), (rng.randrange(256), rng.randrange(256), rng.randrange(256))))
+        return ImageOps.expand(image, border=side, fill=colour)
+    # overlay: a word or two in a corner band, as watermarks and meme captions are
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    size = max(8, round(height * rng.uniform(0.08, 0.14)))
+    x, y = rng.randint(0, max(0, width // 3)), rng.choice((rng.randint(0, height // 8), height - size - height // 12))
+    colour = rng.choice(((255, 255, 255), (0, 0, 0), (255, 230, 0)))
+    draw.text((x, y), rng.choice(OVERLAY_WORDS), fill=colour, font=_font(size))
+    return image
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
 
 
 @dataclass
@@ -73,6 +120,7 @@ def plant(
     prefix: str = "planted",
     eligible: Callable[[Sample], bool] | None = None,
     donors: str | list[str] | None = None,
+    paraphrase: bool = False,
 ) -> PlantedSet:
     """Copy the samples of `source_shards` into `out_dir` with planted near-duplicates.
 
@@ -81,6 +129,8 @@ def plant(
     transform cycled through `transforms`. With `shard_size` the output is re-cut into shards of that many
     samples; otherwise it keeps the input's shard count. With `donors`, the copies are made of the donor
     shards' images instead (for example test images hidden in training shards); donors are not copied in.
+    With `paraphrase`, each copy's caption is another of the source's captions (its json `captions`, as
+    Flickr8k's five human captions) where it has more than one.
     """
     rng = random.Random(seed)
     urls = expand_shards(source_shards)
@@ -120,7 +170,10 @@ def plant(
             key = f"planted-{source.key.replace('/', '_')}-{copy_number}"
             files = {ext: data for ext, data in source.files.items() if ext != image_field and ext != "json"}
             files["jpg" if kind != "exact" else image_field] = transform_image(source.files[image_field], kind, rng)
-            files["json"] = json.dumps({"key": key, "planted_from": source.key, "transform": kind}).encode()
+            meta = {"key": key, "planted_from": source.key, "transform": kind}
+            if paraphrase and (caption := _other_caption(source.files, rng)) is not None:
+                files["txt"], meta["caption"] = caption.encode(), caption
+            files["json"] = json.dumps(meta).encode()
             bucket = buckets[rng.randrange(shard_count)]
             bucket.insert(rng.randint(0, len(bucket)), {"__key__": key, **files})
             group.append(key)
@@ -140,6 +193,17 @@ def plant(
         planted.samples += len(bucket)
     write_json(out_dir / "planted.json", planted.to_json())
     return planted
+
+
+def _other_caption(files: dict[str, bytes], rng: random.Random) -> str | None:
+    """One of the sample's human captions other than its own (.txt), or None when it has no other."""
+    try:
+        captions = json.loads(files.get("json", b"{}")).get("captions") or []
+    except (ValueError, AttributeError):
+        return None
+    own = files.get("txt", b"").decode("utf-8", "replace").strip()
+    others = [str(caption).strip() for caption in captions if str(caption).strip() not in ("", own)]
+    return rng.choice(others) if others else None
 
 
 def planted_pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
