@@ -157,9 +157,19 @@ class FindSettings:
 @dataclass
 class SelectSettings:
     policy: str = setting("one", "one | cap:K | none")
+    diversify_captions: bool = setting(
+        False,
+        "Copies a policy keeps beyond a group's best (cap:K, none) get other captions: another member's, else "
+        "the caption with some words replaced; the original stays in the sample's json (Somepalli et al. 2023).",
+    )
 
     def validate(self) -> None:
-        parse_policy(self.policy)
+        kind, _ = parse_policy(self.policy)
+        if self.diversify_captions and kind == "one":
+            raise SettingsError(
+                "select.diversify_captions changes the captions of the copies a policy keeps, and policy one keeps "
+                "none: use policy cap:K (or none) with it"
+            )
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dedup.io.samples import IN_INPUT_ORDER, sample_id, sample_id_fields
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.settings import SelectSettings, parse_policy
+from dedup.stages.captions import diversified_captions
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -36,6 +37,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("kept_shard", pa.string()),
         ("match", pa.string()),  # signal of the sample's nearest duplicate
         ("similarity", pa.float32()),
+        ("caption_change", pa.string()),  # select.diversify_captions: what changed the caption written
+        ("new_caption", pa.string()),  # the caption write gives the sample; null: its own
     ]
 )
 
@@ -64,7 +67,7 @@ def rank_in_groups(groups: pa.Table) -> np.ndarray:
     return ranks
 
 
-def decide(groups: pa.Table, policy: str) -> pa.Table:
+def decide(groups: pa.Table, policy: str, diversify_captions: bool = False) -> pa.Table:
     kind, cap = parse_policy(policy)
     rows = len(groups)
     ranks = rank_in_groups(groups)
@@ -105,6 +108,12 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
         else:
             status.append("dropped")
             reasons.append(f"duplicate of {shards[best]}:{keys[best]} ({described})")
+    new_captions: list[str | None] = [None] * rows
+    changes: list[str | None] = [None] * rows
+    if diversify_captions:
+        kept = np.array([s == "kept" for s in status], dtype=bool)
+        captions = groups["caption"].fill_null("").to_pylist()
+        new_captions, changes = diversified_captions(group_id, ranks, kept, captions, keys)
     return pa.table(
         {
             **sample_id(groups),
@@ -117,6 +126,8 @@ def decide(groups: pa.Table, policy: str) -> pa.Table:
             "kept_shard": pa.array([shards[i] for i in best_row], pa.string()),
             "match": groups["match"],
             "similarity": groups["nearest_similarity"],
+            "caption_change": pa.array(changes, pa.string()),
+            "new_caption": pa.array(new_captions, pa.string()),
         },
         schema=MANIFEST_SCHEMA,
     )
@@ -149,7 +160,9 @@ def select(
     settings.validate()
     groups = load_groups(run_dir)
     failures = EmbeddingStore(store_dir).load().failures
-    manifest = pa.concat_tables([decide(groups, settings.policy), unreadable_rows(failures)])
+    manifest = pa.concat_tables(
+        [decide(groups, settings.policy, settings.diversify_captions), unreadable_rows(failures)]
+    )
     order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
     manifest = manifest.take(order)
     write_parquet(RunFolder(run_dir).manifest, manifest)
@@ -157,7 +170,9 @@ def select(
         status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0)
         for status in ("kept", "dropped", "unreadable")
     }
+    diversified = int(pc.sum(pc.is_valid(manifest["new_caption"])).as_py() or 0)
     reporter.info(
         f"select ({settings.policy}): {counts['kept']} kept, {counts['dropped']} dropped, {counts['unreadable']} unreadable"
+        + (f"; {diversified} kept copies given other captions" if settings.diversify_captions else "")
     )
-    return {"policy": settings.policy, "samples": len(manifest), **counts}
+    return {"policy": settings.policy, "samples": len(manifest), **counts, "captions_changed": diversified}

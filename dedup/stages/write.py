@@ -8,6 +8,7 @@ as its completion marker. A rerun skips shards whose marker matches the plan. `s
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
 from dedup.io import tarspans
 from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
+from dedup.io.imaging import caption_of
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.sources import fingerprint, is_remote
@@ -62,6 +64,8 @@ def byte_ranges(slices: list[InputSlice], store_dir: str | None = None) -> tuple
     The ranges embed recorded are used where the store has them; otherwise the shard's headers are scanned."""
     keys = [key for piece in slices for key in piece.keys]
     if any(map(str.__eq__, keys, keys[1:])) or not all(tarspans.is_plain_local_tar(piece.shard) for piece in slices):
+        return None
+    if any(piece.recaptioned for piece in slices):  # new captions: the samples are written again
         return None
     ranges, payload = [], 0
     for piece in slices:
@@ -146,6 +150,13 @@ def rewrite_members(
     import webdataset as wds  # imports torch: seconds, paid only on this path
 
     expected = {(piece.shard, index): key for piece in slices for index, key in zip(piece.indexes.tolist(), piece.keys)}
+    new_caption = {
+        (piece.shard, index): caption
+        for piece in slices
+        if piece.recaptioned
+        for index, caption in zip(piece.indexes.tolist(), piece.captions or [])
+        if caption is not None
+    }
     written, payload_bytes, previous_key, renamed = set(), 0, None, []
     with atomic_open(path, "wb", durable=durable) as handle:
         writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
@@ -160,7 +171,10 @@ def rewrite_members(
                 renamed.append(
                     {"shard": sample.shard, "sample_index": sample.index, "key": sample.key, "written_as": key}
                 )
-            payload_bytes += writer.write({"__key__": key, **sample.files})
+            files = sample.files
+            if (sample.shard, sample.index) in new_caption:
+                files = with_caption(files, new_caption[(sample.shard, sample.index)])
+            payload_bytes += writer.write({"__key__": key, **files})
             previous_key = key
             written.add((sample.shard, sample.index))
         missing = [place for place in expected if place not in written]
@@ -170,6 +184,22 @@ def rewrite_members(
             raise InputError(f"shard {shard} changed since embed: {gone} kept samples are gone")
         writer.close()
     return len(written), payload_bytes, renamed
+
+
+def with_caption(files: dict[str, bytes], caption: str) -> dict[str, bytes]:
+    """The sample's fields with `caption` as its .txt and its json's caption; the json keeps the original
+    caption as `original_caption`."""
+
+    original = caption_of(files)
+    files = {**files, "txt": caption.encode()}
+    try:
+        meta = json.loads(files["json"]) if "json" in files else {}
+    except (ValueError, UnicodeDecodeError):
+        meta = None  # not ours to rewrite: the .txt carries the new caption
+    if isinstance(meta, dict):
+        meta.update({"caption": caption, "original_caption": original})
+        files["json"] = json.dumps(meta, ensure_ascii=False).encode()
+    return files
 
 
 def write_output_shard(

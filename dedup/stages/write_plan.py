@@ -15,7 +15,7 @@ from dedup.io.runfolder import RunFolder
 
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
 # the manifest columns write reads, of 13: the plan's, then the summary's (reference_match: purged runs only)
-WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason"]
+WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason", "new_caption"]
 OUTPUT_COLUMNS = ["output_shard", "output_key"]  # what write adds to the manifest
 
 
@@ -27,16 +27,22 @@ class InputSlice:
     part: int
     indexes: np.ndarray  # sample indexes in the input shard, ascending
     keys: list[str]
+    captions: list[str | None] | None = None  # select.diversify_captions: a new caption per sample, or None
+
+    @property
+    def recaptioned(self) -> bool:
+        return self.captions is not None and any(caption is not None for caption in self.captions)
 
 
 def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[InputSlice]]:
     """The kept samples in input order, cut into output shards of `samples_per_shard`, each a list of slices."""
-    kept = manifest.select(PLAN_COLUMNS)
+    kept = manifest.select(PLAN_COLUMNS + (["new_caption"] if "new_caption" in manifest.column_names else []))
     kept = kept.filter(pc.equal(kept["status"], "kept"))
     kept = kept.take(pc.sort_indices(kept, [("shard_index", "ascending"), ("sample_index", "ascending")]))
     parts = kept["shard_index"].to_numpy()
     indexes = kept["sample_index"].to_numpy()
     keys = kept["key"].to_pylist()
+    captions = kept["new_caption"].to_pylist() if "new_caption" in kept.column_names else [None] * len(keys)
     shard_of = _shard_names(kept)
     plan = []
     for first in range(0, len(keys), samples_per_shard):
@@ -44,7 +50,7 @@ def plan_output(manifest: pa.Table, samples_per_shard: int) -> list[list[InputSl
         cuts = [first, *(first + 1 + np.flatnonzero(parts[first + 1 : last] != parts[first : last - 1])).tolist(), last]
         plan.append(
             [
-                InputSlice(shard_of[int(parts[a])], int(parts[a]), indexes[a:b], keys[a:b])
+                InputSlice(shard_of[int(parts[a])], int(parts[a]), indexes[a:b], keys[a:b], captions[a:b])
                 for a, b in zip(cuts, cuts[1:])
             ]
         )
@@ -63,6 +69,8 @@ def plan_digest(slices: list[InputSlice]) -> str:
         digest.update(f"{piece.shard}\0{len(piece.keys)}\0".encode())
         digest.update(piece.indexes.astype("<i8").tobytes())
         digest.update("\0".join(piece.keys).encode())
+        if piece.recaptioned:
+            digest.update("\0".join(caption or "" for caption in piece.captions or []).encode())
     return digest.hexdigest()
 
 
