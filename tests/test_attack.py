@@ -295,6 +295,24 @@ def test_tiny_caption_verify_end_to_end(tmp_path):
         )
 
 
+def test_caption_arms_keep_k_copies_with_and_without_new_captions(tmp_path):
+    """Somepalli et al.'s mitigation as a verify arm: the same 3 copies a group kept, captions as they were
+    or diversified; the diversified arm's model trains on the captions its run wrote."""
+    arms = (
+        '[dedup]\nconfig = "hashes"\narms = { B-cap3 = { config = "hashes", set = ["select.policy=cap:3"] }, '
+        'B-cap3-diverse = { config = "hashes", set = ["select.policy=cap:3", "select.diversify_captions=true"] } }\n'
+    )
+    preset = tmp_path / "verify-tiny-captions.toml"
+    preset.write_text(TINY_CAPTION_PRESET + arms)
+    run_cli("verify", tmp_path / "run", "--preset", preset)
+    report = json.loads((tmp_path / "run" / "verify.json").read_text())
+    images = report["training_images"]
+    assert images["B-cap3"] == images["B-cap3-diverse"] == images["B"] + 3 * 2
+    assert report["captions_rewritten"]["B-cap3"] == 0
+    assert report["captions_rewritten"]["B-cap3-diverse"] == 3 * 2  # the two copies kept beside each best
+    assert report["B-cap3"]["training"]["final_loss"] != report["B-cap3-diverse"]["training"]["final_loss"]
+
+
 def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_path):
     """`dedup run ... --verify PRESET` ends with verify, on the run's data and with the run's embedder."""
     root, _, _ = flickr_run

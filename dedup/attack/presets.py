@@ -38,9 +38,7 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
     holdout = preset.get("holdout", {})
     model = dict(preset.get("model", {}))
     seeds = model.pop("seeds", [])
-    arms = (preset.get("dedup") or {}).get("arms", {})
-    if not isinstance(arms, dict) or not all(isinstance(c, str) for c in arms.values()) or "A" in arms:
-        raise SettingsError(f"{origin} [dedup] arms must map names other than A to dedup configs, got {arms!r}")
+    arms = arm_specs((preset.get("dedup") or {}).get("arms", {}), origin)
     if not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds):
         raise SettingsError(f"{origin} [model] seeds must be a list of integers, got {seeds!r}")
     return VerifySettings(
@@ -49,9 +47,28 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
         model=build(ModelSettings, model, f"{origin} [model]"),
         attack=build(AttackSettings, preset.get("attack", {}), f"{origin} [attack]"),
         embed=load_settings(dedup_config(preset)).embed,
-        arms={str(name): config for name, config in arms.items()},
+        arms=arms,
         seeds=seeds,
     )
+
+
+def arm_specs(arms: object, origin: str) -> dict[str, dict]:
+    """[dedup] arms as {name: {"config": ..., "set": [...]}}; a plain string names the config alone."""
+    problem = f"{origin} [dedup] arms must map names other than A and B to a dedup config or to {{ config, set }}"
+    if not isinstance(arms, dict) or {"A", "B"} & set(arms):
+        raise SettingsError(f"{problem}, got {arms!r}")
+    specs = {}
+    for name, value in arms.items():
+        spec = {"config": value, "set": []} if isinstance(value, str) else value
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("config"), str)
+            or set(spec) - {"config", "set"}
+            or not all(isinstance(item, str) for item in spec.get("set", []))
+        ):
+            raise SettingsError(f"{problem}; arm {name!r} is {value!r}")
+        specs[str(name)] = {"config": spec["config"], "set": list(spec.get("set", []))}
+    return specs
 
 
 def dedup_config(preset: dict) -> str:

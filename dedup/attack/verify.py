@@ -63,6 +63,11 @@ def trained_model(
             "settings": asdict(settings),
             "places": hashlib.sha256(json.dumps(places).encode()).hexdigest(),
             "vocabulary": conditioning.vocabulary.to_json() if conditioning.vocabulary else None,
+            "captions": (  # an arm that rewrote captions trains on other tokens than B
+                hashlib.sha256(np.ascontiguousarray(conditions[rows]).tobytes()).hexdigest()
+                if conditions is not None and settings.captions
+                else None
+            ),
         },
         sort_keys=True,
         default=str,
@@ -143,12 +148,16 @@ def verify(
         seeded = replace(model_settings, seed=seed)
         for name, rows in arms.items():
             tag = name if seed == seeds[0] else f"{name}-seed{seed}"
+            rewritten = arm_captions(run_dir, name, sets, data.captions) if model_settings.captions else None
+            report.setdefault("captions_rewritten", {})[name] = (
+                0 if rewritten is None else sum(rewritten[i] != data.captions[i] for i in rows.tolist())
+            )
             model, stats = trained_model(
                 RunFolder(out_dir).verify_model(tag),
                 tag,
                 data,
                 rows,
-                conditions,
+                conditions if rewritten is None else conditioning.tokens(rewritten),
                 conditioning,
                 [sets["rows"][i] for i in rows],
                 seeded,
@@ -200,7 +209,7 @@ def planted_groups(run_dir: Path) -> list[list[str]] | None:
     return json.loads(path.read_text())["groups"] if path.exists() else None
 
 
-def training_arms(run_dir: Path, sets: dict, arms: dict[str, str]) -> dict[str, np.ndarray]:
+def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str, np.ndarray]:
     """The rows each model trains on: A all, B what the run kept, each further arm what its own run kept."""
     chosen = {"A": np.arange(len(sets["rows"])), "B": np.flatnonzero(sets["kept"])}
     for name in arms:
@@ -209,6 +218,24 @@ def training_arms(run_dir: Path, sets: dict, arms: dict[str, str]) -> dict[str, 
             raise InputError(f"arm {name!r} has no run at {folder.root}; run `dedup verify` with the preset to make it")
         chosen[name] = np.flatnonzero(kept_by(load_manifest(folder.root), sets["rows"]))
     return chosen
+
+
+def arm_captions(run_dir: Path, name: str, sets: dict, captions: list[str]) -> list[str] | None:
+    """The captions arm `name` trains on when its run wrote new ones (select.diversify_captions), else None."""
+    folder = RunFolder(run_dir) if name in ("A", "B") else RunFolder(RunFolder(run_dir).arm(name))
+    if name == "A":
+        return None
+    manifest = load_manifest(folder.root, ["shard", "sample_index", "new_caption"])
+    if "new_caption" not in manifest.column_names:
+        return None
+    new = {
+        (shard, index): caption
+        for shard, index, caption in zip(
+            manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist(), manifest["new_caption"].to_pylist()
+        )
+        if caption is not None
+    }
+    return [new.get(row, caption) for row, caption in zip(sets["rows"], captions)] if new else None
 
 
 def public(measured: dict) -> dict:
@@ -269,11 +296,11 @@ def verify_run(
         settings = load_settings(dedup_config(preset))
         settings.shards, settings.run_dir = list(shards), str(run_dir)
         run(settings, reporter=reporter)
-    for name, config in settings_for_verify.arms.items():
+    for name, spec in settings_for_verify.arms.items():
         folder = RunFolder(RunFolder(run_dir).arm(name))
         if not folder.summary.exists():
-            reporter.info(f"verify: arm {name}, dedup config {config!r}")
-            arm = load_settings(config)
+            reporter.info(f"verify: arm {name}, dedup config {spec['config']!r} {' '.join(spec['set'])}".rstrip())
+            arm = load_settings(spec["config"], spec["set"])
             arm.shards, arm.run_dir = input_shards(run_dir), str(folder.root)
             run(arm, reporter=reporter)
     return verify(run_dir, settings_for_verify, reporter=reporter)

@@ -63,9 +63,10 @@ class VerifySettings:
     model: ModelSettings = setting(factory=ModelSettings)
     attack: AttackSettings = setting(factory=AttackSettings)
     embed: EmbedSettings | None = setting(None, "The run's embedder, to confirm generations through its store.")
-    arms: dict[str, str] = setting(
-        help='More deduplicated models on the same data: name -> dedup config (B-exact = "exact"), each run '
-        "into RUN_DIR/arms/NAME and trained like B.",
+    arms: dict[str, dict] = setting(
+        help="More deduplicated models on the same data: name -> {config, set: [overrides]} (in a preset, "
+        'B-exact = "exact" or B-cap3 = { config = "default", set = ["select.policy=cap:3"] }), each run into '
+        "RUN_DIR/arms/NAME and trained like B, on the captions its run wrote.",
         factory=dict,
     )
     seeds: list[int] = setting(
