@@ -22,22 +22,28 @@ def _auc(members: np.ndarray, others: np.ndarray) -> float | None:
 def membership(
     model, data: Images, conditioning: Conditioning, sets: dict, holdout: Images, attack: AttackSettings
 ) -> dict:
-    """Loss-based membership AUC of the duplicated images (one per group) and of a sample of unique ones."""
+    """Loss-based membership of the duplicated images (one per group: the group's original), by group size,
+    and of a sample of unique ones, against held-out images."""
     rng = np.random.default_rng(attack.seed)
-    duplicated = np.flatnonzero((sets["group_size"] >= attack.duplicated_min) & (sets["rank"] == 0))
+    copied = np.flatnonzero((sets["group_size"] >= 2) & (sets["rank"] == 0))
     unique_all = np.flatnonzero(sets["group_size"] == 1)
     unique = np.sort(rng.choice(unique_all, min(attack.unique_sample, len(unique_all)), replace=False))
     loss = lambda images: denoising_losses(model, images.images, conditioning.of(images))  # noqa: E731
-    holdout_loss, duplicated_loss, unique_loss = loss(holdout), loss(data.take(duplicated)), loss(data.take(unique))
+    holdout_loss, copied_loss, unique_loss = loss(holdout), loss(data.take(copied)), loss(data.take(unique))
+    sizes = sets["group_size"][copied]
+    duplicated_loss = copied_loss[sizes >= attack.duplicated_min]
+    by_size = {int(size): copied_loss[sizes == size] for size in np.unique(sizes)}
     return {
         "membership_auc_duplicated_vs_heldout": _auc(duplicated_loss, holdout_loss),
         "membership_auc_unique_vs_heldout": _auc(unique_loss, holdout_loss),
         "membership_tpr_at_1pct_fpr_duplicated": _tpr(duplicated_loss, holdout_loss),
         "membership_tpr_at_1pct_fpr_unique": _tpr(unique_loss, holdout_loss),
-        "duplicated_images": int(len(duplicated)),
+        "membership_auc_by_group_size": {str(size): _auc(losses, holdout_loss) for size, losses in by_size.items()},
+        "images_by_group_size": {str(size): int(len(losses)) for size, losses in by_size.items()},
+        "duplicated_images": int(len(duplicated_loss)),
         "unique_images_sampled": int(len(unique)),
         "heldout_images": int(len(holdout_loss)),
-        "_losses": {"duplicated": duplicated_loss, "unique": unique_loss, "heldout": holdout_loss},
+        "_losses": {"duplicated": duplicated_loss, "unique": unique_loss, "heldout": holdout_loss, "by_size": by_size},
     }
 
 

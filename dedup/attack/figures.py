@@ -112,6 +112,11 @@ def verify_table(report: dict):
     for label, key in VERIFY_MEASURES:
         if key in report["A"]:
             table.add_row(label, *("n/a" if report[m].get(key) is None else str(report[m][key]) for m in names))
+    if all("membership_auc_by_group_size" in report[m] for m in names):
+        table.add_row(
+            "membership AUC by group size (copies + 1)",
+            *(", ".join(f"{k}: {v}" for k, v in report[m]["membership_auc_by_group_size"].items()) for m in names),
+        )
     table.add_row("training seconds", *(str(report[m]["training"]["seconds"]) for m in names))
     summary = report.get("summary") or {}
     if len(report.get("settings", {}).get("seeds", [])) > 1:

@@ -243,7 +243,11 @@ def public(measured: dict) -> dict:
 
 
 def scalars(measured: dict) -> dict:
-    return {key: value for key, value in public(measured).items() if isinstance(value, int | float) or value is None}
+    return {
+        key: value
+        for key, value in public(measured).items()
+        if isinstance(value, int | float) or value is None or key == "membership_auc_by_group_size"
+    }
 
 
 def seed_summary(measured_by_seed: list[dict]) -> dict:
@@ -255,6 +259,12 @@ def seed_summary(measured_by_seed: list[dict]) -> dict:
         heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
         for measure in MEASURES:
             summary[f"{measure}_{group}_vs_heldout"] = seed_mean_with_interval(members, heldout, measure)
+    heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
+    sizes = measured_by_seed[0]["_losses"]["by_size"]
+    summary["auc_by_group_size"] = {
+        str(size): seed_mean_with_interval([m["_losses"]["by_size"][size] for m in measured_by_seed], heldout, "auc")
+        for size in sizes
+    }
     counts = [m["extracted_images"] for m in measured_by_seed]
     summary["extracted_images"] = {"mean": round(float(np.mean(counts)), 2), "per_seed": counts}
     return summary
