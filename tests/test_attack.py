@@ -33,6 +33,27 @@ def test_tiled_l2_takes_the_worst_tile():
     assert normalized_l2(a, b) == pytest.approx(0.2)  # diluted over the whole image
 
 
+def test_pairwise_tiled_l2_is_tiled_l2_of_every_pair_one_tile_at_a_time():
+    from dedup.attack.distances import pairwise_tiled_l2
+
+    rng = np.random.default_rng(2)
+    images = rng.random((30, 24, 24, 3))
+    images[7] = np.clip(images[2] + 0.01 * rng.standard_normal(images[2].shape), 0, 1)
+    expected = np.array([[tiled_l2(a, b, grid=3) for b in images] for a in images])
+    assert np.allclose(pairwise_tiled_l2(images, grid=3, chunk=8), expected, atol=1e-9)
+
+
+def test_confirmation_searches_the_store_in_bounded_chunks():
+    from dedup.attack.confirm import top_rows
+
+    rng = np.random.default_rng(3)
+    embeddings = rng.standard_normal((1000, 16)).astype(np.float32)
+    queries = rng.standard_normal((9, 16)).astype(np.float32)
+    expected = np.argsort(-(queries @ embeddings.T), axis=1)[:, :5]
+    assert (top_rows(embeddings, queries, 5, chunk=97) == expected).all()
+    assert (top_rows(embeddings[:3], queries, 5)[:, 3:] == -1).all()
+
+
 def test_relative_ratio_and_white_box():
     rng = np.random.default_rng(0)
     training = rng.random((60, 12))
@@ -464,7 +485,9 @@ def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
         pipe=MemorizingPipeline(),
     )
     extracted = [p for p in report["per_prompt"] if p["extracted"]]
-    assert report["flagged_prompts"] >= 1 and report["extracted_groups"] == 1
+    assert report["flagged_prompts"] >= 1 and report["extracted_groups"] == report["extracted_images"] == 1
+    # the photo matched one or more of its 21 copies: samples counted apart from the one image they are
+    assert 1 <= report["extracted_training_samples"] <= 21
     assert [p["caption"] for p in extracted] == [source["caption"].strip()]
     assert {e["key"] for e in extracted[0]["extracted"]} <= set(planted.groups[0])
     assert report["figure"] and (root / "run" / "extract-pairs.png").exists()

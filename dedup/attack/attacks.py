@@ -96,7 +96,11 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
         "attack": "white box: relative l2 ratio",
         "generations": attack.generations,
         "extracted_generations": int(result.extracted.sum()),
+        # one name for one count in verify and extract: a group is one image with its copies; the
+        # training samples are the group members matched (here the references: one a group)
         "extracted_images": len(extracted_rows),
+        "extracted_groups": len(extracted_rows),
+        "extracted_training_samples": len(extracted_rows),
         "extracted_by_duplicate_count": counts_by_duplicates(extracted_rows, sets["group_size"]),
         "lowest_ratios": [round(float(r), 4) for r in np.sort(result.ratio)[:10]],
         "reference_images": int(len(references)),
@@ -180,6 +184,8 @@ def black_box_attack(
         "flagged_control_prompts": sum(1 for p in result.flagged if is_control[int(p)]),
         "extracted_generations": sum(len(found) for found in result.extracted.values()),
         "extracted_images": len(extracted_groups),
+        "extracted_groups": len(extracted_groups),
+        "extracted_training_samples": len(extracted_rows),
         "extracted_by_duplicate_count": counts_by_duplicates(
             [first_row_of_group[g] for g in extracted_groups], sets["group_size"]
         ),

@@ -55,6 +55,28 @@ def check_embedder_matches(store: EmbeddingStore, embedder: Embedder) -> None:
         )
 
 
+def top_rows(embeddings, queries: np.ndarray, count: int, chunk: int = 262_144) -> np.ndarray:
+    """(queries, count) rows of `embeddings` (an array or a memory-mapped RowStack) with the largest inner
+    products, best first; -1 where the store has fewer rows. Exact, with memory bounded by `chunk` rows."""
+    import faiss
+
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_rows = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(embeddings), chunk):
+        block = np.ascontiguousarray(embeddings[start : start + chunk], np.float32)
+        index = faiss.IndexFlatIP(block.shape[1])
+        index.add(block)
+        scores, rows = index.search(np.ascontiguousarray(queries, np.float32), min(count, len(block)))
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, np.where(rows >= 0, rows + start, -1)], axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")[:, :count]
+        best_scores = np.take_along_axis(best_scores, order, axis=1)
+        best_rows = np.take_along_axis(best_rows, order, axis=1)
+    if best_rows.shape[1] < count:
+        best_rows = np.pad(best_rows, ((0, 0), (0, count - best_rows.shape[1])), constant_values=-1)
+    return best_rows
+
+
 def nearest_training_images(
     generations: np.ndarray,
     store_dir: str | Path,
@@ -66,17 +88,12 @@ def nearest_training_images(
 ) -> list[Match]:
     """For each generation (n, H, W, 3) in [0, 1], the training image nearest by tiled l2 among the
     `candidates` nearest in the store: the generation is a copy of it when that distance is within delta."""
-    import faiss
-
     if len(generations) == 0:
         return []
     store = EmbeddingStore(store_dir)
     check_embedder_matches(store, embedder)
-    loaded = store.load(max_in_memory_bytes=0)  # memory-mapped: the index reads it part by part
-    index = faiss.IndexFlatIP(loaded.embeddings.shape[1])
-    for start in range(0, len(loaded.embeddings), chunk):
-        index.add(np.ascontiguousarray(loaded.embeddings[start : start + chunk], np.float32))
-    _, nearest = index.search(embed_generations(embedder, generations), min(candidates, index.ntotal))
+    loaded = store.load(max_in_memory_bytes=0)  # memory-mapped: searched `chunk` rows at a time
+    nearest = top_rows(loaded.embeddings, embed_generations(embedder, generations), candidates, chunk)
     shards = loaded.metadata["shard"].to_pylist()
     sample_indices = loaded.metadata["sample_index"].to_pylist()
     keys = loaded.metadata["key"].to_pylist()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import networkx as nx
 import numpy as np
 
-from dedup.attack.distances import relative_ratio, tiled_l2
+from dedup.attack.distances import pairwise_tiled_l2, relative_ratio
 
 
 @dataclass
@@ -39,9 +39,9 @@ def largest_clique(generations: np.ndarray, delta: float, grid: int = 4) -> list
     """The largest set of generations pairwise within `delta` (tiled l2), images (n, H, W, C) in [0, 1]."""
     graph = nx.Graph()
     graph.add_nodes_from(range(len(generations)))
-    for i in range(len(generations) - 1):
-        close = tiled_l2(generations[i][None], generations[i + 1 :], grid) <= delta
-        graph.add_edges_from((i, i + 1 + int(j)) for j in np.flatnonzero(close))
+    if len(generations) > 1:
+        close = np.triu(pairwise_tiled_l2(generations, grid) <= delta, k=1)
+        graph.add_edges_from(zip(*(axis.tolist() for axis in np.nonzero(close))))
     if graph.number_of_edges() == 0:
         return [0] if len(generations) else []
     return max(nx.find_cliques(graph), key=len)

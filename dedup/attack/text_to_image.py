@@ -20,7 +20,7 @@ from dedup.attack.extraction import generate_and_filter
 from dedup.attack.prompts import Prompt, largest_group_prompts
 from dedup.errors import SettingsError
 from dedup.io.atomic import atomic_open, write_json
-from dedup.io.runfolder import RunFolder
+from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.progress import SILENT, Reporter
 from dedup.settings import EmbedSettings, ExtractSettings
 
@@ -153,7 +153,7 @@ def extract(
         settings.min_clique,
         settings.grid,
     )
-    extracted_groups = {prompts[int(p)].group_id for p, found in result.extracted.items() if found}
+    extracted_groups = groups_of(run_dir, result.extracted_places)
     report = {
         "run_dir": str(run_dir),
         "pipeline": str(pipeline_path),
@@ -161,8 +161,10 @@ def extract(
         "embed": asdict(embed),
         "prompts": len(prompts),
         "flagged_prompts": len(result.flagged),
-        "extracted_images": len(result.extracted_places),
+        # as verify counts: an image is a duplicate group (the image and its copies); the samples matched
+        "extracted_images": len(extracted_groups),
         "extracted_groups": len(extracted_groups),
+        "extracted_training_samples": len(result.extracted_places),
         "per_prompt": [
             {
                 "caption": p.caption,
@@ -184,9 +186,27 @@ def extract(
     write_json(RunFolder(run_dir).extract_report, report)
     reporter.info(
         f"extract: {report['flagged_prompts']} of {len(prompts)} captions flagged, "
-        f"{report['extracted_images']} training images extracted"
+        f"{report['extracted_images']} training images extracted ({report['extracted_training_samples']} samples "
+        "with their copies)"
     )
     return report
+
+
+def groups_of(run_dir: Path, places: list[tuple[str, int]]) -> set[int | tuple[str, int]]:
+    """The duplicate groups (of the run's manifest) the extracted training samples belong to; a sample in no
+    group is its own."""
+    manifest = load_manifest(run_dir, ["shard", "sample_index", "group_id", "group_size"])
+    group_of = {
+        (shard, index): group
+        for shard, index, group, size in zip(
+            manifest["shard"].to_pylist(),
+            manifest["sample_index"].to_pylist(),
+            manifest["group_id"].to_pylist(),
+            manifest["group_size"].to_pylist(),
+        )
+        if group is not None and (size or 1) > 1
+    }
+    return {group_of.get(place, place) for place in places}
 
 
 def write_extracted_grid(path: Path, generations: dict[str, np.ndarray], result, columns: int = 8) -> str | None:

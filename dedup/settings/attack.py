@@ -81,7 +81,9 @@ class VerifySettings:
 class ExtractSettings:
     prompts: int = setting(100, "Attack with the captions of this many of the largest duplicate groups.")
     prefilter: int = setting(0, "Keep only this many captions, those the Wen et al. detector scores highest (0: all).")
-    generations_per_prompt: int = setting(16, "Generations per caption.")
+    generations_per_prompt: int = setting(
+        500, "Generations per caption (the paper's 500: a clique of 10 is 2 % of them; fewer make the filter stricter)."
+    )
     steps: int = setting(50, "Denoising steps per generation.")
     guidance_scale: float = setting(7.5, "Classifier-free guidance.")
     size: int | None = setting(None, "Image side (default: the pipeline's).")

@@ -113,7 +113,7 @@ def plant(
     out_dir: str | Path,
     sources: int = 100,
     copies: int | tuple[int, int] | list[int] = 2,
-    transforms: Iterable[str] = TRANSFORMS,
+    transforms: Iterable[str] = LIGHT_EDITS,
     seed: int = 0,
     limit: int | None = None,
     shard_size: int | None = None,
