@@ -85,16 +85,13 @@ def test_auc_and_counts():
     assert counts_by_duplicates([0, 2, 3], np.array([1, 1, 200, 200])) == {1: 1, 200: 2}
 
 
-def test_tiny_verify_end_to_end(tmp_path):
-    preset = tmp_path / "verify-tiny.toml"
-    preset.write_text(f"""
+def tiny_cifar_preset(plant: str, extra: str = "", model: str = "") -> str:
+    """A verify preset at the smallest size that runs every step: CIFAR-10 at 8 px, 4 training steps."""
+    return f"""
 [plant]
 source = "{CIFAR / "cifar10-train-00002.tar.gz"}"
-unique = 300
-sources = 3
-copies = 20
-transforms = ["exact", "reencode"]
-shard_size = 150
+{plant}
+{extra}
 [holdout]
 shards = "{CIFAR / "cifar10-test-00005.tar.gz"}"
 count = 40
@@ -104,12 +101,19 @@ channels = [8, 16, 16]
 train_steps = 4
 batch_size = 16
 sample_steps = 4
+{model}
 [attack]
 generations = 16
 neighbours = 10
 duplicated_min = 10
 unique_sample = 40
-""")
+"""
+
+
+def test_tiny_verify_end_to_end(tmp_path):
+    preset = tmp_path / "verify-tiny.toml"
+    plant = 'unique = 300\nsources = 3\ncopies = 20\ntransforms = ["exact", "reencode"]\nshard_size = 150'
+    preset.write_text(tiny_cifar_preset(plant))
     result = run_cli("verify", tmp_path / "run", "--preset", preset)
     report = json.loads((tmp_path / "run" / "verify.json").read_text())
     assert report["training_images"] == {"A": 360, "B": 300}  # 300 real images, 3 of them with 20 copies
@@ -128,33 +132,9 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
     """Near-duplicate copies that a content hash misses: B-exact keeps them, B (pHash + PDQ) drops them; every
     model is measured on the same planted images, once per seed, with intervals."""
     preset = tmp_path / "verify-arms.toml"
-    preset.write_text(f"""
-[plant]
-source = "{CIFAR / "cifar10-train-00002.tar.gz"}"
-unique = 200
-sources = 3
-copies = 10
-transforms = ["reencode", "flip"]
-shard_size = 100
-[dedup]
-config = "hashes"
-arms = {{ B-exact = "exact" }}
-[holdout]
-shards = "{CIFAR / "cifar10-test-00005.tar.gz"}"
-count = 40
-[model]
-resolution = 8
-channels = [8, 16, 16]
-train_steps = 3
-batch_size = 16
-sample_steps = 3
-seeds = [0, 1]
-[attack]
-generations = 8
-neighbours = 10
-duplicated_min = 10
-unique_sample = 40
-""")
+    plant = 'unique = 200\nsources = 3\ncopies = 10\ntransforms = ["reencode", "flip"]\nshard_size = 100'
+    arms = '[dedup]\nconfig = "hashes"\narms = { B-exact = "exact" }'
+    preset.write_text(tiny_cifar_preset(plant, arms, model="seeds = [0, 1]"))
     result = run_cli("verify", tmp_path / "run", "--preset", preset)
     report = json.loads((tmp_path / "run" / "verify.json").read_text())
     images = report["training_images"]
