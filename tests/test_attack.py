@@ -149,6 +149,7 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
         interval = report["summary"][name]["auc_duplicated_vs_heldout"]
         assert interval["seeds"] == 2 and interval["low"] <= interval["mean"] <= interval["high"]
     assert (tmp_path / "run" / "verify-model-B-exact-seed1.pt").exists()
+    assert report["arm_configs"] == {"A": "no deduplication", "B": "hashes", "B-exact": "exact"}
     assert "B-exact" in result.stderr and "95% CI" in result.stderr
 
 

@@ -105,7 +105,14 @@ def verify_table(report: dict):
 
     images = report["training_images"]
     names = list(images)
-    table = Table(title="verify: " + ", ".join(f"{name} ({count} images)" for name, count in images.items()))
+    configs = report.get("arm_configs", {})
+    table = Table(
+        title="verify: "
+        + ", ".join(
+            f"{name} ({configs.get(name, '')}{', ' if name in configs else ''}{count} images)"
+            for name, count in images.items()
+        )
+    )
     table.add_column("measure", justify="left")
     for name in names:
         table.add_column(name, justify="right")

@@ -48,6 +48,7 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
         attack=build(AttackSettings, preset.get("attack", {}), f"{origin} [attack]"),
         embed=load_settings(dedup_config(preset)).embed,
         arms=arms,
+        dedup_config=dedup_config(preset),
         seeds=seeds,
     )
 

@@ -140,6 +140,11 @@ def verify(
             "seeds": seeds,
         },
         "training_images": {name: int(rows.size) for name, rows in arms.items()},
+        "arm_configs": {
+            "A": "no deduplication",
+            "B": settings.dedup_config or "the run's",
+            **{name: " ".join([spec["config"], *spec["set"]]) for name, spec in settings.arms.items()},
+        },
     }
     conditions = conditioning.of(data)
     models: dict[str, dict] = {}

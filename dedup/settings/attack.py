@@ -69,6 +69,7 @@ class VerifySettings:
         "RUN_DIR/arms/NAME and trained like B, on the captions its run wrote.",
         factory=dict,
     )
+    dedup_config: str | None = setting(None, "The dedup config model B's run used (for the report).")
     seeds: list[int] = setting(
         help="Training seeds: every model once per seed (empty: the model's seed).", factory=list
     )
