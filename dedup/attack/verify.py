@@ -147,55 +147,46 @@ def verify(
         },
     }
     conditions = conditioning.of(data)
-    models: dict[str, dict] = {}
     by_seed: dict[str, list[dict]] = {name: [] for name in arms}
+
+    def train_and_attack(name: str, tag: str, rows: np.ndarray, seeded: ModelSettings) -> dict:
+        rewritten = arm_captions(run_dir, name, sets, data.captions) if model_settings.captions else None
+        report.setdefault("captions_rewritten", {})[name] = (
+            0 if rewritten is None else sum(rewritten[i] != data.captions[i] for i in rows.tolist())
+        )
+        model, stats = trained_model(
+            RunFolder(out_dir).verify_model(tag),
+            tag,
+            data,
+            rows,
+            conditions if rewritten is None else conditioning.tokens(rewritten),
+            conditioning,
+            [sets["rows"][i] for i in rows],
+            seeded,
+            reporter,
+        )
+        measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
+        if model_settings.captions:
+            store = RunFolder(run_dir).embeddings
+            measured.update(
+                black_box_attack(model, data, conditioning, sets, prompts, controls, attack, store, embedder)
+            )
+        else:
+            measured.update(white_box_attack(model, data, conditioning, sets, attack))
+        reporter.info(
+            f"verify {tag}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
+            f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
+            f"extracted from {measured['generations']} generations"
+        )
+        generations = measured.pop("_generations")
+        measured["generations_file"] = save_generations(RunFolder(out_dir).verify_generations(tag), generations)
+        return measured
+
     for seed in seeds:
-        seeded = replace(model_settings, seed=seed)
         for name, rows in arms.items():
             tag = name if seed == seeds[0] else f"{name}-seed{seed}"
-            rewritten = arm_captions(run_dir, name, sets, data.captions) if model_settings.captions else None
-            report.setdefault("captions_rewritten", {})[name] = (
-                0 if rewritten is None else sum(rewritten[i] != data.captions[i] for i in rows.tolist())
-            )
-            model, stats = trained_model(
-                RunFolder(out_dir).verify_model(tag),
-                tag,
-                data,
-                rows,
-                conditions if rewritten is None else conditioning.tokens(rewritten),
-                conditioning,
-                [sets["rows"][i] for i in rows],
-                seeded,
-                reporter,
-            )
-            measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
-            if model_settings.captions:
-                measured.update(
-                    black_box_attack(
-                        model,
-                        data,
-                        conditioning,
-                        sets,
-                        prompts,
-                        controls,
-                        attack,
-                        RunFolder(run_dir).embeddings,
-                        embedder,
-                    )
-                )
-            else:
-                measured.update(white_box_attack(model, data, conditioning, sets, attack))
-            reporter.info(
-                f"verify {tag}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
-                f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
-                f"extracted from {measured['generations']} generations"
-            )
-            measured["generations_file"] = save_generations(
-                RunFolder(out_dir).verify_generations(tag), measured.pop("_generations")
-            )
-            by_seed[name].append(measured)
-            if seed == seeds[0]:
-                models[name] = measured
+            by_seed[name].append(train_and_attack(name, tag, rows, replace(model_settings, seed=seed)))
+    models = {name: measured[0] for name, measured in by_seed.items()}
     figures = write_figures(out_dir, models)
     report.update({name: public(value) for name, value in models.items()})
     report["by_seed"] = {name: [scalars(value) for value in values] for name, values in by_seed.items()}
