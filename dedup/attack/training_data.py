@@ -105,16 +105,17 @@ def training_sets(manifest, planted_groups: list[list[str]] | None = None) -> di
     }
 
 
+def by_place(manifest, column: str) -> dict[tuple[str, int], object]:
+    """A manifest column by sample place, (shard, sample_index): how runs of the same shards are lined up."""
+    return dict(
+        zip(zip(manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist()), manifest[column].to_pylist())
+    )
+
+
 def kept_by(manifest, rows: list[tuple[str, int]]) -> np.ndarray:
     """Which of `rows` ((shard, sample_index)) another run of the same shards kept."""
-    kept = {
-        (shard, index)
-        for shard, index, status in zip(
-            manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist(), manifest["status"].to_pylist()
-        )
-        if status == "kept"
-    }
-    return np.array([row in kept for row in rows])
+    status = by_place(manifest, "status")
+    return np.array([status.get(row) == "kept" for row in rows])
 
 
 def to_display_range(images: np.ndarray) -> np.ndarray:

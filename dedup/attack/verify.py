@@ -28,6 +28,7 @@ from dedup.attack.statistics import MEASURES, seed_mean_with_interval
 from dedup.attack.training_data import (
     Conditioning,
     Images,
+    by_place,
     kept_by,
     load_holdout,
     load_images,
@@ -147,19 +148,25 @@ def verify(
         },
     }
     conditions = conditioning.of(data)
+    rewritten = {
+        name: arm_captions(run_dir, name, sets, data.captions) if model_settings.captions else None for name in arms
+    }
+    report["captions_rewritten"] = {
+        name: 0 if captions is None else sum(captions[i] != data.captions[i] for i in arms[name].tolist())
+        for name, captions in rewritten.items()
+    }
+    arm_conditions = {
+        name: conditions if captions is None else conditioning.tokens(captions) for name, captions in rewritten.items()
+    }
     by_seed: dict[str, list[dict]] = {name: [] for name in arms}
 
     def train_and_attack(name: str, tag: str, rows: np.ndarray, seeded: ModelSettings) -> dict:
-        rewritten = arm_captions(run_dir, name, sets, data.captions) if model_settings.captions else None
-        report.setdefault("captions_rewritten", {})[name] = (
-            0 if rewritten is None else sum(rewritten[i] != data.captions[i] for i in rows.tolist())
-        )
         model, stats = trained_model(
             RunFolder(out_dir).verify_model(tag),
             tag,
             data,
             rows,
-            conditions if rewritten is None else conditioning.tokens(rewritten),
+            arm_conditions[name],
             conditioning,
             [sets["rows"][i] for i in rows],
             seeded,
@@ -209,7 +216,7 @@ def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str,
     """The rows each model trains on: A all, B what the run kept, each further arm what its own run kept."""
     chosen = {"A": np.arange(len(sets["rows"])), "B": np.flatnonzero(sets["kept"])}
     for name in arms:
-        folder = RunFolder(RunFolder(run_dir).arm(name))
+        folder = RunFolder(run_dir).arm(name)
         if not folder.manifest.exists():
             raise InputError(f"arm {name!r} has no run at {folder.root}; run `dedup verify` with the preset to make it")
         chosen[name] = np.flatnonzero(kept_by(load_manifest(folder.root), sets["rows"]))
@@ -218,20 +225,14 @@ def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str,
 
 def arm_captions(run_dir: Path, name: str, sets: dict, captions: list[str]) -> list[str] | None:
     """The captions arm `name` trains on when its run wrote new ones (select.diversify_captions), else None."""
-    folder = RunFolder(run_dir) if name in ("A", "B") else RunFolder(RunFolder(run_dir).arm(name))
     if name == "A":
         return None
+    folder = RunFolder(run_dir) if name == "B" else RunFolder(run_dir).arm(name)
     manifest = load_manifest(folder.root, ["shard", "sample_index", "new_caption"])
     if "new_caption" not in manifest.column_names:
         return None
-    new = {
-        (shard, index): caption
-        for shard, index, caption in zip(
-            manifest["shard"].to_pylist(), manifest["sample_index"].to_pylist(), manifest["new_caption"].to_pylist()
-        )
-        if caption is not None
-    }
-    return [new.get(row, caption) for row, caption in zip(sets["rows"], captions)] if new else None
+    new = {place: caption for place, caption in by_place(manifest, "new_caption").items() if caption is not None}
+    return [str(new.get(row, caption)) for row, caption in zip(sets["rows"], captions)] if new else None
 
 
 def public(measured: dict) -> dict:
@@ -250,12 +251,11 @@ def seed_summary(measured_by_seed: list[dict]) -> dict:
     """Means over seeds with 95 % bootstrap intervals over the images, for each membership measure; the
     extraction counts of every seed."""
     summary: dict[str, Any] = {}
+    heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
     for group in ("duplicated", "unique"):
         members = [m["_losses"][group] for m in measured_by_seed]
-        heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
         for measure in MEASURES:
             summary[f"{measure}_{group}_vs_heldout"] = seed_mean_with_interval(members, heldout, measure)
-    heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
     sizes = measured_by_seed[0]["_losses"]["by_size"]
     summary["auc_by_group_size"] = {
         str(size): seed_mean_with_interval([m["_losses"]["by_size"][size] for m in measured_by_seed], heldout, "auc")
@@ -303,7 +303,7 @@ def verify_run(
         settings.shards, settings.run_dir = list(shards), str(run_dir)
         run(settings, reporter=reporter)
     for name, spec in settings_for_verify.arms.items():
-        folder = RunFolder(RunFolder(run_dir).arm(name))
+        folder = RunFolder(run_dir).arm(name)
         if not folder.summary.exists():
             reporter.info(f"verify: arm {name}, dedup config {spec['config']!r} {' '.join(spec['set'])}".rstrip())
             arm = load_settings(spec["config"], spec["set"])

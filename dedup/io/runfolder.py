@@ -90,9 +90,9 @@ class RunFolder:
         """verify: the shards a preset plants its copies into."""
         return self.root / "data"
 
-    def arm(self, name: str) -> Path:
+    def arm(self, name: str) -> RunFolder:
         """verify: the run of another dedup arm on the same data (B-exact, B-hash, ...)."""
-        return self.root / "arms" / name
+        return RunFolder(self.root / "arms" / name)
 
     @property
     def verify_report(self) -> Path:

@@ -4,7 +4,8 @@ Somepalli et al. 2023 ("Understanding and Mitigating Copying in Diffusion Models
 image memorizes less when its copies carry different captions. The group's best sample keeps its caption, and
 so does a kept copy whose caption no other kept copy has; a copy that repeats one takes a caption of another
 member of its group that no kept copy uses yet, else its own caption with about a quarter of its words
-replaced by words its group's other captions have (or, where they have too few, words of the corpus). Deterministic: the same run gives the same captions.
+replaced by words its group's other captions have (or, where they have too few, words of the corpus).
+Deterministic: the same run gives the same captions.
 """
 
 from __future__ import annotations

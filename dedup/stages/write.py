@@ -189,7 +189,6 @@ def rewrite_members(
 def with_caption(files: dict[str, bytes], caption: str) -> dict[str, bytes]:
     """The sample's fields with `caption` as its .txt and its json's caption; the json keeps the original
     caption as `original_caption`."""
-
     original = caption_of(files)
     files = {**files, "txt": caption.encode()}
     try:
