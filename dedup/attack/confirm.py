@@ -57,24 +57,18 @@ def check_embedder_matches(store: EmbeddingStore, embedder: Embedder) -> None:
 
 def top_rows(embeddings, queries: np.ndarray, count: int, chunk: int = 262_144) -> np.ndarray:
     """(queries, count) rows of `embeddings` (an array or a memory-mapped RowStack) with the largest inner
-    products, best first; -1 where the store has fewer rows. Exact, with memory bounded by `chunk` rows."""
+    products, best first; -1 where the store has fewer rows. Exact, with memory bounded by `chunk` rows
+    (faiss's ResultHeap merges the chunks' results)."""
     import faiss
 
-    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
-    best_rows = np.zeros((len(queries), 0), np.int64)
+    queries = np.ascontiguousarray(queries, np.float32)
+    heap = faiss.ResultHeap(len(queries), count, keep_max=True)
     for start in range(0, len(embeddings), chunk):
         block = np.ascontiguousarray(embeddings[start : start + chunk], np.float32)
-        index = faiss.IndexFlatIP(block.shape[1])
-        index.add(block)
-        scores, rows = index.search(np.ascontiguousarray(queries, np.float32), min(count, len(block)))
-        best_scores = np.concatenate([best_scores, scores], axis=1)
-        best_rows = np.concatenate([best_rows, np.where(rows >= 0, rows + start, -1)], axis=1)
-        order = np.argsort(-best_scores, axis=1, kind="stable")[:, :count]
-        best_scores = np.take_along_axis(best_scores, order, axis=1)
-        best_rows = np.take_along_axis(best_rows, order, axis=1)
-    if best_rows.shape[1] < count:
-        best_rows = np.pad(best_rows, ((0, 0), (0, count - best_rows.shape[1])), constant_values=-1)
-    return best_rows
+        scores, rows = faiss.knn(queries, block, min(count, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(rows >= 0, rows + start, -1))
+    heap.finalize()
+    return heap.I
 
 
 def nearest_training_images(
