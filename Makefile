@@ -9,7 +9,7 @@ setup: img2dataset
 	$(BIN)/pip install --upgrade pip
 	# torch and torchvision as a pair that import together on this machine kind (see README)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[test,report,demo,onnx,attack,ray,s3,gcs]'
+	$(BIN)/pip install -e '.[test,report,review,demo,onnx,attack,ray,s3,gcs]'
 
 # img2dataset pins old webdataset and pandas: it gets an environment of its own, used by `dedup download`
 img2dataset:

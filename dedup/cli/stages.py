@@ -96,7 +96,7 @@ def find_command(
         )
 
 
-@with_settings("select.policy", "select.diversify_captions")
+@with_settings("select.policy", "select.diversify_captions", "select.labels")
 def select_command(
     run_dir: Path | None = RUN_DIR,
     embeddings: Path | None = EMBEDDINGS,

@@ -45,7 +45,11 @@ def report_command(
 def calibrate_command(
     run_dir: Path = typer.Argument(..., help="The run folder (its embeddings are sampled)."),
     embeddings: Path | None = EMBEDDINGS,
-    labels: Path | None = typer.Option(None, help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate."),
+    labels: Path | None = typer.Option(
+        None,
+        help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate (default RUN_DIR/labels.parquet, "
+        "the labels of `dedup review`, when there is one).",
+    ),
     *,
     options: dict,
 ) -> None:
@@ -55,11 +59,35 @@ def calibrate_command(
         from dedup.tools.calibrate import calibrate, calibration_table
 
         settings = build(CalibrateSettings, options.get("calibrate", {}), "command line")
+        if labels is None and RunFolder(run_dir).labels.exists():
+            labels = RunFolder(run_dir).labels
+            current.info(f"calibrate: precision and recall from the labels made in review, {labels}")
         result = calibrate(embeddings or RunFolder(run_dir).embeddings, run_dir, labels, settings)
         if not current.quiet:
             current.console.print(calibration_table(result, labelled=labels is not None))
         typer.echo(f"suggested threshold: {result.suggested} ({result.reason})")
         typer.echo(f"table: {RunFolder(run_dir).calibration}, plot: {RunFolder(run_dir).calibration_plot}")
+
+
+def review_command(
+    run_dir: Path = typer.Argument(..., help="The run folder (after find; select's decisions are shown when present)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback is announced as such."),
+    port: int = typer.Option(8765, help="Port (0: any free one; the address is printed)."),
+    embeddings: Path | None = EMBEDDINGS,
+    near_miss_sample: int = typer.Option(
+        20_000, help="Rows searched for near misses just below the threshold (0: show only the pairs found)."
+    ),
+) -> None:
+    """Look at the run's pairs (closest to the threshold first) and groups in the browser; label pairs with the
+    keyboard into RUN_DIR/labels.parquet, which select and calibrate then use."""
+    with handled() as current:
+        from dedup.errors import require_extra
+
+        require_extra("starlette", "review", "dedup review")
+        require_extra("uvicorn", "review", "dedup review")
+        from dedup.review.server import serve
+
+        serve(run_dir, host, port, embeddings, current, near_miss_sample)
 
 
 @with_settings(
@@ -179,6 +207,7 @@ def register(app: typer.Typer) -> None:
     for name, command in (
         ("report", report_command),
         ("calibrate", calibrate_command),
+        ("review", review_command),
         ("download", download_command),
         ("extract", extract_command),
         ("verify", verify_command),

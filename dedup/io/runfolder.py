@@ -77,6 +77,11 @@ class RunFolder:
         return self.root / "report.html"
 
     @property
+    def labels(self) -> Path:
+        """review: a person's decisions about pairs (dedup/io/labels.py); select and calibrate read them."""
+        return self.root / "labels.parquet"
+
+    @property
     def calibration(self) -> Path:
         return self.root / "calibration.json"
 

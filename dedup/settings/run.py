@@ -162,6 +162,11 @@ class SelectSettings:
         "Copies a policy keeps beyond a group's best (cap:K, none) get other captions: another member's, else "
         "the caption with some words replaced; the original stays in the sample's json (Somepalli et al. 2023).",
     )
+    labels: bool = setting(
+        True,
+        "Apply a person's labels from RUN_DIR/labels.parquet (dedup review): a pair labelled not a duplicate is "
+        "kept apart, one labelled duplicate is joined, before groups are formed.",
+    )
 
     def validate(self) -> None:
         kind, _ = parse_policy(self.policy)

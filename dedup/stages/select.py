@@ -17,13 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.io.atomic import write_parquet
+from dedup.io.atomic import read_parquet, write_parquet
+from dedup.io.labels import read_labels
 from dedup.io.runfolder import RunFolder, load_groups
 from dedup.io.samples import IN_INPUT_ORDER, sample_id, sample_id_fields
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.settings import SelectSettings, parse_policy
 from dedup.stages.captions import diversified_captions
+from dedup.stages.labelled import regroup_with_labels
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -39,6 +41,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("similarity", pa.float32()),
         ("caption_change", pa.string()),  # select.diversify_captions: what changed the caption written
         ("new_caption", pa.string()),  # the caption write gives the sample; null: its own
+        ("person_label", pa.string()),  # what a person's label (dedup review) said about the sample's pairs
     ]
 )
 
@@ -67,7 +70,9 @@ def rank_in_groups(groups: pa.Table) -> np.ndarray:
     return ranks
 
 
-def decide(groups: pa.Table, policy: str, diversify_captions: bool = False) -> pa.Table:
+def decide(
+    groups: pa.Table, policy: str, diversify_captions: bool = False, person_label: list[str | None] | None = None
+) -> pa.Table:
     kind, cap = parse_policy(policy)
     rows = len(groups)
     ranks = rank_in_groups(groups)
@@ -114,6 +119,8 @@ def decide(groups: pa.Table, policy: str, diversify_captions: bool = False) -> p
         kept = np.array([s == "kept" for s in status], dtype=bool)
         captions = groups["caption"].fill_null("").to_pylist()
         new_captions, changes = diversified_captions(group_id, ranks, kept, captions, keys)
+    person_label = person_label or [None] * rows
+    reasons = [reason if note is None else f"{reason}; {note}" for reason, note in zip(reasons, person_label)]
     return pa.table(
         {
             **sample_id(groups),
@@ -128,6 +135,7 @@ def decide(groups: pa.Table, policy: str, diversify_captions: bool = False) -> p
             "similarity": groups["nearest_similarity"],
             "caption_change": pa.array(changes, pa.string()),
             "new_caption": pa.array(new_captions, pa.string()),
+            "person_label": pa.array(person_label, pa.string()),
         },
         schema=MANIFEST_SCHEMA,
     )
@@ -155,17 +163,24 @@ def unreadable_rows(failures: pa.Table) -> pa.Table:
 def select(
     store_dir: str | Path, run_dir: str | Path, settings: SelectSettings | None = None, reporter: Reporter = SILENT
 ) -> dict:
-    """Apply the keep policy to groups.parquet; write manifest.parquet with one row per input sample."""
+    """Apply the keep policy to groups.parquet (after a person's labels, when RUN_DIR/labels.parquet has
+    some); write manifest.parquet with one row per input sample."""
     settings = settings or SelectSettings()
     settings.validate()
+    folder = RunFolder(run_dir)
     groups = load_groups(run_dir)
+    person_label, label_counts = None, {}
+    if settings.labels and folder.labels.exists():
+        labelled = regroup_with_labels(groups, read_parquet(folder.pairs), read_labels(folder.labels))
+        groups, person_label, label_counts = labelled.groups, labelled.person_label, dict(labelled.counts)
+        reporter.info(f"select: labels from {folder.labels}: {describe_label_counts(label_counts)}")
     failures = EmbeddingStore(store_dir).load().failures
     manifest = pa.concat_tables(
-        [decide(groups, settings.policy, settings.diversify_captions), unreadable_rows(failures)]
+        [decide(groups, settings.policy, settings.diversify_captions, person_label), unreadable_rows(failures)]
     )
     order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
     manifest = manifest.take(order)
-    write_parquet(RunFolder(run_dir).manifest, manifest)
+    write_parquet(folder.manifest, manifest)
     counts = {
         status: int(pc.sum(pc.equal(manifest["status"], status)).as_py() or 0)
         for status in ("kept", "dropped", "unreadable")
@@ -175,4 +190,17 @@ def select(
         f"select ({settings.policy}): {counts['kept']} kept, {counts['dropped']} dropped, {counts['unreadable']} unreadable"
         + (f"; {diversified} kept copies given other captions" if settings.diversify_captions else "")
     )
-    return {"policy": settings.policy, "samples": len(manifest), **counts, "captions_changed": diversified}
+    summary = {"policy": settings.policy, "samples": len(manifest), **counts, "captions_changed": diversified}
+    return summary | ({"labels": label_counts} if person_label is not None else {})
+
+
+def describe_label_counts(counts: dict) -> str:
+    described = {
+        "distinct_cut": "pairs cut apart",
+        "distinct_still_joined": "of them still joined through other pairs (label those too)",
+        "duplicate_added": "pairs joined",
+        "distinct_not_found": "labelled distinct and not paired anyway",
+        "duplicate_already_found": "labelled duplicate and already paired",
+        "not_in_run": "naming samples this run does not have (ignored)",
+    }
+    return ", ".join(f"{counts[name]} {text}" for name, text in described.items() if counts.get(name)) or "none"

@@ -62,6 +62,9 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
         "output_bytes": sum(s["tar_bytes"] for s in shard_stats),
         "renamed_keys": [item for s in shard_stats for item in s.get("renamed_keys", [])],
     }
+    if "person_label" in manifest.column_names:  # decisions a person's labels (dedup review) touched, by status
+        touched = manifest.filter(pc.is_valid(manifest["person_label"]))
+        summary["decided_with_person_labels"] = dict(sorted(Counter(touched["status"].to_pylist()).items()))
     summary["reconciles"] = (
         input_samples == counts["kept"] + counts["dropped"] + counts["unreadable"]
         and written == counts["kept"]
