@@ -30,7 +30,11 @@ def sample_files_in_range(path: str, start: int, end: int) -> dict[str, bytes]:
     return files
 
 
-def sample_files(shard: str, sample_index: int) -> dict[str, bytes]:
+def sample_files(shard: str, sample_index: int, span: tuple[int, int] | None = None) -> dict[str, bytes]:
+    """The sample's files: by `span` (its byte range, as embed recorded it) where given, else by scanning a plain
+    local tar's headers once, else by streaming the shard up to the sample."""
+    if span is not None and is_plain_local_tar(shard):
+        return sample_files_in_range(shard, *span)
     if is_plain_local_tar(shard):
         spans = span_table(shard)
         if sample_index < len(spans.starts) and spans.contiguous[sample_index]:
@@ -56,14 +60,14 @@ class Thumbnails:
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, shard: str, sample_index: int) -> bytes:
+    def get(self, shard: str, sample_index: int, span: tuple[int, int] | None = None) -> bytes:
         """The thumbnail; UnreadableImage (or OSError) when the shard or image cannot be read."""
         place = (shard, sample_index)
         with self._lock:
             if place in self._cache:
                 self._cache.move_to_end(place)
                 return self._cache[place]
-        jpeg = jpeg_thumbnail(sample_files(shard, sample_index), self.size)
+        jpeg = jpeg_thumbnail(sample_files(shard, sample_index, span), self.size)
         with self._lock:
             self._cache[place] = jpeg
             while len(self._cache) > self.capacity:

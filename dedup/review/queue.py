@@ -1,8 +1,8 @@
 """What `dedup review` pages through, computed once when it starts: the run's pairs in the order a person should
 look at them, and its duplicate groups largest first.
 
-The pairs are those find found (the edges of the groups) and near misses just below the threshold, found on a
-sample of rows (as the report's bands are): a person cuts a wrong edge among the first and joins a missed
+The pairs are those find found (the edges of the groups) and near misses just below the threshold, found among
+a random sample of rows (as the report's bands are): a person cuts a wrong edge among the first and joins a missed
 duplicate among the second. They are ordered by how far their cosine similarity lies from the threshold,
 closest first. Every array is in that order, so a page with any filter is a mask and a slice.
 """
@@ -39,21 +39,70 @@ def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(a, b).astype(np.int64) * (1 << 32) + np.maximum(a, b)
 
 
-def near_misses(folder: RunFolder, embeddings, pairs: pa.Table, threshold: float | None, sample: int):
-    """Rows a, b and similarity of pairs within 0.08 below the threshold, found on `sample` rows; none when the
-    run has no embeddings to search (a hash-only store, or none at all)."""
-    from dedup.io.store import EmbeddingStore
-    from dedup.tools.report import near_pairs, similarity_bands
+def sample_rows(rows: int, sample: int, seed: int, block: int = 1_000) -> np.ndarray:
+    """`sample` of `rows` in blocks of consecutive rows at random places: a block is one sequential read of a
+    memory-mapped store, where scattered rows would page in (and keep resident) most of it."""
+    if sample >= rows:
+        return np.arange(rows)
+    blocks = rows // block
+    chosen = np.random.default_rng(seed).choice(blocks, max(1, sample // block), replace=False)
+    return np.sort((chosen[:, None] * block + np.arange(block)).ravel())
 
-    store_dir = embeddings or folder.embeddings
+
+def near_misses(folder: RunFolder, embeddings, threshold: float | None, sample: int, seed: int = 0):
+    """Rows a, b and similarity of pairs up to 0.08 below the threshold among `sample` rows of the store;
+    none when the run has no embeddings to search (a hash-only store, or none at all). Only the sampled rows
+    are read."""
+    from dedup.io.store import EmbeddingStore, RowStack
+    from dedup.search import matching
+    from dedup.search.signals import cosine
+    from dedup.settings import FindSettings
+    from dedup.tools.report import similarity_bands
+
+    store = EmbeddingStore(embeddings or folder.embeddings)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    if threshold is None or sample <= 1 or not (store_dir / "img_emb").is_dir():
+    if threshold is None or sample <= 1 or not (store.root / "img_emb").is_dir() or not store.parts():
         return empty
-    vectors = EmbeddingStore(store_dir).load().embeddings
+    stored = RowStack([np.load(store.emb_path(part), mmap_mode="r") for part in store.parts()])
+    rows = sample_rows(len(stored), sample, seed)
+    vectors = np.ascontiguousarray(stored[rows], dtype=np.float32)
     lowest = similarity_bands(threshold)[0][0]
-    a, b, similarity = near_pairs(vectors, pairs.slice(0, 0), lowest, seed=0, sample=sample)
+    a, b, _ = matching.embedding_pairs(vectors, lowest, FindSettings(phash_radius=None))
+    similarity = cosine(vectors, vectors, a, b)
     below = similarity < threshold
-    return a[below].astype(np.int64), b[below].astype(np.int64), similarity[below].astype(np.float32)
+    return rows[a[below]].astype(np.int64), rows[b[below]].astype(np.int64), similarity[below].astype(np.float32)
+
+
+def recorded_spans(store_dir) -> np.ndarray | None:
+    """(start, end) in its shard of each row's sample, as embed recorded them (-1 where it did not: a shard that is
+    not a plain local tar, or a folder entry inside the sample); None without a store."""
+    from dedup.io.store import EmbeddingStore
+
+    store = EmbeddingStore(store_dir)
+    if not (store.root / "img_emb").is_dir():
+        return None
+    pieces = []
+    for part in store.parts():
+        metadata = read_parquet(store.metadata_path(part), ["sample_index"])
+        rows = len(metadata)
+        spans = np.full((rows, 2), -1, dtype=np.int64)
+        path = store.spans_path(part)
+        if path.exists() and "sample_index" in metadata.column_names:
+            recorded = np.load(path)
+            if len(recorded) == rows and np.array_equal(recorded[:, 0], metadata["sample_index"].to_numpy()):
+                spans = recorded[:, 1:3].copy()
+        pieces.append(spans)
+    return np.concatenate(pieces) if pieces else None
+
+
+def read_groups(folder: RunFolder) -> pa.Table:
+    """groups.parquet's columns the app shows, shard paths as a dictionary (a few distinct, a million rows)."""
+    import pyarrow.parquet as pq
+
+    read_stage_table(folder.groups, "find", ["row"])  # the message that names the stage to run, if it is missing
+    with pq.ParquetFile(folder.groups, read_dictionary=["shard"]) as parquet:
+        present = [c for c in GROUP_COLUMNS if c in parquet.schema_arrow.names]
+        return parquet.read(columns=present)
 
 
 class ReviewData:
@@ -61,7 +110,7 @@ class ReviewData:
 
     def __init__(self, folder: RunFolder, book: LabelBook, embeddings=None, near_miss_sample: int = 20_000):
         self.folder, self.book = folder, book
-        self.groups = read_stage_table(folder.groups, "find", GROUP_COLUMNS)
+        self.groups = read_groups(folder)
         pairs = read_stage_table(folder.pairs, "find")
         find_info = json.loads(folder.find_summary.read_text()) if folder.find_summary.exists() else {}
         self.threshold: float | None = (find_info.get("settings") or {}).get("threshold")
@@ -69,7 +118,7 @@ class ReviewData:
         self._lock = threading.Lock()
 
         found_a, found_b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-        miss_a, miss_b, miss_similarity = near_misses(folder, embeddings, pairs, self.threshold, near_miss_sample)
+        miss_a, miss_b, miss_similarity = near_misses(folder, embeddings, self.threshold, near_miss_sample)
         fresh = ~np.isin(_packed(miss_a, miss_b), _packed(found_a, found_b))
         miss_a, miss_b, miss_similarity = miss_a[fresh], miss_b[fresh], miss_similarity[fresh]
         self.signal_names = sorted(set(pairs["signal"].to_pylist())) + [NEAR_MISS]
@@ -95,6 +144,8 @@ class ReviewData:
 
         self.group_id = self.groups["group_id"].to_numpy()
         self.status = self._statuses()
+        spans = recorded_spans(embeddings or folder.embeddings)
+        self.spans = spans if spans is not None and len(spans) == self.rows else None
         sizes = self.groups["group_size"].to_numpy()
         in_groups = np.flatnonzero(sizes > 1)
         ids, first = np.unique(self.group_id[in_groups], return_index=True)
@@ -103,6 +154,12 @@ class ReviewData:
         self.group_sizes = dict(zip(ids.tolist(), group_sizes.tolist()))
         self._members = in_groups[np.argsort(self.group_id[in_groups], kind="stable")]
         self._member_groups = self.group_id[self._members]
+
+    def span(self, row: int) -> tuple[int, int] | None:
+        """Where the row's sample lies in its shard, if embed recorded it."""
+        if self.spans is None or self.spans[row, 0] < 0:
+            return None
+        return int(self.spans[row, 0]), int(self.spans[row, 1])
 
     # -- identities
     def sample(self, row: int) -> tuple[str, str]:
@@ -138,24 +195,31 @@ class ReviewData:
             else:
                 self.labelled[pair] = True
 
-    def _statuses(self) -> np.ndarray | None:
-        """Each row's decision in manifest.parquet (kept, dropped), if select has run."""
+    def _statuses(self) -> tuple[np.ndarray, list[str]] | None:
+        """Each row's decision in manifest.parquet as a code into the list of decisions (-1: none), if select
+        has run."""
         if not self.folder.manifest.exists():
             return None
         manifest = read_parquet(self.folder.manifest, ["shard_index", "sample_index", "status"])
-        place = lambda table: (
-            table["shard_index"].to_numpy().astype(np.int64) * (1 << 32)
-            + table["sample_index"].to_numpy().astype(np.int64)
-        )
-        manifest_places, row_places = place(manifest), place(self.groups)
-        if not len(manifest_places):
+        if not len(manifest):
             return None
+
+        def place(table: pa.Table) -> np.ndarray:
+            shard = table["shard_index"].to_numpy().astype(np.int64)
+            return shard * (1 << 32) + table["sample_index"].to_numpy().astype(np.int64)
+
+        manifest_places, row_places = place(manifest), place(self.groups)
         order = np.argsort(manifest_places)
         at = np.clip(np.searchsorted(manifest_places[order], row_places), 0, len(order) - 1)
-        status = np.asarray(manifest["status"].to_pylist(), dtype=object)[order][at]
-        matched = manifest_places[order][at] == row_places
-        status[~matched] = None
-        return status
+        encoded = pc.dictionary_encode(manifest["status"]).combine_chunks()
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int8)[order][at]
+        codes[manifest_places[order][at] != row_places] = -1
+        return codes, encoded.dictionary.to_pylist()
+
+    def status_of(self, row: int) -> str | None:
+        if self.status is None or self.status[0][row] < 0:
+            return None
+        return self.status[1][self.status[0][row]]
 
     # -- pages
     def filtered(self, chosen: PairFilter) -> np.ndarray:
@@ -178,7 +242,7 @@ class ReviewData:
         record = self.groups.slice(row, 1).to_pylist()[0]
         record["row"] = row
         record["shard_name"] = (record["shard"] or "").rstrip("/").rsplit("/", 1)[-1]
-        record["status"] = None if self.status is None else self.status[row]
+        record["status"] = self.status_of(row)
         return record
 
     def pair_record(self, pair: int) -> dict:
