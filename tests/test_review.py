@@ -59,7 +59,7 @@ def review_server(run_dir: Path, *args: str):
             found = re.search(r"http://[\d.:\[\]a-z]+/", line)
             url = found.group(0) if found else None
         assert url, f"dedup review printed no address:\n{''.join(seen)}"
-        yield url, process
+        yield url, process, "".join(seen)
     finally:
         process.kill()
         process.wait(timeout=30)
@@ -93,7 +93,7 @@ def test_label_with_the_keyboard_survive_a_kill_and_change_the_output(review_run
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: apt-get install chromium (the browser test needs a real browser)")
     before = pq.read_table(run_dir / "manifest.parquet").to_pylist()
-    with review_server(run_dir) as (url, _):
+    with review_server(run_dir) as (url, _, _):
         _, body = fetch(url + "api/pairs?limit=24")
         shown = json.loads(body)["pairs"]
         # a pair alone in its group, labelled not a duplicate, must end up apart; the others are labelled duplicate
@@ -121,7 +121,7 @@ def test_label_with_the_keyboard_survive_a_kill_and_change_the_output(review_run
     labels = read_labels(run_dir / "labels.parquet")
     assert len(labels) == 20
 
-    with review_server(run_dir) as (url, _):  # killed and started again: the 20 labels are there
+    with review_server(run_dir) as (url, _, _):  # killed and started again: the 20 labels are there
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1300, "height": 1400}, bypass_csp=True)
@@ -173,7 +173,7 @@ def test_the_server_refuses_paths_other_origins_and_other_hosts(review_run, tmp_
     link = run_dir / "secret-link"
     link.symlink_to(secret)
     try:
-        with review_server(run_dir, "--near-miss-sample", "0") as (url, _):
+        with review_server(run_dir, "--near-miss-sample", "0") as (url, _, said):
             port = url.rsplit(":", 1)[1].strip("/")
             for path in (
                 "../secret.txt",
@@ -221,12 +221,21 @@ def test_the_server_refuses_paths_other_origins_and_other_hosts(review_run, tmp_
             assert fetch(url + "api/summary", headers={"Host": f"evil.example:{port}"})[0] == 403
             assert not (run_dir / "labels.parquet").exists() or len(read_labels(run_dir / "labels.parquet")) == 20
 
+            assert "listening on" not in said  # loopback: nothing to warn about
+
             # the port is taken: a clear message and exit code 2
             taken = run_cli("review", run_dir, "--port", port, check=False)
             assert taken.returncode == 2
             assert f"port {port} on 127.0.0.1 is in use" in taken.stderr
     finally:
         link.unlink()
+
+
+def test_listening_beyond_loopback_is_said_aloud(review_run):
+    run_dir, _ = review_run
+    with review_server(run_dir, "--host", "0.0.0.0", "--near-miss-sample", "0") as (url, _, said):
+        assert "listening on 0.0.0.0, not only this machine" in said
+        assert url.startswith("http://0.0.0.0:")
 
 
 def test_review_needs_groups_and_says_so(tmp_path):
@@ -264,7 +273,7 @@ def test_a_label_whose_pair_is_gone_is_kept_and_reported(review_run, tmp_path):
         "--set",
         "find.verify_threshold=none",
     )
-    with review_server(stricter, "--near-miss-sample", "0") as (url, process):
+    with review_server(stricter, "--near-miss-sample", "0") as (url, _, _):
         summary = json.loads(fetch(url + "api/summary")[1])
     assert summary["labels_elsewhere"] == 1
     assert len(read_labels(stricter / "labels.parquet")) == 1
