@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dedup.io.remote import RemoteReadError, RetryPolicy
 from dedup.io.sources import image_files, is_image_name, is_remote, open_shard
 
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -42,6 +43,7 @@ class Fault:
     reason: str
     key: str | None = None  # None: the fault concerns the shard, not one sample
     index: int | None = None
+    lost_connection: bool = False  # a remote shard that failed on every try: what was read of it is not whole
 
 
 FaultHandler = Callable[[Fault], None]
@@ -107,6 +109,7 @@ def iter_shard(
     url: str,
     on_fault: FaultHandler,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    retry: RetryPolicy | None = None,
 ) -> Iterator[Sample]:
     """Yield every readable sample of one shard; report everything else to `on_fault`."""
     next_index = 0
@@ -121,9 +124,10 @@ def iter_shard(
             yield builder.sample
 
     try:
-        stream = open_shard(url)
+        stream = open_shard(url, retry)
     except Exception as error:  # noqa: BLE001 - any open failure is a shard fault
-        on_fault(Fault(url, f"cannot open shard: {type(error).__name__}: {error}"))
+        lost = isinstance(error, RemoteReadError)
+        on_fault(Fault(url, f"cannot open shard: {type(error).__name__}: {error}", lost_connection=lost))
         return
     try:
         with stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
@@ -159,6 +163,9 @@ def iter_shard(
                 current.add(extension, handle.read() if handle else b"")
         yield from finish(current)
     except Exception as error:  # noqa: BLE001 - a broken shard ends that shard only
+        if isinstance(error, RemoteReadError):
+            on_fault(Fault(url, f"remote shard unreadable: {error}", lost_connection=True))
+            return
         if current is not None:
             current.refuse(f"shard ended while this sample was read: {type(error).__name__}: {error}")
             yield from finish(current)
@@ -191,25 +198,39 @@ def iter_images(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAUL
             on_fault(Fault(url, f"{relative} cannot be read: {error}", key, index))
 
 
-def iter_source(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Sample]:
-    """Samples of a shard, an image file, or a folder of images."""
+def iter_source(
+    url: str,
+    on_fault: FaultHandler,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    retry: RetryPolicy | None = None,
+) -> Iterator[Sample]:
+    """Samples of a shard, an image file, or a folder of images; `retry`: how a remote shard is read through
+    faults (dedup/io/remote.py)."""
     if not is_remote(url) and (os.path.isdir(url) or is_image_name(url)):
         return iter_images(url, on_fault, max_member_bytes)
-    return iter_shard(url, on_fault, max_member_bytes)
+    return iter_shard(url, on_fault, max_member_bytes, retry)
 
 
 def iter_selected(
-    wanted: Iterable[tuple[str, int]], max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    wanted: Iterable[tuple[str, int]],
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    retry: RetryPolicy | None = None,
 ) -> Iterator[Sample]:
     """The samples at the given (shard, sample_index) places, shard by shard in the order first named;
     each shard is read only up to the last index wanted from it. Faults were recorded when the shard was
-    embedded, so they are not reported again."""
+    embedded, so they are not reported again; a remote shard lost on every try raises RemoteReadError, since
+    the samples asked for can then not be given."""
+
+    def on_fault(fault: Fault) -> None:
+        if fault.lost_connection:
+            raise RemoteReadError(fault.reason)
+
     by_shard: dict[str, set[int]] = {}
     for shard, index in wanted:
         by_shard.setdefault(shard, set()).add(index)
     for shard, indices in by_shard.items():
         last = max(indices)
-        for sample in iter_source(shard, lambda fault: None, max_member_bytes):
+        for sample in iter_source(shard, on_fault, max_member_bytes, retry):
             if sample.index in indices:
                 yield sample
             if sample.index >= last:

@@ -7,11 +7,14 @@ import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import braceexpand
 
 from dedup.errors import InputError
+
+if TYPE_CHECKING:
+    from dedup.io.remote import RetryPolicy
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -81,14 +84,12 @@ def expand_shards(specs: str | Iterable[str]) -> list[str]:
     return list(dict.fromkeys(urls))  # duplicates dropped, first place kept
 
 
-def open_shard(url: str) -> IO[bytes]:
-    """A readable binary stream for a local path or any fsspec URL."""
+def open_shard(url: str, retry: RetryPolicy | None = None) -> IO[bytes]:
+    """A readable binary stream for a local path or any fsspec URL (read through faults: dedup/io/remote.py)."""
     if is_remote(url):
-        # shards are read front to back: stream HTTP rather than fetch ranges, which many servers lack
-        options = {"block_size": 0} if url.startswith(("http://", "https://")) else {}
-        import fsspec
+        from dedup.io.remote import DEFAULT_POLICY, open_remote
 
-        return fsspec.open(url, "rb", **options).open()
+        return open_remote(url, retry or DEFAULT_POLICY)
     return open(_strip_file_scheme(url), "rb")
 
 
@@ -104,12 +105,13 @@ class Fingerprint:
         return asdict(self)
 
 
-def fingerprint(url: str) -> Fingerprint:
+def fingerprint(url: str, retry: RetryPolicy | None = None) -> Fingerprint:
     if is_remote(url):
-        import fsspec
+        from dedup.io.remote import DEFAULT_POLICY, filesystem, with_retries
 
-        fs, path = fsspec.core.url_to_fs(url)
-        info = fs.info(path)
+        policy = retry or DEFAULT_POLICY
+        fs, path = filesystem(url, policy)
+        info = with_retries(lambda: fs.info(path), policy, f"{url}: cannot read its size and date")
         etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         return Fingerprint(size=info.get("size"), mtime=_as_timestamp(mtime), etag=str(etag) if etag else None)

@@ -40,6 +40,16 @@ class EmbedSettings:
     decode_threads: int = setting(2, "Threads decoding images for each shard process.")
     max_pixels: int = setting(64_000_000, "Larger images are recorded unreadable (decompression bombs).")
     max_member_bytes: int = setting(DEFAULT_MAX_MEMBER_BYTES, "Larger tar members are recorded unreadable.")
+    remote_tries: int = setting(
+        5, "Remote shards: failures in a row (timeout, 429, 5xx, dropped connection) before a shard is unreadable."
+    )
+    remote_timeout: float = setting(60.0, "Remote shards: seconds without a byte before a read has failed.")
+    remote_backoff: float = setting(1.0, "Remote shards: the first wait after a failure, doubled each time (max 30).")
+
+    def retry_policy(self):
+        from dedup.io.remote import RetryPolicy
+
+        return RetryPolicy(tries=self.remote_tries, timeout_s=self.remote_timeout, backoff_s=self.remote_backoff)
 
     def validate(self) -> None:
         if self.embedder not in EMBEDDERS:
@@ -51,7 +61,11 @@ class EmbedSettings:
             max_pixels=self.max_pixels,
             pixel_size=self.pixel_size,
             input_size=self.input_size,
+            remote_tries=self.remote_tries,
+            remote_timeout=self.remote_timeout,
         )
+        if self.remote_backoff < 0:
+            raise SettingsError(f"embed.remote_backoff must be 0 or more seconds, got {self.remote_backoff}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise SettingsError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.runtime not in ("auto", "torch", "onnx", "onnx-int8"):

@@ -25,6 +25,7 @@ from dedup.io import tarspans
 from dedup.io.atomic import remove_stale_temporaries
 from dedup.io.imaging import THUMB_SIDE, UnreadableImage, caption_of, decode
 from dedup.io.reader import Fault, Sample, iter_source
+from dedup.io.remote import RemoteReadError
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
 from dedup.progress import SILENT, Reporter
@@ -64,9 +65,12 @@ class _PartBuilder:
         self.pdq: list[np.ndarray] = []
         self.thumbs: list[np.ndarray] = []
         self.spans: list[tuple[int, int, int, int]] = []  # (sample index, start, end, payload) of each embedded sample
+        self.lost: str | None = None  # a remote shard that failed on every try: nothing of it is kept
 
     def on_fault(self, fault: Fault) -> None:
-        if fault.key is None:
+        if fault.lost_connection:
+            self.lost = fault.reason
+        elif fault.key is None:
             self.shard_faults.append(fault.reason)
         else:
             self.add_failure(fault.key, fault.index, fault.reason)
@@ -108,6 +112,13 @@ class _PartBuilder:
                 (sample.index, *(sample.span or (-1, -1)), sum(len(data) for data in sample.files.values()))
             )
 
+    def forget(self) -> None:
+        """Drop every row: a shard read only in part is recorded unreadable, never as a shorter shard."""
+        self.rows = {name: [] for name in METADATA_SCHEMA.names}
+        self.failures = {name: [] for name in FAILURE_SCHEMA.names}
+        self.vectors, self.text_vectors, self.pdq, self.thumbs, self.spans = [], [], [], [], []
+        self.shard_faults = [f"unreadable: {self.lost} (tried again on the next run)"]
+
     def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
         dim = self.embedder.dim
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
@@ -126,8 +137,19 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     started = time.perf_counter()
     embedder = cached_embedder(settings)
     store = EmbeddingStore(store_root)
-    shard_fingerprint = fingerprint(url).to_dict()
     builder = _PartBuilder(url, part, embedder, with_text=settings.text and settings.embedder == "clip")
+    retry = settings.retry_policy()
+    try:
+        shard_fingerprint = fingerprint(url, retry).to_dict()
+    except Exception as error:  # noqa: BLE001 - a shard that cannot even be looked at is unreadable, not fatal
+        shard_fingerprint = {"size": None, "mtime": None, "etag": None}
+        builder.on_fault(
+            Fault(
+                url,
+                f"cannot open shard: {type(error).__name__}: {error}",
+                lost_connection=isinstance(error, RemoteReadError),
+            )
+        )
 
     def decode_one(sample: Sample) -> tuple:
         try:
@@ -136,7 +158,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
         except UnreadableImage as error:
             return sample, None, None, str(error)
 
-    samples = iter_source(url, builder.on_fault, max_member_bytes=settings.max_member_bytes)
+    lookable = not builder.shard_faults and builder.lost is None
+    samples = iter_source(url, builder.on_fault, settings.max_member_bytes, retry) if lookable else iter(())
     pending: list[Future] | None = None
     with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
         for batch in batched(samples, settings.batch_size):
@@ -147,6 +170,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
         if pending is not None:
             builder.add_batch([future.result() for future in pending])
 
+    if builder.lost is not None:
+        builder.forget()
     vectors, metadata, failures, text = builder.tables()
     stats = {
         "shard": url,
@@ -157,6 +182,7 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
         "failed": len(failures),
         "shard_faults": builder.shard_faults,
         "seconds": round(time.perf_counter() - started, 3),
+        "retry_on_rerun": builder.lost is not None,
     }
     # where each sample lies in a plain local tar, so write copies byte ranges without scanning the shard
     spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
@@ -182,8 +208,9 @@ def check_store_spec(store: EmbeddingStore, spec: dict) -> None:
             f"{len(spec['shards'])} now); use another folder for other input"
         )
     limit = max(existing.get("max_member_bytes", 0), spec["max_member_bytes"])
-    if existing.get("max_member_bytes") != limit:  # write must copy whatever any embed pass accepted
-        store.write_spec({**existing, "max_member_bytes": limit})
+    updated = {**existing, "max_member_bytes": limit, "remote": spec["remote"]}  # write reads as embed last read
+    if updated != existing:  # write must copy whatever any embed pass accepted
+        store.write_spec(updated)
 
 
 def embed(
@@ -201,10 +228,16 @@ def embed(
     store = EmbeddingStore(out)
     remove_stale_temporaries(store.root)
     check_store_spec(
-        store, {"embedder": embedder.spec(), "shards": urls, "max_member_bytes": settings.max_member_bytes}
+        store,
+        {
+            "embedder": embedder.spec(),
+            "shards": urls,
+            "max_member_bytes": settings.max_member_bytes,
+            "remote": asdict(settings.retry_policy()),
+        },
     )
 
-    done = store.completed_parts()
+    done = {part for part in store.completed_parts() if not store.part_stats(part).get("retry_on_rerun")}
     units = [
         Unit(
             f"embed:{part}",

@@ -23,6 +23,7 @@ from dedup.io import tarspans
 from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.io.imaging import caption_of
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
+from dedup.io.remote import RetryPolicy
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.sources import fingerprint, is_remote
 from dedup.io.store import EmbeddingStore
@@ -145,7 +146,7 @@ def copy_ranges(path: Path, ranges: list[CopyRange], durable: bool) -> None:
 
 
 def rewrite_members(
-    path: Path, slices: list[InputSlice], max_member_bytes: int, durable: bool
+    path: Path, slices: list[InputSlice], max_member_bytes: int, durable: bool, retry: RetryPolicy | None = None
 ) -> tuple[int, int, list[dict]]:
     import webdataset as wds  # imports torch: seconds, paid only on this path
 
@@ -160,7 +161,7 @@ def rewrite_members(
     written, payload_bytes, previous_key, renamed = set(), 0, None, []
     with atomic_open(path, "wb", durable=durable) as handle:
         writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
-        for sample in iter_selected(expected, max_member_bytes):
+        for sample in iter_selected(expected, max_member_bytes, retry):
             was = expected[(sample.shard, sample.index)]
             if sample.key != was:
                 raise changed_since_embed(sample.shard, sample.index, sample.key, was)
@@ -209,6 +210,7 @@ def write_output_shard(
     max_member_bytes: int,
     store_dir: str | None = None,
     durable: bool = True,
+    retry: dict | None = None,
 ) -> dict:
     """Copy the samples of `slices` (in order) into one output shard: as raw byte ranges when every input is
     a plain local tar and no key repeats side by side, else member by member. `durable`: fsync the shard
@@ -221,7 +223,8 @@ def write_output_shard(
         copy_ranges(path, ranges, durable)
         written, renamed = sample_count(slices), list[dict]()
     else:
-        written, payload_bytes, renamed = rewrite_members(path, slices, max_member_bytes, durable)
+        policy = RetryPolicy(**retry) if retry else None
+        written, payload_bytes, renamed = rewrite_members(path, slices, max_member_bytes, durable, policy)
     stats = {
         "shard": path.name,
         "samples": written,
@@ -237,12 +240,14 @@ def write_output_shard(
     return stats
 
 
-def check_inputs_unchanged(inputs: list[dict]) -> None:
+def check_inputs_unchanged(inputs: list[dict], retry: RetryPolicy | None = None) -> None:
     """`inputs`: the store's part statistics, each with the fingerprint of the shard embed read."""
     for stats in inputs:
+        if stats["samples"] == 0:  # unreadable when embedded: nothing of it is written
+            continue
         recorded = stats["fingerprint"]
         try:
-            current = fingerprint(stats["shard"]).to_dict()
+            current = fingerprint(stats["shard"], retry).to_dict()
         except (OSError, FileNotFoundError) as error:
             raise InputError(
                 f"shard {stats['shard']} embedded earlier cannot be read now ({error}); restore it or rerun embed"
@@ -292,14 +297,15 @@ def write(
     store = EmbeddingStore(store_dir)
     inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
     check_output_location(out_dir, [s["shard"] for s in inputs])
-    check_inputs_unchanged(inputs)
+    spec = store.read_spec() or {}
+    check_inputs_unchanged(inputs, RetryPolicy(**spec["remote"]) if spec.get("remote") else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
 
     plan = plan_output(manifest, settings.samples_per_shard)
     _remove_outputs_beyond(out_dir, settings.prefix, len(plan))
     # read members with the limit embed used, so every sample it accepted can be copied
-    max_member_bytes = (store.read_spec() or {}).get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES)
+    max_member_bytes = spec.get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES)
     units = [
         Unit(
             f"write:{number}",
@@ -311,6 +317,7 @@ def write(
                 "prefix": settings.prefix,
                 "max_member_bytes": max_member_bytes,
                 "store_dir": str(store_dir),
+                "retry": spec.get("remote"),
                 "durable": settings.sync == "shard",
             },
         )
