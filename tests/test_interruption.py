@@ -117,8 +117,12 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     victim = tmp_path / "victim"
     shards = len(list((root / "in").glob("*.tar")))
     killed_in: dict[str, int] = {}
-    for attempt in range(KILLS):
-        target = STAGES[attempt % 4]
+    attempt = 0
+    # at least KILLS kills, and on until each stage has had one (a kill aimed at a short stage can land after it)
+    while attempt < KILLS or (set(STAGES[:4]) - set(killed_in) and attempt < KILLS + 16):
+        missing = [stage for stage in STAGES[:4] if stage not in killed_in]
+        target = STAGES[attempt % 4] if attempt < KILLS or not missing else missing[0]
+        attempt += 1
         if victim.exists() and STAGES.index(stage_reached(victim, shards)) > STAGES.index(target):
             shutil.rmtree(victim)  # start over, so this kill lands inside its target stage
         process = subprocess.Popen(
@@ -133,10 +137,11 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
         for path in victim.rglob("*"):
             if path.is_file():
                 check_complete(path)
+    assert set(STAGES[:4]) <= set(killed_in), f"not every stage was hit: {killed_in}; replay: DEDUP_KILL_SEED={SEED}"
     print(f"killed in: {killed_in}")
     run_cli("run", root / "in", "--run-dir", victim, *RUN_ARGS)
     assert not list(victim.rglob(".tmp-*")), "a rerun must clear temporaries"
-    assert digest_outputs(victim) == digest_outputs(reference)
+    assert digest_outputs(victim) == digest_outputs(reference), f"replay: DEDUP_KILL_SEED={SEED}"
     record = os.environ.get("DEDUP_KILL_RECORD")
     if record:
         Path(record).write_text(json.dumps({"seed": SEED, "kills": KILLS, "killed_in": killed_in}))
