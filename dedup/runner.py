@@ -49,6 +49,46 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     )
 
 
+def add(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict:
+    """Deduplicate `settings.shards`, new shards, against the finished run in `settings.run_dir` (and each
+    other) without redoing it: dedup/stages/increment.py. Resumes an increment a kill interrupted."""
+    from dedup.io.atomic import read_json
+    from dedup.stages import increment as increments
+
+    settings.validate()
+    if not settings.shards:
+        raise SettingsError("no shards to add: give the new shards on the command line")
+    folder = RunFolder(settings.run_dir)
+    urls = expand_shards(settings.shards)
+    if settings.output is None and folder.summary.exists():  # the output folder the run was written to
+        settings.output = read_json(folder.summary).get("output_dir")
+    check_output_location(settings.output_dir(), urls)
+    remove_stale_temporaries(folder.root)
+    increments.check_same_settings(folder, settings.find)
+    increment = increments.begin(folder, urls, reporter)
+    store = folder.embeddings
+    embed(
+        increments.IncrementLog.of(folder).shards(),
+        store,
+        settings.embed,
+        engine=engine or settings.embed_engine(),
+        reporter=reporter,
+    )
+    increments.find_new(store, folder, increment, settings.find, reporter)
+    increments.select_increment(store, folder, increment, settings.select, reporter)
+    summary = write(
+        store,
+        folder.root,
+        settings.output_dir(),
+        settings.write,
+        engine=engine or settings.write_engine(),
+        reporter=reporter,
+        increment=increment.number,
+    )
+    increments.finish(folder, increment)
+    return {**summary, "increment": increment.number}
+
+
 def purge_run(
     settings: RunSettings,
     against: list[str],

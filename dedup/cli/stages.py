@@ -207,6 +207,32 @@ def purge_command(
         print_json(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
 
 
+@with_settings("embed.workers+write.workers:--workers", *ENGINE)
+def add_command(
+    shards: list[str] = typer.Argument(..., help="The new shards."),
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
+    run_dir: Path | None = RUN_DIR,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: the one the run wrote to)."),
+    *,
+    options: dict,
+) -> None:
+    """Deduplicate new shards against a finished run and each other, without redoing it: only they are embedded
+    and searched; earlier keeps stay; new output shards, and removal lists for earlier ones."""
+    with handled() as reporter:
+        from dedup.runner import add
+
+        settings = settings_from(config, overrides, options)
+        place(settings, shards, run_dir, out)
+        summary = add(settings, reporter=reporter)
+        print_json(summary)
+        reporter.info(
+            f"add (increment {summary['increment']}): {summary['input_samples']} samples in all: {summary['kept']} "
+            f"kept, {summary['dropped']} dropped, {summary['unreadable']} unreadable; "
+            f"{summary.get('removed_from_earlier_output', 0)} earlier outputs listed for removal"
+        )
+
+
 def register(app: typer.Typer) -> None:
     for name, command in (
         ("embed", embed_command),
@@ -214,6 +240,7 @@ def register(app: typer.Typer) -> None:
         ("select", select_command),
         ("write", write_command),
         ("run", run_command),
+        ("add", add_command),
         ("purge", purge_command),
     ):
         app.command(name)(command)

@@ -171,6 +171,11 @@ class FindSettings:
 @dataclass
 class SelectSettings:
     policy: str = setting("one", "one | cap:K | none")
+    prefer: str = setting(
+        "largest",
+        "Which copy a group keeps: largest (largest image, then longest caption, then first seen) | first (first "
+        "seen, in input order).",
+    )
     diversify_captions: bool = setting(
         False,
         "Copies a policy keeps beyond a group's best (cap:K, none) get other captions: another member's, else "
@@ -184,6 +189,8 @@ class SelectSettings:
 
     def validate(self) -> None:
         kind, _ = parse_policy(self.policy)
+        if self.prefer not in ("largest", "first"):
+            raise SettingsError(f"select.prefer must be largest or first, got {self.prefer!r}")
         if self.diversify_captions and kind == "one":
             raise SettingsError(
                 "select.diversify_captions changes the captions of the copies a policy keeps, and policy one keeps "

@@ -89,6 +89,34 @@ def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarr
     )
 
 
+def groups_table(metadata: pa.Table, pairs: pa.Table) -> pa.Table:
+    """groups.parquet: each row's group (connected components of `pairs`) and its nearest duplicate."""
+    rows = len(metadata)
+    group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
+    nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)
+    keys = metadata["key"]
+    shards = metadata["shard"]
+    has_nearest = nearest >= 0
+    safe = np.where(has_nearest, nearest, 0)
+    return pa.table(
+        {
+            "row": pa.array(np.arange(rows, dtype=np.int64)),
+            **sample_id(metadata, KEY_FIRST),
+            "group_id": pa.array(group_id),
+            "group_size": pa.array(group_size.astype(np.int64)),
+            "nearest_key": pc.if_else(pa.array(has_nearest), keys.take(pa.array(safe)), pa.scalar(None, pa.string())),
+            "nearest_shard": pc.if_else(
+                pa.array(has_nearest), shards.take(pa.array(safe)), pa.scalar(None, pa.string())
+            ),
+            "nearest_similarity": pa.array(np.where(has_nearest, nearest_sim, np.nan), pa.float32(), mask=~has_nearest),
+            "match": pa.array([SIGNALS[c] if c >= 0 else None for c in nearest_code], pa.string()),
+            "width": metadata["width"],
+            "height": metadata["height"],
+            "caption": metadata["caption"],
+        }
+    )
+
+
 def find(
     store_dir: str | Path,
     run_dir: str | Path,
@@ -146,51 +174,43 @@ def find(
         if sum(found.unconfirmed.values()):
             reporter.info(f"find: low-detail pairs whose thumbnails disagree, not counted: {found.unconfirmed}")
     pairs = merge_pairs(found, samples)
-    group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
-    nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)
-
-    keys = metadata["key"]
-    shards = metadata["shard"]
-    has_nearest = nearest >= 0
-    safe = np.where(has_nearest, nearest, 0)
-    groups = pa.table(
-        {
-            "row": pa.array(np.arange(rows, dtype=np.int64)),
-            **sample_id(metadata, KEY_FIRST),
-            "group_id": pa.array(group_id),
-            "group_size": pa.array(group_size.astype(np.int64)),
-            "nearest_key": pc.if_else(pa.array(has_nearest), keys.take(pa.array(safe)), pa.scalar(None, pa.string())),
-            "nearest_shard": pc.if_else(
-                pa.array(has_nearest), shards.take(pa.array(safe)), pa.scalar(None, pa.string())
-            ),
-            "nearest_similarity": pa.array(np.where(has_nearest, nearest_sim, np.nan), pa.float32(), mask=~has_nearest),
-            "match": pa.array([SIGNALS[c] if c >= 0 else None for c in nearest_code], pa.string()),
-            "width": metadata["width"],
-            "height": metadata["height"],
-            "caption": metadata["caption"],
-        }
+    summary = record_groups(run_dir, store_dir, metadata, pairs, settings, started, info)
+    if units is not None:
+        units.done()
+    reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})
+    reporter.info(
+        f"find: {summary['groups']} duplicate groups holding {summary['samples_in_groups']} samples "
+        f"({len(pairs)} pairs: {summary['pairs_by_signal']})"
     )
-    run_dir = Path(run_dir)
-    write_parquet(RunFolder(run_dir).pairs, pairs)
-    write_parquet(RunFolder(run_dir).groups, groups)
-    counts = {s: int(pc.sum(pc.equal(pairs["signal"], s)).as_py() or 0) for s in SIGNALS}
+    return summary
+
+
+def record_groups(
+    run_dir: str | Path,
+    store_dir: str | Path,
+    metadata: pa.Table,
+    pairs: pa.Table,
+    settings: FindSettings,
+    started: float,
+    info: dict,
+) -> dict:
+    """Write pairs.parquet, groups.parquet (from the pairs) and find.json; return find.json's content."""
+    groups = groups_table(metadata, pairs)
+    group_id, group_size = groups["group_id"].to_numpy(), groups["group_size"].to_numpy()
+    folder = RunFolder(run_dir)
+    write_parquet(folder.pairs, pairs)
+    write_parquet(folder.groups, groups)
     in_groups = int((group_size > 1).sum())
     summary = {
         "store": str(store_dir),
-        "samples": rows,
+        "samples": len(metadata),
         "pairs": len(pairs),
-        "pairs_by_signal": counts,
+        "pairs_by_signal": {s: int(pc.sum(pc.equal(pairs["signal"], s)).as_py() or 0) for s in SIGNALS},
         "groups": int(len(np.unique(group_id[group_size > 1]))),
         "samples_in_groups": in_groups,
         "settings": settings.__dict__,
         "seconds": round(time.perf_counter() - started, 3),
         **info,
     }
-    write_json(RunFolder(run_dir).find_summary, summary)
-    if units is not None:
-        units.done()
-    reporter.event("find_done", **{k: v for k, v in summary.items() if k != "settings"})
-    reporter.info(
-        f"find: {summary['groups']} duplicate groups holding {in_groups} samples ({len(pairs)} pairs: {counts})"
-    )
+    write_json(folder.find_summary, summary)
     return summary

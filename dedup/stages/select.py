@@ -46,21 +46,21 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-def rank_in_groups(groups: pa.Table) -> np.ndarray:
-    """Rank of each row within its group under the keep rule (0 = keep first)."""
-    width = groups["width"].fill_null(0).to_numpy().astype(np.int64)
-    height = groups["height"].fill_null(0).to_numpy().astype(np.int64)
-    caption_length = pc.utf8_length(groups["caption"].fill_null("")).to_numpy().astype(np.int64)
+def rank_in_groups(groups: pa.Table, prefer: str = "largest", first: np.ndarray | None = None) -> np.ndarray:
+    """Rank of each row within its group under the keep rule (0 = keep first). `prefer`: largest (largest
+    image, then longest caption, then first seen) or first (first seen); `first`: rows that go before all others
+    whatever the rule (an incremental run's earlier keeps)."""
+    rows = len(groups)
+    keys: list[np.ndarray] = [groups["sample_index"].to_numpy(), groups["shard_index"].to_numpy()]
+    if prefer == "largest":
+        width = groups["width"].fill_null(0).to_numpy().astype(np.int64)
+        height = groups["height"].fill_null(0).to_numpy().astype(np.int64)
+        caption_length = pc.utf8_length(groups["caption"].fill_null("")).to_numpy().astype(np.int64)
+        keys += [-caption_length, -(width * height)]
+    if first is not None:
+        keys.append(~np.asarray(first, dtype=bool))
     group_id = groups["group_id"].to_numpy()
-    order = np.lexsort(
-        (
-            groups["sample_index"].to_numpy(),
-            groups["shard_index"].to_numpy(),
-            -caption_length,
-            -(width * height),
-            group_id,
-        )
-    )
+    order = np.lexsort((*keys, group_id)) if rows else np.zeros(0, np.int64)
     sorted_groups = group_id[order]
     starts = np.ones(len(order), dtype=bool)
     starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
@@ -71,11 +71,16 @@ def rank_in_groups(groups: pa.Table) -> np.ndarray:
 
 
 def decide(
-    groups: pa.Table, policy: str, diversify_captions: bool = False, person_label: list[str | None] | None = None
+    groups: pa.Table,
+    policy: str,
+    diversify_captions: bool = False,
+    person_label: list[str | None] | None = None,
+    prefer: str = "largest",
+    first: np.ndarray | None = None,
 ) -> pa.Table:
     kind, cap = parse_policy(policy)
     rows = len(groups)
-    ranks = rank_in_groups(groups)
+    ranks = rank_in_groups(groups, prefer, first)
     group_id = groups["group_id"].to_numpy()
     size = groups["group_size"].to_numpy()
     best_row = np.zeros(rows, dtype=np.int64)
@@ -161,10 +166,15 @@ def unreadable_rows(failures: pa.Table) -> pa.Table:
 
 
 def select(
-    store_dir: str | Path, run_dir: str | Path, settings: SelectSettings | None = None, reporter: Reporter = SILENT
+    store_dir: str | Path,
+    run_dir: str | Path,
+    settings: SelectSettings | None = None,
+    reporter: Reporter = SILENT,
+    first: np.ndarray | None = None,
 ) -> dict:
     """Apply the keep policy to groups.parquet (after a person's labels, when RUN_DIR/labels.parquet has
-    some); write manifest.parquet with one row per input sample."""
+    some); write manifest.parquet with one row per input sample. `first`: rows (of groups.parquet) that go before
+    all others in their groups whatever the keep rule (dedup add: the samples kept before)."""
     settings = settings or SelectSettings()
     settings.validate()
     folder = RunFolder(run_dir)
@@ -176,7 +186,10 @@ def select(
         reporter.info(f"select: labels from {folder.labels}: {describe_label_counts(label_counts)}")
     failures = EmbeddingStore(store_dir).load().failures
     manifest = pa.concat_tables(
-        [decide(groups, settings.policy, settings.diversify_captions, person_label), unreadable_rows(failures)]
+        [
+            decide(groups, settings.policy, settings.diversify_captions, person_label, settings.prefer, first),
+            unreadable_rows(failures),
+        ]
     )
     order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
     manifest = manifest.take(order)

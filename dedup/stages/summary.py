@@ -36,7 +36,9 @@ def _count_rows(table: pa.Table, columns: list[str]) -> list[tuple]:
     return list(zip(*(counted[c] for c in columns), counted["count_all"]))
 
 
-def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: list[dict]) -> dict:
+def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: list[dict], removed: int = 0) -> dict:
+    """`removed`: samples in `shard_stats`' shards that a later increment no longer keeps (listed in
+    removals.json); they do not count as written."""
     counts = Counter(dict(_count_rows(manifest, ["status"])))
     dropped = manifest.filter(pc.equal(manifest["status"], "dropped"))
     if "reference_match" not in dropped.column_names:
@@ -47,7 +49,7 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
     unreadable_by: Counter[str] = Counter()
     for reason, rows in _count_rows(manifest.filter(pc.equal(manifest["status"], "unreadable")), ["reason"]):
         unreadable_by[reason_class(reason)] += rows
-    written = sum(s["samples"] for s in shard_stats)
+    written = sum(s["samples"] for s in shard_stats) - removed
     input_samples = len(manifest)
     summary = {
         "input_samples": input_samples,
@@ -62,6 +64,8 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
         "output_bytes": sum(s["tar_bytes"] for s in shard_stats),
         "renamed_keys": [item for s in shard_stats for item in s.get("renamed_keys", [])],
     }
+    if removed:
+        summary["removed_from_earlier_output"] = removed
     if "person_label" in manifest.column_names:  # decisions a person's labels (dedup review) touched, by status
         touched = manifest.filter(pc.is_valid(manifest["person_label"]))
         summary["decided_with_person_labels"] = dict(sorted(Counter(touched["status"].to_pylist()).items()))

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from dedup.engine import LocalEngine, Unit, run_units
 from dedup.errors import DedupError, InputError, SettingsError
@@ -31,6 +32,7 @@ from dedup.progress import SILENT, Reporter
 from dedup.settings import WriteSettings
 from dedup.stages.summary import summarize
 from dedup.stages.write_plan import (
+    OUTPUT_COLUMNS,
     WRITE_COLUMNS,
     InputSlice,
     plan_digest,
@@ -287,13 +289,16 @@ def write(
     settings: WriteSettings | None = None,
     engine=None,
     reporter: Reporter = SILENT,
+    increment: int | None = None,
 ) -> dict:
-    """Write the kept samples of manifest.parquet into new shards; write summary.json."""
+    """Write the kept samples of manifest.parquet into new shards; write summary.json. `increment` (dedup add):
+    only the kept samples not written before, into PREFIX-incK-NNNNN.tar, and the removal lists of the earlier
+    shards whose samples are no longer kept."""
     settings = settings or WriteSettings()
     settings.validate()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else RunFolder(run_dir).shards
-    manifest = load_manifest(run_dir, WRITE_COLUMNS)
+    manifest = load_manifest(run_dir, WRITE_COLUMNS + (OUTPUT_COLUMNS if increment else []))
     store = EmbeddingStore(store_dir)
     inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
     check_output_location(out_dir, [s["shard"] for s in inputs])
@@ -302,8 +307,10 @@ def write(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
 
-    plan = plan_output(manifest, settings.samples_per_shard)
-    _remove_outputs_beyond(out_dir, settings.prefix, len(plan))
+    prefix = settings.prefix if increment is None else f"{settings.prefix}-inc{increment}"
+    unwritten = manifest if increment is None else manifest.filter(pc.is_null(manifest["output_shard"]))
+    plan = plan_output(unwritten, settings.samples_per_shard)
+    _remove_outputs_beyond(out_dir, prefix, len(plan))
     # read members with the limit embed used, so every sample it accepted can be copied
     max_member_bytes = spec.get("max_member_bytes", DEFAULT_MAX_MEMBER_BYTES)
     units = [
@@ -314,7 +321,7 @@ def write(
                 "number": number,
                 "slices": slices,
                 "out_dir": str(out_dir),
-                "prefix": settings.prefix,
+                "prefix": prefix,
                 "max_member_bytes": max_member_bytes,
                 "store_dir": str(store_dir),
                 "retry": spec.get("remote"),
@@ -322,24 +329,46 @@ def write(
             },
         )
         for number, slices in enumerate(plan)
-        if not _already_written(out_dir, settings.prefix, number, slices)
+        if not _already_written(out_dir, prefix, number, slices)
     ]
     # threads: a shard's copy and fsync run outside the GIL, so one shard is copied while another is flushed
     run_units(
         engine or LocalEngine(settings.workers, threads=True), units, "write", len(plan), "output shards", reporter
     )
-    shard_stats = [read_json(_marker(out_dir, settings.prefix, n)) for n in range(len(plan))]
-    record_outputs(RunFolder(run_dir), plan, shard_stats, settings.prefix)
+    shard_stats = [read_json(_marker(out_dir, prefix, n)) for n in range(len(plan))]
+    record_outputs(RunFolder(run_dir), plan, shard_stats, prefix, keep_earlier=increment is not None)
     unreadable_shards = [
         {"shard": s["shard"], "reason": reason} for s in inputs for reason in s["shard_faults"] if s["samples"] == 0
     ]
-    summary = summarize(manifest, shard_stats, unreadable_shards)
+    removed = 0
+    if increment is not None:  # the earlier increments' shards count too, less what is no longer kept
+        shard_stats = [read_json(p) for p in sorted(out_dir.glob(f"{settings.prefix}-*_stats.json"))]
+        removed = write_removals(RunFolder(run_dir), out_dir)
+    summary = summarize(manifest, shard_stats, unreadable_shards, removed)
     summary["output_dir"] = str(out_dir)
     write_json(RunFolder(run_dir).summary, summary)
     reporter.event("write_done", **summary)
     if not summary["reconciles"]:
         raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")
     return summary
+
+
+def write_removals(folder: RunFolder, out_dir: Path) -> int:
+    """removals.json ({output shard: [keys]}) and NAME.removed.txt beside each such shard: the samples written by
+    an earlier increment that are no longer kept. Returns how many."""
+    manifest = folder.load_manifest(["status", *OUTPUT_COLUMNS])
+    gone = manifest.filter(pc.and_(pc.is_valid(manifest["output_shard"]), pc.not_equal(manifest["status"], "kept")))
+    by_shard: dict[str, list[str]] = {}
+    for shard, key in zip(gone["output_shard"].to_pylist(), gone["output_key"].to_pylist()):
+        by_shard.setdefault(shard, []).append(key)
+    for stale in out_dir.glob("*.removed.txt"):
+        if stale.name.removesuffix(".removed.txt") + ".tar" not in by_shard:
+            stale.unlink()
+    for shard, keys in sorted(by_shard.items()):
+        with atomic_open(out_dir / (shard.removesuffix(".tar") + ".removed.txt"), "w") as handle:
+            handle.write("".join(f"{key}\n" for key in sorted(keys)))
+    write_json(out_dir / "removals.json", {shard: sorted(keys) for shard, keys in sorted(by_shard.items())})
+    return len(gone)
 
 
 def _marker(out_dir: Path, prefix: str, number: int) -> Path:

@@ -82,11 +82,15 @@ def shard_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:05d}.tar"
 
 
-def record_outputs(folder: RunFolder, plan: list[list[InputSlice]], shard_stats: list[dict], prefix: str) -> None:
+def record_outputs(
+    folder: RunFolder, plan: list[list[InputSlice]], shard_stats: list[dict], prefix: str, keep_earlier: bool = False
+) -> None:
     """Add to the manifest, for each kept sample, the output shard it went to and the key it was written
-    under (`output_shard`, `output_key`; null for the others), replacing those of an earlier write."""
+    under (`output_shard`, `output_key`; null for the others), replacing those of an earlier write; with
+    `keep_earlier` (an increment), the rows this plan did not write keep what they had."""
     manifest = folder.load_manifest()
-    manifest = manifest.drop_columns([c for c in OUTPUT_COLUMNS if c in manifest.column_names])
+    earlier = {c: manifest[c] for c in OUTPUT_COLUMNS if c in manifest.column_names}
+    manifest = manifest.drop_columns(list(earlier))
     pieces = [(number, piece) for number, slices in enumerate(plan) for piece in slices]
     # the plan is in input order, so the packed (input shard, sample index) of its samples ascend
     planned = np.concatenate([np.zeros(0, np.int64), *((np.int64(p.part) << 32) | p.indexes for _, p in pieces)])
@@ -104,5 +108,9 @@ def record_outputs(folder: RunFolder, plan: list[list[InputSlice]], shard_stats:
         )
         for row in np.flatnonzero(same_place.to_numpy(zero_copy_only=False)).tolist():
             output_key[row] = renamed["written_as"]
+    output_key_array = pa.array(output_key, pa.string())
+    if keep_earlier and earlier:
+        output_shard = pc.if_else(pa.array(written), output_shard, earlier["output_shard"])
+        output_key_array = pc.if_else(pa.array(written), output_key_array, earlier["output_key"])
     manifest = manifest.append_column("output_shard", output_shard.cast(pa.string()))
-    write_parquet(folder.manifest, manifest.append_column("output_key", pa.array(output_key, pa.string())))
+    write_parquet(folder.manifest, manifest.append_column("output_key", output_key_array))

@@ -1,0 +1,243 @@
+"""`dedup add`: new shards deduplicated against a finished run, without redoing it.
+
+An increment embeds only the new shards (their parts follow the run's in the store, so every earlier row keeps
+its number), searches only the pairs that involve a new row (new against all rows, the new ones included),
+adds them to the run's pairs and forms the groups again. Select then decides with the run's keep rule, except
+that a sample kept before goes before all others in its group: it stays kept unless a merge of two earlier
+groups leaves room for fewer (or a person's label says otherwise). Write puts the samples kept and not yet
+written into new output shards (PREFIX-incK-NNNNN.tar) and lists, per earlier output shard, the samples that
+are no longer kept (`removals.json`, and `NAME.removed.txt` beside each such shard).
+
+Every step reads what the increment began from (`increments/K/`: the manifest and pairs as they were), so a
+step killed anywhere and run again gives what an uninterrupted one gives.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dedup.errors import InputError, SettingsError
+from dedup.io.atomic import read_json, read_parquet, write_json, write_parquet
+from dedup.io.runfolder import RunFolder
+from dedup.io.store import EmbeddingStore
+from dedup.progress import SILENT, Reporter
+from dedup.settings import FindSettings, SelectSettings
+
+
+@dataclass
+class Increment:
+    number: int
+    shards: list[str]
+    rows_before: int  # rows of the store before it: its rows are rows_before and on
+    done: bool = False
+
+
+@dataclass
+class IncrementLog:
+    """RUN_DIR/increments.json: the run's increments, the first being the run itself."""
+
+    path: Path
+    increments: list[Increment] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, folder: RunFolder) -> IncrementLog:
+        path = folder.root / "increments.json"
+        if not path.exists():
+            return cls(path)
+        return cls(path, [Increment(**item) for item in read_json(path)["increments"]])
+
+    def save(self) -> None:
+        write_json(self.path, {"increments": [vars(item) for item in self.increments]})
+
+    def shards(self) -> list[str]:
+        return [shard for item in self.increments for shard in item.shards]
+
+
+def snapshot_folder(folder: RunFolder, number: int) -> Path:
+    return folder.root / "increments" / str(number)
+
+
+def begin(folder: RunFolder, new_shards: list[str], reporter: Reporter = SILENT) -> Increment:
+    """The increment for `new_shards`: a new one on a finished run, or the unfinished one they name."""
+    log = IncrementLog.of(folder)
+    store = EmbeddingStore(folder.embeddings)
+    spec = store.read_spec()
+    if spec is None or not folder.groups.exists() or not folder.manifest.exists():
+        raise InputError(
+            f"{folder.root} holds no finished run to add to: run `dedup run SHARDS --run-dir {folder.root}` first"
+        )
+    if not log.increments:
+        log.increments.append(Increment(0, list(spec["shards"]), 0, done=True))
+    last = log.increments[-1]
+    if not last.done:
+        if last.shards != new_shards:
+            raise InputError(
+                f"increment {last.number} of {folder.root} did not finish: run `dedup add` again with its shards "
+                f"({len(last.shards)}: {last.shards[0]} ...) before adding others"
+            )
+        reporter.info(f"add: resuming increment {last.number} ({len(new_shards)} shards)")
+        store.write_spec({**spec, "shards": log.shards()})  # a kill may have come before the spec said so
+        return last
+    already = sorted(set(new_shards) & set(log.shards()))
+    if already:
+        raise InputError(f"{already[0]} is already in {folder.root} ({len(already)} of the shards given are)")
+    if not (folder.summary.exists()):
+        raise InputError(f"{folder.root}'s last run did not finish (no summary.json): rerun it before adding to it")
+    rows_before = read_parquet(folder.groups, ["row"]).num_rows
+    increment = Increment(last.number + 1, list(new_shards), rows_before)
+    snapshot = snapshot_folder(folder, increment.number)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for source in (folder.manifest, folder.pairs, folder.groups):
+        shutil.copyfile(source, snapshot / (source.name + ".partial"))
+        (snapshot / (source.name + ".partial")).replace(snapshot / source.name)
+    log.increments.append(increment)
+    log.save()  # last: from here on the increment exists, and its snapshot is whole
+    store.write_spec({**spec, "shards": log.shards()})
+    return increment
+
+
+def finish(folder: RunFolder, increment: Increment) -> None:
+    log = IncrementLog.of(folder)
+    log.increments[increment.number].done = True
+    log.save()
+
+
+def _rows(samples, start: int):
+    """The samples of rows start and on, as a Samples of their own."""
+    from dedup.search.signals import Samples
+
+    return Samples(
+        samples.sha256[start:],
+        samples.phash[start:],
+        samples.phash_present[start:],
+        np.ascontiguousarray(samples.embeddings[start:], dtype=np.float32),
+        None if samples.pdq is None else samples.pdq[start:],
+        None if samples.thumbs is None else samples.thumbs[start:],
+    )
+
+
+def _to_rows(found, offset: int) -> None:
+    """Turn (new row - offset, any row) pairs into (smaller row, larger row) of the whole store, once each."""
+    for signal, (queries, hits) in list(found.pairs.items()):
+        a, b = np.asarray(queries, np.int64) + offset, np.asarray(hits, np.int64)
+        keep = a != b
+        a, b = a[keep], b[keep]
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        packed = low * (1 << 32) + high
+        _, first = np.unique(packed, return_index=True)  # a pair of two new rows is found from both ends
+        first = np.sort(first)
+        found.pairs[signal] = (low[first], high[first])
+        if signal in found.similarity:
+            found.similarity[signal] = found.similarity[signal][keep][first]
+
+
+def find_new(
+    store_dir: Path, folder: RunFolder, increment: Increment, settings: FindSettings, reporter: Reporter = SILENT
+) -> dict:
+    """Pairs of the increment's rows with every row; with the pairs the run had, the groups of all rows."""
+    from dedup.search.signals import Samples, signal_pairs
+    from dedup.stages.find import merge_pairs, record_groups
+    from dedup.stages.verify_pairs import verify_borderline
+
+    settings.validate()
+    started = time.perf_counter()
+    data = EmbeddingStore(store_dir).load(max_in_memory_bytes=settings.memory_budget_gb * 1024**3)
+    rows, start = len(data.metadata), increment.rows_before
+    samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
+    reporter.info(f"add: searching {rows - start} new samples against all {rows}")
+    found = signal_pairs(_rows(samples, start), samples, settings)
+    _to_rows(found, start)
+    info: dict = {"increment": {"number": increment.number, "new_rows": rows - start}}
+    if settings.verify_threshold is not None:
+        info["verification"] = verify_borderline(found, data.metadata, settings, reporter)
+    info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
+    earlier = read_parquet(snapshot_folder(folder, increment.number) / "pairs.parquet")
+    earlier = earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start)))
+    added = merge_pairs(found, samples)
+    info["increment"]["pairs_added"] = len(added)
+    pairs = pa.concat_tables([earlier, added.cast(earlier.schema)]) if len(earlier) else added
+    summary = record_groups(folder.root, store_dir, data.metadata, pairs, settings, started, info)
+    reporter.info(
+        f"add: {len(added)} new pairs; {summary['groups']} duplicate groups holding {summary['samples_in_groups']} "
+        "samples in all"
+    )
+    return summary
+
+
+def _place(table: pa.Table) -> np.ndarray:
+    shard = table["shard_index"].fill_null(-1).to_numpy().astype(np.int64)
+    return (shard << 32) | table["sample_index"].fill_null(-1).to_numpy().astype(np.int64)
+
+
+def _lookup(before: pa.Table, after: pa.Table, column: str, default=None) -> list:
+    """`column` of `before` for each row of `after` at the same place (input shard, sample index); `default` where
+    `before` has no such row (a new sample). Rows without a place (a shard-level fault) match nothing."""
+    if column not in before.column_names:
+        return [default] * len(after)
+    places, wanted = _place(before), _place(after)
+    order = np.argsort(places, kind="stable")
+    at = np.clip(np.searchsorted(places[order], wanted), 0, max(0, len(order) - 1))
+    found = (places[order][at] == wanted) & (wanted >= 0) if len(order) else np.zeros(len(after), bool)
+    values = before[column].to_pylist()
+    return [values[order[i]] if hit else default for i, hit in zip(at.tolist(), found.tolist())]
+
+
+def select_increment(
+    store_dir: Path, folder: RunFolder, increment: Increment, settings: SelectSettings, reporter: Reporter = SILENT
+) -> dict:
+    """select, with the samples kept before going first in their groups; the manifest keeps what write recorded
+    of them and says, per row, which increment brought the sample and which made its current decision."""
+    from dedup.stages.select import select
+
+    before = read_parquet(snapshot_folder(folder, increment.number) / "manifest.parquet")
+    groups = read_parquet(folder.groups)
+    first = np.asarray(_lookup(before, groups, "status", None), dtype=object) == "kept"
+    summary = select(store_dir, folder.root, settings, reporter, first=first)
+    manifest = folder.load_manifest()
+    carried = {
+        "output_shard": pa.array(_lookup(before, manifest, "output_shard"), pa.string()),
+        "output_key": pa.array(_lookup(before, manifest, "output_key"), pa.string()),
+        "increment": pa.array(_lookup(before, manifest, "increment", 0), pa.int32()),
+    }
+    had = np.asarray(_lookup(before, manifest, "status", None), dtype=object)
+    was_decided_in = np.asarray(_lookup(before, manifest, "decided_in", 0), dtype=np.int32)
+    new = np.asarray([status is None for status in had])
+    carried["increment"] = pa.array(np.where(new, increment.number, carried["increment"].to_numpy()), pa.int32())
+    changed = new | (had != np.asarray(manifest["status"].to_pylist(), dtype=object))
+    carried["decided_in"] = pa.array(np.where(changed, increment.number, was_decided_in), pa.int32())
+    for name, column in carried.items():
+        manifest = manifest.append_column(name, column)
+    write_parquet(folder.manifest, manifest)
+    summary["increment"] = {
+        "number": increment.number,
+        "new_samples": int(new.sum()),
+        "decisions_changed": int((changed & ~new).sum()),
+        "kept_before_now_dropped": int(
+            ((had == "kept") & (np.asarray(manifest["status"].to_pylist()) != "kept")).sum()
+        ),
+    }
+    return summary
+
+
+def check_same_settings(folder: RunFolder, settings: FindSettings) -> None:
+    """An increment must search as the run did, or its pairs would not be the run's."""
+    if not folder.find_summary.exists():
+        return
+    recorded = read_json(folder.find_summary).get("settings") or {}
+    how_fast = {"memory_budget_gb", "threads", "unit_rows"}  # they change the time a search takes, not its pairs
+    differing = sorted(
+        k for k, v in settings.__dict__.items() if k in recorded and recorded[k] != v and k not in how_fast
+    )
+    if differing:
+        shown = ", ".join(f"find.{k}: {recorded[k]!r} then, {settings.__dict__[k]!r} now" for k in differing[:4])
+        raise SettingsError(
+            f"{folder.root} was searched with other find settings ({shown}): give `dedup add` the config the run "
+            "was made with"
+        )
