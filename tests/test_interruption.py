@@ -62,12 +62,42 @@ def stage_reached(run_dir: Path, shards: int) -> str:
     return "embed"
 
 
-def kill_inside(process: subprocess.Popen, run_dir: Path, shards: int, target: str, rng: random.Random) -> str:
+def add_stage_reached(run_dir: Path, shards: int) -> str:
+    """The stage a `dedup add` is in, read from the files it has finished (`shards`: all, the added included)."""
+    log = run_dir / "increments.json"
+    if not log.exists():
+        return "embed"
+    increments = json.loads(log.read_text())["increments"]
+    if len(increments) > 1 and increments[-1]["done"]:
+        return "done"
+    if len(list((run_dir / "embeddings" / "stats").glob("*.json"))) < shards:
+        return "embed"
+    stored = sum(pq.read_metadata(p).num_rows for p in (run_dir / "embeddings" / "metadata").glob("*.parquet"))
+    if pq.read_metadata(run_dir / "groups.parquet").num_rows < stored:
+        return "find"
+    if "decided_in" not in pq.read_schema(run_dir / "manifest.parquet").names:
+        return "select"
+    return "write"
+
+
+RUN_WINDOWS = {"embed": 0.6, "find": 0.25, "select": 0.03, "write": 0.5}  # seconds a kill may wait inside a stage
+ADD_WINDOWS = {"embed": 0.6, "find": 0.1, "select": 0.03, "write": 0.03}  # an add's later stages are shorter
+
+
+def kill_inside(
+    process: subprocess.Popen,
+    run_dir: Path,
+    shards: int,
+    target: str,
+    rng: random.Random,
+    reached=stage_reached,
+    windows: dict = RUN_WINDOWS,
+) -> str:
     """Wait until the run reaches `target` (or passes it), then kill it at a random moment inside it."""
-    while process.poll() is None and STAGES.index(stage_reached(run_dir, shards)) < STAGES.index(target):
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0.0, {"embed": 0.6, "find": 0.25, "select": 0.03, "write": 0.5}[target]))
-    stage = stage_reached(run_dir, shards)
+    while process.poll() is None and STAGES.index(reached(run_dir, shards)) < STAGES.index(target):
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, windows[target]))
+    stage = reached(run_dir, shards)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -145,3 +175,46 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     record = os.environ.get("DEDUP_KILL_RECORD")
     if record:
         Path(record).write_text(json.dumps({"seed": SEED, "kills": KILLS, "killed_in": killed_in}))
+
+
+def test_sigkill_during_add_then_rerun_equals_uninterrupted(small_set, tmp_path):
+    """`dedup add` of three shards to a run of three, killed inside each of its stages, then run again: the same
+    outputs as an add that was never interrupted."""
+    root, _, _ = small_set
+    rng = random.Random(SEED + 1)
+    print(f"DEDUP_KILL_SEED={SEED} kills={KILLS} (add)")
+    shards = sorted(str(p) for p in (root / "in").glob("*.tar"))
+    first, added = shards[:3], shards[3:]
+    base = tmp_path / "base"
+    run_cli("run", *first, "--run-dir", base, *RUN_ARGS)
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference)
+    run_cli("add", *added, "--run-dir", reference, "--out", reference / "shards", *RUN_ARGS)
+
+    victim = tmp_path / "victim"
+    killed_in: dict[str, int] = {}
+    attempt = 0
+    while attempt < KILLS or (set(STAGES[:4]) - set(killed_in) and attempt < KILLS + 16):
+        missing = [stage for stage in STAGES[:4] if stage not in killed_in]
+        target = STAGES[attempt % 4] if attempt < KILLS or not missing else missing[0]
+        attempt += 1
+        if not victim.exists() or STAGES.index(add_stage_reached(victim, len(shards))) > STAGES.index(target):
+            shutil.rmtree(victim, ignore_errors=True)
+            shutil.copytree(base, victim)
+        process = subprocess.Popen(
+            [*DEDUP, "--quiet", "add", *added, "--run-dir", str(victim), "--out", str(victim / "shards"), *RUN_ARGS],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+        stage = kill_inside(process, victim, len(shards), target, rng, add_stage_reached, ADD_WINDOWS)
+        killed_in[stage] = killed_in.get(stage, 0) + 1
+        for path in victim.rglob("*"):
+            if path.is_file():
+                check_complete(path)
+    print(f"killed in: {killed_in}")
+    assert set(STAGES[:4]) <= set(killed_in), f"not every stage was hit: {killed_in}; replay: DEDUP_KILL_SEED={SEED}"
+    run_cli("add", *added, "--run-dir", victim, "--out", victim / "shards", *RUN_ARGS)
+    assert not list(victim.rglob(".tmp-*")), "a rerun must clear temporaries"
+    assert digest_outputs(victim) == digest_outputs(reference), f"replay: DEDUP_KILL_SEED={SEED}"
