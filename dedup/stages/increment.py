@@ -14,6 +14,7 @@ step killed anywhere and run again gives what an uninterrupted one gives.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -109,40 +110,63 @@ def finish(folder: RunFolder, increment: Increment) -> None:
     log.save()
 
 
-def _rows(samples, start: int):
-    """The samples of rows start and on, as a Samples of their own."""
+def _rows(samples, start: int, stop: int | None = None):
+    """The samples of rows [start, stop), as a Samples of their own (views where the store is in memory)."""
     from dedup.search.signals import Samples
 
+    part = slice(start, stop)
     return Samples(
-        samples.sha256[start:],
-        samples.phash[start:],
-        samples.phash_present[start:],
-        np.ascontiguousarray(samples.embeddings[start:], dtype=np.float32),
-        None if samples.pdq is None else samples.pdq[start:],
-        None if samples.thumbs is None else samples.thumbs[start:],
+        samples.sha256[part],
+        samples.phash[part],
+        samples.phash_present[part],
+        np.ascontiguousarray(samples.embeddings[part], dtype=np.float32),
+        None if samples.pdq is None else samples.pdq[part],
+        None if samples.thumbs is None else samples.thumbs[part],
     )
 
 
-def _to_rows(found, offset: int) -> None:
-    """Turn (new row - offset, any row) pairs into (smaller row, larger row) of the whole store, once each."""
-    for signal, (queries, hits) in list(found.pairs.items()):
-        a, b = np.asarray(queries, np.int64) + offset, np.asarray(hits, np.int64)
-        keep = a != b
-        a, b = a[keep], b[keep]
-        low, high = np.minimum(a, b), np.maximum(a, b)
-        packed = low * (1 << 32) + high
-        _, first = np.unique(packed, return_index=True)  # a pair of two new rows is found from both ends
-        first = np.sort(first)
-        found.pairs[signal] = (low[first], high[first])
-        if signal in found.similarity:
-            found.similarity[signal] = found.similarity[signal][keep][first]
+def new_pairs(samples, start: int, settings: FindSettings):
+    """Every signal's pairs that involve a row from `start` on, as (smaller row, larger row) of the whole store.
+
+    Two searches: the earlier rows as queries against the new ones (the index is built over the new rows only,
+    so its cost grows with the increment, not with the run), and the new rows among themselves."""
+    from dedup.search.signals import SignalPairs, signal_pairs
+
+    earlier, new = _rows(samples, 0, start), _rows(samples, start)
+    cross_settings = settings
+    if settings.index == "auto" and start * (len(samples.sha256) - start) > settings.exact_search_max**2:
+        # exact search costs queries x indexed; past what a self-join of exact_search_max rows costs, partition.
+        # Many queries against few indexed rows join best with small partitions (docs/benchmarks.md, dedup add)
+        cross_settings = dataclasses.replace(settings, index="partitioned", leaf_size=min(settings.leaf_size, 128))
+    across = signal_pairs(earlier, new, cross_settings)
+    within = signal_pairs(new, None, settings)
+    found = SignalPairs(index=across.index)
+    for signal in set(across.pairs) | set(within.pairs):
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        old_rows, new_rows = across.pairs.get(signal, empty)
+        first, second = within.pairs.get(signal, empty)
+        a = np.concatenate([np.asarray(old_rows, np.int64), np.asarray(first, np.int64) + start])
+        b = np.concatenate([np.asarray(new_rows, np.int64) + start, np.asarray(second, np.int64) + start])
+        found.pairs[signal] = (np.minimum(a, b), np.maximum(a, b))
+        if signal in across.similarity or signal in within.similarity:
+            found.similarity[signal] = np.concatenate(
+                [
+                    across.similarity.get(signal, np.zeros(len(old_rows), np.float32)),
+                    within.similarity.get(signal, np.zeros(len(first), np.float32)),
+                ]
+            )
+    for name in set(across.timings_s) | set(within.timings_s):
+        found.timings_s[name] = across.timings_s.get(name, 0.0) + within.timings_s.get(name, 0.0)
+    for name in set(across.unconfirmed) | set(within.unconfirmed):
+        found.unconfirmed[name] = across.unconfirmed.get(name, 0) + within.unconfirmed.get(name, 0)
+    return found
 
 
 def find_new(
     store_dir: Path, folder: RunFolder, increment: Increment, settings: FindSettings, reporter: Reporter = SILENT
 ) -> dict:
     """Pairs of the increment's rows with every row; with the pairs the run had, the groups of all rows."""
-    from dedup.search.signals import Samples, signal_pairs
+    from dedup.search.signals import Samples
     from dedup.stages.find import merge_pairs, record_groups
     from dedup.stages.verify_pairs import verify_borderline
 
@@ -152,9 +176,10 @@ def find_new(
     rows, start = len(data.metadata), increment.rows_before
     samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
     reporter.info(f"add: searching {rows - start} new samples against all {rows}")
-    found = signal_pairs(_rows(samples, start), samples, settings)
-    _to_rows(found, start)
+    found = new_pairs(samples, start, settings)
     info: dict = {"increment": {"number": increment.number, "new_rows": rows - start}}
+    if found.index is not None:
+        info["index"] = {"kind": found.index.kind, "reason": found.index.reason}
     if settings.verify_threshold is not None:
         info["verification"] = verify_borderline(found, data.metadata, settings, reporter)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
