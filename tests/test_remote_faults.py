@@ -184,3 +184,71 @@ def test_a_fault_that_cannot_pass_stops_at_once():
     remote._open_at = always_503  # type: ignore[method-assign]
     with pytest.raises(RemoteReadError, match="gave up after 3 tries"):
         remote.read(10)
+
+
+class BreakingUploads:
+    """A memory filesystem that is not an object store (uploads land under a temporary name, then are renamed),
+    whose uploads can be made to fail: `fail(name_part, times, transient)` breaks the next uploads of a file
+    whose name contains `name_part`, after writing half of it."""
+
+    registered = False
+
+    @classmethod
+    def install(cls):
+        import fsspec
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        class Faulty(MemoryFileSystem):
+            protocol = "faultyfs"
+            store: dict = {}
+            pseudo_dirs = [""]
+            failures: list = []
+
+            def put_file(self, lpath, rpath, *args, **kwargs):
+                for failure in list(self.failures):
+                    if failure["part"] in str(lpath) and failure["times"] > 0:
+                        failure["times"] -= 1
+                        data = open(lpath, "rb").read()
+                        self.pipe_file(rpath, data[: len(data) // 2])  # a broken upload leaves half an object
+                        raise (ConnectionResetError if failure["transient"] else PermissionError)("upload broken")
+                return super().put_file(lpath, rpath, *args, **kwargs)
+
+        fsspec.register_implementation("faultyfs", Faulty, clobber=True)
+        return Faulty
+
+
+def test_output_to_a_remote_folder_is_whole_or_absent(local_run, tmp_path):
+    import shutil
+
+    from dedup.errors import DedupError
+    from dedup.settings import WriteSettings
+    from dedup.stages.write import write
+
+    folder, _ = local_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(folder / "local", run_dir, ignore=shutil.ignore_patterns("shards", "summary.json"))
+    faulty = BreakingUploads.install()
+    faulty.store.clear()
+    faulty.failures[:] = [
+        {"part": "dedup-00000.tar", "times": 1, "transient": True},  # retried, then whole
+        {"part": "dedup-00002.tar", "times": 1, "transient": False},  # stops the write
+    ]
+    settings = WriteSettings(samples_per_shard=100)
+    url = "faultyfs://bucket/out"
+    with pytest.raises((PermissionError, DedupError)):
+        write(run_dir / "embeddings", run_dir, url, settings)
+    staging = run_dir / "shards-staging"
+    for path, data in faulty.store.items():
+        name = path.rsplit("/", 1)[-1]
+        if not name.startswith(".tmp-"):  # everything under a final name is whole
+            assert data.getvalue() == (staging / name).read_bytes(), name
+    final = {path.rsplit("/", 1)[-1] for path in faulty.store}
+    assert "dedup-00000.tar" in final and "dedup-00002.tar" not in final and "dedup-00002_stats.json" not in final
+
+    summary = write(run_dir / "embeddings", run_dir, url, settings)  # the rerun finishes the publish
+    published = {path.rsplit("/", 1)[-1]: data.getvalue() for path, data in faulty.store.items()}
+    assert not [name for name in published if name.startswith(".tmp-")]
+    tars = sorted(name for name in published if name.endswith(".tar"))
+    assert tars == sorted(p.name for p in staging.glob("*.tar")) and len(tars) >= 3
+    assert all(published[name] == (staging / name).read_bytes() for name in tars)
+    assert summary["reconciles"] and summary["output_dir"] == url and summary["published"] >= 1

@@ -68,6 +68,11 @@ class RunFolder:
         return self.root / "shards"
 
     @property
+    def staging(self) -> Path:
+        """write: the output shards of a remote output folder, before they are published to it."""
+        return self.root / "shards-staging"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

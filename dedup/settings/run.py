@@ -250,9 +250,13 @@ class RunSettings:
         for part in (self.embed, self.find, self.select, self.write, self.engine):
             part.validate()
 
-    def output_dir(self) -> Path:
+    def output_dir(self) -> Path | str:
+        """The output folder: a path, or an fsspec URL kept as it is (a Path would fold its '//')."""
         from dedup.io.runfolder import RunFolder
+        from dedup.io.sources import is_remote
 
+        if self.output and is_remote(self.output):
+            return self.output
         return Path(self.output) if self.output else RunFolder(self.run_dir).shards
 
     def embed_engine(self):

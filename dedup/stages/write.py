@@ -265,8 +265,10 @@ def check_inputs_unchanged(inputs: list[dict], retry: RetryPolicy | None = None)
             )
 
 
-def check_output_location(out_dir: Path, shards: list[str]) -> None:
-    out = out_dir.resolve()
+def check_output_location(out_dir: Path | str, shards: list[str]) -> None:
+    if is_remote(str(out_dir)):
+        return
+    out = Path(out_dir).resolve()
     for shard in shards:
         if is_remote(shard):
             continue
@@ -297,7 +299,9 @@ def write(
     settings = settings or WriteSettings()
     settings.validate()
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else RunFolder(run_dir).shards
+    remote_url = str(out_dir) if out_dir is not None and is_remote(str(out_dir)) else None
+    # a remote output folder is written here first, then published shard by shard (dedup/io/publish.py)
+    out_dir = RunFolder(run_dir).staging if remote_url else Path(out_dir) if out_dir else RunFolder(run_dir).shards
     manifest = load_manifest(run_dir, WRITE_COLUMNS + (OUTPUT_COLUMNS if increment else []))
     store = EmbeddingStore(store_dir)
     inputs = [store.part_stats(p) for p in sorted(store.completed_parts())]
@@ -346,6 +350,13 @@ def write(
         removed = write_removals(RunFolder(run_dir), out_dir)
     summary = summarize(manifest, shard_stats, unreadable_shards, removed)
     summary["output_dir"] = str(out_dir)
+    if remote_url:
+        from dedup.io.publish import publish
+
+        shards = [(shard_name(prefix, n), _marker(out_dir, prefix, n).name) for n in range(len(plan))]
+        extra = ["removals.json", *sorted(p.name for p in out_dir.glob("*.removed.txt"))]
+        summary["published"] = publish(out_dir, remote_url, shards, extra, prefix)
+        summary["output_dir"] = remote_url
     write_json(RunFolder(run_dir).summary, summary)
     reporter.event("write_done", **summary)
     if not summary["reconciles"]:
