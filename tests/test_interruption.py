@@ -80,6 +80,16 @@ def add_stage_reached(run_dir: Path, shards: int) -> str:
     return "write"
 
 
+def kill_targets(killed_in: dict[str, int]):
+    """The stage each kill aims at: in turn, KILLS times, then on until each stage has had one (a kill aimed at a
+    short stage can land after it), at most 16 more. `killed_in` is filled by the caller as kills land."""
+    attempt = 0
+    while attempt < KILLS or (set(STAGES[:4]) - set(killed_in) and attempt < KILLS + 16):
+        missing = [stage for stage in STAGES[:4] if stage not in killed_in]
+        yield STAGES[attempt % 4] if attempt < KILLS or not missing else missing[0]
+        attempt += 1
+
+
 RUN_WINDOWS = {"embed": 0.6, "find": 0.25, "select": 0.03, "write": 0.5}  # seconds a kill may wait inside a stage
 ADD_WINDOWS = {"embed": 0.6, "find": 0.1, "select": 0.03, "write": 0.03}  # an add's later stages are shorter
 
@@ -147,12 +157,7 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     victim = tmp_path / "victim"
     shards = len(list((root / "in").glob("*.tar")))
     killed_in: dict[str, int] = {}
-    attempt = 0
-    # at least KILLS kills, and on until each stage has had one (a kill aimed at a short stage can land after it)
-    while attempt < KILLS or (set(STAGES[:4]) - set(killed_in) and attempt < KILLS + 16):
-        missing = [stage for stage in STAGES[:4] if stage not in killed_in]
-        target = STAGES[attempt % 4] if attempt < KILLS or not missing else missing[0]
-        attempt += 1
+    for target in kill_targets(killed_in):
         if victim.exists() and STAGES.index(stage_reached(victim, shards)) > STAGES.index(target):
             shutil.rmtree(victim)  # start over, so this kill lands inside its target stage
         process = subprocess.Popen(
@@ -193,11 +198,7 @@ def test_sigkill_during_add_then_rerun_equals_uninterrupted(small_set, tmp_path)
 
     victim = tmp_path / "victim"
     killed_in: dict[str, int] = {}
-    attempt = 0
-    while attempt < KILLS or (set(STAGES[:4]) - set(killed_in) and attempt < KILLS + 16):
-        missing = [stage for stage in STAGES[:4] if stage not in killed_in]
-        target = STAGES[attempt % 4] if attempt < KILLS or not missing else missing[0]
-        attempt += 1
+    for target in kill_targets(killed_in):
         if not victim.exists() or STAGES.index(add_stage_reached(victim, len(shards))) > STAGES.index(target):
             shutil.rmtree(victim, ignore_errors=True)
             shutil.copytree(base, victim)

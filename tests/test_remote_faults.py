@@ -120,10 +120,8 @@ class FlakyBytes:
         pass
 
 
-def test_resume_reads_every_byte_once_in_order(monkeypatch):
-    data = bytes(range(256)) * 4096  # 1 MiB
-    events: list = []
-    fail_at = {70_000, 300_001, 900_000}
+def bare_remote(size: int) -> ResilientRemoteFile:
+    """A ResilientRemoteFile of `size` bytes with no filesystem behind it: a test gives it `_open_at`."""
     remote = ResilientRemoteFile.__new__(ResilientRemoteFile)
     io.RawIOBase.__init__(remote)
     remote.url, remote.policy, remote._sleep = (
@@ -131,14 +129,16 @@ def test_resume_reads_every_byte_once_in_order(monkeypatch):
         RetryPolicy(tries=3, backoff_s=0),
         lambda s: None,
     )
-    remote.size, remote.position, remote.ranges, remote.failures, remote.restarts, remote._stream = (
-        len(data),
-        0,
-        None,
-        0,
-        0,
-        None,
-    )
+    remote.size, remote.position, remote.ranges, remote.failures, remote.restarts = size, 0, None, 0, 0
+    remote._stream = None
+    return remote
+
+
+def test_resume_reads_every_byte_once_in_order(monkeypatch):
+    data = bytes(range(256)) * 4096  # 1 MiB
+    events: list = []
+    fail_at = {70_000, 300_001, 900_000}
+    remote = bare_remote(len(data))
     opened: list[int] = []
 
     def open_at(position: int):
@@ -152,21 +152,7 @@ def test_resume_reads_every_byte_once_in_order(monkeypatch):
 
 
 def test_a_fault_that_cannot_pass_stops_at_once():
-    remote = ResilientRemoteFile.__new__(ResilientRemoteFile)
-    io.RawIOBase.__init__(remote)
-    remote.url, remote.policy, remote._sleep = (
-        "s3://bucket/shard.tar",
-        RetryPolicy(tries=3, backoff_s=0),
-        lambda s: None,
-    )
-    remote.size, remote.position, remote.ranges, remote.failures, remote.restarts, remote._stream = (
-        10,
-        0,
-        None,
-        0,
-        0,
-        None,
-    )
+    remote = bare_remote(10)
 
     def missing(position: int):
         raise FileNotFoundError("s3://bucket/shard.tar")

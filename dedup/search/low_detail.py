@@ -43,6 +43,8 @@ def _dihedral(thumbs: np.ndarray) -> list[np.ndarray]:
 def disagreement(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """float (pairs,): the 99.5th percentile of the absolute pixel difference, at the best of the second
     thumbnail's eight flips and quarter turns."""
+    if not len(first):
+        return np.zeros(0, dtype=np.float32)
     first = first.astype(np.int16).reshape(len(first), -1)
     best = np.full(len(first), np.inf, dtype=np.float32)
     for variant in _dihedral(second):
