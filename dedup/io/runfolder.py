@@ -81,6 +81,16 @@ class RunFolder:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    # add
+    @property
+    def increments(self) -> Path:
+        """add: the run's increments (dedup/stages/increment.py), the first being the run itself."""
+        return self.root / "increments.json"
+
+    def increment_snapshot(self, number: int) -> Path:
+        """add: what increment `number` began from (the manifest, pairs and groups as they were)."""
+        return self.root / "increments" / str(number)
+
     @property
     def labels(self) -> Path:
         """review: a person's decisions about pairs (dedup/io/labels.py); select and calibrate read them."""

@@ -49,7 +49,7 @@ class IncrementLog:
 
     @classmethod
     def of(cls, folder: RunFolder) -> IncrementLog:
-        path = folder.root / "increments.json"
+        path = folder.increments
         if not path.exists():
             return cls(path)
         return cls(path, [Increment(**item) for item in read_json(path)["increments"]])
@@ -62,7 +62,7 @@ class IncrementLog:
 
 
 def snapshot_folder(folder: RunFolder, number: int) -> Path:
-    return folder.root / "increments" / str(number)
+    return folder.increment_snapshot(number)
 
 
 def begin(folder: RunFolder, new_shards: list[str], reporter: Reporter = SILENT) -> Increment:
