@@ -40,6 +40,7 @@ from dedup.stages.write_plan import (
     record_outputs,
     sample_count,
     shard_name,
+    write_removals,
 )
 
 FIXED_MTIME = 0  # identical bytes on every run, so an interrupted and resumed run equals a clean one
@@ -362,24 +363,6 @@ def write(
     if not summary["reconciles"]:
         raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")
     return summary
-
-
-def write_removals(folder: RunFolder, out_dir: Path) -> int:
-    """removals.json ({output shard: [keys]}) and NAME.removed.txt beside each such shard: the samples written by
-    an earlier increment that are no longer kept. Returns how many."""
-    manifest = folder.load_manifest(["status", *OUTPUT_COLUMNS])
-    gone = manifest.filter(pc.and_(pc.is_valid(manifest["output_shard"]), pc.not_equal(manifest["status"], "kept")))
-    by_shard: dict[str, list[str]] = {}
-    for shard, key in zip(gone["output_shard"].to_pylist(), gone["output_key"].to_pylist()):
-        by_shard.setdefault(shard, []).append(key)
-    for stale in out_dir.glob("*.removed.txt"):
-        if stale.name.removesuffix(".removed.txt") + ".tar" not in by_shard:
-            stale.unlink()
-    for shard, keys in sorted(by_shard.items()):
-        with atomic_open(out_dir / (shard.removesuffix(".tar") + ".removed.txt"), "w") as handle:
-            handle.write("".join(f"{key}\n" for key in sorted(keys)))
-    write_json(out_dir / "removals.json", {shard: sorted(keys) for shard, keys in sorted(by_shard.items())})
-    return len(gone)
 
 
 def _marker(out_dir: Path, prefix: str, number: int) -> Path:

@@ -1,16 +1,17 @@
 """write's plan: the kept samples in input order, cut into output shards; and, once the shards are written,
-the manifest's record of where each kept sample went."""
+the manifest's record of where each kept sample went, and (dedup add) the lists of what left earlier shards."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dedup.io.atomic import write_parquet
+from dedup.io.atomic import atomic_open, write_json, write_parquet
 from dedup.io.runfolder import RunFolder
 
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
@@ -114,3 +115,21 @@ def record_outputs(
         output_key_array = pc.if_else(pa.array(written), output_key_array, earlier["output_key"])
     manifest = manifest.append_column("output_shard", output_shard.cast(pa.string()))
     write_parquet(folder.manifest, manifest.append_column("output_key", output_key_array))
+
+
+def write_removals(folder: RunFolder, out_dir: Path) -> int:
+    """removals.json ({output shard: [keys]}) and NAME.removed.txt beside each such shard: the samples written by
+    an earlier increment that are no longer kept. Returns how many."""
+    manifest = folder.load_manifest(["status", *OUTPUT_COLUMNS])
+    gone = manifest.filter(pc.and_(pc.is_valid(manifest["output_shard"]), pc.not_equal(manifest["status"], "kept")))
+    by_shard: dict[str, list[str]] = {}
+    for shard, key in zip(gone["output_shard"].to_pylist(), gone["output_key"].to_pylist()):
+        by_shard.setdefault(shard, []).append(key)
+    for stale in out_dir.glob("*.removed.txt"):
+        if stale.name.removesuffix(".removed.txt") + ".tar" not in by_shard:
+            stale.unlink()
+    for shard, keys in sorted(by_shard.items()):
+        with atomic_open(out_dir / (shard.removesuffix(".tar") + ".removed.txt"), "w") as handle:
+            handle.write("".join(f"{key}\n" for key in sorted(keys)))
+    write_json(out_dir / "removals.json", {shard: sorted(keys) for shard, keys in sorted(by_shard.items())})
+    return len(gone)
