@@ -133,12 +133,14 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
     model is measured on the same planted images, once per seed, with intervals."""
     preset = tmp_path / "verify-arms.toml"
     plant = 'unique = 200\nsources = 3\ncopies = 10\ntransforms = ["reencode", "flip"]\nshard_size = 100'
-    arms = '[dedup]\nconfig = "hashes"\narms = { B-exact = "exact" }'
+    arms = '[dedup]\nconfig = "hashes"\narms = { B-exact = "exact", never = "unseen" }'
     preset.write_text(tiny_cifar_preset(plant, arms, model="seeds = [0, 1]"))
     result = run_cli("verify", tmp_path / "run", "--preset", preset)
     report = json.loads((tmp_path / "run" / "verify.json").read_text())
     images = report["training_images"]
-    assert list(images) == ["A", "B", "B-exact"] and images["A"] == 230
+    assert list(images) == ["A", "B", "B-exact", "never"] and images["A"] == 230
+    assert images["never"] == 230 - 3 * (1 + 10)  # no planted source nor copy: duplicated images it never saw
+    assert not (tmp_path / "run" / "arms" / "never").exists()
     # no copy is byte-identical to its source; copies made alike (same quality, mirror) are to each other
     assert images["B-exact"] >= 200 + 3 * 2 and images["B"] < images["B-exact"]
     assert images["B"] <= 200 + 3  # pHash and PDQ find the re-encodes and mirror images
@@ -149,7 +151,12 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
         interval = report["summary"][name]["auc_duplicated_vs_heldout"]
         assert interval["seeds"] == 2 and interval["low"] <= interval["mean"] <= interval["high"]
     assert (tmp_path / "run" / "verify-model-B-exact-seed1.pt").exists()
-    assert report["arm_configs"] == {"A": "no deduplication", "B": "hashes", "B-exact": "exact"}
+    assert report["arm_configs"] == {
+        "A": "no deduplication",
+        "B": "hashes",
+        "B-exact": "exact",
+        "never": "never saw the duplicated images",
+    }
     assert "B-exact" in result.stderr and "95% CI" in result.stderr
 
 

@@ -53,8 +53,13 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
     )
 
 
+UNSEEN = "unseen"  # an arm with no dedup run: every sample outside the planted duplicate groups
+
+
 def arm_specs(arms: object, origin: str) -> dict[str, dict]:
-    """[dedup] arms as {name: {"config": ..., "set": [...]}}; a plain string names the config alone."""
+    """[dedup] arms as {name: {"config": ..., "set": [...]}}; a plain string names the config alone. The config
+    "unseen" is no dedup run: the arm trains on every sample outside the planted duplicate groups, so the
+    duplicated images are ones its model never saw (the floor their membership signal can fall to)."""
     problem = f"{origin} [dedup] arms must map names other than A and B to a dedup config or to {{ config, set }}"
     if not isinstance(arms, dict) or {"A", "B"} & set(arms):
         raise SettingsError(f"{problem}, got {arms!r}")

@@ -89,6 +89,7 @@ def training_sets(manifest, planted_groups: list[list[str]] | None = None) -> di
         [g if g is not None else -1 - i for i, g in enumerate(readable["group_id"].to_pylist())], np.int64
     )
     ranks = np.array([r or 0 for r in readable["rank"].to_pylist()], np.int64)
+    planted = np.zeros(len(rows), dtype=bool)
     if planted_groups:
         position = {key: i for i, key in enumerate(readable["key"].to_pylist())}
         first_id = int(groups.max(initial=0)) + 1
@@ -96,12 +97,14 @@ def training_sets(manifest, planted_groups: list[list[str]] | None = None) -> di
             members = [position[key] for key in group if key in position]
             for rank, row in enumerate(members):
                 groups[row], sizes[row], ranks[row] = first_id + number, len(members), rank
+            planted[members] = len(members) > 1
     return {
         "rows": rows,
         "kept": np.array([s == "kept" for s in status]),
         "group_size": sizes,
         "group": groups,
         "rank": ranks,
+        "planted": planted,  # in a planted duplicate group (source or copy)
     }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from dedup.attack.attacks import black_box_attack, membership, white_box_attack
 from dedup.attack.diffusion import ModelSettings, train
 from dedup.attack.figures import save_generations, write_figures
-from dedup.attack.presets import VerifySettings, dedup_config, load_preset, planted_counts, verify_settings
+from dedup.attack.presets import UNSEEN, VerifySettings, dedup_config, load_preset, planted_counts, verify_settings
 from dedup.attack.statistics import MEASURES, seed_mean_with_interval
 from dedup.attack.training_data import (
     Conditioning,
@@ -144,7 +144,12 @@ def verify(
         "arm_configs": {
             "A": "no deduplication",
             "B": settings.dedup_config or "the run's",
-            **{name: " ".join([spec["config"], *spec["set"]]) for name, spec in settings.arms.items()},
+            **{
+                name: "never saw the duplicated images"
+                if spec["config"] == UNSEEN
+                else " ".join([spec["config"], *spec["set"]])
+                for name, spec in settings.arms.items()
+            },
         },
     }
     conditions = conditioning.of(data)
@@ -215,7 +220,12 @@ def planted_groups(run_dir: Path) -> list[list[str]] | None:
 def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str, np.ndarray]:
     """The rows each model trains on: A all, B what the run kept, each further arm what its own run kept."""
     chosen = {"A": np.arange(len(sets["rows"])), "B": np.flatnonzero(sets["kept"])}
-    for name in arms:
+    for name, spec in arms.items():
+        if spec["config"] == UNSEEN:
+            if not sets["planted"].any():
+                raise InputError(f"arm {name!r} leaves out the planted duplicates, and {run_dir} planted none")
+            chosen[name] = np.flatnonzero(~sets["planted"])
+            continue
         folder = RunFolder(run_dir).arm(name)
         if not folder.manifest.exists():
             raise InputError(f"arm {name!r} has no run at {folder.root}; run `dedup verify` with the preset to make it")
@@ -225,9 +235,9 @@ def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str,
 
 def arm_captions(run_dir: Path, name: str, sets: dict, captions: list[str]) -> list[str] | None:
     """The captions arm `name` trains on when its run wrote new ones (select.diversify_captions), else None."""
-    if name == "A":
-        return None
     folder = RunFolder(run_dir) if name == "B" else RunFolder(run_dir).arm(name)
+    if name == "A" or not folder.manifest.exists():  # A, or an arm with no run of its own (unseen)
+        return None
     manifest = load_manifest(folder.root, ["shard", "sample_index", "new_caption"])
     if "new_caption" not in manifest.column_names:
         return None
@@ -304,7 +314,7 @@ def verify_run(
         run(settings, reporter=reporter)
     for name, spec in settings_for_verify.arms.items():
         folder = RunFolder(run_dir).arm(name)
-        if not folder.summary.exists():
+        if spec["config"] != UNSEEN and not folder.summary.exists():
             reporter.info(f"verify: arm {name}, dedup config {spec['config']!r} {' '.join(spec['set'])}".rstrip())
             arm = load_settings(spec["config"], spec["set"])
             arm.shards, arm.run_dir = input_shards(run_dir), str(folder.root)
