@@ -129,3 +129,14 @@ def test_add_refuses_what_it_cannot_do(planted, tmp_path):
     assert again.returncode == 2 and "is already in" in again.stderr
     other = run_cli("add", shards[1], "--run-dir", base, *HASHES_FIRST, "--set", "find.phash_radius=8", check=False)
     assert other.returncode == 3 and "find.phash_radius: 4 then, 8 now" in other.stderr
+
+
+def test_a_whole_write_into_an_incremented_output_is_refused(planted, tmp_path):
+    folder, shards = planted
+    base = tmp_path / "base"
+    run_cli("run", shards[0], "--run-dir", base, *HASHES_FIRST)
+    run_cli("add", shards[1], "--run-dir", base, *HASHES_FIRST)
+    again = run_cli("write", "--run-dir", base, check=False)
+    assert again.returncode == 3 and "holds the shards of `dedup add` increments" in again.stderr
+    elsewhere = json.loads(run_cli("write", "--run-dir", base, "--out", tmp_path / "fresh").stdout)
+    assert elsewhere["reconciles"] and elsewhere["written_samples"] == elsewhere["kept"]

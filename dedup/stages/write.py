@@ -312,6 +312,11 @@ def write(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
 
+    if increment is None and any(out_dir.glob(f"{settings.prefix}-inc*-*.tar")):
+        raise SettingsError(
+            f"{out_dir} holds the shards of `dedup add` increments; writing the whole run there again would "
+            "put their samples in twice: write to another folder (--out), where the whole run is written afresh"
+        )
     prefix = settings.prefix if increment is None else f"{settings.prefix}-inc{increment}"
     unwritten = manifest if increment is None else manifest.filter(pc.is_null(manifest["output_shard"]))
     plan = plan_output(unwritten, settings.samples_per_shard)
