@@ -266,6 +266,49 @@ def pdq_groups(data: Path, truth: dict, radius: int, dihedral: bool) -> tuple[di
     return dict(zip(keys, np.asarray(labels).tolist())), {"seconds": round(time.perf_counter() - started, 1)}
 
 
+CLEANVISION = """
+import json, sys, time
+from cleanvision import Imagelab
+started = time.perf_counter()
+lab = Imagelab(data_path=sys.argv[1])
+lab.find_issues({"exact_duplicates": {}, "near_duplicates": {}})
+sets = [list(map(str, s)) for kind in ("exact_duplicates", "near_duplicates") for s in lab.info[kind]["sets"]]
+print(json.dumps({"sets": sets, "seconds": time.perf_counter() - started}))
+"""
+
+
+def cleanvision_groups(data: Path, truth: dict, python: str, work: Path) -> tuple[dict, dict]:
+    """A peer in its own environment (`--peer-python`: a Python with cleanvision installed; its pins clash with
+    ours): CleanVision's exact and near-duplicate sets with its default settings, over a folder of the set's JPEGs;
+    connected components of its sets. The folder is written first (not timed: CleanVision reads folders)."""
+    import numpy as np
+
+    from dedup.search.components import component_labels, in_chunks
+
+    folder = work / f"cleanvision-{data.name}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for shard in sorted(data.glob("ukbench-*.tar")):
+            with tarfile.open(shard) as archive:
+                for member in archive:
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    (folder / member.name).write_bytes(handle.read())
+    started = time.perf_counter()
+    output = subprocess.run([python, "-c", CLEANVISION, str(folder)], capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - started
+    found = json.loads(output.stdout.strip().splitlines()[-1])
+    keys = sorted(truth)
+    row = {key: i for i, key in enumerate(keys)}
+    a, b = [], []
+    for members in found["sets"]:
+        rows = [row[Path(path).name[: -len(".jpg")]] for path in members]
+        a += rows[:-1]
+        b += rows[1:]
+    labels = component_labels(len(keys), in_chunks(np.asarray(a, np.int64), np.asarray(b, np.int64)))
+    return dict(zip(keys, np.asarray(labels).tolist())), {"seconds": round(seconds, 1)}
+
+
 def run_dedup(shards: Path, run_dir: Path, config: str, overrides: list[str]) -> dict:
     command = [
         sys.executable,
@@ -299,7 +342,10 @@ def main() -> None:
     parser.add_argument("--config", default="offline")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", help="Run folder name (default: from the config and overrides).")
-    parser.add_argument("--peer", choices=["pdq", "pdq-dihedral"], help="Measure this peer instead of dedup run.")
+    parser.add_argument(
+        "--peer", choices=["pdq", "pdq-dihedral", "cleanvision"], help="Measure this peer instead of dedup run."
+    )
+    parser.add_argument("--peer-python", help="cleanvision: a Python with cleanvision installed (its own venv).")
     parser.add_argument("--radius", type=int, default=31, help="The peer's Hamming radius (PDQ's usual: 31).")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ukbench")
     parser.add_argument(
@@ -315,7 +361,10 @@ def main() -> None:
         else build(data, args.split, args.sources, args.distractors, args.protocol)
     )
     edits = PROTOCOLS[args.protocol]
-    if args.peer:
+    if args.peer == "cleanvision":
+        groups, cost = cleanvision_groups(data, truth, args.peer_python or "python", args.work)
+        what = {"peer": "cleanvision (defaults)"}
+    elif args.peer:
         groups, cost = pdq_groups(data, truth, args.radius, dihedral=args.peer == "pdq-dihedral")
         what = {"peer": args.peer, "radius": args.radius}
     else:
