@@ -277,25 +277,51 @@ print(json.dumps({"sets": sets, "seconds": time.perf_counter() - started}))
 """
 
 
-def cleanvision_groups(data: Path, truth: dict, python: str, work: Path) -> tuple[dict, dict]:
-    """A peer in its own environment (`--peer-python`: a Python with cleanvision installed; its pins clash with
-    ours): CleanVision's exact and near-duplicate sets with its default settings, over a folder of the set's JPEGs;
-    connected components of its sets. The folder is written first (not timed: CleanVision reads folders)."""
-    import numpy as np
+CZKAWKA = """
+import json, sys, time
+from czkawka import ImageSimilarity
+started = time.perf_counter()
+finder = ImageSimilarity()
+finder.set_directories([sys.argv[1]])
+if len(sys.argv) > 2:
+    finder.set_similarity(int(sys.argv[2]))
+sets = [list(map(str, group)) for group in finder.find_similar()]
+print(json.dumps({"sets": sets, "seconds": time.perf_counter() - started}))
+"""
+PEER_SCRIPTS = {"cleanvision": CLEANVISION, "czkawka": CZKAWKA}
 
-    from dedup.search.components import component_labels, in_chunks
 
-    folder = work / f"cleanvision-{data.name}"
+def jpeg_folder(data: Path, work: Path) -> Path:
+    """The set's JPEGs as a plain folder (written once, not timed): what the folder-reading peers take."""
+    folder = work / f"jpegs-{data.name}"
     if not folder.exists():
-        folder.mkdir(parents=True)
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
         for shard in sorted(data.glob("ukbench-*.tar")):
             with tarfile.open(shard) as archive:
                 for member in archive:
                     handle = archive.extractfile(member)
                     assert handle is not None
-                    (folder / member.name).write_bytes(handle.read())
+                    (partial / member.name).write_bytes(handle.read())
+        partial.rename(folder)
+    return folder
+
+
+def folder_peer_groups(
+    peer: str, data: Path, truth: dict, python: str, work: Path, level: int | None = None
+) -> tuple[dict, dict]:
+    """A peer in its own environment (`--peer-python`: a Python with it installed; its pins clash with ours), with
+    its default settings, over a folder of the set's JPEGs: CleanVision's exact and near-duplicate sets, or
+    czkawka's similar-image groups (its Python bindings); connected components of the sets it returns."""
+    import numpy as np
+
+    from dedup.search.components import component_labels, in_chunks
+
+    folder = jpeg_folder(data, work)
     started = time.perf_counter()
-    output = subprocess.run([python, "-c", CLEANVISION, str(folder)], capture_output=True, text=True, check=True)
+    command = [python, "-c", PEER_SCRIPTS[peer], str(folder), *([str(level)] if level is not None else [])]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - started
     found = json.loads(output.stdout.strip().splitlines()[-1])
     keys = sorted(truth)
@@ -343,9 +369,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", help="Run folder name (default: from the config and overrides).")
     parser.add_argument(
-        "--peer", choices=["pdq", "pdq-dihedral", "cleanvision"], help="Measure this peer instead of dedup run."
+        "--peer",
+        choices=["pdq", "pdq-dihedral", *PEER_SCRIPTS],
+        help="Measure this peer instead of dedup run.",
     )
-    parser.add_argument("--peer-python", help="cleanvision: a Python with cleanvision installed (its own venv).")
+    parser.add_argument("--peer-python", help="cleanvision, czkawka: a Python with the peer installed (its own venv).")
+    parser.add_argument("--peer-level", type=int, help="czkawka: its similarity level, 0-50 (default: its own).")
     parser.add_argument("--radius", type=int, default=31, help="The peer's Hamming radius (PDQ's usual: 31).")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ukbench")
     parser.add_argument(
@@ -361,9 +390,10 @@ def main() -> None:
         else build(data, args.split, args.sources, args.distractors, args.protocol)
     )
     edits = PROTOCOLS[args.protocol]
-    if args.peer == "cleanvision":
-        groups, cost = cleanvision_groups(data, truth, args.peer_python or "python", args.work)
-        what = {"peer": "cleanvision (defaults)"}
+    if args.peer in PEER_SCRIPTS:
+        python = args.peer_python or "python"
+        groups, cost = folder_peer_groups(args.peer, data, truth, python, args.work, args.peer_level)
+        what = {"peer": args.peer, "level": "default" if args.peer_level is None else args.peer_level}
     elif args.peer:
         groups, cost = pdq_groups(data, truth, args.radius, dihedral=args.peer == "pdq-dihedral")
         what = {"peer": args.peer, "radius": args.radius}
