@@ -157,6 +157,7 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     victim = tmp_path / "victim"
     shards = len(list((root / "in").glob("*.tar")))
     killed_in: dict[str, int] = {}
+    windows = dict(RUN_WINDOWS)
     for target in kill_targets(killed_in):
         if victim.exists() and STAGES.index(stage_reached(victim, shards)) > STAGES.index(target):
             shutil.rmtree(victim)  # start over, so this kill lands inside its target stage
@@ -167,8 +168,10 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
             stderr=subprocess.DEVNULL,
             cwd=tmp_path,
         )
-        stage = kill_inside(process, victim, shards, target, rng)
+        stage = kill_inside(process, victim, shards, target, rng, windows=windows)
         killed_in[stage] = killed_in.get(stage, 0) + 1
+        if STAGES.index(stage) > STAGES.index(target):
+            windows[target] /= 2  # the stage was over before the kill: aim earlier inside it next time
         for path in victim.rglob("*"):
             if path.is_file():
                 check_complete(path)
@@ -198,6 +201,7 @@ def test_sigkill_during_add_then_rerun_equals_uninterrupted(small_set, tmp_path)
 
     victim = tmp_path / "victim"
     killed_in: dict[str, int] = {}
+    windows = dict(ADD_WINDOWS)
     for target in kill_targets(killed_in):
         if not victim.exists() or STAGES.index(add_stage_reached(victim, len(shards))) > STAGES.index(target):
             shutil.rmtree(victim, ignore_errors=True)
@@ -209,8 +213,10 @@ def test_sigkill_during_add_then_rerun_equals_uninterrupted(small_set, tmp_path)
             stderr=subprocess.DEVNULL,
             cwd=tmp_path,
         )
-        stage = kill_inside(process, victim, len(shards), target, rng, add_stage_reached, ADD_WINDOWS)
+        stage = kill_inside(process, victim, len(shards), target, rng, add_stage_reached, windows)
         killed_in[stage] = killed_in.get(stage, 0) + 1
+        if STAGES.index(stage) > STAGES.index(target):
+            windows[target] /= 2
         for path in victim.rglob("*"):
             if path.is_file():
                 check_complete(path)
