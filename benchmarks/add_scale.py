@@ -66,7 +66,7 @@ def step(mode: str, folder: Path) -> dict:
     from dedup.io.runfolder import RunFolder
     from dedup.settings import FindSettings
     from dedup.stages.find import find
-    from dedup.stages.increment import Increment, find_new, snapshot_folder
+    from dedup.stages.increment import Increment, find_new
 
     settings = FindSettings(**SETTINGS)
     started = time.perf_counter()
@@ -76,7 +76,7 @@ def step(mode: str, folder: Path) -> dict:
         summary = find(folder / "all", folder / "scratch-dir", settings)
     else:
         run_dir = folder / "add-dir"
-        snapshot = snapshot_folder(RunFolder(run_dir), 1)
+        snapshot = RunFolder(run_dir).increment_snapshot(1)
         snapshot.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "run-dir" / "pairs.parquet", snapshot / "pairs.parquet")
         rows_before = json.loads((folder / "run-dir" / "find.json").read_text())["samples"]

@@ -21,6 +21,7 @@ from dedup.errors import InputError
 from dedup.io.atomic import read_parquet
 from dedup.io.labels import LabelBook, Pair, ordered_pair
 from dedup.io.runfolder import RunFolder, read_stage_table
+from dedup.search.components import pair_keys
 
 NEAR_MISS = "near miss"
 GROUP_COLUMNS = ["key", "shard", "shard_index", "sample_index", "group_id", "group_size", "caption", "width", "height"]
@@ -33,10 +34,6 @@ class PairFilter:
     high: float | None = None
     unlabelled: bool = False
     group: int | None = None
-
-
-def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.minimum(a, b).astype(np.int64) * (1 << 32) + np.maximum(a, b)
 
 
 def sample_rows(rows: int, sample: int, seed: int, block: int = 1_000) -> np.ndarray:
@@ -119,7 +116,7 @@ class ReviewData:
 
         found_a, found_b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
         miss_a, miss_b, miss_similarity = near_misses(folder, embeddings, self.threshold, near_miss_sample)
-        fresh = ~np.isin(_packed(miss_a, miss_b), _packed(found_a, found_b))
+        fresh = ~np.isin(pair_keys(miss_a, miss_b), pair_keys(found_a, found_b))
         miss_a, miss_b, miss_similarity = miss_a[fresh], miss_b[fresh], miss_similarity[fresh]
         self.signal_names = sorted(set(pairs["signal"].to_pylist())) + [NEAR_MISS]
         found_codes = np.array([self.signal_names.index(s) for s in pairs["signal"].to_pylist()], np.int8)
@@ -131,11 +128,11 @@ class ReviewData:
         inliers = np.concatenate([pairs["inliers"].to_numpy(), np.full(len(miss_a), -1, np.int32)])
 
         distance = np.abs(similarity - self.threshold) if self.threshold is not None else similarity.copy()
-        order = np.lexsort((_packed(a, b), np.nan_to_num(distance, nan=np.inf)))
+        order = np.lexsort((pair_keys(a, b), np.nan_to_num(distance, nan=np.inf)))
         self.a, self.b, self.similarity = a[order], b[order], similarity[order]
         self.codes, self.hamming, self.inliers = codes[order], hamming[order], inliers[order]
         self.found_pairs = len(found_a)
-        packed = _packed(self.a, self.b)
+        packed = pair_keys(self.a, self.b)
         self._by_packed = np.argsort(packed, kind="stable")
         self._packed_sorted = packed[self._by_packed]
         self.labelled = np.zeros(len(self.a), dtype=bool)
@@ -170,7 +167,7 @@ class ReviewData:
 
     def pair_of_rows(self, row_a: int, row_b: int) -> int | None:
         """The queue position of the pair of these two rows, if the queue has it."""
-        key = int(_packed(np.array([row_a]), np.array([row_b]))[0])
+        key = int(pair_keys(np.array([row_a]), np.array([row_b]))[0])
         at = int(np.searchsorted(self._packed_sorted, key))
         if at < len(self._packed_sorted) and self._packed_sorted[at] == key:
             return int(self._by_packed[at])

@@ -65,6 +65,11 @@ def component_labels(rows: int, edge_chunks: EdgeChunks, folder: str | Path | No
             return labels
 
 
+def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One int64 per unordered pair of rows (smaller row in the high half): for set operations on edges."""
+    return np.minimum(a, b).astype(np.int64) * (1 << 32) + np.maximum(a, b)
+
+
 def in_chunks(a: np.ndarray, b: np.ndarray, size: int = 1 << 22) -> EdgeChunks:
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(a), size):

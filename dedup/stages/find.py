@@ -89,27 +89,33 @@ def nearest_duplicates(rows: int, pairs: pa.Table) -> tuple[np.ndarray, np.ndarr
     )
 
 
+def nearest_columns(
+    table: pa.Table, nearest: np.ndarray, similarity: np.ndarray, codes: np.ndarray, names=SIGNALS
+) -> dict[str, pa.Array]:
+    """groups.parquet's columns naming each row's nearest duplicate (key, shard, similarity, signal `names[code]`),
+    null where a row has none (`nearest` -1)."""
+    has_nearest = nearest >= 0
+    safe = pa.array(np.where(has_nearest, nearest, 0))
+    missing = pa.scalar(None, pa.string())
+    return {
+        "nearest_key": pc.if_else(pa.array(has_nearest), table["key"].take(safe), missing),
+        "nearest_shard": pc.if_else(pa.array(has_nearest), table["shard"].take(safe), missing),
+        "nearest_similarity": pa.array(np.where(has_nearest, similarity, np.nan), pa.float32(), mask=~has_nearest),
+        "match": pa.array([names[c] if c >= 0 else None for c in codes], pa.string()),
+    }
+
+
 def groups_table(metadata: pa.Table, pairs: pa.Table) -> pa.Table:
     """groups.parquet: each row's group (connected components of `pairs`) and its nearest duplicate."""
     rows = len(metadata)
     group_id, group_size = connected_groups(rows, pairs["a"].to_numpy(), pairs["b"].to_numpy())
-    nearest, nearest_sim, nearest_code = nearest_duplicates(rows, pairs)
-    keys = metadata["key"]
-    shards = metadata["shard"]
-    has_nearest = nearest >= 0
-    safe = np.where(has_nearest, nearest, 0)
     return pa.table(
         {
             "row": pa.array(np.arange(rows, dtype=np.int64)),
             **sample_id(metadata, KEY_FIRST),
             "group_id": pa.array(group_id),
             "group_size": pa.array(group_size.astype(np.int64)),
-            "nearest_key": pc.if_else(pa.array(has_nearest), keys.take(pa.array(safe)), pa.scalar(None, pa.string())),
-            "nearest_shard": pc.if_else(
-                pa.array(has_nearest), shards.take(pa.array(safe)), pa.scalar(None, pa.string())
-            ),
-            "nearest_similarity": pa.array(np.where(has_nearest, nearest_sim, np.nan), pa.float32(), mask=~has_nearest),
-            "match": pa.array([SIGNALS[c] if c >= 0 else None for c in nearest_code], pa.string()),
+            **nearest_columns(metadata, *nearest_duplicates(rows, pairs)),
             "width": metadata["width"],
             "height": metadata["height"],
             "caption": metadata["caption"],

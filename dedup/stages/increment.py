@@ -61,10 +61,6 @@ class IncrementLog:
         return [shard for item in self.increments for shard in item.shards]
 
 
-def snapshot_folder(folder: RunFolder, number: int) -> Path:
-    return folder.increment_snapshot(number)
-
-
 def begin(folder: RunFolder, new_shards: list[str], reporter: Reporter = SILENT) -> Increment:
     """The increment for `new_shards`: a new one on a finished run, or the unfinished one they name."""
     log = IncrementLog.of(folder)
@@ -93,7 +89,7 @@ def begin(folder: RunFolder, new_shards: list[str], reporter: Reporter = SILENT)
         raise InputError(f"{folder.root}'s last run did not finish (no summary.json): rerun it before adding to it")
     rows_before = read_parquet(folder.groups, ["row"]).num_rows
     increment = Increment(last.number + 1, list(new_shards), rows_before)
-    snapshot = snapshot_folder(folder, increment.number)
+    snapshot = folder.increment_snapshot(increment.number)
     snapshot.mkdir(parents=True, exist_ok=True)
     for source in (folder.manifest, folder.pairs, folder.groups):
         shutil.copyfile(source, snapshot / (source.name + ".partial"))
@@ -183,7 +179,7 @@ def find_new(
     if settings.verify_threshold is not None:
         info["verification"] = verify_borderline(found, data.metadata, settings, reporter)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
-    earlier = read_parquet(snapshot_folder(folder, increment.number) / "pairs.parquet")
+    earlier = read_parquet(folder.increment_snapshot(increment.number) / "pairs.parquet")
     earlier = earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start)))
     added = merge_pairs(found, samples)
     info["increment"]["pairs_added"] = len(added)
@@ -221,7 +217,7 @@ def select_increment(
     of them and says, per row, which increment brought the sample and which made its current decision."""
     from dedup.stages.select import select
 
-    before = read_parquet(snapshot_folder(folder, increment.number) / "manifest.parquet")
+    before = read_parquet(folder.increment_snapshot(increment.number) / "manifest.parquet")
     groups = read_parquet(folder.groups)
     first = np.asarray(_lookup(before, groups, "status", None), dtype=object) == "kept"
     summary = select(store_dir, folder.root, settings, reporter, first=first)

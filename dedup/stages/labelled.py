@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dedup.io.labels import Label, Pair
-from dedup.search.components import component_labels, in_chunks
+from dedup.search.components import pair_keys
 
 PERSON = "person"
 
@@ -46,18 +45,15 @@ def _row_lookup(groups: pa.Table, labels: dict[Pair, Label]):
     return row_of, shards, keys
 
 
-def _packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.minimum(a, b).astype(np.int64) * (1 << 32) + np.maximum(a, b)
-
-
 def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, Label]) -> LabelledGroups:
     """groups.parquet as find would have written it had the labelled edges been cut or added."""
     from dedup.search.signals import SIGNALS, best_partner
+    from dedup.stages.find import connected_groups, nearest_columns
 
     rows = len(groups)
     row_of, shards, keys = _row_lookup(groups, labels)
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    found = set(_packed(a, b).tolist())
+    found = set(pair_keys(a, b).tolist())
     cut: list[int] = []
     cut_rows: list[tuple[int, int]] = []
     added: list[tuple[int, int, float]] = []
@@ -68,7 +64,7 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
         if row_a is None or row_b is None or row_a == row_b:
             counts["not_in_run"] += 1
             continue
-        edge = int(_packed(np.array([row_a]), np.array([row_b]))[0])
+        edge = int(pair_keys(np.array([row_a]), np.array([row_b]))[0])
         if label.duplicate:
             if edge in found:
                 counts["duplicate_already_found"] += 1
@@ -89,7 +85,7 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
     if not cut and not added:
         return LabelledGroups(groups, notes, counts)
 
-    kept = ~np.isin(_packed(a, b), np.array(cut, dtype=np.int64))
+    kept = ~np.isin(pair_keys(a, b), np.array(cut, dtype=np.int64))
     found_a, found_b = a[kept], b[kept]
     codes = np.array([SIGNALS.index(s) for s in pairs["signal"].to_pylist()], dtype=np.int8)[kept]
     similarity = pairs["similarity"].to_numpy()[kept]
@@ -97,11 +93,9 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
     person_b = np.array([edge[1] for edge in added], dtype=np.int64)
     person_similarity = np.array([edge[2] for edge in added], dtype=np.float32)
 
-    group_id = np.asarray(
-        component_labels(rows, in_chunks(np.concatenate([found_a, person_a]), np.concatenate([found_b, person_b]))),
-        dtype=np.int64,
+    group_id, group_size = connected_groups(
+        rows, np.concatenate([found_a, person_a]), np.concatenate([found_b, person_b])
     )
-    group_size = np.bincount(group_id, minlength=rows)[group_id]
     for row_a, row_b in cut_rows:
         if group_id[row_a] == group_id[row_b]:
             counts["distinct_still_joined"] += 1
@@ -117,25 +111,11 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
         np.concatenate([codes, codes, np.full(2 * len(added), person_code, np.int8)]),
         np.concatenate([similarity, similarity, person_similarity, person_similarity]),
     )
-    has_nearest = nearest >= 0
-    safe = np.where(has_nearest, nearest, 0)
-    signal_names = np.asarray([*SIGNALS, PERSON], dtype=object)
     regrouped = groups
     for name, column in {
         "group_id": pa.array(group_id),
         "group_size": pa.array(group_size.astype(np.int64)),
-        "nearest_key": pc.if_else(
-            pa.array(has_nearest), groups["key"].take(pa.array(safe)), pa.scalar(None, pa.string())
-        ),
-        "nearest_shard": pc.if_else(
-            pa.array(has_nearest), groups["shard"].take(pa.array(safe)), pa.scalar(None, pa.string())
-        ),
-        "nearest_similarity": pa.array(
-            np.where(has_nearest, nearest_similarity, np.nan),
-            pa.float32(),
-            mask=~has_nearest,
-        ),
-        "match": pa.array([signal_names[c] if c >= 0 else None for c in nearest_code], pa.string()),
+        **nearest_columns(groups, nearest, nearest_similarity, nearest_code, (*SIGNALS, PERSON)),
     }.items():
         regrouped = regrouped.set_column(regrouped.column_names.index(name), name, column)
     return LabelledGroups(regrouped, notes, counts)
