@@ -197,17 +197,24 @@ def _place(table: pa.Table) -> np.ndarray:
     return (shard << 32) | table["sample_index"].fill_null(-1).to_numpy().astype(np.int64)
 
 
-def _lookup(before: pa.Table, after: pa.Table, column: str, default=None) -> list:
-    """`column` of `before` for each row of `after` at the same place (input shard, sample index); `default` where
-    `before` has no such row (a new sample). Rows without a place (a shard-level fault) match nothing."""
-    if column not in before.column_names:
-        return [default] * len(after)
+def _earlier_rows(before: pa.Table, after: pa.Table) -> np.ndarray:
+    """For each row of `after`, the row of `before` at the same place (input shard, sample index), -1 where
+    `before` has none (a new sample). Rows without a place (a shard-level fault) match nothing."""
     places, wanted = _place(before), _place(after)
+    if not len(places):
+        return np.full(len(after), -1, np.int64)
     order = np.argsort(places, kind="stable")
-    at = np.clip(np.searchsorted(places[order], wanted), 0, max(0, len(order) - 1))
-    found = (places[order][at] == wanted) & (wanted >= 0) if len(order) else np.zeros(len(after), bool)
+    at = np.clip(np.searchsorted(places[order], wanted), 0, len(order) - 1)
+    found = (places[order][at] == wanted) & (wanted >= 0)
+    return np.where(found, order[at], -1)
+
+
+def _column(before: pa.Table, rows: np.ndarray, column: str, default=None) -> list:
+    """`column` of `before` at `rows` (from _earlier_rows); `default` at -1, or when `before` lacks the column."""
+    if column not in before.column_names:
+        return [default] * len(rows)
     values = before[column].to_pylist()
-    return [values[order[i]] if hit else default for i, hit in zip(at.tolist(), found.tolist())]
+    return [values[row] if row >= 0 else default for row in rows.tolist()]
 
 
 def select_increment(
@@ -219,20 +226,21 @@ def select_increment(
 
     before = read_parquet(folder.increment_snapshot(increment.number) / "manifest.parquet")
     groups = read_parquet(folder.groups)
-    first = np.asarray(_lookup(before, groups, "status", None), dtype=object) == "kept"
+    first = np.asarray(_column(before, _earlier_rows(before, groups), "status"), dtype=object) == "kept"
     summary = select(store_dir, folder.root, settings, reporter, first=first)
     manifest = folder.load_manifest()
+    earlier = _earlier_rows(before, manifest)
+    new = earlier < 0
+    had = np.asarray(_column(before, earlier, "status"), dtype=object)
+    status = np.asarray(manifest["status"].to_pylist(), dtype=object)
+    changed = new | (had != status)
+    was = {name: np.asarray(_column(before, earlier, name, 0), np.int32) for name in ("increment", "decided_in")}
     carried = {
-        "output_shard": pa.array(_lookup(before, manifest, "output_shard"), pa.string()),
-        "output_key": pa.array(_lookup(before, manifest, "output_key"), pa.string()),
-        "increment": pa.array(_lookup(before, manifest, "increment", 0), pa.int32()),
+        "output_shard": pa.array(_column(before, earlier, "output_shard"), pa.string()),
+        "output_key": pa.array(_column(before, earlier, "output_key"), pa.string()),
+        "increment": pa.array(np.where(new, increment.number, was["increment"]), pa.int32()),
+        "decided_in": pa.array(np.where(changed, increment.number, was["decided_in"]), pa.int32()),
     }
-    had = np.asarray(_lookup(before, manifest, "status", None), dtype=object)
-    was_decided_in = np.asarray(_lookup(before, manifest, "decided_in", 0), dtype=np.int32)
-    new = np.asarray([status is None for status in had])
-    carried["increment"] = pa.array(np.where(new, increment.number, carried["increment"].to_numpy()), pa.int32())
-    changed = new | (had != np.asarray(manifest["status"].to_pylist(), dtype=object))
-    carried["decided_in"] = pa.array(np.where(changed, increment.number, was_decided_in), pa.int32())
     for name, column in carried.items():
         manifest = manifest.append_column(name, column)
     write_parquet(folder.manifest, manifest)
@@ -240,9 +248,7 @@ def select_increment(
         "number": increment.number,
         "new_samples": int(new.sum()),
         "decisions_changed": int((changed & ~new).sum()),
-        "kept_before_now_dropped": int(
-            ((had == "kept") & (np.asarray(manifest["status"].to_pylist()) != "kept")).sum()
-        ),
+        "kept_before_now_dropped": int(((had == "kept") & (status != "kept")).sum()),
     }
     return summary
 
