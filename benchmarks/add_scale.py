@@ -79,6 +79,7 @@ def step(mode: str, folder: Path) -> dict:
         snapshot = RunFolder(run_dir).increment_snapshot(1)
         snapshot.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / "run-dir" / "pairs.parquet", snapshot / "pairs.parquet")
+        shutil.copyfile(folder / "run-dir" / "partitioning.npz", run_dir / "partitioning.npz")
         rows_before = json.loads((folder / "run-dir" / "find.json").read_text())["samples"]
         summary = find_new(folder / "all", RunFolder(run_dir), Increment(1, ["part 1"], rows_before), settings)
     return {

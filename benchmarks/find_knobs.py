@@ -62,7 +62,7 @@ def main() -> None:
     settings = partitioned.PartitionSettings(args.threshold, boundary=args.boundary)
     read = partitioned.as_reader(vectors)
     started = time.perf_counter()
-    plans, stats = partition_units.plan_units(read, args.rows, read, args.rows, args.dim, settings, same=True)
+    plans, stats, _ = partition_units.plan_units(read, args.rows, read, args.rows, args.dim, settings, same=True)
     split_seconds = time.perf_counter() - started
     found_a, found_b = [], []
     for plan in plans:

@@ -309,3 +309,8 @@ def test_partitioned_units_on_an_engine_find_the_same_pairs_and_resume(tmp_path,
     find(tmp_path / "emb", tmp_path / "resumed", settings, engine=LocalEngine(1))
     assert len(calls) == 1  # only the failed unit ran again
     assert pairs_of(tmp_path / "resumed") == expected
+    # the top split find keeps for `dedup add`: the same in process, on an engine, and from the resumed plans
+    kept = [np.load(tmp_path / run / "partitioning.npz") for run in ("here", "two", "resumed")]
+    assert len(kept[0]["home"]) == 30_000
+    for other in kept[1:]:
+        assert all(np.array_equal(kept[0][name], other[name]) for name in kept[0].files)

@@ -52,6 +52,12 @@ class RunFolder:
         """The partitioned search's unit plans and pairs while find runs on an engine (removed when it ends)."""
         return self.root / "find-units"
 
+    @property
+    def partitioning(self) -> Path:
+        """The partitioned search's top split, kept so that `dedup add` routes only its new rows
+        (dedup/search/routed.py); absent when find searched another way."""
+        return self.root / "partitioning.npz"
+
     # select (and purge, which adds to the manifest)
     @property
     def manifest(self) -> Path:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
@@ -113,6 +113,7 @@ class IndexChoice:
     nlist: int = 0
     nprobe: int = 0
     reason: str = ""
+    partitioning: Any = field(default=None, repr=False)  # a partitioned self-join's KeptPartitioning (find keeps it)
 
 
 def choose_index(rows: int, dim: int, settings: FindSettings) -> IndexChoice:
@@ -194,6 +195,15 @@ def range_pairs(
     return np.concatenate(a_parts), np.concatenate(b_parts)
 
 
+def partition_settings(threshold: float, settings: FindSettings):
+    """The partitioned search's settings for a search at `threshold`."""
+    from dedup.search.partitioned import PartitionSettings
+
+    return PartitionSettings(
+        threshold, leaf_size=settings.leaf_size, boundary=settings.boundary, unit_rows=settings.unit_rows
+    )
+
+
 def embedding_matches(
     queries: np.ndarray,
     indexed: np.ndarray,
@@ -211,11 +221,10 @@ def embedding_matches(
     choice = choose_index(len(indexed), indexed.shape[1], settings)
     if choice.kind == "partitioned":
         from dedup.search import partition_units, partitioned
+        from dedup.search.routed import KeptPartitioning
 
-        options = partitioned.PartitionSettings(
-            threshold, leaf_size=settings.leaf_size, boundary=settings.boundary, unit_rows=settings.unit_rows
-        )
-        q, r, stats = partition_units.partitioned_matches(
+        options = partition_settings(threshold, settings)
+        q, r, stats, partitioning = partition_units.partitioned_matches(
             partitioned.as_reader(queries),
             len(queries),
             partitioned.as_reader(indexed),
@@ -226,6 +235,8 @@ def embedding_matches(
             on_home_rows=on_batch,
             units=units,
         )
+        if same and partitioning is not None:
+            choice.partitioning = KeptPartitioning.of(partitioning, options)
         choice.reason += f" ({stats.joins} exact joins, {stats.products / max(len(queries), 1):.0f} products a query)"
         return q, r, choice
     index = build_index(indexed, choice)

@@ -10,7 +10,15 @@ from typing import Protocol
 
 import numpy as np
 
-from dedup.search.partitioned import Join, PartitionedJoin, PartitionSettings, PartitionStats, RowReader, as_reader
+from dedup.search.partitioned import (
+    Join,
+    PartitionedJoin,
+    Partitioning,
+    PartitionSettings,
+    PartitionStats,
+    RowReader,
+    as_reader,
+)
 
 
 @dataclass
@@ -70,17 +78,19 @@ def plan_units(
     dim: int,
     settings: PartitionSettings,
     same: bool = False,
-) -> tuple[list[UnitPlan], PartitionStats]:
+) -> tuple[list[UnitPlan], PartitionStats, Partitioning | None]:
     """Route every vector once (the first split) and group the resulting joins into units of about
-    `settings.unit_rows` rows to read, a partition's home join and its joins across borders together."""
+    `settings.unit_rows` rows to read, a partition's home join and its joins across borders together.
+    Also returns the first split (None if the join was small enough to run whole)."""
     row_type = (
         np.int32 if max(query_count, indexed_count) < np.iinfo(np.int32).max else np.int64
     )  # halves routing memory
     query_rows, indexed_rows = np.arange(query_count, dtype=row_type), np.arange(indexed_count, dtype=row_type)
     planner = PartitionedJoin(read_queries, read_indexed, dim, settings)
-    parts = planner.split(query_rows, indexed_rows, same, depth=0) if query_count and indexed_count else None
-    if parts is None:
-        return [UnitPlan([(query_rows, indexed_rows, same, True)])], planner.stats
+    partitioning = planner.partition(query_rows, indexed_rows, same, depth=0) if query_count and indexed_count else None
+    if partitioning is None:
+        return [UnitPlan([(query_rows, indexed_rows, same, True)])], planner.stats, None
+    parts = planner.joins_of(partitioning, query_rows, indexed_rows, same)
     parts.sort(key=lambda tagged: tagged[0])  # stable: each partition's home join, then its joins across borders
     units: list[UnitPlan] = []
     current: list[Join] = []
@@ -93,7 +103,7 @@ def plan_units(
         size += len(join[0]) + len(join[1])
         previous = partition
     units.append(UnitPlan(current))
-    return units, planner.stats
+    return units, planner.stats, partitioning
 
 
 def run_unit(
@@ -140,7 +150,10 @@ class UnitRunner(Protocol):
     """Runs units elsewhere (an engine) and keeps their plans and pairs where a rerun finds them."""
 
     def saved_plans(self, settings: PartitionSettings, rows: int) -> int | None: ...
-    def save_plans(self, plans: list[UnitPlan], settings: PartitionSettings, rows: int) -> int: ...
+    def save_plans(
+        self, plans: list[UnitPlan], settings: PartitionSettings, rows: int, partitioning: Partitioning | None
+    ) -> int: ...
+    def saved_partitioning(self) -> Partitioning | None: ...
     def run(
         self, count: int, dim: int, settings: PartitionSettings
     ) -> list[tuple[np.ndarray, np.ndarray, PartitionStats]]: ...
@@ -156,13 +169,18 @@ def partitioned_matches(
     same: bool = False,
     on_home_rows: Callable[[int], None] | None = None,
     units: UnitRunner | None = None,
-) -> tuple[np.ndarray, np.ndarray, PartitionStats]:
-    """(query row, indexed row) with cosine >= threshold. `same`: queries and indexed rows are one set.
-    With `units` the units run through it (an engine, resumable); otherwise here, one after the other."""
+) -> tuple[np.ndarray, np.ndarray, PartitionStats, Partitioning | None]:
+    """(query row, indexed row) with cosine >= threshold, the statistics, and the first split (which `find` keeps
+    for `dedup add`). `same`: queries and indexed rows are one set. With `units` the units run through it (an
+    engine, resumable); otherwise here, one after the other."""
     stats = PartitionStats()
     count = units.saved_plans(settings, query_count) if units else None
     if count is None:
-        plans, stats = plan_units(read_queries, query_count, read_indexed, indexed_count, dim, settings, same)
+        plans, stats, partitioning = plan_units(
+            read_queries, query_count, read_indexed, indexed_count, dim, settings, same
+        )
+    elif units is not None:
+        partitioning = units.saved_partitioning()
     if units is None:  # the readers are the caller's: in memory, or a memory-mapped store read unit by unit
         results = [
             run_unit(plan, read_queries, read_indexed, dim, settings, same, on_home_rows, gather=False)
@@ -170,7 +188,7 @@ def partitioned_matches(
         ]
     else:
         if count is None:
-            count = units.save_plans(plans, settings, query_count)
+            count = units.save_plans(plans, settings, query_count, partitioning)
             del plans
         results = units.run(count, dim, settings)
     for _, _, unit_stats in results:
@@ -180,4 +198,5 @@ def partitioned_matches(
         np.concatenate([np.zeros(0, np.int64), *(q for q, _, _ in results)]).astype(np.int64),
         np.concatenate([np.zeros(0, np.int64), *(r for _, r, _ in results)]).astype(np.int64),
         stats,
+        partitioning,
     )

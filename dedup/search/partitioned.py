@@ -73,6 +73,11 @@ class PartitionStats:
             self.timings_s[step] = self.timings_s.get(step, 0.0) + seconds
 
 
+def reach_of(settings: PartitionSettings, dim: int) -> float:
+    """How far from a bisector a vector counts as near it: `boundary` typical duplicate displacements."""
+    return settings.boundary * math.sqrt(max(0.0, 2.0 - 2.0 * settings.threshold)) / math.sqrt(dim)
+
+
 def as_reader(vectors: np.ndarray) -> RowReader:
     return lambda rows: np.ascontiguousarray(vectors[rows], dtype=np.float32)
 
@@ -121,6 +126,15 @@ def assign(vectors: RowReader, rows: np.ndarray, centroids: np.ndarray, reach: f
     return Assignment(np.concatenate(homes), np.concatenate(near_rows), np.concatenate(near_parts))
 
 
+@dataclass
+class Partitioning:
+    """A split: its centroids, and where its indexed rows and its queries fall (the same for a self-join)."""
+
+    centroids: np.ndarray
+    indexed: Assignment
+    queries: Assignment
+
+
 class Buckets:
     """`members` grouped by a bucket number in 0..count-1, without a Python list of `count` arrays
     (bucket numbers of neighbouring-partition pairs run to partitions squared)."""
@@ -135,6 +149,15 @@ class Buckets:
 
     def nonempty(self) -> np.ndarray:
         return np.flatnonzero(np.diff(self.bounds))
+
+
+def near_buckets(assignment: Assignment, rows: np.ndarray, partitions: int) -> Buckets:
+    """`rows` near a bisector, bucketed by (home i, other side j) as i * partitions + j (< 2^20 at 1,024)."""
+    return Buckets(
+        assignment.home[assignment.near_row] * partitions + assignment.near_partition,
+        rows[assignment.near_row],
+        partitions * partitions,
+    )
 
 
 def block_matches(
@@ -215,8 +238,7 @@ class PartitionedJoin:
         self.settings = settings
         self.on_home_rows = on_home_rows
         self.stats = PartitionStats()
-        displacement = math.sqrt(max(0.0, 2.0 - 2.0 * settings.threshold)) / math.sqrt(dim)
-        self.reach = settings.boundary * displacement
+        self.reach = reach_of(settings, dim)
         self.found_q: list[np.ndarray] = [np.zeros(0, np.int64)]
         self.found_r: list[np.ndarray] = [np.zeros(0, np.int64)]
         self.small: list[tuple[np.ndarray, np.ndarray, bool]] = []  # small joins waiting for their batch
@@ -246,6 +268,14 @@ class PartitionedJoin:
     ) -> list[tuple[int, Join]] | None:
         """The join's sub-joins, each tagged with the partition of its queries (home joins first); None when
         the join is small enough to compute whole."""
+        partitioning = self.partition(query_rows, indexed_rows, same, depth)
+        return None if partitioning is None else self.joins_of(partitioning, query_rows, indexed_rows, same)
+
+    def partition(
+        self, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool, depth: int
+    ) -> Partitioning | None:
+        """Centroids for the join's indexed rows, and where both sides fall; None when the join is small enough
+        to compute whole."""
         partitions = partition_count(len(indexed_rows), self.settings)
         small = len(indexed_rows) <= self.settings.leaf_size or len(query_rows) * len(indexed_rows) <= DIRECT_PRODUCTS
         if small or partitions < 2 or depth >= MAX_DEPTH:
@@ -256,22 +286,19 @@ class PartitionedJoin:
         started = time.perf_counter()
         indexed = assign(self.read_indexed, indexed_rows, centroids, self.reach)
         queries = indexed if same else assign(self.read_queries, query_rows, centroids, self.reach)
+        self.stats.add_time("route", started)
+        return Partitioning(centroids, indexed, queries)
+
+    def joins_of(
+        self, partitioning: Partitioning, query_rows: np.ndarray, indexed_rows: np.ndarray, same: bool
+    ) -> list[tuple[int, Join]]:
+        """A partition's home join for each partition, and a join across each border near which queries lie."""
+        started = time.perf_counter()
+        partitions, queries, indexed = len(partitioning.centroids), partitioning.queries, partitioning.indexed
         indexed_home = Buckets(indexed.home, indexed_rows, partitions)
         query_home = indexed_home if same else Buckets(queries.home, query_rows, partitions)
-        query_near = Buckets(
-            queries.home[queries.near_row] * partitions + queries.near_partition,  # < 2^20: int32
-            query_rows[queries.near_row],
-            partitions * partitions,
-        )
-        indexed_near = (
-            query_near
-            if same
-            else Buckets(
-                indexed.home[indexed.near_row] * partitions + indexed.near_partition,
-                indexed_rows[indexed.near_row],
-                partitions * partitions,
-            )
-        )
+        query_near = near_buckets(queries, query_rows, partitions)
+        indexed_near = query_near if same else near_buckets(indexed, indexed_rows, partitions)
         self.stats.add_time("route", started)
         parts = [(p, (query_home[p], indexed_home[p], same, True)) for p in range(partitions)]
         for key in query_near.nonempty():

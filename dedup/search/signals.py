@@ -85,7 +85,7 @@ def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: in
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
         part = slice(start, start + chunk)
-        out[part] = np.einsum("ij,ij->i", x[a[part]], y[b[part]])
+        out[part] = np.einsum("ij,ij->i", x[a[part]].astype(np.float32), y[b[part]].astype(np.float32))
     return out
 
 
@@ -119,9 +119,16 @@ def exact_matches(queries: Samples, indexed: Samples) -> tuple[np.ndarray, np.nd
 
 
 def signal_pairs(
-    queries: Samples, indexed: Samples | None, settings: FindSettings, on_batch=None, units=None
+    queries: Samples,
+    indexed: Samples | None,
+    settings: FindSettings,
+    on_batch=None,
+    units=None,
+    embedding_found: tuple[np.ndarray, np.ndarray, matching.IndexChoice] | None = None,
 ) -> SignalPairs:
-    """Every signal's pairs among `queries` (indexed None: one set) or between `queries` and `indexed`."""
+    """Every signal's pairs among `queries` (indexed None: one set) or between `queries` and `indexed`.
+    `embedding_found`: the embedding search's matches, where the caller found them its own way (`dedup add`
+    through the run's kept partitioning); within one set, each pair once as (smaller, larger)."""
     same = indexed is None
     other = queries if indexed is None else indexed
     found = SignalPairs()
@@ -161,7 +168,9 @@ def signal_pairs(
     threshold = settings.search_threshold()
     if threshold is not None and (len(queries.embeddings) > 1 or not same):
         started = time.perf_counter()
-        if same:
+        if embedding_found is not None:
+            a, b, found.index = embedding_found
+        elif same:
             a, b, found.index = matching.embedding_pairs(queries.embeddings, threshold, settings, on_batch, units)
         else:
             a, b, found.index = matching.embedding_matches(queries.embeddings, other.embeddings, threshold, settings)

@@ -167,6 +167,7 @@ def find(
     finally:
         if units is not None:
             units.release()
+    keep_partitioning(RunFolder(run_dir), found.index)
     info: dict = {}
     if found.index is not None:
         choice = found.index
@@ -189,6 +190,14 @@ def find(
         f"({len(pairs)} pairs: {summary['pairs_by_signal']})"
     )
     return summary
+
+
+def keep_partitioning(folder: RunFolder, index: matching.IndexChoice | None) -> None:
+    """Keep a partitioned search's top split for `dedup add`; remove one a former search left."""
+    if index is None or index.partitioning is None:
+        folder.partitioning.unlink(missing_ok=True)
+        return
+    index.partitioning.save(folder.partitioning)
 
 
 def record_groups(

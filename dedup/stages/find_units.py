@@ -23,6 +23,7 @@ from dedup.io.atomic import atomic_open, read_json, write_json
 from dedup.io.runfolder import RunFolder
 from dedup.progress import Reporter
 from dedup.search import partition_units, partitioned
+from dedup.search.routed import KeptPartitioning
 
 _HELD: dict = {}  # the vectors the driver holds (in memory or memory-mapped), for units that run in its process
 
@@ -86,12 +87,22 @@ class EngineUnits:
         return None
 
     def save_plans(
-        self, plans: list[partition_units.UnitPlan], settings: partitioned.PartitionSettings, rows: int
+        self,
+        plans: list[partition_units.UnitPlan],
+        settings: partitioned.PartitionSettings,
+        rows: int,
+        partitioning: partitioned.Partitioning | None,
     ) -> int:
         for number, plan in enumerate(plans):
             plan.save(self.folder / f"plan-{number:05d}.npz")
+        if partitioning is not None:
+            KeptPartitioning.of(partitioning, settings).save(self.folder / "partitioning.npz")
         write_json(self.folder / "plans.json", {"identity": self.identity(settings, rows), "units": len(plans)})  # last
         return len(plans)
+
+    def saved_partitioning(self) -> partitioned.Partitioning | None:
+        kept = KeptPartitioning.load(self.folder / "partitioning.npz")
+        return None if kept is None else partitioned.Partitioning(kept.centroids, kept.rows, kept.rows)
 
     def run(self, count: int, dim: int, settings: partitioned.PartitionSettings) -> list[tuple]:
         pairs_path = [self.folder / f"pairs-{number:05d}.npz" for number in range(count)]

@@ -29,6 +29,9 @@ from dedup.io.atomic import read_json, read_parquet, write_json, write_parquet
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
+from dedup.search import matching
+from dedup.search.partitioned import as_reader
+from dedup.search.routed import KeptPartitioning, routed_matches
 from dedup.settings import FindSettings, SelectSettings
 
 
@@ -107,7 +110,7 @@ def finish(folder: RunFolder, increment: Increment) -> None:
 
 
 def _rows(samples, start: int, stop: int | None = None):
-    """The samples of rows [start, stop), as a Samples of their own (views where the store is in memory)."""
+    """The samples of rows [start, stop), as a Samples of their own (views: nothing is copied)."""
     from dedup.search.signals import Samples
 
     part = slice(start, stop)
@@ -115,27 +118,48 @@ def _rows(samples, start: int, stop: int | None = None):
         samples.sha256[part],
         samples.phash[part],
         samples.phash_present[part],
-        np.ascontiguousarray(samples.embeddings[part], dtype=np.float32),
+        samples.embeddings[part],
         None if samples.pdq is None else samples.pdq[part],
         None if samples.thumbs is None else samples.thumbs[part],
     )
 
 
-def new_pairs(samples, start: int, settings: FindSettings):
-    """Every signal's pairs that involve a row from `start` on, as (smaller row, larger row) of the whole store.
+def new_pairs(samples, start: int, settings: FindSettings, kept: KeptPartitioning | None = None):
+    """Every signal's pairs that involve a row from `start` on, as (smaller row, larger row) of the whole store;
+    and, where the embedding search went through `kept`, the run's partitioning extended by the new rows.
 
-    Two searches: the earlier rows as queries against the new ones (the index is built over the new rows only,
-    so its cost grows with the increment, not with the run), and the new rows among themselves."""
+    Two searches: the earlier rows as queries against the new ones, and the new rows among themselves. With
+    `kept` (the partitioning `find` kept, of the rows before `start`) the embedding search routes only the new
+    rows through it, so its cost follows the increment's size (dedup/search/routed.py); otherwise the index is
+    built over the new rows only and every earlier row is a query."""
     from dedup.search.signals import SignalPairs, signal_pairs
 
     earlier, new = _rows(samples, 0, start), _rows(samples, start)
-    cross_settings = settings
-    if settings.index == "auto" and start * (len(samples.sha256) - start) > settings.exact_search_max**2:
+    cross_settings, across_found, within_found, extended = settings, None, None, None
+    threshold, routed_seconds = settings.search_threshold(), 0.0
+    if kept is not None and threshold is not None:
+        routed = routed_matches(
+            as_reader(samples.embeddings),
+            len(samples.sha256),
+            kept,
+            samples.embeddings.shape[1],
+            matching.partition_settings(threshold, settings),
+        )
+        choice = matching.IndexChoice(
+            "partitioned",
+            reason=f"the run's partitioning ({len(kept.centroids)} partitions): {len(samples.sha256) - start} new "
+            f"rows routed through it, {routed.joins} exact joins, {routed.products / max(len(samples.sha256) - start, 1):.0f} "
+            "products a new row",
+        )
+        across_found = (routed.across[0], routed.across[1] - start, choice)
+        within_found = (routed.within[0] - start, routed.within[1] - start, choice)
+        extended, routed_seconds = kept.extended(routed.new, start), routed.seconds
+    elif settings.index == "auto" and start * (len(samples.sha256) - start) > settings.exact_search_max**2:
         # exact search costs queries x indexed; past what a self-join of exact_search_max rows costs, partition.
         # Many queries against few indexed rows join best with small partitions (docs/benchmarks.md, dedup add)
         cross_settings = dataclasses.replace(settings, index="partitioned", leaf_size=min(settings.leaf_size, 128))
-    across = signal_pairs(earlier, new, cross_settings)
-    within = signal_pairs(new, None, settings)
+    across = signal_pairs(earlier, new, cross_settings, embedding_found=across_found)
+    within = signal_pairs(new, None, settings, embedding_found=within_found)
     found = SignalPairs(index=across.index)
     for signal in set(across.pairs) | set(within.pairs):
         empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -153,9 +177,22 @@ def new_pairs(samples, start: int, settings: FindSettings):
             )
     for name in set(across.timings_s) | set(within.timings_s):
         found.timings_s[name] = across.timings_s.get(name, 0.0) + within.timings_s.get(name, 0.0)
+    if routed_seconds:
+        found.timings_s["embedding"] = found.timings_s.get("embedding", 0.0) + routed_seconds
     for name in set(across.unconfirmed) | set(within.unconfirmed):
         found.unconfirmed[name] = across.unconfirmed.get(name, 0) + within.unconfirmed.get(name, 0)
-    return found
+    return found, extended
+
+
+def kept_partitioning(folder: RunFolder, start: int, settings: FindSettings, dim: int) -> KeptPartitioning | None:
+    """The partitioning find kept of the run's rows before `start`, if it serves this search; None otherwise."""
+    kept = KeptPartitioning.load(folder.partitioning)
+    threshold = settings.search_threshold()
+    if kept is None or threshold is None or len(kept.rows.home) < start:
+        return None
+    if not kept.serves(matching.partition_settings(threshold, settings), dim):
+        return None
+    return kept.first(start)
 
 
 def find_new(
@@ -172,7 +209,8 @@ def find_new(
     rows, start = len(data.metadata), increment.rows_before
     samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
     reporter.info(f"add: searching {rows - start} new samples against all {rows}")
-    found = new_pairs(samples, start, settings)
+    kept = kept_partitioning(folder, start, settings, data.embeddings.shape[1])
+    found, extended = new_pairs(samples, start, settings, kept)
     info: dict = {"increment": {"number": increment.number, "new_rows": rows - start}}
     if found.index is not None:
         info["index"] = {"kind": found.index.kind, "reason": found.index.reason}
@@ -185,6 +223,8 @@ def find_new(
     info["increment"]["pairs_added"] = len(added)
     pairs = pa.concat_tables([earlier, added.cast(earlier.schema)]) if len(earlier) else added
     summary = record_groups(folder.root, store_dir, data.metadata, pairs, settings, started, info)
+    if extended is not None:
+        extended.save(folder.partitioning)  # after the groups: a rerun of a killed step reads only its first rows
     reporter.info(
         f"add: {len(added)} new pairs; {summary['groups']} duplicate groups holding {summary['samples_in_groups']} "
         "samples in all"
