@@ -288,7 +288,19 @@ if len(sys.argv) > 2:
 sets = [list(map(str, group)) for group in finder.find_similar()]
 print(json.dumps({"sets": sets, "seconds": time.perf_counter() - started}))
 """
-PEER_SCRIPTS = {"cleanvision": CLEANVISION, "czkawka": CZKAWKA}
+
+
+FASTDUP = """
+import json, sys, tempfile, time
+import fastdup
+started = time.perf_counter()
+data = fastdup.create(input_dir=sys.argv[1], work_dir=tempfile.mkdtemp())
+data.run(overwrite=True, **({"cc_threshold": float(sys.argv[2])} if len(sys.argv) > 2 else {}))
+components, _ = data.connected_components()
+sets = [list(map(str, group["filename"])) for _, group in components.groupby("component_id") if len(group) > 1]
+print(json.dumps({"sets": sets, "seconds": time.perf_counter() - started}))
+"""
+PEER_SCRIPTS = {"cleanvision": CLEANVISION, "czkawka": CZKAWKA, "fastdup": FASTDUP}
 
 
 def jpeg_folder(data: Path, work: Path) -> Path:
@@ -309,11 +321,12 @@ def jpeg_folder(data: Path, work: Path) -> Path:
 
 
 def folder_peer_groups(
-    peer: str, data: Path, truth: dict, python: str, work: Path, level: int | None = None
+    peer: str, data: Path, truth: dict, python: str, work: Path, level: str | None = None
 ) -> tuple[dict, dict]:
     """A peer in its own environment (`--peer-python`: a Python with it installed; its pins clash with ours), with
     its default settings, over a folder of the set's JPEGs: CleanVision's exact and near-duplicate sets, or
-    czkawka's similar-image groups (its Python bindings); connected components of the sets it returns."""
+    czkawka's similar-image groups (its Python bindings), fastdup's connected components (its bundled model);
+    connected components of the sets it returns."""
     import numpy as np
 
     from dedup.search.components import component_labels, in_chunks
@@ -374,7 +387,9 @@ def main() -> None:
         help="Measure this peer instead of dedup run.",
     )
     parser.add_argument("--peer-python", help="cleanvision, czkawka: a Python with the peer installed (its own venv).")
-    parser.add_argument("--peer-level", type=int, help="czkawka: its similarity level, 0-50 (default: its own).")
+    parser.add_argument(
+        "--peer-level", help="czkawka: its similarity level, 0-50; fastdup: its cc_threshold (default: their own)."
+    )
     parser.add_argument("--radius", type=int, default=31, help="The peer's Hamming radius (PDQ's usual: 31).")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ukbench")
     parser.add_argument(
