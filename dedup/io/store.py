@@ -204,6 +204,16 @@ class RowStack:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def rows(self, start: int, stop: int | None = None) -> RowStack:
+        """Rows start..stop as a RowStack of their own: views of the parts, nothing read."""
+        stop = len(self) if stop is None else stop
+        pieces = [
+            part[max(start - first, 0) : min(stop - first, len(part))]
+            for part, first in zip(self.parts, self.offsets[:-1].tolist())
+            if max(start - first, 0) < min(stop - first, len(part))
+        ]
+        return RowStack(pieces or [self.parts[0][:0]])
+
     def in_memory(self) -> np.ndarray:
         if len(self.parts) == 1:
             return np.asarray(self.parts[0], dtype=np.float32)

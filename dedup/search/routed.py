@@ -19,12 +19,13 @@ import numpy as np
 
 from dedup.io.atomic import atomic_open
 from dedup.search.partitioned import (
+    QUERY_BLOCK,
     Assignment,
     Buckets,
-    Join,
     Partitioning,
     PartitionSettings,
     RowReader,
+    as_reader,
     assign,
     block_matches,
     near_buckets,
@@ -69,12 +70,8 @@ class KeptPartitioning:
     def of(cls, partitioning: Partitioning, settings: PartitionSettings) -> KeptPartitioning:
         return cls(partitioning.centroids, partitioning.indexed, settings.threshold, settings.boundary)
 
-    def serves(self, settings: PartitionSettings, dim: int) -> bool:
-        return (
-            self.threshold == settings.threshold
-            and self.boundary == settings.boundary
-            and self.centroids.shape[1] == dim
-        )
+    def serves(self, settings: PartitionSettings) -> bool:
+        return self.threshold == settings.threshold and self.boundary == settings.boundary
 
     def first(self, rows: int) -> KeptPartitioning:
         """The split of rows 0..rows-1 only (an increment killed after it extended the split is searched again)."""
@@ -104,32 +101,33 @@ class RoutedMatches:
     seconds: float
 
 
-GATHER_ROWS = 8_192  # rows (both sides) of the joins across borders read at once: reused memory, no page faults
-
-
 def routed_matches(
     read: RowReader, rows: int, kept: KeptPartitioning, dim: int, settings: PartitionSettings
 ) -> RoutedMatches:
     """Pairs with cosine >= threshold that involve a row from `kept`'s end to `rows`, over rows read by `read`
-    (global row numbers)."""
+    (global row numbers). The new rows are held in memory; the earlier ones are read partition by partition,
+    each once, and the rows near a border are taken from their partition's rows while these are in cache (read
+    one by one from the store they cost more than their products)."""
     started = time.perf_counter()
     start, partitions = len(kept.rows.home), len(kept.centroids)
     new_rows = np.arange(start, rows, dtype=np.int64)
-    new = assign(read, new_rows, kept.centroids, reach_of(settings, dim))
+    new_vectors = read(new_rows)
+    new = assign(as_reader(new_vectors), np.arange(len(new_rows)), kept.centroids, reach_of(settings, dim))
     earlier_rows = np.arange(start, dtype=np.int64)
     earlier_home, new_home = Buckets(kept.rows.home, earlier_rows, partitions), Buckets(new.home, new_rows, partitions)
     earlier_near, new_near = near_buckets(kept.rows, earlier_rows, partitions), near_buckets(new, new_rows, partitions)
-    homes: list[Join] = []
-    for p in new_home.nonempty():
-        homes += [(new_home[p], earlier_home[p], False, True), (new_home[p], new_home[p], True, True)]
-    borders: list[Join] = []
-    for key in new_near.nonempty():
-        i, j = divmod(int(key), partitions)
-        borders.append((new_near[key], earlier_near[j * partitions + i], False, False))
-        if i < j:
-            borders.append((new_near[key], new_near[j * partitions + i], False, False))
-    joins = [join for join in homes + borders if len(join[0]) and len(join[1])]
-    q, r = _matches(read, joins, settings.threshold)
+    search = _Search(new_vectors, start, settings.threshold)
+    for j, borders in _borders_by_partition(new_home, new_near, earlier_near, partitions):
+        home = earlier_home[j]  # ascending: the rows near a border are found in it by bisection
+        home_vectors = read(home)
+        search.join(new_home[j], home, home_vectors)
+        search.join(new_home[j], new_home[j], None, same=True)
+        for i in borders:  # new rows of partition i near its border with j, earlier rows of j near it too
+            queries, near = new_near[i * partitions + j], earlier_near[j * partitions + i]
+            search.join(queries, near, home_vectors[np.searchsorted(home, near)])
+            if i < j:
+                search.join(queries, new_near[j * partitions + i], None)
+    q, r = search.found()
     is_across = r < start
     is_within = ~is_across & (q != r)
     a, b = np.minimum(q[is_within], r[is_within]), np.maximum(q[is_within], r[is_within])
@@ -138,38 +136,54 @@ def routed_matches(
         (r[is_across], q[is_across]),
         (packed // rows, packed % rows),
         new,
-        len(joins),
-        sum(len(join[0]) * len(join[1]) for join in joins),
+        search.joins,
+        search.products,
         time.perf_counter() - started,
     )
 
 
-def _matches(read: RowReader, joins: list[Join], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(query row, indexed row) of every join, its two sides read together with other joins' (a read per join
-    of a few rows costs more than its products)."""
-    q_parts, r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for group in _groups(joins, GATHER_ROWS):
-        queries = read(np.concatenate([join[0] for join in group]))
-        indexed = read(np.concatenate([join[1] for join in group]))
-        q_at, r_at = 0, 0
-        for query_rows, indexed_rows, same, _ in group:
-            found_q, found_r = block_matches(
-                queries[q_at : q_at + len(query_rows)], indexed[r_at : r_at + len(indexed_rows)], threshold, same
-            )
-            q_parts.append(query_rows[found_q])
-            r_parts.append(indexed_rows[found_r])
-            q_at, r_at = q_at + len(query_rows), r_at + len(indexed_rows)
-    return np.concatenate(q_parts).astype(np.int64), np.concatenate(r_parts).astype(np.int64)
+def _borders_by_partition(new_home: Buckets, new_near: Buckets, earlier_near: Buckets, partitions: int):
+    """(j, [i, ...]) for every partition j that new rows live in or lie near: the partitions i whose new rows lie
+    near their border with j, where rows of j lie near it too (or new rows, for i < j)."""
+    keys = new_near.nonempty()
+    i, j = np.divmod(keys, partitions)
+    facing = j * partitions + i
+    met = (np.diff(earlier_near.bounds)[facing] > 0) | ((i < j) & (np.diff(new_near.bounds)[facing] > 0))
+    i, j = i[met], j[met]
+    order = np.argsort(j, kind="stable")
+    i, j = i[order], j[order]
+    bounds = np.searchsorted(j, np.arange(partitions + 1))
+    for p in np.union1d(new_home.nonempty(), j):
+        yield int(p), i[bounds[p] : bounds[p + 1]].tolist()
 
 
-def _groups(joins: list[Join], rows: int):
-    group: list[Join] = []
-    size = 0
-    for join in joins:
-        group.append(join)
-        size += len(join[0]) + len(join[1])
-        if size >= rows:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
+class _Search:
+    """The joins of one routed search: new rows (read from the increment in memory) against earlier rows (given
+    read) or other new rows."""
+
+    def __init__(self, new_vectors: np.ndarray, start: int, threshold: float):
+        self.new_vectors, self.start, self.threshold = new_vectors, start, threshold
+        self.q_parts, self.r_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        self.joins = self.products = 0
+
+    def join(self, queries: np.ndarray, indexed: np.ndarray, indexed_vectors: np.ndarray | None, same=False) -> None:
+        """`queries` (new rows) against `indexed` (rows whose vectors are `indexed_vectors`, or new rows if None)."""
+        if not len(queries) or not len(indexed):
+            return
+        query_vectors = self.new_vectors[queries - self.start]
+        if indexed_vectors is None:
+            indexed_vectors = query_vectors if same else self.new_vectors[indexed - self.start]
+        self.joins += 1
+        self.products += len(queries) * len(indexed)
+        if same or len(queries) > QUERY_BLOCK:
+            q, r = block_matches(query_vectors, indexed_vectors, self.threshold, same)
+        else:  # most joins: a few new rows near a border; most find nothing
+            similarity = query_vectors @ indexed_vectors.T
+            if similarity.max() < self.threshold:
+                return
+            q, r = np.nonzero(similarity >= self.threshold)
+        self.q_parts.append(queries[q])
+        self.r_parts.append(indexed[r])
+
+    def found(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.q_parts).astype(np.int64), np.concatenate(self.r_parts).astype(np.int64)

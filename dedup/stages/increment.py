@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 from dedup.errors import InputError, SettingsError
 from dedup.io.atomic import read_json, read_parquet, write_json, write_parquet
 from dedup.io.runfolder import RunFolder
-from dedup.io.store import EmbeddingStore
+from dedup.io.store import EmbeddingStore, RowStack
 from dedup.progress import SILENT, Reporter
 from dedup.search import matching
 from dedup.search.partitioned import as_reader
@@ -114,11 +115,12 @@ def _rows(samples, start: int, stop: int | None = None):
     from dedup.search.signals import Samples
 
     part = slice(start, stop)
+    vectors = samples.embeddings
     return Samples(
         samples.sha256[part],
         samples.phash[part],
         samples.phash_present[part],
-        samples.embeddings[part],
+        cast(np.ndarray, vectors.rows(start, stop)) if isinstance(vectors, RowStack) else vectors[part],  # read alike
         None if samples.pdq is None else samples.pdq[part],
         None if samples.thumbs is None else samples.thumbs[part],
     )
@@ -184,13 +186,13 @@ def new_pairs(samples, start: int, settings: FindSettings, kept: KeptPartitionin
     return found, extended
 
 
-def kept_partitioning(folder: RunFolder, start: int, settings: FindSettings, dim: int) -> KeptPartitioning | None:
+def kept_partitioning(folder: RunFolder, start: int, settings: FindSettings) -> KeptPartitioning | None:
     """The partitioning find kept of the run's rows before `start`, if it serves this search; None otherwise."""
     kept = KeptPartitioning.load(folder.partitioning)
     threshold = settings.search_threshold()
     if kept is None or threshold is None or len(kept.rows.home) < start:
         return None
-    if not kept.serves(matching.partition_settings(threshold, settings), dim):
+    if not kept.serves(matching.partition_settings(threshold, settings)):
         return None
     return kept.first(start)
 
@@ -205,11 +207,16 @@ def find_new(
 
     settings.validate()
     started = time.perf_counter()
-    data = EmbeddingStore(store_dir).load(max_in_memory_bytes=settings.memory_budget_gb * 1024**3)
-    rows, start = len(data.metadata), increment.rows_before
-    samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
+    start, store = increment.rows_before, EmbeddingStore(store_dir)
+    kept = kept_partitioning(folder, start, settings)
+    # through the kept partitioning every earlier vector is read once, partition by partition: no need to load
+    # (and convert) the whole store first
+    data = store.load(max_in_memory_bytes=0 if kept is not None else settings.memory_budget_gb * 1024**3)
+    rows = len(data.metadata)
+    if kept is not None and kept.centroids.shape[1] != data.embeddings.shape[1]:
+        kept = None
+    samples = Samples.from_store(store, data, settings)
     reporter.info(f"add: searching {rows - start} new samples against all {rows}")
-    kept = kept_partitioning(folder, start, settings, data.embeddings.shape[1])
     found, extended = new_pairs(samples, start, settings, kept)
     info: dict = {"increment": {"number": increment.number, "new_rows": rows - start}}
     if found.index is not None:
