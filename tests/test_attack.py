@@ -15,6 +15,7 @@ from PIL import Image
 from dedup.attack.diffusion import auc
 from dedup.attack.distances import normalized_l2, pairwise_l2, relative_ratio, tiled_l2
 from dedup.attack.extraction import counts_by_duplicates, flag_memorized, largest_clique, white_box
+from dedup.io.runfolder import RunFolder
 
 
 def test_normalized_l2_by_hand():
@@ -320,6 +321,12 @@ def test_caption_arms_keep_k_copies_with_and_without_new_captions(tmp_path):
     assert report["captions_rewritten"]["B-cap3"] == 0
     assert report["captions_rewritten"]["B-cap3-diverse"] == 3 * 2  # the two copies kept beside each best
     assert report["B-cap3"]["training"]["final_loss"] != report["B-cap3-diverse"]["training"]["final_loss"]
+    # the arms embed as the run did: they searched the run's own embeddings, linked, not embedded again
+    run_parts = sorted((tmp_path / "run" / "embeddings" / "img_emb").glob("*.npy"))
+    for arm in ("B-cap3", "B-cap3-diverse"):
+        arm_parts = sorted((RunFolder(tmp_path / "run").arm(arm).embeddings / "img_emb").glob("*.npy"))
+        assert [p.name for p in arm_parts] == [p.name for p in run_parts]
+        assert all(a.stat().st_ino == r.stat().st_ino for a, r in zip(arm_parts, run_parts))
 
 
 def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_path):

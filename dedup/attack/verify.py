@@ -318,8 +318,36 @@ def verify_run(
             reporter.info(f"verify: arm {name}, dedup config {spec['config']!r} {' '.join(spec['set'])}".rstrip())
             arm = load_settings(spec["config"], spec["set"])
             arm.shards, arm.run_dir = input_shards(run_dir), str(folder.root)
+            if share_embeddings(run_dir, folder, arm.embed):
+                reporter.info(f"verify: arm {name} embeds as the run did: its embeddings are the run's (linked)")
             run(arm, reporter=reporter)
     return verify(run_dir, settings_for_verify, reporter=reporter)
+
+
+def share_embeddings(run_dir: Path, arm: RunFolder, embed_settings) -> bool:
+    """An arm whose embedder is the run's starts from the run's embeddings, hard-linked (copied where links are
+    not possible): its `dedup run` then searches, selects and writes, and embeds nothing again."""
+    import os
+    import shutil
+
+    from dedup.io.store import EmbeddingStore
+    from dedup.stages.embed import cached_embedder
+
+    spec = EmbeddingStore(RunFolder(run_dir).embeddings).read_spec()
+    if arm.embeddings.exists() or spec is None or cached_embedder(embed_settings).spec() != spec.get("embedder"):
+        return False
+
+    def link(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    partial = arm.embeddings.with_name(arm.embeddings.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(RunFolder(run_dir).embeddings, partial, copy_function=link)
+    partial.rename(arm.embeddings)
+    return True
 
 
 def input_shards(run_dir: Path) -> list[str]:
