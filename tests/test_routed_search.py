@@ -132,3 +132,10 @@ def test_add_through_the_kept_partitioning_equals_find_from_scratch(tmp_path):
     expected = pairs_above(np.asarray(loaded, np.float32), 0)
     pairs = pq.read_table(run.pairs, columns=["a", "b"]).to_pydict()
     assert set(zip(pairs["a"], pairs["b"])) == expected
+
+
+def test_an_unreadable_kept_partitioning_is_no_partitioning(tmp_path):
+    broken = tmp_path / "partitioning.npz"
+    broken.write_bytes(b"PK\x03\x04 not a whole archive")
+    assert KeptPartitioning.load(broken) is None
+    assert KeptPartitioning.load(tmp_path / "absent.npz") is None

@@ -12,6 +12,7 @@ split of every row.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +57,20 @@ class KeptPartitioning:
 
     @classmethod
     def load(cls, path: str | Path) -> KeptPartitioning | None:
+        """The kept split; None if there is none or it cannot be read (it is only a shortcut: `add` then searches
+        the way it does without one)."""
         if not Path(path).exists():
             return None
-        with np.load(path) as saved:
-            return cls(
-                saved["centroids"],
-                Assignment(saved["home"], saved["near_row"], saved["near_partition"]),
-                float(saved["threshold"]),
-                float(saved["boundary"]),
-            )
+        try:
+            with np.load(path) as saved:
+                return cls(
+                    saved["centroids"],
+                    Assignment(saved["home"], saved["near_row"], saved["near_partition"]),
+                    float(saved["threshold"]),
+                    float(saved["boundary"]),
+                )
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
 
     @classmethod
     def of(cls, partitioning: Partitioning, settings: PartitionSettings) -> KeptPartitioning:
