@@ -85,7 +85,9 @@ def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: in
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
         part = slice(start, start + chunk)
-        out[part] = np.einsum("ij,ij->i", x[a[part]].astype(np.float32), y[b[part]].astype(np.float32))
+        out[part] = np.einsum(
+            "ij,ij->i", x[a[part]].astype(np.float32, copy=False), y[b[part]].astype(np.float32, copy=False)
+        )
     return out
 
 
