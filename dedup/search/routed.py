@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dedup.io.atomic import atomic_open
+from dedup.search.components import pair_keys
 from dedup.search.partitioned import (
     QUERY_BLOCK,
     Assignment,
@@ -136,11 +137,10 @@ def routed_matches(
     q, r = search.found()
     is_across = r < start
     is_within = ~is_across & (q != r)
-    a, b = np.minimum(q[is_within], r[is_within]), np.maximum(q[is_within], r[is_within])
-    packed = np.unique(a * rows + b)  # a self-join's blocks on the diagonal give a pair in both orders
+    keys = np.unique(pair_keys(q[is_within], r[is_within]))  # a self-join's diagonal blocks give both orders
     return RoutedMatches(
         (r[is_across], q[is_across]),
-        (packed // rows, packed % rows),
+        (keys >> 32, keys & 0xFFFFFFFF),
         new,
         search.joins,
         search.products,
