@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from conftest import FLICKR, run_cli, tar_bytes
 from PIL import Image
 
+from dedup.io import imaging
 from dedup.search import matching
 
 
@@ -31,6 +32,20 @@ def test_pdq_search_equals_brute_force():
         q, r = matching.pdq_matches(variants, hashes, radius)
         assert set(zip(q.tolist(), r.tolist())) == set(zip(*(a.tolist() for a in np.nonzero(distance <= radius))))
         assert len(q) > rows  # every row matches itself, and the planted ones their neighbour
+
+
+def test_one_dct_gives_pdqhash_dihedral_hashes_bit_for_bit(shared):
+    """The eight hashes come from one DCT (imaging.pdq_hashes): bit for bit what pdqhash computes for each flip
+    and turn, on real photos, so stores embedded either way search alike."""
+    import pdqhash
+
+    with tarfile.open(FLICKR / "flickr8k-224-00003.tar") as archive:
+        photos = [archive.extractfile(m).read() for m in archive if m.name.endswith(".jpg")][:150]
+    for data in photos:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        image = image.crop((0, 0, image.width, image.height * 3 // 4))  # not square: a turn is not a flip
+        expected, _ = pdqhash.compute_dihedral(np.asarray(image))
+        assert np.array_equal(imaging.pdq_hashes(image), np.packbits(np.stack(expected).astype(np.uint8), axis=1))
 
 
 def _mirrored_copies(tmp_path, count: int) -> tuple[list[tuple[str, str]], str]:
