@@ -149,3 +149,26 @@ def test_write_copies_recorded_spans_without_scanning(tmp_path, monkeypatch):
     assert written.rstrip(b"\0") == original.rstrip(
         b"\0"
     )  # every sample, headers included; only the end padding may differ
+
+
+def test_sample_writer_writes_webdataset_tarwriters_bytes(shared):
+    """write's member-by-member path (folders, tar.gz, remote inputs) writes the tar webdataset's TarWriter
+    writes, without importing it: real photos, captions, a long key (pax header), sorted fields."""
+    import webdataset as wds
+
+    from dedup.io.tarwriter import SampleTarWriter
+
+    with tarfile.open(FLICKR / "flickr8k-224-00002.tar") as archive:
+        photos = [(m.name, archive.extractfile(m).read()) for m in archive if m.isfile()][:60]
+    samples = [
+        (name.rsplit(".", 1)[0] + ("/" + "long" * 40 if n % 7 == 0 else ""), {"txt": b"a caption", "jpg": data})
+        for n, (name, data) in enumerate(photos)
+    ]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    writer = SampleTarWriter(ours, mtime=1_700_000_000, owner="dedup")
+    reference = wds.TarWriter(theirs, encoder=False, mtime=1_700_000_000, user="dedup", group="dedup")
+    for key, files in samples:
+        assert writer.write(key, files) == reference.write({"__key__": key, **files})
+    writer.close()
+    reference.close()
+    assert ours.getvalue() == theirs.getvalue() and len(ours.getvalue()) > 60 * 512

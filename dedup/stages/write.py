@@ -28,6 +28,7 @@ from dedup.io.remote import RetryPolicy
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.sources import fingerprint, is_remote
 from dedup.io.store import EmbeddingStore
+from dedup.io.tarwriter import SampleTarWriter
 from dedup.progress import SILENT, Reporter
 from dedup.settings import WriteSettings
 from dedup.stages.summary import summarize
@@ -151,8 +152,6 @@ def copy_ranges(path: Path, ranges: list[CopyRange], durable: bool) -> None:
 def rewrite_members(
     path: Path, slices: list[InputSlice], max_member_bytes: int, durable: bool, retry: RetryPolicy | None = None
 ) -> tuple[int, int, list[dict]]:
-    import webdataset as wds  # imports torch: seconds, paid only on this path
-
     expected = {(piece.shard, index): key for piece in slices for index, key in zip(piece.indexes.tolist(), piece.keys)}
     new_caption = {
         (piece.shard, index): caption
@@ -163,7 +162,7 @@ def rewrite_members(
     }
     written, payload_bytes, previous_key, renamed = set(), 0, None, []
     with atomic_open(path, "wb", durable=durable) as handle:
-        writer = wds.TarWriter(handle, encoder=False, mtime=FIXED_MTIME, user="dedup", group="dedup")
+        writer = SampleTarWriter(handle, mtime=FIXED_MTIME, owner="dedup")
         for sample in iter_selected(expected, max_member_bytes, retry):
             was = expected[(sample.shard, sample.index)]
             if sample.key != was:
@@ -178,7 +177,7 @@ def rewrite_members(
             files = sample.files
             if (sample.shard, sample.index) in new_caption:
                 files = with_caption(files, new_caption[(sample.shard, sample.index)])
-            payload_bytes += writer.write({"__key__": key, **files})
+            payload_bytes += writer.write(key, files)
             previous_key = key
             written.add((sample.shard, sample.index))
         missing = [place for place in expected if place not in written]
