@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import shutil
+import tarfile
 import threading
 
 import pyarrow.parquet as pq
@@ -51,6 +52,46 @@ def test_brace_patterns_folders_and_gz(tmp_path):
     samples, faults = collect(str(CIFAR / "cifar10-test-00005.tar.gz"))
     assert len(samples) == 10_000 and faults == []
     assert set(samples[0].files) == {"jpg", "txt", "json"}
+
+
+def test_a_large_image_folder_is_read_in_parts_and_every_image_accounted_for(tmp_path):
+    """A folder of more than FOLDER_PART_IMAGES images becomes parts an engine spreads over its workers: every
+    photo is a sample once, keyed by its path in the folder; planted copies in another subfolder are found
+    across parts; a folder that changes before write stops it with what to do."""
+    folder = tmp_path / "photos"
+    keys = []
+    for shard in ("00000", "00001"):
+        with tarfile.open(FLICKR / f"flickr8k-224-{shard}.tar") as archive:
+            for member in archive:
+                if member.name.endswith(".jpg"):
+                    path = folder / shard / member.name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(archive.extractfile(member).read())
+                    keys.append(f"{shard}/{member.name[:-4]}")
+    copies = {f"copies/{n}": keys[n * 150] for n in range(12)}  # byte-identical, of photos in every part
+    for copy, original in copies.items():
+        (folder / "copies").mkdir(exist_ok=True)
+        shutil.copy(folder / f"{original}.jpg", folder / f"{copy}.jpg")
+    total = len(keys) + len(copies)
+    sources = expand_shards(str(folder))
+    assert sources == [f"{folder}#images={s}:{min(s + 1000, total)},of={total}" for s in range(0, total, 1000)]
+
+    run_dir = tmp_path / "run"
+    run_cli("run", folder, "--config", "exact", "--run-dir", run_dir)
+    manifest = pq.read_table(run_dir / "manifest.parquet").to_pandas()
+    assert len(manifest) == total and sorted(manifest["key"]) == sorted([*keys, *copies])
+    assert set(manifest["shard"]) == set(sources)
+    dropped = manifest[manifest["status"] != "kept"]
+    assert set(dropped["key"]) <= set(copies) | set(copies.values())
+    assert len(dropped) == len(copies)  # one of each planted pair, however the rule picks
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["input_samples"] == total and summary["written_samples"] == total - len(copies)
+
+    (folder / "copies" / "0.jpg").unlink()
+    shutil.rmtree(run_dir / "shards")
+    (run_dir / "summary.json").unlink()
+    result = run_cli("write", "--run-dir", run_dir, "--config", "exact", check=False)
+    assert result.returncode == 2 and "changed" in result.stderr and "rerun" in result.stderr.lower()
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

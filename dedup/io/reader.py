@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dedup.io.remote import RemoteReadError, RetryPolicy
-from dedup.io.sources import image_files, is_image_name, is_remote, open_shard
+from dedup.io.sources import folder_part, image_files, is_image_name, is_remote, open_shard
 
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
@@ -182,9 +182,11 @@ def _describe_shard_error(error: Exception, samples_seen: int) -> str:
 
 
 def iter_images(url: str, on_fault: FaultHandler, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Sample]:
-    """A plain image file, or a folder of them: each image is a sample keyed by its path without suffix."""
-    root = Path(url)
-    paths = [root] if root.is_file() else image_files(root)
+    """A plain image file, a folder of them or a part of a folder: each image is a sample keyed by its path in
+    the folder without suffix."""
+    part = folder_part(url)
+    root = Path(part.folder if part else url)
+    paths = part.images() if part else [root] if root.is_file() else image_files(root)
     for index, path in enumerate(paths):
         relative = path.name if root.is_file() else path.relative_to(root).as_posix()
         key, extension = relative.split(".", 1) if "." in relative else (relative, "")
@@ -206,7 +208,7 @@ def iter_source(
 ) -> Iterator[Sample]:
     """Samples of a shard, an image file, or a folder of images; `retry`: how a remote shard is read through
     faults (dedup/io/remote.py)."""
-    if not is_remote(url) and (os.path.isdir(url) or is_image_name(url)):
+    if not is_remote(url) and (os.path.isdir(url) or is_image_name(url) or folder_part(url)):
         return iter_images(url, on_fault, max_member_bytes)
     return iter_shard(url, on_fault, max_member_bytes, retry)
 

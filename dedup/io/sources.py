@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# A folder of more images than this is read as parts of this many, so an engine spreads it over its workers.
+FOLDER_PART_IMAGES = 1000
+_FOLDER_PART = re.compile(r"^(?P<folder>.+)#images=(?P<start>\d+):(?P<stop>\d+),of=(?P<total>\d+)$")
 
 
 def is_remote(url: str) -> bool:
@@ -41,6 +46,64 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_name(p.name))
 
 
+@dataclass(frozen=True)
+class FolderPart:
+    """Images [start, stop) of a folder's sorted listing of `total` images: source `FOLDER#images=START:STOP,of=TOTAL`."""
+
+    folder: str
+    start: int
+    stop: int
+    total: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.folder}#images={self.start}:{self.stop},of={self.total}"
+
+    def images(self) -> list[Path]:
+        """The part's image files; InputError when the folder no longer holds `total` images (it changed since
+        its parts were made: their places would shift)."""
+        listing = _listing(self.folder)
+        if len(listing) != self.total:
+            listing = _listing.__wrapped__(self.folder)
+            _listing.cache_clear()
+        if len(listing) != self.total:
+            raise InputError(
+                f"folder {self.folder} holds {len(listing)} images, {self.total} when its parts were made; "
+                "it changed during the run: rerun in a new run folder"
+            )
+        return list(listing[self.start : self.stop])
+
+
+def folder_part(url: str) -> FolderPart | None:
+    """The folder part a source URL names, or None."""
+    match = _FOLDER_PART.match(url)
+    if not match or not os.path.isdir(match["folder"]):
+        return None
+    return FolderPart(match["folder"], int(match["start"]), int(match["stop"]), int(match["total"]))
+
+
+@lru_cache(maxsize=4)
+def _listing(folder: str) -> tuple[Path, ...]:
+    # every part of a folder lists it: once a process, rechecked against the total each part carries
+    return tuple(image_files(folder))
+
+
+def folder_sources(folder: str, images: int) -> list[str]:
+    """A folder of images as sources: itself, or parts of FOLDER_PART_IMAGES images when it holds more."""
+    if images <= FOLDER_PART_IMAGES:
+        return [folder]
+    return [
+        FolderPart(folder, start, min(start + FOLDER_PART_IMAGES, images), images).url
+        for start in range(0, images, FOLDER_PART_IMAGES)
+    ]
+
+
+def local_root(url: str) -> str:
+    """The file or folder a local source reads: a folder part's folder, else the path itself."""
+    part = folder_part(url)
+    return part.folder if part else _strip_file_scheme(url)
+
+
 def _expand_one(spec: str) -> list[str]:
     if is_remote(spec):
         if any(ch in spec for ch in "*?["):
@@ -51,10 +114,13 @@ def _expand_one(spec: str) -> list[str]:
             return sorted(f"{protocol}://{p}" if "://" not in p else p for p in paths)
         return [spec]
     path = _strip_file_scheme(spec)
+    if folder_part(path):
+        return [path]
     if os.path.isdir(path):
         found = sorted(str(p) for p in Path(path).iterdir() if p.is_file() and _is_shard_name(p.name))
-        if not found and image_files(path):
-            return [path]  # a plain folder of images is one source; each image is a sample
+        images = [] if found else image_files(path)
+        if images:
+            return folder_sources(path, len(images))  # each image is a sample
         if not found:
             raise InputError(
                 f"folder {path!r} holds no shards (looked for {', '.join(SHARD_SUFFIXES)}) and no images; "
@@ -116,8 +182,9 @@ def fingerprint(url: str, retry: RetryPolicy | None = None) -> Fingerprint:
         mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         return Fingerprint(size=info.get("size"), mtime=_as_timestamp(mtime), etag=str(etag) if etag else None)
     path = _strip_file_scheme(url)
-    if os.path.isdir(path):
-        stats = [p.stat() for p in image_files(path)]
+    part = folder_part(path)
+    if part or os.path.isdir(path):
+        stats = [p.stat() for p in (part.images() if part else image_files(path))]
         return Fingerprint(size=sum(s.st_size for s in stats), mtime=max((s.st_mtime for s in stats), default=0.0))
     stat = os.stat(path)
     return Fingerprint(size=stat.st_size, mtime=stat.st_mtime)

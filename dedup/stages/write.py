@@ -26,7 +26,7 @@ from dedup.io.imaging import caption_of
 from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
 from dedup.io.remote import RetryPolicy
 from dedup.io.runfolder import RunFolder, load_manifest
-from dedup.io.sources import fingerprint, is_remote
+from dedup.io.sources import fingerprint, is_remote, local_root
 from dedup.io.store import EmbeddingStore
 from dedup.io.tarwriter import SampleTarWriter
 from dedup.progress import SILENT, Reporter
@@ -272,7 +272,7 @@ def check_output_location(out_dir: Path | str, shards: list[str]) -> None:
     for shard in shards:
         if is_remote(shard):
             continue
-        source = Path(shard).resolve()
+        source = Path(local_root(shard)).resolve()
         # an image-folder source is read recursively, so an output inside it would be read back as input;
         # a shard folder is read one level deep, so only the folder itself is off limits
         folder = source if source.is_dir() else source.parent
