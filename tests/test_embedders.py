@@ -240,3 +240,24 @@ def test_pixels_embedder_is_brightness_invariant():
     brighter = ImageEnhance.Brightness(image).enhance(1.2)
     a, b = embedder.embed([embedder.prepare(image), embedder.prepare(brighter)])
     assert embedder.dim == 192 and float(a @ b) > 0.98
+
+
+def test_decode_size_hashes_a_reduced_jpeg_and_a_store_keeps_one_size(tmp_path, shared):
+    """embed.decode_size (the hash-only preset's speed): a JPEG is decoded at a DCT scale, its recorded size is
+    its own, and a store embedded at one size refuses another instead of mixing hashes."""
+    sample = next(iter_shard(str(FLICKR / "flickr8k-224-00004.tar"), print))
+    full, reduced = decode(sample.files), decode(sample.files, decode_size=64)
+    assert full.image.size == (224, 224) and reduced.image.size == (112, 112)
+    assert (reduced.width, reduced.height) == (224, 224) and reduced.sha256 == full.sha256
+    own = np.unpackbits(full.pdq[0]) != np.unpackbits(reduced.pdq[0])
+    assert own.sum() < 32  # the same photo to PDQ, at either size
+
+    shard = FLICKR / "flickr8k-224-00008.tar"
+    run_cli("embed", shard, "--config", "hashes", "--run-dir", tmp_path / "run")
+    spec = EmbeddingStore(tmp_path / "run" / "embeddings").read_spec()
+    assert spec["decode_size"] == 64
+    result = run_cli(
+        "embed", shard, "--config", "hashes", "--run-dir", tmp_path / "run", "--set", "embed.decode_size=off",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 3 and "decode_size" in result.stderr  # a settings error

@@ -334,7 +334,8 @@ def share_embeddings(run_dir: Path, arm: RunFolder, embed_settings) -> bool:
     from dedup.stages.embed import cached_embedder
 
     spec = EmbeddingStore(RunFolder(run_dir).embeddings).read_spec()
-    if arm.embeddings.exists() or spec is None or cached_embedder(embed_settings).spec() != spec.get("embedder"):
+    made_as = (cached_embedder(embed_settings).spec(), embed_settings.decode_size)
+    if arm.embeddings.exists() or spec is None or made_as != (spec.get("embedder"), spec.get("decode_size")):
         return False
 
     def link(source: str, target: str) -> None:

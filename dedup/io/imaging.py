@@ -46,6 +46,15 @@ def find_image_field(files: dict[str, bytes]) -> str:
 
 def open_image(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
     """The sample's image in RGB and its field's extension; UnreadableImage with the reason when it has none."""
+    image, extension, _ = open_reduced(files, max_pixels, None)
+    return image, extension
+
+
+def open_reduced(
+    files: dict[str, bytes], max_pixels: int, decode_size: int | None
+) -> tuple[Image.Image, str, tuple[int, int]]:
+    """open_image, a JPEG decoded at the smallest DCT scale whose sides are at least `decode_size` (Pillow's
+    draft mode; None: full size); also the image's own size."""
     extension = find_image_field(files)
     data = files[extension]
     if not data:
@@ -60,8 +69,10 @@ def open_image(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) ->
                         f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
                         "(a decompression bomb or an oversized image; raise --max-pixels to accept it)"
                     )
+                if decode_size is not None:
+                    opened.draft("RGB", (decode_size, decode_size))  # JPEG only; other formats ignore it
                 opened.load()
-                return opened.convert("RGB"), extension
+                return opened.convert("RGB"), extension, (width, height)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -70,16 +81,18 @@ def open_image(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise UnreadableImage(f"image .{extension} cannot be decoded: {type(error).__name__}: {error}") from error
 
 
-def decode(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """The image with its cheap signals (content hash, pHash, PDQ, thumbnail)."""
-    image, extension = open_image(files, max_pixels)
+def decode(
+    files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS, decode_size: int | None = None
+) -> DecodedImage:
+    """The image with its cheap signals (content hash, pHash, PDQ, thumbnail); `decode_size`: see open_reduced."""
+    image, extension, (width, height) = open_reduced(files, max_pixels, decode_size)
     return DecodedImage(
         image=image,
         extension=extension,
         sha256=hashlib.sha256(files[extension]).hexdigest(),
         phash=perceptual_hash(image),
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         pdq=pdq_hashes(image),
         thumb=thumbnail(image),
     )

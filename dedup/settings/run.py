@@ -38,6 +38,12 @@ class EmbedSettings:
     batch_size: int = setting(64, "Images per model call.")
     workers: int = setting(1, "Shard processes (clip is best with 1: torch uses every core).")
     decode_threads: int = setting(2, "Threads decoding images for each shard process.")
+    decode_size: int | None = setting(
+        None,
+        "Decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) whose sides are at least this, and hash and embed "
+        "that: a hash-only run's speed ('off': full size; at least 64, PDQ's reduction). Width and height "
+        "recorded are the image's own.",
+    )
     max_pixels: int = setting(64_000_000, "Larger images are recorded unreadable (decompression bombs).")
     max_member_bytes: int = setting(DEFAULT_MAX_MEMBER_BYTES, "Larger tar members are recorded unreadable.")
     remote_tries: int = setting(
@@ -64,6 +70,10 @@ class EmbedSettings:
             remote_tries=self.remote_tries,
             remote_timeout=self.remote_timeout,
         )
+        if self.decode_size is not None and self.decode_size < 64:
+            raise SettingsError(
+                f"embed.decode_size must be 64 or more (PDQ hashes a 64x64 reduction), got {self.decode_size}"
+            )
         if self.remote_backoff < 0:
             raise SettingsError(f"embed.remote_backoff must be 0 or more seconds, got {self.remote_backoff}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):

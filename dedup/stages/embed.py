@@ -153,7 +153,7 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
 
     def decode_one(sample: Sample) -> tuple:
         try:
-            image = decode(sample.files, settings.max_pixels)
+            image = decode(sample.files, settings.max_pixels, settings.decode_size)
             return sample, image, embedder.prepare(image.image), None
         except UnreadableImage as error:
             return sample, None, None, str(error)
@@ -202,6 +202,11 @@ def check_store_spec(store: EmbeddingStore, spec: dict) -> None:
             f"{store.root} already holds embeddings made with {existing.get('embedder')}; "
             f"this run asks for {spec['embedder']}. Use another folder, or delete it to start over."
         )
+    if existing.get("decode_size") != spec["decode_size"]:
+        raise SettingsError(
+            f"{store.root} holds hashes of images decoded at size {existing.get('decode_size') or 'full'}; this run "
+            f"asks for {spec['decode_size'] or 'full'} (embed.decode_size). Use another folder, or delete it to start over."
+        )
     if existing.get("shards") != spec["shards"]:
         raise SettingsError(
             f"{store.root} was made for a different list of shards ({len(existing.get('shards', []))} before, "
@@ -231,6 +236,7 @@ def embed(
         store,
         {
             "embedder": embedder.spec(),
+            "decode_size": settings.decode_size,
             "shards": urls,
             "max_member_bytes": settings.max_member_bytes,
             "remote": asdict(settings.retry_policy()),
