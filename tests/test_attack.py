@@ -127,6 +127,30 @@ def test_tiny_verify_end_to_end(tmp_path):
     saved = np.load(report["A"]["generations_file"])["generations"]
     assert saved.shape == (16, 8, 8, 3) and saved.dtype == np.uint8
     assert "membership AUC" in result.stderr + result.stdout
+    assert report["complete"] is True
+
+
+def test_a_stopped_verify_keeps_what_it_measured(tmp_path):
+    """Stopped while model B trains (here: its first message raises), verify.json holds model A's measures,
+    marked incomplete, and model A kept for a rerun to reuse."""
+    from dedup.attack.verify import verify_run
+    from dedup.progress import Reporter
+
+    preset = tmp_path / "verify-tiny.toml"
+    plant = 'unique = 300\nsources = 3\ncopies = 20\ntransforms = ["exact", "reencode"]\nshard_size = 150'
+    preset.write_text(tiny_cifar_preset(plant))
+    class StopAtModelB(Reporter):
+        def info(self, message: str, **fields) -> None:
+            if "model B" in message:
+                raise KeyboardInterrupt
+            super().info(message, **fields)
+
+    with pytest.raises(KeyboardInterrupt):
+        verify_run(str(preset), tmp_path / "run", StopAtModelB(quiet=True))
+    report = json.loads((tmp_path / "run" / "verify.json").read_text())
+    assert report["complete"] is False and list(report["by_seed"]) == ["A"]
+    assert 0 <= report["by_seed"]["A"][0]["membership_auc_duplicated_vs_heldout"] <= 1
+    assert (tmp_path / "run" / "verify-model-A.pt").exists()
 
 
 def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
