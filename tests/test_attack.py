@@ -139,6 +139,7 @@ def test_a_stopped_verify_keeps_what_it_measured(tmp_path):
     preset = tmp_path / "verify-tiny.toml"
     plant = 'unique = 300\nsources = 3\ncopies = 20\ntransforms = ["exact", "reencode"]\nshard_size = 150'
     preset.write_text(tiny_cifar_preset(plant))
+
     class StopAtModelB(Reporter):
         def info(self, message: str, **fields) -> None:
             if "model B" in message:
