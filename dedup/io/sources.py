@@ -63,9 +63,9 @@ class FolderPart:
         """The part's image files; InputError when the folder no longer holds `total` images (it changed since
         its parts were made: their places would shift)."""
         listing = _listing(self.folder)
-        if len(listing) != self.total:
-            listing = _listing.__wrapped__(self.folder)
+        if len(listing) != self.total:  # listed before it changed: list it again
             _listing.cache_clear()
+            listing = _listing(self.folder)
         if len(listing) != self.total:
             raise InputError(
                 f"folder {self.folder} holds {len(listing)} images, {self.total} when its parts were made; "

@@ -21,7 +21,8 @@ from dedup.settings import FindSettings
 QUERY_BATCH = 16_384
 
 
-def _ordered_unique(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each unordered pair of distinct rows once, as (smaller row, larger row)."""
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     keep = lo != hi
     lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
@@ -39,7 +40,7 @@ def exact_pairs(sha256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, first, inverse = np.unique(sha256[valid].astype(str), return_index=True, return_inverse=True)
     heads = valid[first][inverse]
     duplicate = heads != valid
-    return _ordered_unique(heads[duplicate], valid[duplicate])
+    return unique_pairs(heads[duplicate], valid[duplicate])
 
 
 def hashes_to_bytes(phash: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ def phash_pairs(phash: np.ndarray, radius: int, present: np.ndarray) -> tuple[np
     """Pairs within `radius` bits among the rows where `present` is true."""
     valid = np.flatnonzero(present)
     q, r = phash_matches(phash[valid], phash[valid], radius)
-    return _ordered_unique(valid[q], valid[r])
+    return unique_pairs(valid[q], valid[r])
 
 
 def pdq_matches(variants: np.ndarray, indexed: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +105,7 @@ def pdq_matches(variants: np.ndarray, indexed: np.ndarray, radius: int) -> tuple
 def pdq_pairs(pdq: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs within `radius` bits among rows of one set, either member's variants against the other's hash."""
     q, r = pdq_matches(pdq, pdq[:, 0], radius)
-    return _ordered_unique(q, r)
+    return unique_pairs(q, r)
 
 
 @dataclass
@@ -248,5 +249,5 @@ def embedding_pairs(
     embeddings: np.ndarray, threshold: float, settings: FindSettings, on_batch=None, units=None
 ) -> tuple[np.ndarray, np.ndarray, IndexChoice]:
     a, b, choice = embedding_matches(embeddings, embeddings, threshold, settings, on_batch, same=True, units=units)
-    a, b = _ordered_unique(a, b)
+    a, b = unique_pairs(a, b)
     return a, b, choice

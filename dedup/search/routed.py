@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dedup.io.atomic import atomic_open
-from dedup.search.components import pair_keys
+from dedup.search.matching import unique_pairs
 from dedup.search.partitioned import (
     QUERY_BLOCK,
     Assignment,
@@ -136,11 +136,9 @@ def routed_matches(
                 search.join(queries, new_near[j * partitions + i], None)
     q, r = search.found()
     is_across = r < start
-    is_within = ~is_across & (q != r)
-    keys = np.unique(pair_keys(q[is_within], r[is_within]))  # a self-join's diagonal blocks give both orders
     return RoutedMatches(
         (r[is_across], q[is_across]),
-        (keys >> 32, keys & 0xFFFFFFFF),
+        unique_pairs(q[~is_across], r[~is_across]),  # a self-join's diagonal blocks give both orders
         new,
         search.joins,
         search.products,
