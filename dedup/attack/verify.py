@@ -199,7 +199,7 @@ def verify(
             tag = name if seed == seeds[0] else f"{name}-seed{seed}"
             by_seed[name].append(train_and_attack(name, tag, rows, replace(model_settings, seed=seed)))
             # a run of hours that is stopped keeps what it measured (its models are kept too: a rerun goes on)
-            so_far = {name: [scalars(value) for value in values] for name, values in by_seed.items() if values}
+            so_far = {arm: [scalars(value) for value in values] for arm, values in by_seed.items() if values}
             write_json(RunFolder(out_dir).verify_report, {**report, "complete": False, "by_seed": so_far})
     models = {name: measured[0] for name, measured in by_seed.items()}
     figures = write_figures(out_dir, models)
