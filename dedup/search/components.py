@@ -70,6 +70,17 @@ def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(a, b).astype(np.int64) * (1 << 32) + np.maximum(a, b)
 
 
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each unordered pair of distinct rows once, as (smaller row, larger row)."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keep = lo != hi
+    lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
+    if len(lo) == 0:
+        return lo, hi
+    packed = np.unique(lo * (1 << 32) + hi)
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
 def in_chunks(a: np.ndarray, b: np.ndarray, size: int = 1 << 22) -> EdgeChunks:
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(a), size):

@@ -16,20 +16,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dedup.search.components import unique_pairs
 from dedup.settings import FindSettings
 
 QUERY_BATCH = 16_384
-
-
-def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each unordered pair of distinct rows once, as (smaller row, larger row)."""
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    keep = lo != hi
-    lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
-    if len(lo) == 0:
-        return lo, hi
-    packed = np.unique(lo * (1 << 32) + hi)
-    return packed >> 32, packed & 0xFFFFFFFF
 
 
 def exact_pairs(sha256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dedup.io.atomic import atomic_open
-from dedup.search.matching import unique_pairs
+from dedup.search.components import unique_pairs
 from dedup.search.partitioned import (
     QUERY_BLOCK,
     Assignment,
