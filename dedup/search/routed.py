@@ -34,6 +34,8 @@ from dedup.search.partitioned import (
     reach_of,
 )
 
+LARGE_PRODUCT = 4_096  # similarities from which a join's product is computed with its indexed rows first
+
 
 @dataclass
 class KeptPartitioning:
@@ -182,10 +184,12 @@ class _Search:
         if same or len(queries) > QUERY_BLOCK:
             q, r = block_matches(query_vectors, indexed_vectors, self.threshold, same)
         else:  # most joins: a few new rows near a border; most find nothing
-            similarity = query_vectors @ indexed_vectors.T
+            many_first = len(queries) * len(indexed) >= LARGE_PRODUCT  # OpenBLAS runs a few rows by many faster so
+            similarity = indexed_vectors @ query_vectors.T if many_first else query_vectors @ indexed_vectors.T
             if similarity.max() < self.threshold:
                 return
-            q, r = np.nonzero(similarity >= self.threshold)
+            hits = np.nonzero(similarity >= self.threshold)
+            r, q = hits if many_first else hits[::-1]
         self.q_parts.append(queries[q])
         self.r_parts.append(indexed[r])
 
