@@ -266,6 +266,46 @@ def pdq_groups(data: Path, truth: dict, radius: int, dihedral: bool) -> tuple[di
     return dict(zip(keys, np.asarray(labels).tolist())), {"seconds": round(time.perf_counter() - started, 1)}
 
 
+def pdq_distances(data: Path, truth: dict, edits: tuple[str, ...], radii=(31, 50, 60, 70, 80, 90)) -> dict:
+    """How far a hash is from finding each edit: the PDQ distance (of 256 bits) from every copy to its source, the
+    nearest of the source's eight dihedral variants, as percentiles per edit; and the pairs of unrelated images
+    (other sources) within each radius, which a looser radius would have to tell apart."""
+    import faiss
+    import numpy as np
+
+    from dedup.io.imaging import pdq_hashes
+
+    keys, variants = [], []
+    for shard in sorted(data.glob("ukbench-*.tar")):
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                handle = archive.extractfile(member)
+                assert handle is not None
+                variants.append(pdq_hashes(Image.open(io.BytesIO(handle.read())).convert("RGB")))
+                keys.append(member.name[: -len(".jpg")])
+    hashes = np.stack(variants)  # images x 8 variants x 32 bytes
+    position = {key: i for i, key in enumerate(keys)}
+    group = np.array([truth[key]["group"] for key in keys])
+    result: dict = {"percentiles": [10, 25, 50, 90]}
+    for kind in edits:
+        copies = [i for i, key in enumerate(keys) if truth[key]["edit"] == kind]
+        sources = [position[truth[keys[i]]["group"]] for i in copies]
+        bits = np.unpackbits(hashes[sources] ^ hashes[copies][:, :1], axis=2).sum(2).min(1)
+        result[kind] = {
+            "distance": np.percentile(bits, result["percentiles"]).round().astype(int).tolist(),
+            **{f"within_{r}": round(float((bits <= r).mean()), 3) for r in radii},
+        }
+    index = faiss.IndexBinaryFlat(256)
+    index.add(np.ascontiguousarray(hashes[:, 0]))
+    lims, distances, hits = index.range_search(np.ascontiguousarray(hashes.reshape(-1, 32)), max(radii) + 1)
+    owner = np.repeat(np.arange(len(keys)), 8)[np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))]
+    unrelated = group[owner] != group[hits]
+    pairs = np.unique(np.sort(np.stack([owner[unrelated], hits[unrelated]]), axis=0), axis=1, return_index=True)[1]
+    nearest = distances[unrelated][pairs]  # one distance per unrelated pair: its first variant's hit
+    result["unrelated_pairs_within"] = {r: int((nearest <= r).sum()) for r in radii}
+    return result
+
+
 CLEANVISION = """
 import json, sys, time
 from cleanvision import Imagelab
@@ -393,6 +433,9 @@ def main() -> None:
     parser.add_argument("--radius", type=int, default=31, help="The peer's Hamming radius (PDQ's usual: 31).")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ukbench")
     parser.add_argument(
+        "--pdq-distances", action="store_true", help="Only measure how far each edit's PDQ hash is from its source's."
+    )
+    parser.add_argument(
         "--sweep", help="Also score these stricter embedding thresholds from the same run, e.g. 0.6,0.7,0.8."
     )
     args = parser.parse_args()
@@ -405,6 +448,9 @@ def main() -> None:
         else build(data, args.split, args.sources, args.distractors, args.protocol)
     )
     edits = PROTOCOLS[args.protocol]
+    if args.pdq_distances:
+        print(json.dumps({"protocol": args.protocol, "split": args.split, **pdq_distances(data, truth, edits)}))
+        return
     if args.peer in PEER_SCRIPTS:
         python = args.peer_python or "python"
         groups, cost = folder_peer_groups(args.peer, data, truth, python, args.work, args.peer_level)
