@@ -1,11 +1,13 @@
 """The CUDA paths in one short run, for a machine with a GPU (CI never has one; run it where a device is lent).
 
-    python benchmarks/gpu_check.py --out /tmp/gpu            # checks 1-3: a few minutes
-    python benchmarks/gpu_check.py --out /tmp/gpu --full     # then cifar-full and flickr-full on the GPU
+    python benchmarks/gpu_check.py --out /tmp/gpu            # checks 1-4: a few minutes
+    python benchmarks/gpu_check.py --out /tmp/gpu --full     # then the full preset sized for one GPU
+                                                             # (configs/verify-flickr-near-gpu.toml)
     python benchmarks/gpu_check.py --out /tmp/cpu --device cpu --steps 5   # the mechanics on CPU (dry run)
-    python benchmarks/gpu_check.py --write-subset .gpudata   # the Flickr8k samples the checks read, small enough to
-                                                             # carry to a device machine (../shared does not travel);
-                                                             # there: --flickr .gpudata
+    python benchmarks/gpu_check.py --write-subset .gpudata [--full]   # the Flickr8k samples the checks read, to
+                                                             # carry to a device machine (../shared does not travel;
+                                                             # 2 MB, or 56 MB with the full preset's three shards);
+                                                             # there: --shared .gpudata
 
 1. CLIP image embedding, fp16 on the device against fp32 on CPU (ViT-B-32, random weights saved here):
    the lowest cosine over 64 Flickr8k photos (must stay >= 0.99), and the model's images/s in fp16 on the device.
@@ -30,8 +32,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
+SHARED = ROOT.parent / "shared" / "data"
+FLICKR = SHARED / "flickr8k"
 SUBSET_SAMPLES = {"flickr8k-224-00000.tar": 64, "flickr8k-224-00001.tar": 600, "flickr8k-224-00008.tar": 91}
+FULL_PRESET = "flickr-near-gpu"
+FULL_SHARDS = ("flickr8k-224-00000.tar", "flickr8k-224-00001.tar", "flickr8k-224-00007.tar")  # read whole
 sys.path.insert(0, str(ROOT / "tests"))
 
 SMALL_CAPTION_PRESET = """
@@ -60,12 +65,19 @@ unique_sample = 91
 """
 
 
-def write_subset(folder: Path) -> None:
-    """The first samples of the three shards the checks read, as shards of the same names."""
+def write_subset(folder: Path, full: bool) -> None:
+    """FOLDER/flickr8k/: the first samples of the three shards the checks read, as shards of the same names; with
+    `full`, the shards the full preset reads, whole."""
+    import shutil
     import tarfile
 
+    folder = folder / "flickr8k"
     folder.mkdir(parents=True, exist_ok=True)
+    for name in FULL_SHARDS if full else ():
+        shutil.copyfile(FLICKR / name, folder / name)
     for name, samples in SUBSET_SAMPLES.items():
+        if full and name in FULL_SHARDS:
+            continue
         with tarfile.open(FLICKR / name) as source, tarfile.open(folder / name, "w") as target:
             keys: set[str] = set()
             for member in source:
@@ -186,26 +198,44 @@ def check_extract(device: str, out: Path) -> dict:
     }
 
 
+def run_full_preset(device: str, out: Path, shared: Path) -> dict:
+    """The full preset sized for one GPU (configs/verify-flickr-near-gpu.toml), reading the Flickr8k shards
+    under `shared`."""
+    import os
+
+    started = time.perf_counter()
+    os.environ["DEDUP_SHARED_DATA"] = str(shared)
+    dedup("--quiet", "verify", out / FULL_PRESET, "--preset", FULL_PRESET, "--set", f"model.device={device}")
+    report = json.loads((out / FULL_PRESET / "verify.json").read_text())
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "training_images": report["training_images"],
+        "models": {
+            name: {k: v for k, v in report[name].items() if k != "per_prompt"} for name in report["training_images"]
+        },
+    }
+
+
 def main() -> None:
     global FLICKR
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="gpu-check-")))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--full", action="store_true", help="Also run the cifar-full and flickr-full verify presets.")
+    parser.add_argument("--full", action="store_true", help=f"Also run the verify preset {FULL_PRESET}.")
     parser.add_argument(
         "--steps", type=int, default=300, help="Training steps of the small verify (5 for a CPU dry run)."
     )
     parser.add_argument(
-        "--flickr", type=Path, default=FLICKR, help="Folder of the Flickr8k shards (or of --write-subset's)."
+        "--shared", type=Path, default=SHARED, help="Folder holding flickr8k/ (../shared/data, or --write-subset's)."
     )
     parser.add_argument(
         "--write-subset", type=Path, metavar="FOLDER", help="Write the samples the checks read to FOLDER; stop."
     )
     args = parser.parse_args()
     if args.write_subset:
-        write_subset(args.write_subset)
+        write_subset(args.write_subset, args.full)
         return
-    FLICKR = args.flickr.resolve()
+    FLICKR = args.shared.resolve() / "flickr8k"
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "torch": torch.__version__}
     for name, check in (
@@ -221,21 +251,11 @@ def main() -> None:
         print(name, json.dumps(results[name]), flush=True)
         (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
     if args.full:
-        for preset in ("cifar-full", "flickr-full"):
-            started = time.perf_counter()
-            dedup("--quiet", "verify", args.out / preset, "--preset", preset)
-            report = json.loads((args.out / preset / "verify.json").read_text())
-            results[preset] = {
-                "seconds": round(time.perf_counter() - started, 1),
-                **{name: {k: v for k, v in report[name].items() if k != "per_prompt"} for name in ("A", "B")},
-            }
-            print(
-                preset,
-                json.dumps(results[preset]["A"]["extracted_images"]),
-                json.dumps(results[preset]["B"]["extracted_images"]),
-                flush=True,
-            )
-            (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+        results[FULL_PRESET] = run_full_preset(args.device, args.out, args.shared.resolve())
+        models = results[FULL_PRESET]["models"]
+        extracted = {name: measured["extracted_images"] for name, measured in models.items()}
+        print(FULL_PRESET, json.dumps(extracted), flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

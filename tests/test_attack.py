@@ -186,6 +186,48 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
     assert "B-exact" in result.stderr and "95% CI" in result.stderr
 
 
+TINY = [  # the GPU preset shrunk to seconds on CPU: its resolution and data kept, its sizes and counts cut
+    "model.device=cpu",
+    "model.channels=[16, 32, 32]",
+    "model.train_steps=2",
+    "model.batch_size=8",
+    "model.sample_steps=2",
+    "plant.unique=150",
+    "plant.tiers=[[2, 10], [3, 4]]",
+    "plant.shard_size=100",
+    "holdout.count=40",
+    "attack.generations=8",
+    "attack.neighbours=10",
+    "attack.duplicated_min=4",
+    "attack.unique_sample=40",
+]
+
+
+def test_the_gpu_preset_runs_at_tiny_size_on_cpu(tmp_path):
+    """The full preset sized for one GPU, tried here with `--set`: its planting (near-duplicates a content hash
+    misses), its arms and its 32 px model run end to end; the report records the values it ran with."""
+    result = run_cli("verify", tmp_path / "run", "--preset", "flickr-near-gpu", *(f"--set={item}" for item in TINY))
+    report = json.loads((tmp_path / "run" / "verify.json").read_text())
+    model = report["settings"]["model"]
+    assert (model["device"], model["train_steps"], model["resolution"]) == ("cpu", 2, 32)
+    images = report["training_images"]
+    assert list(images) == ["A", "B", "B-exact"] and images["A"] == 150 + 2 * 10 + 3 * 4
+    assert images["B"] <= images["B-exact"] <= images["A"]
+    assert report["A"]["duplicated_images"] == 5 and report["A"]["generations"] == 8
+    assert report["complete"] is True and "membership AUC" in result.stderr + result.stdout
+
+
+def test_a_gpu_preset_stops_at_once_where_there_is_no_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run_cli("verify", tmp_path / "run", "--preset", "flickr-near-gpu", check=False)
+    assert result.returncode == 3
+    assert "no CUDA device" in result.stderr and "--set model.device=cpu" in result.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing planted
+    typo = run_cli("verify", tmp_path / "run", "--preset", "flickr-near-gpu", "--set", "plant.uniqe=5", check=False)
+    assert typo.returncode == 3 and "[plant] has no uniqe" in typo.stderr
+
+
 def test_caption_vocabulary_and_empty_caption():
     from dedup.attack.text import BEGIN, PAD, UNKNOWN, CaptionVocabulary
 

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 from dedup.errors import SettingsError
-from dedup.settings import AttackSettings, ModelSettings, VerifySettings, build, preset_path
+from dedup.settings import AttackSettings, ModelSettings, VerifySettings, build, parse_override, preset_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # beside a source checkout
 
@@ -17,9 +17,22 @@ def shared_data() -> Path:
     return Path(os.environ.get("DEDUP_SHARED_DATA") or SHARED_DATA)
 
 
-def load_preset(name: str) -> dict:
-    """A verify preset: configs/verify-NAME.toml (or shipped), or a path. `{shared}` in its strings is the
-    shared data folder (`shared_data`)."""
+def load_preset(name: str, overrides: list[str] | None = None) -> dict:
+    """A verify preset: configs/verify-NAME.toml (or shipped), or a path, with `section.key=value` overrides.
+    `{shared}` in its strings is the shared data folder (`shared_data`)."""
+    preset = _read_preset(name)
+    for override in overrides or []:
+        for section, values in parse_override(override).items():
+            if not isinstance(values, dict):
+                raise SettingsError(f"--set {override!r}: a verify preset's values are section.key=value")
+            current = preset.setdefault(section, {})
+            if not isinstance(current, dict):
+                raise SettingsError(f"--set {override!r}: {section!r} of preset {name!r} is not a section")
+            current.update(values)
+    return preset
+
+
+def _read_preset(name: str) -> dict:
     path = preset_path(name, prefix="verify-")
     text = path.read_text()
     if "{shared}" in text:
@@ -32,9 +45,17 @@ def load_preset(name: str) -> dict:
     return tomllib.loads(text)
 
 
+PLANT_KEYS = {"source", "unique", "sources", "copies", "tiers", "transforms", "shard_size", "seed", "paraphrase"}
+
+
 def verify_settings(preset: dict, origin: str) -> VerifySettings:
     from dedup.settings import load_settings
 
+    unknown = set(preset.get("plant", {})) - PLANT_KEYS
+    if unknown:
+        raise SettingsError(
+            f"{origin} [plant] has no {', '.join(sorted(unknown))}; it takes {', '.join(sorted(PLANT_KEYS))}"
+        )
     holdout = preset.get("holdout", {})
     model = dict(preset.get("model", {}))
     seeds = model.pop("seeds", [])

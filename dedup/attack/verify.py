@@ -215,6 +215,17 @@ def verify(
     return report
 
 
+def check_device(device: str, preset_name: str) -> None:
+    """A preset that names a GPU stops before planting and deduplicating on a machine without one."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError(
+            f"verify preset {preset_name!r} trains on {device!r}, and this machine has no CUDA device; run it where "
+            "one is, or add --set model.device=cpu to run it here (hours where the preset was sized for a GPU)"
+        )
+
+
 def planted_groups(run_dir: Path) -> list[list[str]] | None:
     """The planting's ground truth when verify planted the data (RUN_DIR/data/planted.json)."""
     path = RunFolder(run_dir).planted_data / "planted.json"
@@ -281,15 +292,21 @@ def seed_summary(measured_by_seed: list[dict]) -> dict:
 
 
 def verify_run(
-    preset_name: str, run_dir: str | Path, reporter: Reporter = SILENT, shards: list[str] | None = None
+    preset_name: str,
+    run_dir: str | Path,
+    reporter: Reporter = SILENT,
+    shards: list[str] | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
-    """A verify preset end to end: plant its data (if it says so), `dedup run`, then train and attack A and B."""
+    """A verify preset end to end: plant its data (if it says so), `dedup run`, then train and attack A and B.
+    `overrides` (`section.key=value`) change the preset's values, as `--set` does a run's."""
     from dedup.runner import run
     from dedup.settings import load_settings
     from dedup.tools.planting import plant
 
-    preset = load_preset(preset_name)
+    preset = load_preset(preset_name, overrides)
     settings_for_verify = verify_settings(preset, preset_name)
+    check_device(settings_for_verify.model.device, preset_name)
     run_dir = Path(run_dir)
     if not RunFolder(run_dir).summary.exists():
         if shards is None and "plant" in preset:

@@ -171,12 +171,15 @@ def verify_command(
     shards: list[str] | None = typer.Option(
         None, "--shards", help="Verify these shards instead of the preset's planted data."
     ),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", help="Override a preset value: section.key=value, e.g. model.device=cuda (repeatable)."
+    ),
 ) -> None:
     """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction."""
     with handled() as current:
         from dedup.attack.verify import verify_run
 
-        show_verify(verify_run(preset, run_dir, current, shards))
+        show_verify(verify_run(preset, run_dir, current, shards, overrides))
 
 
 def show_verify(report: dict) -> None:
