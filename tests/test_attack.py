@@ -226,6 +226,10 @@ def test_a_gpu_preset_stops_at_once_where_there_is_no_gpu(tmp_path):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing planted
     typo = run_cli("verify", tmp_path / "run", "--preset", "flickr-near-gpu", "--set", "plant.uniqe=5", check=False)
     assert typo.returncode == 3 and "[plant] has no uniqe" in typo.stderr
+    shard = FLICKR / "flickr8k-224-00008.tar"
+    then = run_cli("run", shard, "--run-dir", tmp_path / "dedup", "--verify", "flickr-near-gpu", check=False)
+    assert then.returncode == 3 and "no CUDA device" in then.stderr
+    assert not (tmp_path / "dedup").exists()  # stopped before the run, not after it
 
 
 def test_caption_vocabulary_and_empty_caption():

@@ -215,15 +215,20 @@ def verify(
     return report
 
 
-def check_device(device: str, preset_name: str) -> None:
-    """A preset that names a GPU stops before planting and deduplicating on a machine without one."""
+def checked_preset(preset_name: str, overrides: list[str] | None = None) -> tuple[dict, VerifySettings]:
+    """The preset and its settings, checked before anything runs: a preset that names a GPU stops before
+    planting and deduplicating on a machine without one."""
     import torch
 
+    preset = load_preset(preset_name, overrides)
+    settings = verify_settings(preset, preset_name)
+    device = settings.model.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SettingsError(
             f"verify preset {preset_name!r} trains on {device!r}, and this machine has no CUDA device; run it where "
             "one is, or add --set model.device=cpu to run it here (hours where the preset was sized for a GPU)"
         )
+    return preset, settings
 
 
 def planted_groups(run_dir: Path) -> list[list[str]] | None:
@@ -304,9 +309,7 @@ def verify_run(
     from dedup.settings import load_settings
     from dedup.tools.planting import plant
 
-    preset = load_preset(preset_name, overrides)
-    settings_for_verify = verify_settings(preset, preset_name)
-    check_device(settings_for_verify.model.device, preset_name)
+    preset, settings_for_verify = checked_preset(preset_name, overrides)
     run_dir = Path(run_dir)
     if not RunFolder(run_dir).summary.exists():
         if shards is None and "plant" in preset:
@@ -385,6 +388,6 @@ def input_shards(run_dir: Path) -> list[str]:
 def verify_after_run(settings, preset_name: str, reporter: Reporter = SILENT) -> dict:
     """`dedup run --verify PRESET`: the preset's model and attacks on the run just made, its generations
     confirmed through that run's store as it was embedded."""
-    verifying = verify_settings(load_preset(preset_name), preset_name)
+    _, verifying = checked_preset(preset_name)
     verifying.embed = settings.embed
     return verify(settings.run_dir, verifying, reporter=reporter)

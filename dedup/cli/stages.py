@@ -166,6 +166,10 @@ def run_command(
 
         settings = settings_from(config, overrides, options)
         place(settings, shards, run_dir, out)
+        if verify:  # a preset that cannot run here stops before the run, not after it
+            from dedup.attack.verify import checked_preset
+
+            checked_preset(verify)
         summary = run(settings, reporter=reporter)
         print_json(summary)
         reporter.info(

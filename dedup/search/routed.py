@@ -184,7 +184,7 @@ class _Search:
         if same or len(queries) > QUERY_BLOCK:
             q, r = block_matches(query_vectors, indexed_vectors, self.threshold, same)
         else:  # most joins: a few new rows near a border; most find nothing
-            many_first = len(queries) * len(indexed) >= LARGE_PRODUCT  # OpenBLAS runs a few rows by many faster so
+            many_first = len(queries) * len(indexed) >= LARGE_PRODUCT  # OpenBLAS: many rows by a few is faster
             similarity = indexed_vectors @ query_vectors.T if many_first else query_vectors @ indexed_vectors.T
             if similarity.max() < self.threshold:
                 return
