@@ -6,7 +6,7 @@
     python benchmarks/gpu_check.py --out /tmp/cpu --device cpu --steps 5   # the mechanics on CPU (dry run)
     python benchmarks/gpu_check.py --write-subset .gpudata [--full]   # the Flickr8k samples the checks read, to
                                                              # carry to a device machine (../shared does not travel;
-                                                             # 2 MB, or 56 MB with the full preset's three shards);
+                                                             # 14 MB, or 54 MB with the full preset's shards);
                                                              # there: --shared .gpudata
 
 1. CLIP image embedding, fp16 on the device against fp32 on CPU (ViT-B-32, random weights saved here):

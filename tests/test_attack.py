@@ -186,7 +186,7 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
     assert "B-exact" in result.stderr and "95% CI" in result.stderr
 
 
-TINY = [  # the GPU preset shrunk to seconds on CPU: its resolution and data kept, its sizes and counts cut
+TINY = [  # the GPU preset shrunk to a minute on CPU: its resolution and data kept, its sizes and counts cut
     "model.device=cpu",
     "model.channels=[16, 32, 32]",
     "model.train_steps=2",
