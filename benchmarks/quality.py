@@ -300,8 +300,9 @@ def pdq_distances(data: Path, truth: dict, edits: tuple[str, ...], radii=(31, 50
     lims, distances, hits = index.range_search(np.ascontiguousarray(hashes.reshape(-1, 32)), max(radii) + 1)
     owner = np.repeat(np.arange(len(keys)), 8)[np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))]
     unrelated = group[owner] != group[hits]
-    pairs = np.unique(np.sort(np.stack([owner[unrelated], hits[unrelated]]), axis=0), axis=1, return_index=True)[1]
-    nearest = distances[unrelated][pairs]  # one distance per unrelated pair: its first variant's hit
+    order = np.argsort(distances[unrelated], kind="stable")  # nearest first: a pair's first hit is its nearest
+    pairs = np.sort(np.stack([owner[unrelated], hits[unrelated]]), axis=0)[:, order]
+    nearest = distances[unrelated][order][np.unique(pairs, axis=1, return_index=True)[1]]  # one a pair
     result["unrelated_pairs_within"] = {r: int((nearest <= r).sum()) for r in radii}
     return result
 
