@@ -192,14 +192,14 @@ TINY = [  # the GPU preset shrunk to a minute on CPU: its resolution and data ke
     "model.train_steps=2",
     "model.batch_size=8",
     "model.sample_steps=2",
-    "plant.unique=150",
+    "plant.unique=60",
     "plant.tiers=[[2, 10], [3, 4]]",
     "plant.shard_size=100",
-    "holdout.count=40",
+    "holdout.count=20",
     "attack.generations=8",
     "attack.neighbours=10",
     "attack.duplicated_min=4",
-    "attack.unique_sample=40",
+    "attack.unique_sample=20",
 ]
 
 
@@ -211,7 +211,7 @@ def test_the_gpu_preset_runs_at_tiny_size_on_cpu(tmp_path):
     model = report["settings"]["model"]
     assert (model["device"], model["train_steps"], model["resolution"]) == ("cpu", 2, 32)
     images = report["training_images"]
-    assert list(images) == ["A", "B", "B-exact"] and images["A"] == 150 + 2 * 10 + 3 * 4
+    assert list(images) == ["A", "B", "B-exact"] and images["A"] == 60 + 2 * 10 + 3 * 4
     assert images["B"] <= images["B-exact"] <= images["A"]
     assert report["A"]["duplicated_images"] == 5 and report["A"]["generations"] == 8
     assert report["complete"] is True and "membership AUC" in result.stderr + result.stdout
