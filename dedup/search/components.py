@@ -72,12 +72,8 @@ def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each unordered pair of distinct rows once, as (smaller row, larger row)."""
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    keep = lo != hi
-    lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
-    if len(lo) == 0:
-        return lo, hi
-    packed = np.unique(lo * (1 << 32) + hi)
+    keep = a != b
+    packed = np.unique(pair_keys(a[keep], b[keep]))
     return packed >> 32, packed & 0xFFFFFFFF
 
 
