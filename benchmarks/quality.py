@@ -30,6 +30,7 @@ import sys
 import tarfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -183,6 +184,16 @@ def build(out: Path, split: str, sources: int, distractors: int, protocol: str =
     return truth
 
 
+def set_images(data: Path) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes) of every image of a built set, shard by shard, in the shards' order."""
+    for shard in sorted(data.glob("ukbench-*.tar")):
+        with tarfile.open(shard) as archive:
+            for member in archive:
+                handle = archive.extractfile(member)
+                assert handle is not None
+                yield member.name, handle.read()
+
+
 def found_groups(run_dir: Path) -> dict:
     rows = pq.read_table(run_dir / "groups.parquet", columns=["key", "group_id"]).to_pylist()
     return {row["key"]: row["group_id"] for row in rows}
@@ -245,16 +256,12 @@ def pdq_groups(data: Path, truth: dict, radius: int, dihedral: bool) -> tuple[di
 
     started = time.perf_counter()
     keys, hashes, variants = [], [], []
-    for shard in sorted(data.glob("ukbench-*.tar")):
-        with tarfile.open(shard) as archive:
-            for member in archive:
-                handle = archive.extractfile(member)
-                assert handle is not None
-                image = np.asarray(Image.open(io.BytesIO(handle.read())).convert("RGB"))
-                found, _ = pdqhash.compute_dihedral(image) if dihedral else ([pdqhash.compute(image)[0]], None)
-                keys.append(member.name[: -len(".jpg")])
-                hashes.append(np.packbits(found[0].astype(np.uint8)))
-                variants.append(np.packbits(np.stack(found).astype(np.uint8), axis=1))
+    for name, data_bytes in set_images(data):
+        image = np.asarray(Image.open(io.BytesIO(data_bytes)).convert("RGB"))
+        found, _ = pdqhash.compute_dihedral(image) if dihedral else ([pdqhash.compute(image)[0]], None)
+        keys.append(name[: -len(".jpg")])
+        hashes.append(np.packbits(found[0].astype(np.uint8)))
+        variants.append(np.packbits(np.stack(found).astype(np.uint8), axis=1))
     index = faiss.IndexBinaryFlat(256)
     index.add(np.stack(hashes))
     queries = np.concatenate(variants)
@@ -276,13 +283,9 @@ def pdq_distances(data: Path, truth: dict, edits: tuple[str, ...], radii=(31, 50
     from dedup.io.imaging import pdq_hashes
 
     keys, variants = [], []
-    for shard in sorted(data.glob("ukbench-*.tar")):
-        with tarfile.open(shard) as archive:
-            for member in archive:
-                handle = archive.extractfile(member)
-                assert handle is not None
-                variants.append(pdq_hashes(Image.open(io.BytesIO(handle.read())).convert("RGB")))
-                keys.append(member.name[: -len(".jpg")])
+    for name, data_bytes in set_images(data):
+        variants.append(pdq_hashes(Image.open(io.BytesIO(data_bytes)).convert("RGB")))
+        keys.append(name[: -len(".jpg")])
     hashes = np.stack(variants)  # images x 8 variants x 32 bytes
     position = {key: i for i, key in enumerate(keys)}
     group = np.array([truth[key]["group"] for key in keys])
@@ -351,12 +354,8 @@ def jpeg_folder(data: Path, work: Path) -> Path:
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        for shard in sorted(data.glob("ukbench-*.tar")):
-            with tarfile.open(shard) as archive:
-                for member in archive:
-                    handle = archive.extractfile(member)
-                    assert handle is not None
-                    (partial / member.name).write_bytes(handle.read())
+        for name, data_bytes in set_images(data):
+            (partial / name).write_bytes(data_bytes)
         partial.rename(folder)
     return folder
 
