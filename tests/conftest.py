@@ -80,6 +80,19 @@ def tar_bytes(members: list[tuple[str, bytes]], gzip: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def shard_head(shard, out_shard: Path, count: int) -> Path:
+    """The first `count` samples of `shard`, written as a shard of their own (a smaller copy of shared data)."""
+    import itertools
+
+    from dedup.io.reader import iter_shard
+
+    members = []
+    for sample in itertools.islice(iter_shard(str(shard), print), count):
+        members += [(f"{sample.key}.{extension}", data) for extension, data in sample.files.items()]
+    out_shard.write_bytes(tar_bytes(members))
+    return out_shard
+
+
 def jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
     from PIL import Image
 

@@ -23,7 +23,7 @@ def planted(tmp_path_factory, shared):
 
     folder = tmp_path_factory.mktemp("increment")
     shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(3)]
-    planted = plant(shards, folder / "data", sources=60, copies=(1, 3), seed=21, limit=900, shard_size=300)
+    planted = plant(shards, folder / "data", sources=40, copies=(1, 3), seed=21, limit=600, shard_size=200)
     assert len(planted.shards) == 3
     return folder, planted.shards
 

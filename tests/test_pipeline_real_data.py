@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from conftest import CIFAR, ROOT, run_cli
+from conftest import CIFAR, ROOT, run_cli, shard_head
 
 from dedup.io.reader import iter_shard
 from dedup.tools.planting import plant, score
@@ -158,7 +158,8 @@ def test_cifar_gz_shard_with_planted_copies(tmp_path):
 
 def test_stages_run_alone_from_the_cli(planted_flickr, tmp_path):
     shards_dir, planted = planted_flickr
-    first = sorted(shards_dir.glob("*.tar"))[0]
+    (tmp_path / "input").mkdir()
+    first = shard_head(sorted(shards_dir.glob("*.tar"))[0], tmp_path / "input" / "first.tar", 800)  # not the size
     run_cli("embed", first, "--run-dir", tmp_path, "--embedder", "pixels", "--pixel-size", "8")
     run_cli("find", "--run-dir", tmp_path, "--threshold", "0.95", "--phash-radius", "6")
     run_cli("select", "--run-dir", tmp_path, "--policy", "cap:2")

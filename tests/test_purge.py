@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import CIFAR, run_cli
+from conftest import CIFAR, run_cli, shard_head
 
 from dedup.io.reader import iter_shard
 from dedup.tools.planting import plant
@@ -14,30 +14,33 @@ from dedup.tools.planting import plant
 
 @pytest.fixture(scope="module")
 def contaminated(tmp_path_factory):
-    """CIFAR-10 training images (10,000) with 300 hidden copies of CIFAR-10 test images."""
+    """3,000 CIFAR-10 training images with 300 hidden copies of CIFAR-10 test images; the reference: the first
+    3,000 test images (a shard of their own: embedding the whole 10,000-image shard is one unit, on one core)."""
     root = tmp_path_factory.mktemp("purge")
+    reference = shard_head(CIFAR / "cifar10-test-00005.tar.gz", root / "reference.tar", 3000)
     planted = plant(
         str(CIFAR / "cifar10-train-00001.tar.gz"),
         root / "train",
         sources=300,
         copies=1,
         seed=5,
-        shard_size=2575,
+        limit=3000,
+        shard_size=1100,
         transforms=("exact", "reencode", "resize"),
-        donors=str(CIFAR / "cifar10-test-00005.tar.gz"),
+        donors=str(reference),
     )
     run_dir = root / "run"
-    result = run_cli(
+    run_cli(
         "purge",
         root / "train",
         "--against",
-        CIFAR / "cifar10-test-00005.tar.gz",
+        reference,
         "--config",
         "offline",
         "--run-dir",
         run_dir,
     )
-    return planted, run_dir, result
+    return planted, run_dir, reference
 
 
 def test_planted_copies_of_test_images_are_removed(contaminated):
@@ -67,12 +70,12 @@ def test_written_shards_hold_the_rest(contaminated):
 
 
 def test_reference_embeddings_are_reused(contaminated):
-    _, run_dir, _ = contaminated
+    _, run_dir, reference = contaminated
     before = (run_dir / "reference" / "stats" / "stats_0.json").stat().st_mtime_ns
     result = run_cli(
         "purge",
         "--against",
-        CIFAR / "cifar10-test-00005.tar.gz",
+        reference,
         "--config",
         "offline",
         "--run-dir",
@@ -84,9 +87,9 @@ def test_reference_embeddings_are_reused(contaminated):
 
 
 def test_a_single_image_takedown_removes_its_copies(contaminated, tmp_path):
-    planted, run_dir, _ = contaminated
+    planted, run_dir, reference = contaminated
     donor_key = planted.groups[0][0]
-    donor = next(s for s in iter_shard(str(CIFAR / "cifar10-test-00005.tar.gz"), print) if s.key == donor_key)
+    donor = next(s for s in iter_shard(str(reference), print) if s.key == donor_key)
     image = tmp_path / "takedown.jpg"
     image.write_bytes(donor.files["jpg"])
     second = tmp_path / "run2"

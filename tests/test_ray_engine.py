@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, clip_retrieval_store, run_cli
+from conftest import FLICKR, ROOT, clip_retrieval_store, run_cli
 
 from dedup.io.store import EmbeddingStore
 
@@ -18,8 +18,19 @@ def digests(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
 
-def test_ray_engine_matches_local_engine(planted_flickr, tmp_path):
-    shards_dir, planted = planted_flickr
+@pytest.fixture
+def planted_small(tmp_path, shared):
+    """Three Flickr8k shards of 200 photos with copies planted across them: a run's cost on Ray is mostly the
+    start of its cluster, and three shards are enough for units to run side by side."""
+    from dedup.tools.planting import plant
+
+    out = tmp_path / "data"
+    shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(3)]
+    return out, plant(shards, out, sources=40, copies=(1, 3), seed=7, limit=600, shard_size=200)
+
+
+def test_ray_engine_matches_local_engine(planted_small, tmp_path):
+    shards_dir, planted = planted_small
     runs = {}
     for engine in ("local", "ray"):
         run_dir = tmp_path / engine
@@ -35,7 +46,7 @@ def test_ray_engine_matches_local_engine(planted_flickr, tmp_path):
             "--workers",
             "2",
             "--set",
-            "write.samples_per_shard=700",
+            "write.samples_per_shard=200",
         )
         runs[engine] = run_dir
     local, ray = runs["local"], runs["ray"]

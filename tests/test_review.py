@@ -32,7 +32,7 @@ def review_run(tmp_path_factory, shared):
 
     folder = tmp_path_factory.mktemp("review")
     shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(2)]
-    planted = plant(shards, folder / "data", sources=40, copies=(1, 3), seed=3)
+    planted = plant(shards, folder / "data", sources=40, copies=(1, 2), seed=3, limit=600)
     run_cli("run", folder / "data", "--run-dir", folder / "run")
     return folder / "run", planted
 
