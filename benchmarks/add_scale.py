@@ -8,6 +8,12 @@ fresh process: the run's own `find` (not timed against anything), the increment'
 against all, merged with the run's pairs, groups formed again) and `find` from scratch on all rows.
 
     .venv/bin/python benchmarks/add_scale.py --rows 1000000
+    .venv/bin/python benchmarks/add_scale.py --rows 1000000 --folder /tmp/addscale   # stores kept, reused
+    .venv/bin/python benchmarks/add_scale.py --one add|scratch|floor /tmp/addscale   # one step, alone
+
+`floor` times each part of the increment's search in place, with the joins across borders as their matrix
+product only (their rows gathered beforehand, outside the timer): what the increment would cost if gathering
+and calling cost nothing.
 """
 
 from __future__ import annotations
@@ -93,6 +99,88 @@ def step(mode: str, folder: Path) -> dict:
     }
 
 
+def floor(folder: Path) -> dict:
+    """Seconds of each part of `routed_matches` on the benchmark's stores, the joins across borders timed as
+    their products alone."""
+    from dedup.io.store import EmbeddingStore
+    from dedup.search import routed
+    from dedup.search.matching import partition_settings
+    from dedup.search.partitioned import (
+        Buckets,
+        as_reader,
+        assign,
+        block_matches,
+        near_buckets,
+        reach_of,
+    )
+    from dedup.settings import FindSettings
+
+    kept = routed.KeptPartitioning.load(folder / "run-dir" / "partitioning.npz")
+    assert kept is not None, f"{folder}/run-dir holds no partitioning: run the `run` step first"
+    data = EmbeddingStore(folder / "all").load(max_in_memory_bytes=0)
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(data.embeddings[rows], dtype=np.float32)
+
+    threshold = SETTINGS["threshold"]
+    search_settings = partition_settings(threshold, FindSettings(**SETTINGS))
+    parts = ("read_new", "route", "buckets", "read_home", "home", "home_new", "border_products", "border_new_products")
+    seconds = dict.fromkeys(parts, 0.0)
+    products = {"home": 0, "border": 0}
+
+    def timed(part: str, started: float) -> float:
+        now = time.perf_counter()
+        seconds[part] += now - started
+        return now
+
+    started = time.perf_counter()
+    start, partitions = len(kept.rows.home), len(kept.centroids)
+    new_rows = np.arange(start, len(data.embeddings), dtype=np.int64)
+    new_vectors = read(new_rows)
+    started = timed("read_new", started)
+    new = assign(as_reader(new_vectors), np.arange(len(new_rows)), kept.centroids, reach_of(search_settings, 512))
+    started = timed("route", started)
+    earlier_rows = np.arange(start, dtype=np.int64)
+    earlier_home, new_home = Buckets(kept.rows.home, earlier_rows, partitions), Buckets(new.home, new_rows, partitions)
+    earlier_near, new_near = near_buckets(kept.rows, earlier_rows, partitions), near_buckets(new, new_rows, partitions)
+    borders_of = list(routed._borders_by_partition(new_home, new_near, earlier_near, partitions))
+    timed("buckets", started)
+    for j, borders in borders_of:
+        started = time.perf_counter()
+        home = earlier_home[j]
+        home_vectors = read(home)
+        queries = new_vectors[new_home[j] - start]
+        started = timed("read_home", started)
+        if len(queries) and len(home):
+            block_matches(queries, home_vectors, threshold)
+            products["home"] += len(queries) * len(home)
+        started = timed("home", started)
+        if len(queries):
+            block_matches(queries, queries, threshold, same=True)
+        timed("home_new", started)
+        for i in borders:
+            query_rows, near = new_near[i * partitions + j], earlier_near[j * partitions + i]
+            query_vectors = new_vectors[query_rows - start]
+            if len(query_rows) and len(near):
+                near_vectors = home_vectors[np.searchsorted(home, near)]
+                started = time.perf_counter()
+                (query_vectors @ near_vectors.T).max()
+                timed("border_products", started)
+                products["border"] += len(query_rows) * len(near)
+            other = new_near[j * partitions + i]
+            if i < j and len(query_rows) and len(other):
+                other_vectors = new_vectors[other - start]
+                started = time.perf_counter()
+                (query_vectors @ other_vectors.T).max()
+                timed("border_new_products", started)
+    return {
+        "mode": "floor",
+        "seconds": round(sum(seconds.values()), 2),
+        "parts": {part: round(value, 2) for part, value in seconds.items()},
+        "products": products,
+    }
+
+
 def group_sets(run_dir: Path) -> set[frozenset]:
     import pyarrow.parquet as pq
 
@@ -107,16 +195,19 @@ def group_sets(run_dir: Path) -> set[frozenset]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help="keep the stores here (reused when there already)")
+    parser.add_argument("--one", nargs=2, metavar=("STEP", "FOLDER"), help="one step alone: run|add|scratch|floor")
     arguments = parser.parse_args()
     if arguments.one:
-        print(json.dumps(step(arguments.one[0], Path(arguments.one[1]))))
+        mode, folder = arguments.one[0], Path(arguments.one[1])
+        print(json.dumps(floor(folder) if mode == "floor" else step(mode, folder)))
         return
     with tempfile.TemporaryDirectory(prefix="add-scale-") as tmp:
-        folder = Path(tmp)
+        folder = arguments.folder or Path(tmp)
         started = time.perf_counter()
-        make_stores(folder, arguments.rows)
-        print(f"stores written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if not (folder / "all" / "img_emb" / "img_emb_1.npy").exists():
+            make_stores(folder, arguments.rows)
+            print(f"stores written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         results = {}
         for mode in ("run", "add", "scratch"):
             output = subprocess.run(
