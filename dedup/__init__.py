@@ -2,7 +2,7 @@
 
 The Python API mirrors the CLI: every stage takes the same settings objects.
 
-    from dedup import embed, find, select, write, run, RunSettings
+    from dedup import embed, find, select, write, run, add, RunSettings
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _STAGES = {
     "select": "dedup.stages.select",
     "write": "dedup.stages.write",
     "run": "dedup.runner",
+    "add": "dedup.runner",
 }
 
 __all__ = [

@@ -82,13 +82,21 @@ def test_add_equals_a_run_from_scratch(planted, tmp_path):
 
 def test_add_with_the_default_detector_keeps_earlier_keeps(planted, tmp_path):
     """The default keep rule prefers the largest copy; an increment keeps what it kept before instead, so the
-    kept sets may differ from scratch by those swaps, never in how many or in the groups."""
+    kept sets may differ from scratch by those swaps, never in how many or in the groups. From Python, as a
+    pipeline calls it (the detector loaded once, not once a command)."""
+    from dedup import add, load_settings, run
+
+    def settings(shards: list[str], run_dir):
+        chosen = load_settings("default")
+        chosen.shards, chosen.run_dir = shards, str(run_dir)
+        return chosen
+
     folder, shards = planted
     base, scratch = tmp_path / "base", tmp_path / "scratch"
-    run_cli("run", shards[0], shards[1], "--run-dir", base)
+    run(settings(shards[:2], base))
     kept_before = kept_of(by_sample(base))
-    run_cli("add", shards[2], "--run-dir", base)
-    run_cli("run", *shards, "--run-dir", scratch)
+    assert add(settings(shards[2:], base))["increment"] == 1
+    run(settings(shards, scratch))
     incremental, from_scratch = by_sample(base), by_sample(scratch)
     assert groups_of(incremental) == groups_of(from_scratch)
     assert len(kept_of(incremental)) == len(kept_of(from_scratch))
