@@ -177,6 +177,10 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(broken_set):
         (["run", "{tmp}/zero.tar", "--config", "offline", "--threshold", "1.5"], 3, "threshold must be in"),
         (["run", "{tmp}/zero.tar", "--config", "offline", "--policy", "keep-some"], 3, "unknown keep policy"),
         (["run", "{tmp}/zero.tar", "--embedder", "magic"], 3, "unknown embedder"),
+        # a threshold is a cosine of one embedder: another embedder with the same number merges what it should not
+        (["run", "{tmp}/zero.tar", "--embedder", "pixels"], 3, "embedder pixels needs its own: use --config offline"),
+        (["run", "{tmp}/zero.tar", "--set", "embed.embedder=clip"], 3, "use --config clip (made for it)"),
+        (["run", "{tmp}/zero.tar", "--embedder", "pixels", "--threshold", "0.97"], 2, "no sample"),  # a chosen one
         (["run", "{tmp}/zero.tar", "--set", "find.treshold=0.9"], 3, "unknown key 'treshold'"),
         (["run", "{tmp}/zero.tar", "--config", "offline", "--out", "{tmp}"], 3, "outside the input"),
         (["find", "--run-dir", "{tmp}/nothing-here"], 2, "run `dedup embed` first"),
@@ -204,7 +208,7 @@ def test_missing_clip_weights_fail_fast_with_instructions(tmp_path):
         env={"HF_HOME": str(tmp_path / "empty-cache")},
     )
     assert result.returncode == 4
-    assert "--pretrained /path/to/" in result.stderr and "--embedder pixels" in result.stderr
+    assert "--pretrained /path/to/" in result.stderr and "--config offline" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

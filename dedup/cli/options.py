@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from dedup.errors import DedupError
+from dedup.errors import DedupError, SettingsError
 from dedup.io.runfolder import RunFolder
 from dedup.progress import Reporter
 from dedup.settings import (
@@ -34,6 +34,7 @@ from dedup.settings import (
 )
 from dedup.settings.base import help_of
 from dedup.settings.loading import unwrap_optional
+from dedup.settings.run import EMBEDDERS
 
 STATE: dict = {"reporter": Reporter()}
 SECTIONS: dict[str, type] = {
@@ -86,6 +87,29 @@ def settings_from(config: str | None, overrides: list[str] | None, options: dict
         load_settings(config, overrides),
         {k: v for k, v in options.items() if k in RunSettings.__annotations__},
         "command line",
+    )
+
+
+PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # configs whose thresholds were set for that embedder
+
+
+def check_threshold_fits_embedder(config: str | None, overrides: list[str] | None, options: dict) -> None:
+    """find.threshold is a cosine of one embedder's vectors: carried over to another embedder (only the embedder
+    changed on the command line) it would merge what it should not, or nothing, without a word."""
+    configured = load_settings(config)
+    chosen = load_settings(config, overrides).embed.embedder
+    chosen = options.get("embed", {}).get("embedder", chosen)
+    given = "threshold" in options.get("find", {}) or any(
+        override.split("=", 1)[0].strip() == "find.threshold" for override in overrides or []
+    )
+    if chosen == configured.embed.embedder or given or configured.find.threshold is None or chosen not in EMBEDDERS:
+        return
+    preset = PRESET_FOR_EMBEDDER.get(chosen)
+    raise SettingsError(
+        f"find.threshold {configured.find.threshold} comes from {config or 'the defaults'}, where it is a cosine of "
+        f"the {configured.embed.embedder} embedder; embedder {chosen} needs its own: "
+        + (f"use --config {preset} (made for it), or " if preset else "")
+        + "give --threshold (or --set find.threshold=...)"
     )
 
 

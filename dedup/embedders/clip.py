@@ -134,7 +134,8 @@ def _missing_weights_message(model: str, pretrained: str, error: Exception) -> s
         f"CLIP weights {model} / {pretrained} could not be loaded ({type(error).__name__}: {error}). "
         "This machine may be offline with nothing cached. Give a local open_clip checkpoint with "
         "--pretrained /path/to/open_clip_model.safetensors (or .bin / .pt), or choose an embedder that "
-        "needs no weights: --embedder pixels (or hashes only with --threshold off)."
+        "needs no weights: --config offline (the pixels embedder, with thresholds set for it), or hashes only "
+        "with --threshold off."
     )
 
 
