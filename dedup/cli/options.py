@@ -93,12 +93,12 @@ def settings_from(config: str | None, overrides: list[str] | None, options: dict
 PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # configs whose thresholds were set for that embedder
 
 
-def check_threshold_fits_embedder(config: str | None, overrides: list[str] | None, options: dict) -> None:
+def check_threshold_fits_embedder(
+    settings: RunSettings, config: str | None, overrides: list[str] | None, options: dict
+) -> None:
     """find.threshold is a cosine of one embedder's vectors: carried over to another embedder (only the embedder
     changed on the command line) it would merge what it should not, or nothing, without a word."""
-    configured = load_settings(config)
-    chosen = load_settings(config, overrides).embed.embedder
-    chosen = options.get("embed", {}).get("embedder", chosen)
+    configured, chosen = load_settings(config), settings.embed.embedder
     given = "threshold" in options.get("find", {}) or any(
         override.split("=", 1)[0].strip() == "find.threshold" for override in overrides or []
     )

@@ -166,7 +166,7 @@ def run_command(
         from dedup.runner import run
 
         settings = settings_from(config, overrides, options)
-        check_threshold_fits_embedder(config, overrides, options)
+        check_threshold_fits_embedder(settings, config, overrides, options)
         place(settings, shards, run_dir, out)
         if verify:  # a preset that cannot run here stops before the run, not after it
             from dedup.attack.verify import checked_preset
