@@ -181,6 +181,7 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(broken_set):
         (["run", "{tmp}/zero.tar", "--embedder", "pixels"], 3, "embedder pixels needs its own: use --config offline"),
         (["run", "{tmp}/zero.tar", "--set", "embed.embedder=clip"], 3, "use --config clip (made for it)"),
         (["run", "{tmp}/zero.tar", "--embedder", "pixels", "--threshold", "0.97"], 2, "no sample"),  # a chosen one
+        (["find", "--run-dir", "{tmp}/pixels-run"], 3, "these embeddings were made by pixels, which needs its own"),
         (["run", "{tmp}/zero.tar", "--set", "find.treshold=0.9"], 3, "unknown key 'treshold'"),
         (["run", "{tmp}/zero.tar", "--config", "offline", "--out", "{tmp}"], 3, "outside the input"),
         (["find", "--run-dir", "{tmp}/nothing-here"], 2, "run `dedup embed` first"),
@@ -189,6 +190,9 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(broken_set):
 def test_unusable_input_and_settings_give_clear_errors(tmp_path, args, code, words):
     (tmp_path / "empty-folder").mkdir()
     (tmp_path / "zero.tar").write_bytes(b"")
+    if "{tmp}/pixels-run" in args:
+        (tmp_path / "one.tar").write_bytes(tar_bytes([("a.jpg", jpeg_bytes())]))
+        run_cli("embed", tmp_path / "one.tar", "--run-dir", tmp_path / "pixels-run", "--config", "offline")
     result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], check=False)
     assert result.returncode == code, result.stderr
     assert words in result.stderr, result.stderr

@@ -94,23 +94,34 @@ PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # configs whose thr
 
 
 def check_threshold_fits_embedder(
-    settings: RunSettings, config: str | None, overrides: list[str] | None, options: dict
+    embedder: str | None, config: str | None, overrides: list[str] | None, options: dict, made: bool = False
 ) -> None:
-    """find.threshold is a cosine of one embedder's vectors: carried over to another embedder (only the embedder
-    changed on the command line) it would merge what it should not, or nothing, without a word."""
-    configured, chosen = load_settings(config), settings.embed.embedder
+    """find.threshold is a cosine of one embedder's vectors: carried over to vectors of another embedder (chosen
+    on the command line for `run`, or the one a store was `made` with for `find`) it would merge what it should
+    not, or nothing, without a word. Stops unless the threshold was given."""
+    configured = load_settings(config)
     given = "threshold" in options.get("find", {}) or any(
         override.split("=", 1)[0].strip() == "find.threshold" for override in overrides or []
     )
-    if chosen == configured.embed.embedder or given or configured.find.threshold is None or chosen not in EMBEDDERS:
+    if embedder == configured.embed.embedder or embedder not in EMBEDDERS or given or configured.find.threshold is None:
         return
-    preset = PRESET_FOR_EMBEDDER.get(chosen)
+    preset = PRESET_FOR_EMBEDDER.get(embedder)
+    vectors = f"these embeddings were made by {embedder}, which" if made else f"embedder {embedder}"
     raise SettingsError(
         f"find.threshold {configured.find.threshold} comes from {config or 'the defaults'}, where it is a cosine of "
-        f"the {configured.embed.embedder} embedder; embedder {chosen} needs its own: "
+        f"the {configured.embed.embedder} embedder; {vectors} needs its own: "
         + (f"use --config {preset} (made for it), or " if preset else "")
         + "give --threshold (or --set find.threshold=...)"
     )
+
+
+def store_embedder(store: Path) -> str | None:
+    """The embedder a store of ours was made with; None for one made elsewhere (clip-retrieval, LAION)."""
+    from dedup.io.store import EmbeddingStore
+
+    spec = EmbeddingStore(store).read_spec() or {}
+    made_by = spec.get("embedder")
+    return made_by.get("embedder") if isinstance(made_by, dict) else None
 
 
 def place(settings: RunSettings, shards: list[str] | None, run_dir: Path | None, out: Path | None) -> None:

@@ -19,6 +19,7 @@ from dedup.cli.options import (
     print_json,
     run_folder,
     settings_from,
+    store_embedder,
     with_settings,
 )
 
@@ -86,9 +87,11 @@ def find_command(
 
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
+        store = embeddings or folder.embeddings
+        check_threshold_fits_embedder(store_embedder(store), config, overrides, options, made=True)
         print_json(
             find(
-                embeddings or folder.embeddings,
+                store,
                 folder.root,
                 settings.find,
                 reporter=reporter,
@@ -166,7 +169,7 @@ def run_command(
         from dedup.runner import run
 
         settings = settings_from(config, overrides, options)
-        check_threshold_fits_embedder(settings, config, overrides, options)
+        check_threshold_fits_embedder(settings.embed.embedder, config, overrides, options)
         place(settings, shards, run_dir, out)
         if verify:  # a preset that cannot run here stops before the run, not after it
             from dedup.attack.verify import checked_preset
