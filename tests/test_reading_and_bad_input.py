@@ -182,6 +182,11 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(broken_set):
         (["run", "{tmp}/zero.tar", "--set", "embed.embedder=clip"], 3, "use --config clip (made for it)"),
         (["run", "{tmp}/zero.tar", "--embedder", "pixels", "--threshold", "0.97"], 2, "no sample"),  # a chosen one
         (["find", "--run-dir", "{tmp}/pixels-run"], 3, "these embeddings were made by pixels, which needs its own"),
+        (
+            ["purge", "{tmp}/zero.tar", "--against", "{tmp}/zero.tar", "--set", "embed.embedder=pixels"],
+            3,
+            "--config offline",
+        ),
         (["run", "{tmp}/zero.tar", "--set", "find.treshold=0.9"], 3, "unknown key 'treshold'"),
         (["run", "{tmp}/zero.tar", "--config", "offline", "--out", "{tmp}"], 3, "outside the input"),
         (["find", "--run-dir", "{tmp}/nothing-here"], 2, "run `dedup embed` first"),

@@ -212,6 +212,7 @@ def purge_command(
         from dedup.runner import purge_run
 
         settings = settings_from(config, overrides, options)
+        check_threshold_fits_embedder(settings.embed.embedder, config, overrides, options)
         place(settings, shards, run_dir, out)
         print_json(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
 
