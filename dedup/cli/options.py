@@ -119,7 +119,10 @@ def store_embedder(store: Path) -> str | None:
     """The embedder a store of ours was made with; None for one made elsewhere (clip-retrieval, LAION)."""
     from dedup.io.store import EmbeddingStore
 
-    spec = EmbeddingStore(store).read_spec() or {}
+    try:
+        spec = EmbeddingStore(store).read_spec() or {}
+    except (OSError, ValueError):  # unreadable: `find` itself says so
+        return None
     made_by = spec.get("embedder")
     return made_by.get("embedder") if isinstance(made_by, dict) else None
 
