@@ -67,6 +67,19 @@ def planted_flickr(tmp_path_factory, shared):
     return out, planted
 
 
+@pytest.fixture(scope="session")
+def planted_flickr_small(tmp_path_factory, shared):
+    """Three Flickr8k shards of 200 photos, 40 sources planted 1-3 times across them: for tests whose cost is
+    per command (a model or a cluster started), not per photo."""
+    from dedup.tools.planting import plant
+
+    out = tmp_path_factory.mktemp("planted-flickr-small")
+    shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(3)]
+    planted = plant(shards, out, sources=40, copies=(1, 3), seed=21, limit=600, shard_size=200)
+    assert len(planted.shards) == 3
+    return out, planted
+
+
 def tar_bytes(members: list[tuple[str, bytes]], gzip: bool = False) -> bytes:
     """A tar archive in memory from (name, data) pairs."""
     import tarfile

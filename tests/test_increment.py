@@ -10,21 +10,16 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import FLICKR, run_cli
+from conftest import run_cli
 
 from dedup.io.labels import LabelBook
 
 HASHES_FIRST = ["--config", "hashes", "--set", "select.prefer=first"]
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory, shared):
-    from dedup.tools.planting import plant
-
-    folder = tmp_path_factory.mktemp("increment")
-    shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(3)]
-    planted = plant(shards, folder / "data", sources=40, copies=(1, 3), seed=21, limit=600, shard_size=200)
-    assert len(planted.shards) == 3
+@pytest.fixture
+def planted(planted_flickr_small):
+    folder, planted = planted_flickr_small
     return folder, planted.shards
 
 

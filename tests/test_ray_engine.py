@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import FLICKR, ROOT, clip_retrieval_store, run_cli
+from conftest import ROOT, clip_retrieval_store, run_cli
 
 from dedup.io.store import EmbeddingStore
 
@@ -18,19 +18,9 @@ def digests(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
 
-@pytest.fixture
-def planted_small(tmp_path, shared):
-    """Three Flickr8k shards of 200 photos with copies planted across them: a run's cost on Ray is mostly the
-    start of its cluster, and three shards are enough for units to run side by side."""
-    from dedup.tools.planting import plant
-
-    out = tmp_path / "data"
-    shards = [str(FLICKR / f"flickr8k-224-{i:05d}.tar") for i in range(3)]
-    return out, plant(shards, out, sources=40, copies=(1, 3), seed=7, limit=600, shard_size=200)
-
-
-def test_ray_engine_matches_local_engine(planted_small, tmp_path):
-    shards_dir, planted = planted_small
+def test_ray_engine_matches_local_engine(planted_flickr_small, tmp_path):
+    """Three shards are enough for units to run side by side; a run's cost on Ray is mostly its cluster's start."""
+    shards_dir, planted = planted_flickr_small
     runs = {}
     for engine in ("local", "ray"):
         run_dir = tmp_path / engine
