@@ -181,6 +181,7 @@ def test_bad_samples_are_recorded_and_the_run_goes_on(broken_set):
         (["run", "{tmp}/zero.tar", "--embedder", "pixels"], 3, "embedder pixels needs its own: use --config offline"),
         (["run", "{tmp}/zero.tar", "--set", "embed.embedder=clip"], 3, "use --config clip (made for it)"),
         (["run", "{tmp}/zero.tar", "--embedder", "pixels", "--threshold", "0.97"], 2, "no sample"),  # a chosen one
+        (["run", "{tmp}/zero.tar", "--embedder", "pixels", "--set", "find.threshold=0.97"], 2, "no sample"),
         (["find", "--run-dir", "{tmp}/pixels-run"], 3, "these embeddings were made by pixels, which needs its own"),
         (
             ["purge", "{tmp}/zero.tar", "--against", "{tmp}/zero.tar", "--set", "embed.embedder=pixels"],

@@ -33,7 +33,7 @@ from dedup.settings import (
     load_settings,
 )
 from dedup.settings.base import help_of
-from dedup.settings.loading import unwrap_optional
+from dedup.settings.loading import parse_override, unwrap_optional
 from dedup.settings.run import EMBEDDERS
 
 STATE: dict = {"reporter": Reporter()}
@@ -101,7 +101,7 @@ def check_threshold_fits_embedder(
     not, or nothing, without a word. Stops unless the threshold was given."""
     configured = load_settings(config)
     given = "threshold" in options.get("find", {}) or any(
-        override.split("=", 1)[0].strip() == "find.threshold" for override in overrides or []
+        "threshold" in parse_override(override).get("find", {}) for override in overrides or []
     )
     if embedder == configured.embed.embedder or embedder not in EMBEDDERS or given or configured.find.threshold is None:
         return
