@@ -690,3 +690,85 @@ def test_verify_preset_without_the_shared_images_says_where_to_point(tmp_path):
     )
     assert result.returncode == 3
     assert "DEDUP_SHARED_DATA" in result.stderr and str(tmp_path / "nowhere") in result.stderr
+
+
+def test_training_continued_from_a_checkpoint_is_the_uninterrupted_training():
+    """The checkpoint holds the whole training state (weights, optimizer, average, both generators): a training
+    continued from step 4 ends with the weights of the one that ran 8 steps without stopping."""
+    import tempfile
+    from pathlib import Path
+
+    from dedup.attack.diffusion import Checkpoint, train
+    from dedup.settings import ModelSettings
+
+    images = np.random.default_rng(0).uniform(-1, 1, (40, 3, 8, 8)).astype(np.float32)
+    settings = ModelSettings(resolution=8, channels=(8, 16, 16), train_steps=8, batch_size=8, ema=0.9)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Checkpoint(Path(folder) / "c.pt", "this training", every=4)
+        uninterrupted, stats = train(images, None, settings, checkpoint=checkpoint)
+        assert torch.load(checkpoint.path, weights_only=True)["state"]["step"] == 4  # the last one before the end
+        messages: list[str] = []
+        continued, _ = train(images, None, settings, log=messages.append, checkpoint=checkpoint)
+        assert any("continuing from step 4" in message for message in messages)
+        other = Checkpoint(checkpoint.path, "another training", every=4)
+        from_scratch, _ = train(images, None, replace_seed(settings, 1), checkpoint=other)  # not continued
+    for name, value in uninterrupted.state_dict().items():
+        assert torch.equal(value, continued.state_dict()[name]), name
+    assert any(not torch.equal(v, from_scratch.state_dict()[k]) for k, v in uninterrupted.state_dict().items())
+    assert stats["final_loss"] > 0
+
+
+def replace_seed(settings, seed: int):
+    from dataclasses import replace
+
+    return replace(settings, seed=seed)
+
+
+def test_a_killed_verify_rerun_ends_with_the_same_verify_json(tmp_path):
+    """SIGKILL at a random point of model A's training (after its first checkpoint), then the same command
+    again: it continues from the checkpoint and writes the verify.json of a run never stopped."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    preset = tmp_path / "verify-tiny.toml"
+    plant = 'unique = 200\nsources = 3\ncopies = 20\ntransforms = ["exact", "reencode"]\nshard_size = 130'
+    preset.write_text(
+        tiny_cifar_preset(plant, model="checkpoint_every = 5").replace("train_steps = 4", "train_steps = 60")
+    )
+    seed = random.SystemRandom().randrange(1_000_000)
+    print(f"kill point seed {seed}")  # shown by pytest on failure: the kill point can be replayed
+    delay = random.Random(seed).uniform(0.0, 2.0)
+    command = [sys.executable, "-m", "dedup.cli", "verify", str(tmp_path / "killed"), "--preset", str(preset)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = RunFolder(tmp_path / "killed").verify_checkpoint("A")
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(delay)
+    assert process.poll() is None, "verify ended before it could be killed in training"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not RunFolder(tmp_path / "killed").verify_measured("B").exists()
+    resumed = run_cli("verify", tmp_path / "killed", "--preset", preset)
+    assert "continuing from step" in resumed.stderr or "reusing" in resumed.stderr
+    run_cli("verify", tmp_path / "whole", "--preset", preset)
+    killed, whole = (json.loads((tmp_path / name / "verify.json").read_text()) for name in ("killed", "whole"))
+    assert without_times(killed, tmp_path / "killed") == without_times(whole, tmp_path / "whole")
+    assert killed["complete"] is True and not checkpoint.exists()
+
+
+def without_times(report: dict, folder) -> object:
+    """verify.json less what differs between two runs of the same settings: wall times and the folder's name."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith("seconds") and k not in ("run_dir",)}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value.replace(str(folder), "RUN") if isinstance(value, str) else value
+
+    return strip(report)

@@ -99,6 +99,7 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
         # one name for one count in verify and extract: a group is one image with its copies; the
         # training samples are the group members matched (here the references: one a group)
         "extracted_images": len(extracted_rows),
+        "extracted_image_ids": sorted(int(sets["group"][row]) for row in extracted_rows),
         "extracted_groups": len(extracted_rows),
         "extracted_training_samples": len(extracted_rows),
         "extracted_by_duplicate_count": counts_by_duplicates(extracted_rows, sets["group_size"]),
@@ -184,6 +185,7 @@ def black_box_attack(
         "flagged_control_prompts": sum(1 for p in result.flagged if is_control[int(p)]),
         "extracted_generations": sum(len(found) for found in result.extracted.values()),
         "extracted_images": len(extracted_groups),
+        "extracted_image_ids": extracted_groups,
         "extracted_groups": len(extracted_groups),
         "extracted_training_samples": len(extracted_rows),
         "extracted_by_duplicate_count": counts_by_duplicates(

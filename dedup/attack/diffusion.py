@@ -15,11 +15,13 @@ from __future__ import annotations
 import time
 import typing
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from dedup.attack.text import PAD, CaptionEncoder
+from dedup.errors import InputError
 from dedup.settings import ModelSettings
 
 
@@ -109,6 +111,38 @@ def _ema_with_warmup(decay: float):
     return average
 
 
+class CheckpointError(InputError):
+    """A training checkpoint that cannot be read."""
+
+
+class Checkpoint:
+    """Where a training saves its whole state every `every` steps, tagged with `identity` (the settings and
+    training data it belongs to): a checkpoint of another training is never continued."""
+
+    def __init__(self, path: Path, identity: str, every: int = 250):
+        self.path, self.identity, self.every = Path(path), identity, max(1, int(every))
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # written atomically: an unreadable one was damaged after it was written
+            raise CheckpointError(
+                f"training checkpoint {self.path} cannot be read ({error}); delete it to train that model from the start"
+            ) from error
+        return saved["state"] if saved.get("identity") == self.identity else None
+
+    def save(self, state: dict) -> None:
+        from dedup.io.atomic import atomic_open
+
+        with atomic_open(self.path, "wb") as handle:
+            torch.save({"identity": self.identity, "state": state}, handle)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def train(
     images: np.ndarray,
     conditions: np.ndarray | None,
@@ -116,11 +150,14 @@ def train(
     log=None,
     vocabulary_length: int = 0,
     empty_caption: np.ndarray | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[Denoiser, dict]:
     """Train on images (n, 3, H, W) in [-1, 1]; returns the model and training stats.
 
     With captions, `conditions` are token ids, `vocabulary_length` the encoder's vocabulary and
-    `empty_caption` (length,) the token row that caption dropout substitutes."""
+    `empty_caption` (length,) the token row that caption dropout substitutes. With a `checkpoint`, the whole
+    training state (weights, optimizer, average, both random generators, losses) is saved every
+    `checkpoint.every` steps and a training found there is continued: the same model as one uninterrupted run."""
     from diffusers import DDPMScheduler
 
     if settings.captions and (conditions is None or conditions.ndim != 2 or empty_caption is None):
@@ -139,9 +176,20 @@ def train(
     averaged = (
         torch.optim.swa_utils.AveragedModel(model, avg_fn=_ema_with_warmup(settings.ema)) if settings.ema else None
     )
-    started, losses = time.perf_counter(), []
+    started, losses, first_step, earlier_seconds = time.perf_counter(), [], 0, 0.0
+    resumed = checkpoint.load() if checkpoint else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if averaged is not None:
+            averaged.load_state_dict(resumed["averaged"])
+        generator.bit_generator.state = resumed["numpy_generator"]
+        torch.set_rng_state(resumed["torch_generator"])
+        losses, first_step, earlier_seconds = list(resumed["losses"]), int(resumed["step"]), float(resumed["seconds"])
+        if log:
+            log(f"continuing from step {first_step} ({checkpoint.path if checkpoint else ''})")
     model.train()
-    for step in range(settings.train_steps):
+    for step in range(first_step, settings.train_steps):
         rows = generator.integers(0, len(data), settings.batch_size)
         clean = data[torch.from_numpy(rows).to(device)]
         condition = _condition(conditions, rows, device)
@@ -158,10 +206,23 @@ def train(
         losses.append(loss.item())
         if log and (step + 1) % max(1, settings.train_steps // 10) == 0:
             log(f"step {step + 1}/{settings.train_steps}: loss {np.mean(losses[-50:]):.4f}")
+        if checkpoint and (step + 1) % checkpoint.every == 0 and step + 1 < settings.train_steps:
+            checkpoint.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "averaged": averaged.state_dict() if averaged is not None else None,
+                    "numpy_generator": generator.bit_generator.state,
+                    "torch_generator": torch.get_rng_state(),
+                    "losses": losses,
+                    "step": step + 1,
+                    "seconds": earlier_seconds + time.perf_counter() - started,
+                }
+            )
     model = typing.cast(Denoiser, averaged.module) if averaged is not None else model
     model.eval()
     return model, {
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(earlier_seconds + time.perf_counter() - started, 1),
         "final_loss": float(np.mean(losses[-50:])),
         "parameters": parameter_count(model),
         "settings": asdict(settings),

@@ -17,41 +17,68 @@ def save_generations(path: Path, generations: np.ndarray) -> str:
     return str(path)
 
 
-def write_figures(out_dir: Path, models: dict) -> dict:
+def write_figures(out_dir: Path, models: dict, summary: dict) -> dict:
+    """verify-counts.png: each arm's images extracted (every seed a dot, the pooled mean a bar with its 95 %
+    interval; "none extracted" in words when so) and its membership AUCs with their intervals;
+    verify-pairs.png: the first seed's closest generations beside their training images."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10 + 1.5 * max(0, len(models) - 2), 3.6), dpi=100)
-    counts = sorted({c for m in models.values() for c in m["extracted_by_duplicate_count"]} | {1})
-    width = 0.8 / len(models)
-    offsets = (np.arange(len(models)) - (len(models) - 1) / 2) * width
-    for offset, (name, model) in zip(offsets, models.items()):
-        left.bar(
-            np.arange(len(counts)) + offset,
-            [model["extracted_by_duplicate_count"].get(c, 0) for c in counts],
+    names = list(models)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10 + 1.2 * max(0, len(names) - 2), 3.8), dpi=100)
+    positions = np.arange(len(names))
+    extracted = [summary[name]["extracted_images"] for name in names]
+    seeds = max(len(value["per_seed"]) for value in extracted)
+    left.bar(positions, [value["mean"] for value in extracted], 0.6, color="tab:blue", alpha=0.5, label="mean of seeds")
+    left.errorbar(
+        positions,
+        [value["mean"] for value in extracted],
+        yerr=_error_bars(extracted),
+        fmt="none",
+        ecolor="black",
+        capsize=4,
+        label="95 % interval (seeds and images)",
+    )
+    for position, value in zip(positions, extracted):
+        left.scatter([position] * len(value["per_seed"]), value["per_seed"], color="black", s=12, zorder=3)
+    left.set_xticks(positions, names)
+    left.set_ylabel(f"training images extracted ({seeds} seed{'s' if seeds > 1 else ''}: dots)")
+    if all(count == 0 for value in extracted for count in value["per_seed"]):
+        left.set_ylim(0, 1)
+        left.set_yticks([])
+        left.text(0.5, 0.5, "none extracted, by any model", transform=left.transAxes, ha="center", va="center")
+    else:
+        left.legend(fontsize=7)
+    measures = {
+        "auc_duplicated_vs_heldout": "loss: duplicated\nvs held-out",
+        "auc_unique_vs_heldout": "loss: unique\nvs held-out",
+    }
+    width = 0.8 / len(names)
+    offsets = (positions - (len(names) - 1) / 2) * width
+    for offset, name in zip(offsets, names):
+        values = [summary[name][key] for key in measures]
+        right.bar(
+            np.arange(len(measures)) + offset,
+            [np.nan if value["mean"] is None else value["mean"] for value in values],
             width,
+            yerr=_error_bars(values),
+            capsize=3,
             label=f"model {name}",
         )
-    left.set_xticks(range(len(counts)), [str(c) for c in counts])
-    left.set_xlabel("copies of the image in the original training set")
-    left.set_ylabel("training images extracted")
-    left.legend()
-    measures = {
-        "membership_auc_duplicated_vs_heldout": "loss: duplicated\nvs held-out",
-        "membership_auc_unique_vs_heldout": "loss: unique\nvs held-out",
-        "detector_auc_duplicated_vs_unique_prompts": "Wen detector: duplicated\nvs unique captions",
-    }
-    measures = {key: label for key, label in measures.items() if all(key in m for m in models.values())}
-    for offset, (name, model) in zip(offsets, models.items()):
-        values = [np.nan if model[key] is None else model[key] for key in measures]
-        right.bar(np.arange(len(measures)) + offset, values, width, label=f"model {name}")
+    if all("detector_auc_duplicated_vs_unique_prompts" in model for model in models.values()):
+        right.scatter(
+            [len(measures) + offset for offset in offsets],
+            [np.nan if models[n]["detector_auc_duplicated_vs_unique_prompts"] is None else models[n]["detector_auc_duplicated_vs_unique_prompts"] for n in names],
+            marker="s",
+        )  # fmt: skip
+        measures["detector"] = "Wen detector, first seed:\nduplicated vs unique captions"
     right.axhline(0.5, color="grey", linestyle=":")
     right.set_xticks(range(len(measures)), list(measures.values()), fontsize=8)
     right.set_ylim(0, 1)
-    right.set_ylabel("AUC")
-    right.legend()
+    right.set_ylabel("AUC, mean of seeds [95 %]")
+    right.legend(fontsize=7)
     figure.tight_layout()
     paths = {"extraction_and_membership": str(RunFolder(out_dir).verify_counts_figure)}
     with atomic_open(paths["extraction_and_membership"], "wb") as handle:
@@ -98,6 +125,16 @@ SEED_MEASURES = (
 )
 
 
+def _error_bars(values: list[dict]) -> np.ndarray:
+    """Distances from each mean to its interval's ends, as matplotlib's yerr takes them (0 where unknown)."""
+    return np.array(
+        [
+            [0.0, 0.0] if value["mean"] is None else [value["mean"] - value["low"], value["high"] - value["mean"]]
+            for value in values
+        ]
+    ).T
+
+
 def verify_table(report: dict):
     """verify.json's measures of model A beside the deduplicated models, as a rich table: the first seed's
     measures, then (with several seeds) the means and intervals."""
@@ -117,7 +154,7 @@ def verify_table(report: dict):
     for name in names:
         table.add_column(name, justify="right")
     for label, key in VERIFY_MEASURES:
-        if key in report["A"]:
+        if key in report[names[0]]:
             table.add_row(label, *("n/a" if report[m].get(key) is None else str(report[m][key]) for m in names))
     if all("membership_auc_by_group_size" in report[m] for m in names):
         table.add_row(
@@ -130,6 +167,9 @@ def verify_table(report: dict):
         for label, key in SEED_MEASURES:
             table.add_row(label, *(_interval(summary[m][key]) for m in names))
         table.add_row("images extracted, per seed", *(str(summary[m]["extracted_images"]["per_seed"]) for m in names))
+        table.add_row("images extracted, mean [95% CI]", *(_interval(summary[m]["extracted_images"]) for m in names))
+    for pair, difference in (report.get("differences") or {}).items():
+        table.add_row(f"extracted, {pair} (paired) [95% CI]", *([_interval(difference)] + [""] * (len(names) - 1)))
     return table
 
 

@@ -59,6 +59,7 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
     holdout = preset.get("holdout", {})
     model = dict(preset.get("model", {}))
     seeds = model.pop("seeds", [])
+    checkpoint_every = model.pop("checkpoint_every", 250)  # not the model's: it changes no weight
     arms = arm_specs((preset.get("dedup") or {}).get("arms", {}), origin)
     if not isinstance(seeds, list) or not all(isinstance(seed, int) for seed in seeds):
         raise SettingsError(f"{origin} [model] seeds must be a list of integers, got {seeds!r}")
@@ -71,17 +72,24 @@ def verify_settings(preset: dict, origin: str) -> VerifySettings:
         arms=arms,
         dedup_config=dedup_config(preset),
         seeds=seeds,
+        checkpoint_every=checkpoint_every,
     )
 
 
 UNSEEN = "unseen"  # an arm with no dedup run: every sample outside the planted duplicate groups
+RANDOM = "random"  # an arm with no dedup run: as many samples as another arm keeps, drawn at random
 
 
 def arm_specs(arms: object, origin: str) -> dict[str, dict]:
-    """[dedup] arms as {name: {"config": ..., "set": [...]}}; a plain string names the config alone. The config
-    "unseen" is no dedup run: the arm trains on every sample outside the planted duplicate groups, so the
-    duplicated images are ones its model never saw (the floor their membership signal can fall to)."""
-    problem = f"{origin} [dedup] arms must map names other than A and B to a dedup config or to {{ config, set }}"
+    """[dedup] arms as {name: {"config": ..., "set": [...]}}; a plain string names the config alone. Two configs
+    are no dedup run: "unseen" trains on every sample outside the planted duplicate groups, so the duplicated
+    images are ones its model never saw (the floor their membership signal can fall to); "random" (with
+    `like`, B by default) keeps as many samples as arm `like` keeps, drawn uniformly at random, so copies stay
+    in proportion: the size control, which asks whether removing that many samples at random helps."""
+    problem = (
+        f"{origin} [dedup] arms must map names other than A and B to a dedup config or to {{ config, set }} "
+        f'(or {{ config = "{RANDOM}", like = ARM }})'
+    )
     if not isinstance(arms, dict) or {"A", "B"} & set(arms):
         raise SettingsError(f"{problem}, got {arms!r}")
     specs = {}
@@ -90,12 +98,23 @@ def arm_specs(arms: object, origin: str) -> dict[str, dict]:
         if (
             not isinstance(spec, dict)
             or not isinstance(spec.get("config"), str)
-            or set(spec) - {"config", "set"}
+            or set(spec) - {"config", "set", "like"}
+            or ("like" in spec and spec["config"] != RANDOM)
             or not all(isinstance(item, str) for item in spec.get("set", []))
         ):
             raise SettingsError(f"{problem}; arm {name!r} is {value!r}")
         specs[str(name)] = {"config": spec["config"], "set": list(spec.get("set", []))}
+        if spec["config"] == RANDOM:
+            like = spec.get("like", "B")
+            if like not in {"B", *arms} or like == name:
+                raise SettingsError(f"{origin} arm {name!r} is sized like {like!r}, which is not B or another arm")
+            specs[str(name)]["like"] = like
     return specs
+
+
+def without_run(spec: dict) -> bool:
+    """An arm chosen from the planting or another arm, with no dedup run of its own."""
+    return spec["config"] in (UNSEEN, RANDOM)
 
 
 def dedup_config(preset: dict) -> str:

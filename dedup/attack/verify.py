@@ -12,8 +12,11 @@ seeds, then measure on both what an attacker gets:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import time
+import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,22 @@ import numpy as np
 from dedup.attack.attacks import black_box_attack, membership, white_box_attack
 from dedup.attack.diffusion import ModelSettings, train
 from dedup.attack.figures import save_generations, write_figures
-from dedup.attack.presets import UNSEEN, VerifySettings, dedup_config, load_preset, planted_counts, verify_settings
-from dedup.attack.statistics import MEASURES, seed_mean_with_interval
+from dedup.attack.presets import (
+    RANDOM,
+    UNSEEN,
+    VerifySettings,
+    dedup_config,
+    load_preset,
+    planted_counts,
+    verify_settings,
+    without_run,
+)
+from dedup.attack.statistics import (
+    MEASURES,
+    extraction_indicators,
+    pooled_count_with_interval,
+    seed_mean_with_interval,
+)
 from dedup.attack.training_data import (
     Conditioning,
     Images,
@@ -40,26 +57,12 @@ from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.progress import SILENT, Reporter
 
 
-def trained_model(
-    path: Path,
-    name: str,
-    data: Images,
-    rows: np.ndarray,
-    conditions: np.ndarray | None,
-    conditioning: Conditioning,
-    places: list,
-    settings: ModelSettings,
-    reporter: Reporter,
-):
-    """Model `name` trained on `rows`, or the one a previous verify saved at `path` for the same settings,
-    training samples and vocabulary: a rerun after an interruption or a scoring change skips training."""
-    import hashlib
-
-    import torch
-
-    from dedup.attack.diffusion import Denoiser, pick_device
-
-    identity = json.dumps(
+def model_identity(
+    settings: ModelSettings, places: list, conditioning: Conditioning, conditions: np.ndarray | None, rows: np.ndarray
+) -> str:
+    """What a trained model depends on: its settings, its training samples, vocabulary and captions. A saved
+    model, checkpoint or measurement with another identity belongs to another training and is not reused."""
+    return json.dumps(
         {
             "settings": asdict(settings),
             "places": hashlib.sha256(json.dumps(places).encode()).hexdigest(),
@@ -73,6 +76,28 @@ def trained_model(
         sort_keys=True,
         default=str,
     )
+
+
+def trained_model(
+    folder: RunFolder,
+    name: str,
+    identity: str,
+    data: Images,
+    rows: np.ndarray,
+    conditions: np.ndarray | None,
+    conditioning: Conditioning,
+    settings: ModelSettings,
+    reporter: Reporter,
+    checkpoint_every: int,
+):
+    """Model `name` trained on `rows`, or the one a previous verify saved for the same identity: a rerun after
+    an interruption or a scoring change skips training, and one killed mid-training continues from its last
+    checkpoint."""
+    import torch
+
+    from dedup.attack.diffusion import Checkpoint, Denoiser, pick_device
+
+    path = folder.verify_model(name)
     length = conditions.shape[1] if conditions is not None and settings.captions else 0
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -82,6 +107,7 @@ def trained_model(
             model.load_state_dict(saved["state"])
             return model.to(pick_device(settings.device)).eval(), json.loads(saved["stats"])
     reporter.info(f"verify: training model {name} on {len(rows)} images ({settings.train_steps} steps)")
+    checkpoint = Checkpoint(folder.verify_checkpoint(name), identity, checkpoint_every)
     model, stats = train(
         data.images[rows],
         None if conditions is None else conditions[rows],
@@ -89,16 +115,62 @@ def trained_model(
         log=lambda message: reporter.info(f"  {name} {message}"),
         vocabulary_length=conditioning.vocabulary_length,
         empty_caption=conditioning.empty,
+        checkpoint=checkpoint,
     )
     with atomic_open(path, "wb") as handle:
         torch.save({"identity": identity, "state": model.state_dict(), "stats": json.dumps(stats, default=str)}, handle)
+    checkpoint.remove()
     return model, stats
 
 
+def save_measured(folder: RunFolder, name: str, identity: str, measured: dict) -> None:
+    """What the attacks measured on model `name`, with the per-image losses and closest pairs the summary and
+    figures read; the JSON is written last, so a measurement is reused only when complete."""
+    losses, closest = measured["_losses"], measured["_closest"]
+    arrays = {f"losses_{key}": losses[key] for key in ("duplicated", "unique", "heldout")}
+    arrays.update({f"losses_size_{size}": values for size, values in losses["by_size"].items()})
+    if closest:
+        arrays["closest_generated"] = np.stack([pair[0] for pair in closest])
+        arrays["closest_training"] = np.stack([pair[1] for pair in closest])
+    with atomic_open(folder.verify_measured_arrays(name), "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    labels = [[pair[2], bool(pair[3])] for pair in closest]
+    write_json(folder.verify_measured(name), {"identity": identity, "measured": public(measured), "closest": labels})
+
+
+def load_measured(folder: RunFolder, name: str, identity: str) -> dict | None:
+    """The measurement `save_measured` kept for the same identity, or None."""
+    path = folder.verify_measured(name)
+    if not path.exists() or not folder.verify_measured_arrays(name).exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("identity") != identity:
+        return None
+    with np.load(folder.verify_measured_arrays(name)) as arrays:
+        losses = {key: arrays[f"losses_{key}"] for key in ("duplicated", "unique", "heldout")}
+        losses["by_size"] = {
+            int(key.removeprefix("losses_size_")): arrays[key] for key in arrays.files if key.startswith("losses_size_")
+        }
+        pairs = (
+            zip(arrays["closest_generated"], arrays["closest_training"], saved["closest"])
+            if saved["closest"]
+            else iter(())
+        )
+        closest = [(generated, training, label, extracted) for generated, training, (label, extracted) in pairs]
+    return {**saved["measured"], "_losses": losses, "_closest": closest}
+
+
 def verify(
-    run_dir: str | Path, settings: VerifySettings, out_dir: str | Path | None = None, reporter: Reporter = SILENT
+    run_dir: str | Path,
+    settings: VerifySettings,
+    out_dir: str | Path | None = None,
+    reporter: Reporter = SILENT,
+    only: list[str] | None = None,
+    preset: dict | None = None,
 ) -> dict:
-    """Train A (original) and B (deduplicated) and attack both; write verify.json and figures."""
+    """Train A (original) and B (deduplicated) and attack both; write verify.json and figures. `only` trains
+    and measures those arms alone now (the report says it is incomplete; a later run without it reuses what
+    they measured). `preset` is recorded in verify.json as it was resolved."""
     from dedup.attack.prompts import largest_group_prompts, unique_image_prompts
     from dedup.embedders import embedder_from
 
@@ -127,10 +199,13 @@ def verify(
         prompts = largest_group_prompts(run_dir, attack.prompts)
         controls = unique_image_prompts(run_dir, attack.control_prompts, attack.seed)
         embedder = embedder_from(settings.embed)
-    arms = training_arms(run_dir, sets, settings.arms)
+    every_arm = training_arms(run_dir, sets, settings.arms)
+    arms = {name: every_arm[name] for name in chosen_arms(every_arm, only)}
     seeds = settings.training_seeds()
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
+        "code": code_version(),
+        "preset": preset,
         "settings": {
             "model": asdict(model_settings),
             "attack": asdict(attack),
@@ -140,16 +215,12 @@ def verify(
             "arms": settings.arms,
             "seeds": seeds,
         },
+        "arms_measured": list(arms),
         "training_images": {name: int(rows.size) for name, rows in arms.items()},
         "arm_configs": {
             "A": "no deduplication",
             "B": settings.dedup_config or "the run's",
-            **{
-                name: "never saw the duplicated images"
-                if spec["config"] == UNSEEN
-                else " ".join([spec["config"], *spec["set"]])
-                for name, spec in settings.arms.items()
-            },
+            **{name: arm_description(spec) for name, spec in settings.arms.items() if name in arms},
         },
     }
     conditions = conditioning.of(data)
@@ -165,18 +236,22 @@ def verify(
     }
     by_seed: dict[str, list[dict]] = {name: [] for name in arms}
 
+    folder = RunFolder(out_dir)
+
     def train_and_attack(name: str, tag: str, rows: np.ndarray, seeded: ModelSettings) -> dict:
-        model, stats = trained_model(
-            RunFolder(out_dir).verify_model(tag),
-            tag,
-            data,
-            rows,
-            arm_conditions[name],
-            conditioning,
-            [sets["rows"][i] for i in rows],
-            seeded,
-            reporter,
+        identity = model_identity(seeded, [sets["rows"][i] for i in rows], conditioning, arm_conditions[name], rows)
+        measurement = json.dumps(
+            {"model": identity, "attack": asdict(attack), "holdout": [settings.holdout, settings.holdout_count]},
+            sort_keys=True,
         )
+        kept = load_measured(folder, tag, measurement)
+        if kept is not None:
+            reporter.info(f"verify {tag}: reusing what was measured on it ({folder.verify_measured(tag)})")
+            return kept
+        model, stats = trained_model(
+            folder, tag, identity, data, rows, arm_conditions[name], conditioning, seeded, reporter,
+            settings.checkpoint_every,
+        )  # fmt: skip
         measured = {"training": stats, **membership(model, data, conditioning, sets, holdout, attack)}
         if model_settings.captions:
             store = RunFolder(run_dir).embeddings
@@ -191,7 +266,8 @@ def verify(
             f"extracted from {measured['generations']} generations"
         )
         generations = measured.pop("_generations")
-        measured["generations_file"] = save_generations(RunFolder(out_dir).verify_generations(tag), generations)
+        measured["generations_file"] = save_generations(folder.verify_generations(tag), generations)
+        save_measured(folder, tag, measurement, measured)
         return measured
 
     for seed in seeds:
@@ -200,19 +276,55 @@ def verify(
             by_seed[name].append(train_and_attack(name, tag, rows, replace(model_settings, seed=seed)))
             # a run of hours that is stopped keeps what it measured (its models are kept too: a rerun goes on)
             so_far = {arm: [scalars(value) for value in values] for arm, values in by_seed.items() if values}
-            write_json(RunFolder(out_dir).verify_report, {**report, "complete": False, "by_seed": so_far})
+            write_json(folder.verify_report, {**report, "complete": False, "by_seed": so_far})
     models = {name: measured[0] for name, measured in by_seed.items()}
-    figures = write_figures(out_dir, models)
     report.update({name: public(value) for name, value in models.items()})
     report["by_seed"] = {name: [scalars(value) for value in values] for name, values in by_seed.items()}
-    report["summary"] = {name: seed_summary(values) for name, values in by_seed.items()}
-    extracted_a, extracted_b = report["A"]["extracted_images"], report["B"]["extracted_images"]
-    report["extracted_reduction"] = None if extracted_a == 0 else round(1 - extracted_b / extracted_a, 4)
-    report["figures"] = figures
+    images = np.unique(sets["group"])
+    report["summary"] = {name: seed_summary(values, images) for name, values in by_seed.items()}
+    report["differences"] = paired_differences(by_seed, images)
+    report["extracted_reduction"] = extracted_reduction(report["summary"])
+    report["figures"] = write_figures(out_dir, models, report["summary"])
     report["seconds"] = round(time.perf_counter() - started, 1)
-    report["complete"] = True
-    write_json(RunFolder(out_dir).verify_report, report)
+    report["complete"] = set(arms) == set(every_arm)
+    write_json(folder.verify_report, report)
     return report
+
+
+def chosen_arms(arms: dict, only: list[str] | None) -> list[str]:
+    """The arms to train and measure now, in the preset's order; an unknown name names the preset's arms."""
+    if not only:
+        return list(arms)
+    unknown = [name for name in only if name not in arms]
+    if unknown:
+        raise SettingsError(
+            f"--arms names {', '.join(unknown)}, which the preset does not have; its arms are {', '.join(arms)}"
+        )
+    return [name for name in arms if name in only]
+
+
+def arm_description(spec: dict) -> str:
+    if spec["config"] == UNSEEN:
+        return "never saw the duplicated images"
+    if spec["config"] == RANDOM:
+        return f"as many samples as {spec['like']} keeps, drawn at random"
+    return " ".join([spec["config"], *spec["set"]])
+
+
+def code_version() -> dict:
+    """The commit of the code that ran (and whether its tree had changes), where it runs from a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*arguments: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *arguments], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "dedup", "configs") if commit else None
+    return {"commit": commit, "changed": bool(status) if status is not None else None}
 
 
 def checked_preset(preset_name: str, overrides: list[str] | None = None) -> tuple[dict, VerifySettings]:
@@ -241,6 +353,8 @@ def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str,
     """The rows each model trains on: A all, B what the run kept, each further arm what its own run kept."""
     chosen = {"A": np.arange(len(sets["rows"])), "B": np.flatnonzero(sets["kept"])}
     for name, spec in arms.items():
+        if spec["config"] == RANDOM:
+            continue  # drawn below, once the arm it is sized like is known
         if spec["config"] == UNSEEN:
             if not sets["planted"].any():
                 raise InputError(f"arm {name!r} leaves out the planted duplicates, and {run_dir} planted none")
@@ -250,7 +364,12 @@ def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str,
         if not folder.manifest.exists():
             raise InputError(f"arm {name!r} has no run at {folder.root}; run `dedup verify` with the preset to make it")
         chosen[name] = np.flatnonzero(kept_by(load_manifest(folder.root), sets["rows"]))
-    return chosen
+    for name, spec in arms.items():
+        if spec["config"] == RANDOM:
+            size = len(chosen[spec["like"]])
+            draw = np.random.default_rng(zlib.crc32(name.encode()))  # the same samples for every seed and rerun
+            chosen[name] = np.sort(draw.choice(len(sets["rows"]), size, replace=False))
+    return {name: chosen[name] for name in ["A", "B", *arms]}
 
 
 def arm_captions(run_dir: Path, name: str, sets: dict, captions: list[str]) -> list[str] | None:
@@ -273,13 +392,15 @@ def scalars(measured: dict) -> dict:
     return {
         key: value
         for key, value in public(measured).items()
-        if isinstance(value, int | float) or value is None or key == "membership_auc_by_group_size"
+        if isinstance(value, int | float)
+        or value is None
+        or key in ("membership_auc_by_group_size", "extracted_image_ids", "extracted_by_duplicate_count")
     }
 
 
-def seed_summary(measured_by_seed: list[dict]) -> dict:
-    """Means over seeds with 95 % bootstrap intervals over the images, for each membership measure; the
-    extraction counts of every seed."""
+def seed_summary(measured_by_seed: list[dict], images: np.ndarray) -> dict:
+    """Means over seeds with 95 % bootstrap intervals over seeds and images, for each membership measure and
+    for the images extracted (out of `images`, the ids every arm is scored on)."""
     summary: dict[str, Any] = {}
     heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
     for group in ("duplicated", "unique"):
@@ -291,9 +412,33 @@ def seed_summary(measured_by_seed: list[dict]) -> dict:
         str(size): seed_mean_with_interval([m["_losses"]["by_size"][size] for m in measured_by_seed], heldout, "auc")
         for size in sizes
     }
-    counts = [m["extracted_images"] for m in measured_by_seed]
-    summary["extracted_images"] = {"mean": round(float(np.mean(counts)), 2), "per_seed": counts}
+    extracted = extraction_indicators([m["extracted_image_ids"] for m in measured_by_seed], images)
+    summary["extracted_images"] = pooled_count_with_interval(extracted)
     return summary
+
+
+def paired_differences(by_seed: dict[str, list[dict]], images: np.ndarray) -> dict:
+    """Images extracted, arm minus arm, seed by seed and image by image (the same bootstrap draw for both):
+    every arm minus B, and A minus every other deduplicated arm."""
+    indicators = {
+        name: extraction_indicators([m["extracted_image_ids"] for m in values], images)
+        for name, values in by_seed.items()
+    }
+    pairs = [(name, "B") for name in indicators if name != "B"]
+    pairs += [("A", name) for name in indicators if name not in ("A", "B")]
+    return {
+        f"{first} - {second}": pooled_count_with_interval(indicators[first], minus=indicators[second])
+        for first, second in pairs
+        if first in indicators and second in indicators
+    }
+
+
+def extracted_reduction(summary: dict) -> float | None:
+    """1 - B / A of the images extracted, pooled over seeds (None without both, or when A extracts none)."""
+    if "A" not in summary or "B" not in summary:
+        return None
+    extracted_a, extracted_b = summary["A"]["extracted_images"]["mean"], summary["B"]["extracted_images"]["mean"]
+    return None if not extracted_a else round(1 - extracted_b / extracted_a, 4)
 
 
 def verify_run(
@@ -302,9 +447,11 @@ def verify_run(
     reporter: Reporter = SILENT,
     shards: list[str] | None = None,
     overrides: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> dict:
     """A verify preset end to end: plant its data (if it says so), `dedup run`, then train and attack A and B.
-    `overrides` (`section.key=value`) change the preset's values, as `--set` does a run's."""
+    `overrides` (`section.key=value`) change the preset's values, as `--set` does a run's; `only` names the
+    arms to train and measure now (all by default)."""
     from dedup.runner import run
     from dedup.settings import load_settings
     from dedup.tools.planting import plant
@@ -338,14 +485,14 @@ def verify_run(
         run(settings, reporter=reporter)
     for name, spec in settings_for_verify.arms.items():
         folder = RunFolder(run_dir).arm(name)
-        if spec["config"] != UNSEEN and not folder.summary.exists():
+        if not without_run(spec) and not folder.summary.exists():
             reporter.info(f"verify: arm {name}, dedup config {spec['config']!r} {' '.join(spec['set'])}".rstrip())
             arm = load_settings(spec["config"], spec["set"])
             arm.shards, arm.run_dir = input_shards(run_dir), str(folder.root)
             if share_embeddings(run_dir, folder, arm.embed):
                 reporter.info(f"verify: arm {name} embeds as the run did: its embeddings are the run's (linked)")
             run(arm, reporter=reporter)
-    return verify(run_dir, settings_for_verify, reporter=reporter)
+    return verify(run_dir, settings_for_verify, reporter=reporter, only=only, preset=preset)
 
 
 def share_embeddings(run_dir: Path, arm: RunFolder, embed_settings) -> bool:

@@ -174,19 +174,26 @@ def verify_command(
     overrides: list[str] | None = typer.Option(
         None, "--set", help="Override a preset value: section.key=value, e.g. model.device=cuda (repeatable)."
     ),
+    arms: str | None = typer.Option(
+        None,
+        "--arms",
+        help="Train and measure only these arms now, comma-separated (e.g. A,B-exact); a later run reuses them.",
+    ),
 ) -> None:
-    """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction."""
+    """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction.
+    Rerun the same command after an interruption: it continues from the last checkpoint."""
     with handled() as current:
         from dedup.attack.verify import verify_run
 
-        show_verify(verify_run(preset, run_dir, current, shards, overrides))
+        only = [name.strip() for name in arms.split(",") if name.strip()] if arms else None
+        show_verify(verify_run(preset, run_dir, current, shards, overrides, only))
 
 
 def show_verify(report: dict) -> None:
     from dedup.attack.figures import verify_table
 
     reporter().console.print(verify_table(report))
-    typer.echo(json.dumps({k: report[k] for k in ("extracted_reduction", "figures", "seconds")}, indent=2))
+    typer.echo(json.dumps({k: report[k] for k in ("extracted_reduction", "complete", "figures", "seconds")}, indent=2))
 
 
 def demo_command(

@@ -130,6 +130,18 @@ class RunFolder:
     def verify_generations(self, name: str) -> Path:
         return self.root / f"verify-generations-{name}.npz"
 
+    def verify_checkpoint(self, name: str) -> Path:
+        """verify: model `name`'s training state while it trains (removed once the model is saved)."""
+        return self.root / f"verify-model-{name}.checkpoint.pt"
+
+    def verify_measured(self, name: str) -> Path:
+        """verify: what the attacks measured on model `name` (written last: a rerun skips that model)."""
+        return self.root / f"verify-measured-{name}.json"
+
+    def verify_measured_arrays(self, name: str) -> Path:
+        """verify: the per-image losses and closest pairs behind `verify_measured`."""
+        return self.root / f"verify-measured-{name}.npz"
+
     @property
     def verify_counts_figure(self) -> Path:
         return self.root / "verify-counts.png"

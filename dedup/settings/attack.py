@@ -74,6 +74,10 @@ class VerifySettings:
         help="Training seeds: every model once per seed (empty: the model's seed).", factory=list
     )
 
+    checkpoint_every: int = setting(
+        250, "Training steps between checkpoints ([model] checkpoint_every): a killed verify continues from there."
+    )
+
     def training_seeds(self) -> list[int]:
         return list(self.seeds) or [self.model.seed]
 
