@@ -159,13 +159,17 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
     model is measured on the same planted images, once per seed, with intervals."""
     preset = tmp_path / "verify-arms.toml"
     plant = 'unique = 200\nsources = 3\ncopies = 10\ntransforms = ["reencode", "flip"]\nshard_size = 100'
-    arms = '[dedup]\nconfig = "hashes"\narms = { B-exact = "exact", never = "unseen" }'
+    arms = (
+        '[dedup]\nconfig = "hashes"\narms = { B-exact = "exact", never = "unseen", '
+        'size = { config = "random", like = "B" } }'
+    )
     preset.write_text(tiny_cifar_preset(plant, arms, model="seeds = [0, 1]"))
     result = run_cli("verify", tmp_path / "run", "--preset", preset)
     report = json.loads((tmp_path / "run" / "verify.json").read_text())
     images = report["training_images"]
-    assert list(images) == ["A", "B", "B-exact", "never"] and images["A"] == 230
+    assert list(images) == ["A", "B", "B-exact", "never", "size"] and images["A"] == 230
     assert images["never"] == 230 - 3 * (1 + 10)  # no planted source nor copy: duplicated images it never saw
+    assert images["size"] == images["B"] and not (tmp_path / "run" / "arms" / "size").exists()
     assert not (tmp_path / "run" / "arms" / "never").exists()
     # no copy is byte-identical to its source; copies made alike (same quality, mirror) are to each other
     assert images["B-exact"] >= 200 + 3 * 2 and images["B"] < images["B-exact"]
@@ -182,8 +186,58 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
         "B": "hashes",
         "B-exact": "exact",
         "never": "never saw the duplicated images",
+        "size": "as many samples as B keeps, drawn at random",
     }
     assert "B-exact" in result.stderr and "95% CI" in result.stderr
+    for name in images:  # pooled over seeds with an interval; paired with B image by image
+        pooled = report["summary"][name]["extracted_images"]
+        assert pooled["mean"] == np.mean([seed["extracted_images"] for seed in report["by_seed"][name]])
+        assert pooled["low"] <= pooled["mean"] <= pooled["high"] and len(pooled["per_seed"]) == 2
+    assert set(report["differences"]) >= {"A - B", "B-exact - B", "size - B", "A - size"}
+    assert report["preset_name"] == "arms" and report["code"]["commit"]
+    check_tables_render_from(report, tmp_path)
+    check_bad_verify_input(preset, tmp_path)
+
+
+def check_tables_render_from(report: dict, tmp_path) -> None:
+    """docs/verify.md's tables come from committed verify.json files: rendered, they carry the JSON's numbers;
+    rendered again, nothing changes; a results file of another preset is refused."""
+    from dedup.attack.tables import render_document
+    from dedup.errors import InputError
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "arms.json").write_text(json.dumps(report))
+    document = tmp_path / "doc.md"
+    document.write_text("# verify\n\n<!-- verify-table arms -->\nold\n<!-- /verify-table -->\n\nText stays.\n")
+    assert render_document(document, results) == ["arms"]
+    text = document.read_text()
+    assert "old" not in text and text.endswith("<!-- /verify-table -->\n\nText stays.\n")
+    for name in report["training_images"]:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        auc = report["summary"][name]["auc_duplicated_vs_heldout"]
+        assert f"{auc['mean']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]" in row
+        assert f"| {report['training_images'][name]:,} |" in row
+    assert "| A - B |" in text
+    assert render_document(document, results, check=True) == []
+    cli = run_cli("verify-tables", document, "--results", results, "--check")
+    assert "0 table(s)" in cli.stdout
+    (results / "other.json").write_text(json.dumps(report))
+    document.write_text("<!-- verify-table other -->\n<!-- /verify-table -->\n")
+    with pytest.raises(InputError, match="preset 'arms', not 'other'"):
+        render_document(document, results)
+    assert document.read_text() == "<!-- verify-table other -->\n<!-- /verify-table -->\n"  # nothing written
+
+
+def check_bad_verify_input(preset, tmp_path) -> None:
+    """An arm the preset does not have, or a run folder holding another preset's data: exit 3, nothing
+    overwritten."""
+    before = (tmp_path / "run" / "verify.json").read_bytes()
+    unknown = run_cli("verify", tmp_path / "run", "--preset", preset, "--arms", "A,B-typo", check=False)
+    assert unknown.returncode == 3 and "B-typo" in unknown.stderr and "B-exact" in unknown.stderr
+    other = run_cli("verify", tmp_path / "run", "--preset", preset, "--set", "plant.seed=5", check=False)
+    assert other.returncode == 3 and "use another run folder" in other.stderr
+    assert (tmp_path / "run" / "verify.json").read_bytes() == before
 
 
 TINY = [  # the GPU preset shrunk to a minute on CPU: its resolution and data kept, its sizes and counts cut

@@ -167,6 +167,7 @@ def verify(
     reporter: Reporter = SILENT,
     only: list[str] | None = None,
     preset: dict | None = None,
+    preset_name: str | None = None,
 ) -> dict:
     """Train A (original) and B (deduplicated) and attack both; write verify.json and figures. `only` trains
     and measures those arms alone now (the report says it is incomplete; a later run without it reuses what
@@ -205,6 +206,7 @@ def verify(
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "code": code_version(),
+        "preset_name": preset_name,
         "preset": preset,
         "settings": {
             "model": asdict(model_settings),
@@ -458,6 +460,9 @@ def verify_run(
 
     preset, settings_for_verify = checked_preset(preset_name, overrides)
     run_dir = Path(run_dir)
+    chosen_arms(dict.fromkeys(["A", "B", *settings_for_verify.arms]), only)  # a name not there stops here
+    recorded_name = preset_identity(preset_name)
+    claim_run_folder(run_dir, recorded_name, preset)
     if not RunFolder(run_dir).summary.exists():
         if shards is None and "plant" in preset:
             options = dict(preset["plant"])
@@ -492,7 +497,33 @@ def verify_run(
             if share_embeddings(run_dir, folder, arm.embed):
                 reporter.info(f"verify: arm {name} embeds as the run did: its embeddings are the run's (linked)")
             run(arm, reporter=reporter)
-    return verify(run_dir, settings_for_verify, reporter=reporter, only=only, preset=preset)
+    return verify(run_dir, settings_for_verify, reporter=reporter, only=only, preset=preset, preset_name=recorded_name)
+
+
+def preset_identity(preset_name: str) -> str:
+    """The preset's name as verify.json records it: `flickr-near-full` for the name or for its file."""
+    path = Path(preset_name)
+    return path.stem.removeprefix("verify-") if path.suffix == ".toml" else preset_name
+
+
+def claim_run_folder(run_dir: Path, name: str, preset: dict) -> None:
+    """A run folder holds one preset's data: its name and what makes the data (its [plant], its dedup config,
+    its held-out images) are recorded on the first run, and a run of another preset, or of other data, into it stops before
+    anything is written."""
+    record = RunFolder(run_dir).verify_preset
+    data = {"name": name, "plant": preset.get("plant"), "dedup": dedup_config(preset), "holdout": preset.get("holdout")}
+    if record.exists():
+        earlier = json.loads(record.read_text())
+        if earlier != json.loads(json.dumps(data)):
+            differs = [key for key in data if earlier.get(key) != json.loads(json.dumps(data[key]))]
+            raise SettingsError(
+                f"{run_dir} holds verify preset {earlier.get('name')!r} (its {', '.join(differs)} differ from "
+                f"{name!r} as given): use another run folder, or run that preset there"
+            )
+        return
+    if RunFolder(run_dir).verify_report.exists() or RunFolder(run_dir).summary.exists():
+        return  # a folder made before presets were recorded: nothing to compare with
+    write_json(record, data)
 
 
 def share_embeddings(run_dir: Path, arm: RunFolder, embed_settings) -> bool:

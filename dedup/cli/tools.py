@@ -189,6 +189,24 @@ def verify_command(
         show_verify(verify_run(preset, run_dir, current, shards, overrides, only))
 
 
+def verify_tables_command(
+    document: Path = typer.Argument(Path("docs/verify.md"), help="The document whose verify-table blocks to render."),
+    results: Path = typer.Option(
+        Path("docs/results/verify"), "--results", help="The folder of the verify.json files the blocks name."
+    ),
+    check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 when a block differs from its results."),
+) -> None:
+    """Render every table of docs/verify.md from the committed verify.json files (or check that they match)."""
+    with handled() as current:
+        from dedup.attack.tables import render_document
+
+        changed = render_document(document, results, check=check)
+        if check and changed:
+            current.info(f"{document}: the tables {', '.join(changed)} differ from {results}; run without --check")
+            raise typer.Exit(1)
+        typer.echo(f"{document}: {len(changed)} table(s) {'would change' if check else 'rewritten'}")
+
+
 def show_verify(report: dict) -> None:
     from dedup.attack.figures import verify_table
 
@@ -221,6 +239,7 @@ def register(app: typer.Typer) -> None:
         ("download", download_command),
         ("extract", extract_command),
         ("verify", verify_command),
+        ("verify-tables", verify_tables_command),
         ("demo", demo_command),
     ):
         app.command(name)(command)

@@ -121,6 +121,11 @@ class RunFolder:
         return RunFolder(self.root / "arms" / name)
 
     @property
+    def verify_preset(self) -> Path:
+        """verify: the preset whose data the folder holds (a run of another preset into it stops)."""
+        return self.root / "verify-preset.json"
+
+    @property
     def verify_report(self) -> Path:
         return self.root / "verify.json"
 
