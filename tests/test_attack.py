@@ -664,6 +664,38 @@ def test_near_duplicate_planting_misses_the_content_hash_and_paraphrases_caption
     assert sorted(set(planted.transforms.values())) == sorted(NEAR_DUPLICATE_EDITS)
 
 
+def test_out_of_family_planting_one_edit_a_photo_with_other_photos_used_once(tmp_path):
+    """The edits the detector never trained on: each source takes one edit for all its copies; composites
+    and templates combine it with photos of `others`, never the same one twice, never a copied-in one."""
+    from dedup.io.reader import iter_shard
+    from dedup.tools.planting import OUT_OF_FAMILY_EDITS, plant
+
+    others = str(FLICKR / "flickr8k-224-00007.tar")
+    planted = plant(
+        str(FLICKR / "flickr8k-224-00005.tar"), tmp_path, sources=12, copies=3, transforms=OUT_OF_FAMILY_EDITS,
+        limit=60, seed=11, one_edit_per_source=True, others=others,
+    )  # fmt: skip
+    samples = {s.key: s.files for url in planted.shards for s in iter_shard(url, on_fault=lambda fault: None)}
+    partner_keys = {s.key for s in iter_shard(others, on_fault=lambda fault: None)}
+    assert not partner_keys & set(samples)  # the other photos are pasted, not copied in
+    backgrounds = []
+    for number, group in enumerate(planted.groups):
+        edits = {planted.transforms[key] for key in group[1:]}
+        assert edits == {OUT_OF_FAMILY_EDITS[number % len(OUT_OF_FAMILY_EDITS)]}
+        source = np.asarray(Image.open(io.BytesIO(samples[group[0]]["jpg"])).convert("RGB"), np.float32)
+        for key in group[1:]:
+            copy = np.asarray(Image.open(io.BytesIO(samples[key]["jpg"])).convert("RGB"), np.float32)
+            if edits == {"composite"}:  # the source shrunk into another photo: its corners are not the source's
+                backgrounds.append(copy[:8, :8].mean())
+            if copy.shape == source.shape:
+                assert np.abs(copy - source).mean() > 3  # every edit changes the photo visibly
+    assert len(set(np.round(backgrounds, 1))) == len(backgrounds) == 2 * 3  # each composite on its own photo
+    light = plant(str(FLICKR / "flickr8k-224-00005.tar"), tmp_path / "light", sources=4, copies=2, limit=30, seed=3)
+    again = plant(str(FLICKR / "flickr8k-224-00005.tar"), tmp_path / "again", sources=4, copies=2, limit=30, seed=3,
+                  others=others)  # fmt: skip
+    assert light.groups == again.groups  # no edit needs another photo: the planting is what it was
+
+
 def test_membership_statistics_tpr_at_low_fpr_and_seed_intervals():
     from dedup.attack.statistics import seed_mean_with_interval, tpr_at_fpr
 

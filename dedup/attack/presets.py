@@ -45,7 +45,19 @@ def _read_preset(name: str) -> dict:
     return tomllib.loads(text)
 
 
-PLANT_KEYS = {"source", "unique", "sources", "copies", "tiers", "transforms", "shard_size", "seed", "paraphrase"}
+PLANT_KEYS = {
+    "source",
+    "unique",
+    "sources",
+    "copies",
+    "tiers",
+    "transforms",
+    "shard_size",
+    "seed",
+    "paraphrase",
+    "one_edit_per_source",
+    "others",
+}
 
 
 def verify_settings(preset: dict, origin: str) -> VerifySettings:

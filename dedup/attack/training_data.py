@@ -100,6 +100,7 @@ def training_sets(manifest, planted_groups: list[list[str]] | None = None) -> di
             planted[members] = len(members) > 1
     return {
         "rows": rows,
+        "keys": readable["key"].to_pylist(),
         "kept": np.array([s == "kept" for s in status]),
         "group_size": sizes,
         "group": groups,

@@ -186,7 +186,8 @@ def verify(
             "give the run's embed settings (the preset's [dedup] config)"
         )
     started = time.perf_counter()
-    sets = training_sets(load_manifest(run_dir), planted_groups(run_dir))
+    truth = planted_truth(run_dir)
+    sets = training_sets(load_manifest(run_dir), truth["groups"] if truth else None)
     data = load_images(sets["rows"], model_settings.resolution)
     holdout = load_holdout(settings.holdout, settings.holdout_count, model_settings.resolution)
     conditioning = Conditioning(model_settings, data.captions)
@@ -218,7 +219,7 @@ def verify(
             "seeds": seeds,
         },
         "arms_measured": list(arms),
-        "training_images": {name: int(rows.size) for name, rows in arms.items()},
+        "training_images": {name: int(rows.size) for name, rows in (arms or every_arm).items()},
         "arm_configs": {
             "A": "no deduplication",
             "B": settings.dedup_config or "the run's",
@@ -237,6 +238,12 @@ def verify(
         name: conditions if captions is None else conditioning.tokens(captions) for name, captions in rewritten.items()
     }
     by_seed: dict[str, list[dict]] = {name: [] for name in arms}
+    if truth:
+        report["copies_by_edit"] = copies_by_edit(truth, sets, every_arm)
+    if not arms:  # deduplicated only: what each arm keeps, no model
+        report.update({"complete": False, "seconds": round(time.perf_counter() - started, 1)})
+        write_json(RunFolder(out_dir).verify_report, report)
+        return report
 
     folder = RunFolder(out_dir)
 
@@ -285,6 +292,11 @@ def verify(
     images = np.unique(sets["group"])
     report["summary"] = {name: seed_summary(values, images) for name, values in by_seed.items()}
     report["differences"] = paired_differences(by_seed, images)
+    if truth:
+        edits = edit_of_group(truth, sets)
+        if edits:
+            for name, values in by_seed.items():
+                report["summary"][name]["extracted_by_edit"] = extracted_by_edit(values, edits)
     report["extracted_reduction"] = extracted_reduction(report["summary"])
     report["figures"] = write_figures(out_dir, models, report["summary"])
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -295,7 +307,7 @@ def verify(
 
 def chosen_arms(arms: dict, only: list[str] | None) -> list[str]:
     """The arms to train and measure now, in the preset's order; an unknown name names the preset's arms."""
-    if not only:
+    if only is None:
         return list(arms)
     unknown = [name for name in only if name not in arms]
     if unknown:
@@ -345,10 +357,45 @@ def checked_preset(preset_name: str, overrides: list[str] | None = None) -> tupl
     return preset, settings
 
 
-def planted_groups(run_dir: Path) -> list[list[str]] | None:
+def planted_truth(run_dir: Path) -> dict | None:
     """The planting's ground truth when verify planted the data (RUN_DIR/data/planted.json)."""
     path = RunFolder(run_dir).planted_data / "planted.json"
-    return json.loads(path.read_text())["groups"] if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def copies_by_edit(truth: dict, sets: dict, arms: dict[str, np.ndarray]) -> dict:
+    """For each edit of the planting: its copies, and how many of them each arm trained on (kept)."""
+    position = {key: row for row, key in enumerate(sets["keys"])}
+    rows_by_edit: dict[str, list[int]] = {}
+    for key, edit in truth["transforms"].items():
+        if key in position:
+            rows_by_edit.setdefault(edit, []).append(position[key])
+    trained = {name: np.zeros(len(sets["keys"]), bool) for name in arms}
+    for name, rows in arms.items():
+        trained[name][rows] = True
+    return {
+        edit: {"copies": len(rows), "kept": {name: int(trained[name][rows].sum()) for name in arms}}
+        for edit, rows in sorted(rows_by_edit.items())
+    }
+
+
+def edit_of_group(truth: dict, sets: dict) -> dict[int, str]:
+    """Each planted group's edit (its group id as `training_sets` numbers it), where all its copies took one."""
+    position = {key: row for row, key in enumerate(sets["keys"])}
+    edits = {}
+    for group in truth["groups"]:
+        kinds = {truth["transforms"].get(key) for key in group[1:]}
+        if len(kinds) == 1 and group[0] in position:
+            edits[int(sets["group"][position[group[0]]])] = str(kinds.pop())
+    return edits
+
+
+def extracted_by_edit(measured_by_seed: list[dict], edits: dict[int, str]) -> dict:
+    """Planted images extracted, by the edit their copies took, in each seed."""
+    return {
+        edit: [sum(1 for image in m["extracted_image_ids"] if edits.get(int(image)) == edit) for m in measured_by_seed]
+        for edit in sorted(set(edits.values()))
+    }
 
 
 def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str, np.ndarray]:
@@ -481,6 +528,8 @@ def verify_run(
                     shard_size=options.pop("shard_size", None),
                     seed=options.pop("seed", 0),
                     paraphrase=options.pop("paraphrase", False),
+                    one_edit_per_source=options.pop("one_edit_per_source", False),
+                    others=options.pop("others", None),
                 )
             shards = [str(data)]
         if not shards:

@@ -179,14 +179,21 @@ def verify_command(
         "--arms",
         help="Train and measure only these arms now, comma-separated (e.g. A,B-exact); a later run reuses them.",
     ),
+    dedup_only: bool = typer.Option(
+        False, "--dedup-only", help="Plant and deduplicate, train nothing: what each arm keeps, by edit."
+    ),
 ) -> None:
     """Train model A on the original and B on the deduplicated set; compare membership AUC and extraction.
     Rerun the same command after an interruption: it continues from the last checkpoint."""
     with handled() as current:
         from dedup.attack.verify import verify_run
 
-        only = [name.strip() for name in arms.split(",") if name.strip()] if arms else None
-        show_verify(verify_run(preset, run_dir, current, shards, overrides, only))
+        only = [] if dedup_only else [name.strip() for name in arms.split(",") if name.strip()] if arms else None
+        report = verify_run(preset, run_dir, current, shards, overrides, only)
+        if dedup_only:
+            print_json({k: report.get(k) for k in ("training_images", "copies_by_edit")})
+            return
+        show_verify(report)
 
 
 def verify_tables_command(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,12 @@ from dedup.io.sources import expand_shards
 
 LIGHT_EDITS = ("exact", "reencode", "resize", "crop")
 NEAR_DUPLICATE_EDITS = ("crop-large", "flip", "colour", "border", "overlay")
-TRANSFORMS = LIGHT_EDITS + NEAR_DUPLICATE_EDITS
+# edits the copy detector never trained on (its augmentations are the light and near-duplicate ones): a
+# mirrored crop of half the photo, the photo pasted into another, the photo as a template with another
+# photo's subject pasted on it (Webster 2023's template verbatims), and style filters
+OUT_OF_FAMILY_EDITS = ("flip-crop-large", "composite", "template", "posterize", "cartoon", "vignette")
+NEEDS_ANOTHER_PHOTO = ("composite", "template")
+TRANSFORMS = LIGHT_EDITS + NEAR_DUPLICATE_EDITS + OUT_OF_FAMILY_EDITS
 OVERLAY_WORDS = ("SALE", "new", "© photo", "wallpaper", "HD", "free download", "4K", "best of", "top 10", "#1")
 
 
@@ -39,7 +44,9 @@ def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def transform_image(data: bytes, kind: str, rng: random.Random) -> bytes:
+def transform_image(data: bytes, kind: str, rng: random.Random, other: bytes | None = None) -> bytes:
+    """The copy of image `data` that edit `kind` makes; `other` is an unrelated photo, for the edits that
+    combine two (NEEDS_ANOTHER_PHOTO)."""
     if kind == "exact":
         return data
     image = Image.open(io.BytesIO(data)).convert("RGB")
@@ -57,7 +64,57 @@ def transform_image(data: bytes, kind: str, rng: random.Random) -> bytes:
         return _encode_jpeg(image.crop((left, top, width - (dx - left), height - (dy - top))), 90)
     if kind in NEAR_DUPLICATE_EDITS:
         return _encode_jpeg(_near_duplicate(image, kind, rng), rng.choice((75, 85, 95)))
+    if kind in OUT_OF_FAMILY_EDITS:
+        if kind in NEEDS_ANOTHER_PHOTO and other is None:
+            raise ValueError(f"edit {kind!r} pastes one photo into another: give the other photo")
+        partner = Image.open(io.BytesIO(other)).convert("RGB") if other is not None else None
+        return _encode_jpeg(_out_of_family(image, kind, rng, partner), rng.choice((75, 85, 95)))
     raise ValueError(f"unknown transform {kind!r}; use one of {TRANSFORMS}")
+
+
+def _out_of_family(image: Image.Image, kind: str, rng: random.Random, other: Image.Image | None) -> Image.Image:
+    from PIL import ImageOps
+
+    width, height = image.size
+    if kind == "flip-crop-large":  # half to three quarters of each side, mirrored
+        keep_w, keep_h = round(width * rng.uniform(0.5, 0.75)), round(height * rng.uniform(0.5, 0.75))
+        left, top = rng.randint(0, width - keep_w), rng.randint(0, height - keep_h)
+        return ImageOps.mirror(image.crop((left, top, left + keep_w, top + keep_h)))
+    if kind == "composite":  # the photo at 40-70 % of the other's side, pasted into it
+        assert other is not None
+        scale = rng.uniform(0.4, 0.7)
+        small = image.resize((round(other.width * scale), round(other.height * scale)), Image.Resampling.LANCZOS)
+        canvas = other.copy()
+        canvas.paste(small, (rng.randint(0, canvas.width - small.width), rng.randint(0, canvas.height - small.height)))
+        return canvas
+    if kind == "template":  # the photo kept as the background, another photo's centre pasted on it as the subject
+        assert other is not None
+        side = rng.uniform(0.3, 0.45)
+        cut_w, cut_h = round(other.width * side), round(other.height * side)
+        cx, cy = (other.width - cut_w) // 2, (other.height - cut_h) // 2
+        subject = other.crop((cx, cy, cx + cut_w, cy + cut_h)).resize(
+            (round(width * side), round(height * side)), Image.Resampling.LANCZOS
+        )
+        canvas = image.copy()
+        canvas.paste(subject, (rng.randint(0, width - subject.width), rng.randint(0, height - subject.height)))
+        return canvas
+    if kind == "posterize":
+        return ImageOps.posterize(image, rng.choice((2, 3)))
+    if kind == "cartoon":  # smoothed colours quantized to a few, dark edges drawn over them
+        import cv2
+
+        pixels = np.asarray(image)
+        smooth = cv2.bilateralFilter(pixels, 9, 75, 75)
+        quantized = np.asarray(Image.fromarray(smooth).quantize(colors=rng.choice((6, 8, 12))).convert("RGB"))
+        gray = cv2.medianBlur(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), 7)
+        edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, 11, 7)
+        return Image.fromarray(np.where(edges[..., None] > 0, quantized, 0).astype(np.uint8))
+    # vignette: dark from the middle of each side outwards, the corners at 5-30 % of their brightness
+    y, x = np.mgrid[0:height, 0:width]
+    radius = np.hypot((x - width / 2) / (width / 2), (y - height / 2) / (height / 2)) / np.sqrt(2)
+    floor = rng.uniform(0.05, 0.3)
+    falloff = 1 - (1 - floor) * np.clip(1.15 * radius, 0, 1) ** 1.5
+    return Image.fromarray((np.asarray(image, np.float32) * falloff[..., None]).round().astype(np.uint8))
 
 
 def _near_duplicate(image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
@@ -121,6 +178,8 @@ def plant(
     eligible: Callable[[Sample], bool] | None = None,
     donors: str | list[str] | None = None,
     paraphrase: bool = False,
+    one_edit_per_source: bool = False,
+    others: str | list[str] | None = None,
 ) -> PlantedSet:
     """Copy the samples of `source_shards` into `out_dir` with planted near-duplicates.
 
@@ -130,7 +189,10 @@ def plant(
     samples; otherwise it keeps the input's shard count. With `donors`, the copies are made of the donor
     shards' images instead (for example test images hidden in training shards); donors are not copied in.
     With `paraphrase`, each copy's caption is another of the source's captions (its json `captions`, as
-    Flickr8k's five human captions) where it has more than one.
+    Flickr8k's five human captions) where it has more than one. With `one_edit_per_source`, all of a source's
+    copies take one edit (the sources cycle through `transforms`), so what an edit does is measured per source.
+    The edits that combine two photos take the other from `others` (shards that are not copied in; each
+    photo there used once), else from the samples not chosen as sources.
     """
     rng = random.Random(seed)
     urls = expand_shards(source_shards)
@@ -158,6 +220,7 @@ def plant(
     if isinstance(copies, list) and len(copies) != sources:
         raise ValueError(f"copies lists {len(copies)} counts for {sources} sources")
     chosen = rng.sample(candidates, min(sources, len(candidates)))
+    partners = _partner_photos(others, [pool[i] for i in chosen], originals, random.Random(f"partners {seed}"))
     for number, source_index in enumerate(chosen):
         source = pool[source_index]
         image_field = next(ext for ext in ("jpg", "jpeg", "png", "webp") if ext in source.files)
@@ -166,10 +229,13 @@ def plant(
         )
         group = [source.key]
         for copy_number in range(count):
-            kind = kinds[(number + copy_number) % len(kinds)]
+            kind = kinds[number % len(kinds)] if one_edit_per_source else kinds[(number + copy_number) % len(kinds)]
             key = f"planted-{source.key.replace('/', '_')}-{copy_number}"
             files = {ext: data for ext, data in source.files.items() if ext != image_field and ext != "json"}
-            files["jpg" if kind != "exact" else image_field] = transform_image(source.files[image_field], kind, rng)
+            other = next(partners) if kind in NEEDS_ANOTHER_PHOTO else None
+            files["jpg" if kind != "exact" else image_field] = transform_image(
+                source.files[image_field], kind, rng, other
+            )
             meta = {"key": key, "planted_from": source.key, "transform": kind}
             if paraphrase and (caption := _other_caption(source.files, rng)) is not None:
                 files["txt"], meta["caption"] = caption.encode(), caption
@@ -193,6 +259,26 @@ def plant(
         planted.samples += len(bucket)
     write_json(out_dir / "planted.json", planted.to_json())
     return planted
+
+
+def _partner_photos(
+    others: str | list[str] | None, chosen: list[Sample], originals: list[Sample], rng: random.Random
+) -> Iterator[bytes]:
+    """The other photos that composites and templates combine with a source, each used once (two copies on
+    one background would be copies of each other), in a random order; read on the first one asked for, with
+    a generator of their own, so plantings without such edits are what they were."""
+    if others:
+        pool = [s for url in expand_shards(others) for s in iter_shard(url, on_fault=lambda fault: None)]
+    else:
+        used = {sample.key for sample in chosen}
+        pool = [sample for sample in originals if sample.key not in used]
+    order = list(range(len(pool)))
+    rng.shuffle(order)
+    for i in order:
+        files = pool[i].files
+        field = next((ext for ext in ("jpg", "jpeg", "png", "webp") if ext in files), None)
+        if field is not None:
+            yield files[field]
 
 
 def _other_caption(files: dict[str, bytes], rng: random.Random) -> str | None:
