@@ -42,6 +42,24 @@ def test_a_cropped_turned_copy_has_many_inliers_an_unrelated_photo_few(shared):
     assert max(other) < 25, other
 
 
+def test_a_mirrored_crop_is_matched_through_the_mirror_image_an_unrelated_photo_is_not(shared):
+    """ORB's descriptors are not mirror-invariant: a mirrored crop has few inliers with its photo until the
+    photo's mirror image is matched as well; unrelated photos stay below the bar either way."""
+    import numpy as np
+
+    photos = _photos(40)
+    mirrored = [_image(_crop_and_turn(data, degrees=0)).transpose(Image.Transpose.FLIP_LEFT_RIGHT) for _, data in photos[:20]]  # fmt: skip
+    copies = {i: local_features.features(image) for i, image in enumerate(mirrored)}
+    originals = {100 + i: local_features.features(_image(data), mirrored=True) for i, (_, data) in enumerate(photos)}
+    features_of = {**copies, **originals}
+    a, same, other = np.arange(100, 120), np.arange(20), np.arange(20)[::-1] + 0
+    plain = local_features.pair_inliers(a, same, features_of)
+    with_mirror = local_features.pair_inliers(a, same, features_of, enough=30)
+    assert np.median(plain) < 20 and sorted(with_mirror)[1] >= 40, (plain, with_mirror)
+    unrelated = local_features.pair_inliers(np.arange(120, 140), other, features_of, enough=30)
+    assert unrelated.max() < 25, unrelated
+
+
 def test_find_verifies_borderline_pairs_and_records_their_inliers(tmp_path, shared):
     """With the 8x8 thumbnail as the embedding, a cropped copy is only a borderline match of its photo:
     verification finds it; unrelated photos in the same band are refused."""

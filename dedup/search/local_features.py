@@ -24,6 +24,7 @@ REPROJECTION_PX = 5.0
 class Features:
     points: np.ndarray  # float32 (n, 2)
     descriptors: np.ndarray | None  # uint8 (n, 32)
+    mirrored: Features | None = None  # the same image's mirror image: ORB's descriptors are not mirror-invariant
 
 
 def _cv2():
@@ -36,14 +37,22 @@ def _cv2():
     return cv2
 
 
-def features(image) -> Features:
-    """ORB keypoints of a PIL image, on its gray levels, its longer side at most MAX_SIDE."""
-    cv2 = _cv2()
+def features(image, mirrored: bool = False) -> Features:
+    """ORB keypoints of a PIL image, on its gray levels, its longer side at most MAX_SIDE; with `mirrored`, those
+    of its mirror image too, so a mirrored copy can be matched."""
     gray = image.convert("L")
     scale = MAX_SIDE / max(gray.size)
     if scale < 1:
         gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))))
-    keypoints, descriptors = cv2.ORB_create(nfeatures=KEYPOINTS).detectAndCompute(np.asarray(gray), None)
+    pixels = np.asarray(gray)
+    found = _orb(pixels)
+    if mirrored:
+        found.mirrored = _orb(np.ascontiguousarray(pixels[:, ::-1]))
+    return found
+
+
+def _orb(pixels: np.ndarray) -> Features:
+    keypoints, descriptors = _cv2().ORB_create(nfeatures=KEYPOINTS).detectAndCompute(pixels, None)
     return Features(np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32).reshape(-1, 2), descriptors)
 
 
@@ -64,14 +73,23 @@ def inliers(first: Features, second: Features) -> int:
     return int(mask.sum()) if mask is not None else 0
 
 
-def pair_inliers(a: np.ndarray, b: np.ndarray, features_of: dict[int, Features], threads: int = 2) -> np.ndarray:
-    """int32 (pairs,): inliers of each (a[i], b[i]); -1 where a row's image could not be read. OpenCV releases
-    the GIL, so threads share the matching."""
+def pair_inliers(
+    a: np.ndarray, b: np.ndarray, features_of: dict[int, Features], threads: int = 2, enough: int | None = None
+) -> np.ndarray:
+    """int32 (pairs,): inliers of each (a[i], b[i]); -1 where a row's image could not be read. Where a pair has
+    fewer than `enough` and the first image's mirror image is known, the mirror is matched too and the larger
+    count kept. OpenCV releases the GIL, so threads share the matching."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(pair: tuple[int, int]) -> int:
         x, y = pair
-        return inliers(features_of[x], features_of[y]) if x in features_of and y in features_of else -1
+        if x not in features_of or y not in features_of:
+            return -1
+        first, second = features_of[x], features_of[y]
+        direct = inliers(first, second)
+        if enough is None or direct >= enough or first.mirrored is None:
+            return direct
+        return max(direct, inliers(first.mirrored, second))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return np.fromiter(pool.map(one, zip(a.tolist(), b.tolist()), chunksize=256), dtype=np.int32, count=len(a))

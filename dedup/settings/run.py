@@ -107,6 +107,9 @@ class FindSettings:
     )
     verify_inliers: int = setting(30, "Keypoint matches one geometry must explain for a pair to be verified.")
     verify_per_row: int = setting(5, "Borderline partners verified per sample at most (the most similar).")
+    verify_mirror: bool = setting(
+        True, "A borderline pair that falls short is matched again with one image mirrored (mirrored copies)."
+    )
     low_detail_tolerance: float | None = setting(
         24.0,
         "Pairs of two low-detail images (text, digits, icons on flat backgrounds) count only when their 16x16 "

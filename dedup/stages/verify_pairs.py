@@ -30,8 +30,11 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     chosen = local_features.strongest_per_row(a, b, similarity, settings.verify_per_row)
     a, b, similarity = a[chosen], b[chosen], similarity[chosen]
     rows = np.unique(np.concatenate([a, b]))
-    features_of = _features_of_rows(rows, metadata, reporter)
-    inliers = local_features.pair_inliers(a, b, features_of, threads=os.cpu_count() or 1)
+    mirror = set(np.unique(a).tolist()) if settings.verify_mirror else set()
+    features_of = _features_of_rows(rows, metadata, reporter, mirror)
+    inliers = local_features.pair_inliers(
+        a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers if mirror else None
+    )
     good = inliers >= settings.verify_inliers
     found.pairs["verified"] = (a[good], b[good])
     found.similarity["verified"] = similarity[good]
@@ -47,7 +50,10 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     return info
 
 
-def _features_of_rows(rows: np.ndarray, metadata: pa.Table, reporter: Reporter) -> dict[int, local_features.Features]:
+def _features_of_rows(
+    rows: np.ndarray, metadata: pa.Table, reporter: Reporter, mirror: set[int]
+) -> dict[int, local_features.Features]:
+    """The keypoints of `rows`, read again from the shards; of those in `mirror`, of their mirror images too."""
     shards = metadata["shard"].take(pa.array(rows)).to_pylist()
     indices = metadata["sample_index"].take(pa.array(rows)).to_pylist()
     row_of = {(shard, index): int(row) for row, shard, index in zip(rows, shards, indices) if shard is not None}
@@ -55,7 +61,8 @@ def _features_of_rows(rows: np.ndarray, metadata: pa.Table, reporter: Reporter) 
 
     def extract(sample) -> None:
         try:
-            features_of[row_of[(sample.shard, sample.index)]] = local_features.features(open_image(sample.files)[0])
+            row = row_of[(sample.shard, sample.index)]
+            features_of[row] = local_features.features(open_image(sample.files)[0], mirrored=row in mirror)
         except UnreadableImage:
             pass
 
