@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup img2dataset demo test lint clip-retrieval
+.PHONY: setup img2dataset demo test test-fast lint clip-retrieval
 setup: img2dataset
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
@@ -21,8 +21,13 @@ demo:
 	$(BIN)/dedup demo demo-data
 	$(BIN)/dedup run --config configs/demo.toml
 
+# the whole suite, the 20 slowest tests listed at the end (CI runs this)
 test:
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20
+
+# the tests not marked slow: every command at small size, in a few minutes; run it while working
+test-fast:
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=10
 
 lint:
 	$(BIN)/ruff check dedup tests benchmarks pipelines configs

@@ -130,6 +130,7 @@ def test_tiny_verify_end_to_end(tmp_path):
     assert report["complete"] is True
 
 
+@pytest.mark.slow
 def test_a_stopped_verify_keeps_what_it_measured(tmp_path):
     """Stopped while model B trains (here: its first message raises), verify.json holds model A's measures,
     marked incomplete, and model A kept for a rerun to reuse."""
@@ -154,6 +155,7 @@ def test_a_stopped_verify_keeps_what_it_measured(tmp_path):
     assert (tmp_path / "run" / "verify-model-A.pt").exists()
 
 
+@pytest.mark.slow
 def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
     """Near-duplicate copies that a content hash misses: B-exact keeps them, B (pHash + PDQ) drops them; every
     model is measured on the same planted images, once per seed, with intervals."""
@@ -257,6 +259,7 @@ TINY = [  # the GPU preset shrunk to a minute on CPU: its resolution and data ke
 ]
 
 
+@pytest.mark.slow
 def test_the_gpu_preset_runs_at_tiny_size_on_cpu(tmp_path):
     """The full preset sized for one GPU, tried here with `--set`: its planting (near-duplicates a content hash
     misses), its arms and its 32 px model run end to end; the report records the values it ran with."""
@@ -271,6 +274,7 @@ def test_the_gpu_preset_runs_at_tiny_size_on_cpu(tmp_path):
     assert report["complete"] is True and "membership AUC" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_a_gpu_preset_stops_at_once_where_there_is_no_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -403,6 +407,7 @@ detector_repeats = 2
 """
 
 
+@pytest.mark.slow
 def test_tiny_caption_verify_end_to_end(tmp_path):
     """The Flickr8k setting in miniature: caption-conditioned model, black-box attack, Wen detector."""
     preset = tmp_path / "verify-tiny-flickr.toml"
@@ -419,8 +424,10 @@ def test_tiny_caption_verify_end_to_end(tmp_path):
         assert len(measured["lowest_tiled_l2"]) == 10
     assert "Wen detector AUC" in result.stderr + result.stdout
 
-    again = run_cli("verify", tmp_path / "run", "--preset", preset)  # a rerun reuses both trained models
+    # a rerun with another attack setting measures again on both trained models, reused
+    again = run_cli("verify", tmp_path / "run", "--preset", preset, "--set", "attack.detector_repeats=3")
     assert "reusing model A" in again.stderr and "reusing model B" in again.stderr
+    assert "reusing what was measured" not in again.stderr
     rerun = json.loads((tmp_path / "run" / "verify.json").read_text())
     for model in ("A", "B"):
         assert rerun[model]["training"] == report[model]["training"]
@@ -430,6 +437,7 @@ def test_tiny_caption_verify_end_to_end(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_caption_arms_keep_k_copies_with_and_without_new_captions(tmp_path):
     """Somepalli et al.'s mitigation as a verify arm: the same 3 copies a group kept, captions as they were
     or diversified; the diversified arm's model trains on the captions its run wrote."""
@@ -454,6 +462,7 @@ def test_caption_arms_keep_k_copies_with_and_without_new_captions(tmp_path):
         assert all(a.stat().st_ino == r.stat().st_ino for a, r in zip(arm_parts, run_parts))
 
 
+@pytest.mark.slow
 def test_run_with_verify_confirms_through_the_runs_own_store(flickr_run, tmp_path):
     """`dedup run ... --verify PRESET` ends with verify, on the run's data and with the run's embedder."""
     root, _, _ = flickr_run
@@ -549,6 +558,7 @@ def tiny_stable_diffusion(folder):
     return folder / "pipeline"
 
 
+@pytest.mark.slow
 def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
     """`dedup extract` loads a diffusers pipeline from a local folder, attacks it with the captions of the largest
     groups and writes extract.json; a pipeline that returns a training photo for one caption gets that photo
@@ -810,6 +820,7 @@ def replace_seed(settings, seed: int):
     return replace(settings, seed=seed)
 
 
+@pytest.mark.slow
 def test_a_killed_verify_rerun_ends_with_the_same_verify_json(tmp_path):
     """SIGKILL at a random point of model A's training (after its first checkpoint), then the same command
     again: it continues from the checkpoint and writes the verify.json of a run never stopped."""

@@ -62,6 +62,7 @@ def test_onnx_runtime_gives_the_torch_embeddings(tmp_path, shared, monkeypatch):
         build_embedder("copydetect", runtime="onnx-int8")
 
 
+@pytest.mark.slow
 def test_training_resumes_where_it_stopped_and_writes_loadable_weights(tmp_path, shared):
     data = tmp_path / "imagenette"
     data.mkdir()
@@ -82,7 +83,9 @@ def test_training_resumes_where_it_stopped_and_writes_loadable_weights(tmp_path,
     assert all(torch.allclose(resumed[k].float(), straight[k].float(), atol=2e-3) for k in resumed)
 
 
-@pytest.mark.parametrize("fault", ["corrupt", "wrong-shape", "not-a-detector", "missing-trunk-package"])
+@pytest.mark.parametrize(
+    "fault", ["corrupt", "wrong-shape", "not-a-detector", pytest.param("missing-trunk-package", marks=pytest.mark.slow)]
+)
 def test_unusable_detector_files_stop_with_exit_4(tmp_path, fault):
     shard = tmp_path / "in.tar"
     shard.write_bytes(tar_bytes([("a.jpg", jpeg_bytes())]))

@@ -9,6 +9,7 @@ import pytest
 from conftest import IMG2DATASET, run_cli
 
 
+@pytest.mark.slow
 def test_download_then_run(served_images, tmp_path):
     if not IMG2DATASET.exists():
         pytest.fail("img2dataset's environment is missing: run `make img2dataset` (make setup does)")

@@ -102,6 +102,7 @@ def test_clip_onnx_runtime_agrees_with_torch_and_is_cached(tiny_clip, tmp_path, 
         build_embedder("clip", runtime="onnx-int8", **options)
 
 
+@pytest.mark.slow
 def test_clip_embed_stage_writes_clip_retrieval_layout(tiny_clip, tmp_path):
     config, checkpoint = tiny_clip
     run_cli(

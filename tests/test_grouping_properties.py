@@ -126,6 +126,7 @@ def test_keep_policy_invariants(rows, policy):
         assert all(m["kept_key"] == best["key"] for m in members)
 
 
+@pytest.mark.slow
 def test_ivf_range_search_keeps_recall_on_planted_pairs():
     rng = np.random.default_rng(0)
     base = rng.standard_normal((60_000, 64)).astype(np.float32)
@@ -162,6 +163,7 @@ def test_find_reads_clip_retrieval_layout(tmp_path):
     assert groups[5]["nearest_key"] == "img7.jpg" and groups[5]["group_size"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["clustered", "isotropic"])
 def test_partitioned_search_agrees_with_exact_search(kind):
     """Partitioned search finds what exact search finds (recall >= 0.99, every pair real); without the

@@ -202,6 +202,7 @@ def test_shard_rewritten_with_the_same_size_and_time_is_caught_by_write(tmp_path
     assert result.returncode == 2 and "changed since embed" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_a_marker_that_outlived_its_shard_is_not_trusted(tmp_path):
     """With sync = "none", a crash of the machine can leave a shard's marker on disk while the shard's data is
     lost (a short or empty file): the rerun sees the size disagree with the marker and writes that shard again;

@@ -75,6 +75,7 @@ def test_add_equals_a_run_from_scratch(planted, tmp_path):
     assert find["increment"]["new_rows"] == new_rows and find["increment"]["pairs_added"] > 0
 
 
+@pytest.mark.slow
 def test_add_with_the_default_detector_keeps_earlier_keeps(planted, tmp_path):
     """The default keep rule prefers the largest copy; an increment keeps what it kept before instead, so the
     kept sets may differ from scratch by those swaps, never in how many or in the groups. From Python, as a
@@ -134,6 +135,7 @@ def test_add_refuses_what_it_cannot_do(planted, tmp_path):
     assert other.returncode == 3 and "find.phash_radius: 4 then, 8 now" in other.stderr
 
 
+@pytest.mark.slow
 def test_a_whole_write_into_an_incremented_output_is_refused(planted, tmp_path):
     folder, shards = planted
     base = tmp_path / "base"

@@ -150,6 +150,7 @@ def small_set(tmp_path_factory):
     return root, reference, time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
     root, reference, duration = small_set
     rng = random.Random(SEED)
@@ -185,6 +186,7 @@ def test_sigkill_anywhere_then_rerun_equals_uninterrupted(small_set, tmp_path):
         Path(record).write_text(json.dumps({"seed": SEED, "kills": KILLS, "killed_in": killed_in}))
 
 
+@pytest.mark.slow
 def test_sigkill_during_add_then_rerun_equals_uninterrupted(small_set, tmp_path):
     """`dedup add` of three shards to a run of three, killed inside each of its stages, then run again: the same
     outputs as an add that was never interrupted."""

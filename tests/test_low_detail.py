@@ -19,7 +19,7 @@ def _groups(run_dir) -> dict[str, int]:
     return {row["key"]: row["group_id"] for row in rows}
 
 
-@pytest.mark.parametrize("preset", ["default", "hashes", "offline"])
+@pytest.mark.parametrize("preset", [pytest.param("default", marks=pytest.mark.slow), "hashes", "offline"])
 def test_distinct_low_detail_images_stay_apart_and_their_copies_are_found(tmp_path, preset):
     shard = tmp_path / "low-detail.tar"
     names, copies = write_low_detail_shard(shard, seed=3)

@@ -131,6 +131,7 @@ def test_rerun_resumes_without_redoing_work(flickr_run):
     assert before == after
 
 
+@pytest.mark.slow
 def test_cifar_gz_shard_with_planted_copies(tmp_path):
     """CIFAR-10's 32x32 images in a .tar.gz shard: exact, re-encoded and resized copies are found.
 

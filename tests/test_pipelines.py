@@ -37,6 +37,7 @@ def _run(*args, cwd):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_dedup_and_decontaminate_as_a_file(tmp_path, shared):
     eval_shard, train_shard = tmp_path / "eval.tar", tmp_path / "train.tar"
     shard_head(CIFAR / "cifar10-test-00005.tar.gz", eval_shard, SUBSET)
@@ -61,6 +62,7 @@ def test_dedup_and_decontaminate_as_a_file(tmp_path, shared):
     assert (tmp_path / "run" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_web_corpus_imported_and_called(served_images, tmp_path):
     if not IMG2DATASET.exists():
         pytest.fail("img2dataset's environment is missing: run `make img2dataset` (make setup does)")

@@ -43,6 +43,7 @@ def contaminated(tmp_path_factory):
     return planted, run_dir, reference
 
 
+@pytest.mark.slow
 def test_planted_copies_of_test_images_are_removed(contaminated):
     planted, run_dir, _ = contaminated
     manifest = pq.read_table(run_dir / "manifest.parquet").to_pylist()

@@ -18,6 +18,7 @@ def digests(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
 
 
+@pytest.mark.slow
 def test_ray_engine_matches_local_engine(planted_flickr_small, tmp_path):
     """Three shards are enough for units to run side by side; a run's cost on Ray is mostly its cluster's start."""
     shards_dir, planted = planted_flickr_small
@@ -54,6 +55,7 @@ def test_ray_engine_matches_local_engine(planted_flickr_small, tmp_path):
     assert len(digests(ray / "shards")) >= 3  # several write units really ran on the actor pool
 
 
+@pytest.mark.slow
 def test_partitioned_find_units_on_ray_match_local(tmp_path):
     """find's partitioned search as units on Ray actors: the pairs of the local engine."""
     from dedup.tools.planting import planted_embeddings

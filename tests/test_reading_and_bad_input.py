@@ -54,6 +54,7 @@ def test_brace_patterns_folders_and_gz(tmp_path):
     assert set(samples[0].files) == {"jpg", "txt", "json"}
 
 
+@pytest.mark.slow
 def test_a_large_image_folder_is_read_in_parts_and_every_image_accounted_for(tmp_path):
     """A folder of more than FOLDER_PART_IMAGES images becomes parts an engine spreads over its workers: every
     photo is a sample once, keyed by its path in the folder; planted copies in another subfolder are found
@@ -99,6 +100,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_remote_shards_over_http(tmp_path):
     """fsspec URLs: the pipeline runs on shards served by a local HTTP server (127.0.0.1)."""
     served = tmp_path / "served"
@@ -205,6 +207,7 @@ def test_unusable_input_and_settings_give_clear_errors(tmp_path, args, code, wor
     assert any(line.startswith("error: ") for line in result.stderr.splitlines()), result.stderr
 
 
+@pytest.mark.slow
 def test_missing_clip_weights_fail_fast_with_instructions(tmp_path):
     (tmp_path / "s.tar").write_bytes(tar_bytes([("a.jpg", jpeg_bytes())]))
     result = run_cli(

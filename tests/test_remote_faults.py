@@ -49,7 +49,9 @@ def manifest_rows(run_dir) -> list[dict]:
     return pq.read_table(run_dir / "manifest.parquet", columns=COMPARED).to_pylist()
 
 
-@pytest.mark.parametrize("ranges", [True, False], ids=["resumes-by-range", "restarts-without-ranges"])
+@pytest.mark.parametrize(
+    "ranges", [pytest.param(True, marks=pytest.mark.slow), False], ids=["resumes-by-range", "restarts-without-ranges"]
+)
 def test_a_run_through_faults_gives_the_local_manifest(local_run, tmp_path, ranges):
     folder, names = local_run
     faults = Faults(ranges=ranges, dropped=0.35, stalled=0.08, seed=3 if ranges else 4, stall_s=1.0, lifetime_s=300)
@@ -73,6 +75,7 @@ def test_a_run_through_faults_gives_the_local_manifest(local_run, tmp_path, rang
     assert counts["requests"] < 400 and seconds < 240, (counts, seconds)
 
 
+@pytest.mark.slow
 def test_a_shard_that_fails_every_time_is_unreadable_and_the_rest_go_through(local_run, tmp_path):
     folder, names = local_run
     (folder / "shards" / "dead-00000.tar").write_bytes((folder / "shards" / names[0]).read_bytes())

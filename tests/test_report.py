@@ -35,6 +35,7 @@ def demo_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(demo_run):
     from playwright.sync_api import sync_playwright
 
@@ -74,6 +75,17 @@ def test_report_stays_bounded(demo_run):
     assert html.count("class='pair'") <= 6
 
 
+def test_calibrate_on_the_demo_run_with_its_ground_truth(demo_run):
+    """The demo's 29 planted copies as labels: calibrate writes its table and plot and suggests a threshold
+    at which the labelled pairs it measures are told apart."""
+    result = run_cli("calibrate", demo_run / "run", "--labels", demo_run / "demo-data" / "shards" / "planted.json")
+    assert "suggested threshold" in result.stdout
+    table = json.loads((demo_run / "run" / "calibration.json").read_text())
+    assert table["suggested_threshold"] in [row["threshold"] for row in table["thresholds"]]
+    assert (demo_run / "run" / "calibration.png").exists()
+
+
+@pytest.mark.slow
 def test_calibrate_suggests_a_threshold_that_separates_planted_pairs(planted_flickr, tmp_path):
     shards_dir, planted = planted_flickr
     run_cli("embed", shards_dir, "--run-dir", tmp_path, "--config", "offline")

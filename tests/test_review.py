@@ -86,6 +86,7 @@ def groups_by_key(run_dir: Path) -> dict[str, int]:
     return dict(zip(table["key"].to_pylist(), table["group_id"].to_pylist()))
 
 
+@pytest.mark.slow
 def test_label_with_the_keyboard_survive_a_kill_and_change_the_output(review_run, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

@@ -67,3 +67,31 @@ def test_the_cycle_check_sees_a_cycle():
 def test_no_module_over_400_lines():
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def fast_tier_cli_commands() -> set[str]:
+    """The commands that tests outside the slow tier run through `run_cli`: the first argument of each call,
+    where it is written out, in every test function not marked slow (and in the helpers they share)."""
+    commands: set[str] = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and any("slow" in ast.unparse(d) for d in node.decorator_list):
+                continue
+            for call in ast.walk(node):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Name)
+                    and call.func.id == "run_cli"
+                    and call.args
+                    and isinstance(call.args[0], ast.Constant)
+                ):
+                    commands.add(str(call.args[0].value))
+    return commands
+
+
+def test_the_fast_tier_runs_every_command():
+    """`make test-fast` (the tests not marked slow) runs every command of the CLI at least once."""
+    from dedup.cli import app
+
+    every = {command.name for command in app.registered_commands}
+    assert every - fast_tier_cli_commands() == set()

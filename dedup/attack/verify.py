@@ -12,23 +12,30 @@ seeds, then measure on both what an attacker gets:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
-import zlib
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dedup.attack.arms import (
+    arm_captions,
+    arm_description,
+    chosen_arms,
+    copies_by_edit,
+    edit_of_group,
+    extracted_by_edit,
+    planted_truth,
+    training_arms,
+)
 from dedup.attack.attacks import black_box_attack, membership, white_box_attack
-from dedup.attack.diffusion import ModelSettings, train
+from dedup.attack.diffusion import ModelSettings
 from dedup.attack.figures import save_generations, write_figures
+from dedup.attack.models import load_measured, model_identity, save_measured, trained_model
 from dedup.attack.presets import (
-    RANDOM,
-    UNSEEN,
     VerifySettings,
     dedup_config,
     load_preset,
@@ -36,128 +43,12 @@ from dedup.attack.presets import (
     verify_settings,
     without_run,
 )
-from dedup.attack.statistics import (
-    MEASURES,
-    extraction_indicators,
-    pooled_count_with_interval,
-    seed_mean_with_interval,
-)
-from dedup.attack.training_data import (
-    Conditioning,
-    Images,
-    by_place,
-    kept_by,
-    load_holdout,
-    load_images,
-    training_sets,
-)
+from dedup.attack.summary import extracted_reduction, paired_differences, public, scalars, seed_summary
+from dedup.attack.training_data import Conditioning, load_holdout, load_images, training_sets
 from dedup.errors import InputError, SettingsError
-from dedup.io.atomic import atomic_open, write_json
+from dedup.io.atomic import write_json
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.progress import SILENT, Reporter
-
-
-def model_identity(
-    settings: ModelSettings, places: list, conditioning: Conditioning, conditions: np.ndarray | None, rows: np.ndarray
-) -> str:
-    """What a trained model depends on: its settings, its training samples, vocabulary and captions. A saved
-    model, checkpoint or measurement with another identity belongs to another training and is not reused."""
-    return json.dumps(
-        {
-            "settings": asdict(settings),
-            "places": hashlib.sha256(json.dumps(places).encode()).hexdigest(),
-            "vocabulary": conditioning.vocabulary.to_json() if conditioning.vocabulary else None,
-            "captions": (  # an arm that rewrote captions trains on other tokens than B
-                hashlib.sha256(np.ascontiguousarray(conditions[rows]).tobytes()).hexdigest()
-                if conditions is not None and settings.captions
-                else None
-            ),
-        },
-        sort_keys=True,
-        default=str,
-    )
-
-
-def trained_model(
-    folder: RunFolder,
-    name: str,
-    identity: str,
-    data: Images,
-    rows: np.ndarray,
-    conditions: np.ndarray | None,
-    conditioning: Conditioning,
-    settings: ModelSettings,
-    reporter: Reporter,
-    checkpoint_every: int,
-):
-    """Model `name` trained on `rows`, or the one a previous verify saved for the same identity: a rerun after
-    an interruption or a scoring change skips training, and one killed mid-training continues from its last
-    checkpoint."""
-    import torch
-
-    from dedup.attack.diffusion import Checkpoint, Denoiser, pick_device
-
-    path = folder.verify_model(name)
-    length = conditions.shape[1] if conditions is not None and settings.captions else 0
-    if path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("identity") == identity:
-            reporter.info(f"verify: reusing model {name} from {path} (same settings and training samples)")
-            model = Denoiser(settings, conditioning.vocabulary_length, length)
-            model.load_state_dict(saved["state"])
-            return model.to(pick_device(settings.device)).eval(), json.loads(saved["stats"])
-    reporter.info(f"verify: training model {name} on {len(rows)} images ({settings.train_steps} steps)")
-    checkpoint = Checkpoint(folder.verify_checkpoint(name), identity, checkpoint_every)
-    model, stats = train(
-        data.images[rows],
-        None if conditions is None else conditions[rows],
-        settings,
-        log=lambda message: reporter.info(f"  {name} {message}"),
-        vocabulary_length=conditioning.vocabulary_length,
-        empty_caption=conditioning.empty,
-        checkpoint=checkpoint,
-    )
-    with atomic_open(path, "wb") as handle:
-        torch.save({"identity": identity, "state": model.state_dict(), "stats": json.dumps(stats, default=str)}, handle)
-    checkpoint.remove()
-    return model, stats
-
-
-def save_measured(folder: RunFolder, name: str, identity: str, measured: dict) -> None:
-    """What the attacks measured on model `name`, with the per-image losses and closest pairs the summary and
-    figures read; the JSON is written last, so a measurement is reused only when complete."""
-    losses, closest = measured["_losses"], measured["_closest"]
-    arrays = {f"losses_{key}": losses[key] for key in ("duplicated", "unique", "heldout")}
-    arrays.update({f"losses_size_{size}": values for size, values in losses["by_size"].items()})
-    if closest:
-        arrays["closest_generated"] = np.stack([pair[0] for pair in closest])
-        arrays["closest_training"] = np.stack([pair[1] for pair in closest])
-    with atomic_open(folder.verify_measured_arrays(name), "wb") as handle:
-        np.savez_compressed(handle, **arrays)
-    labels = [[pair[2], bool(pair[3])] for pair in closest]
-    write_json(folder.verify_measured(name), {"identity": identity, "measured": public(measured), "closest": labels})
-
-
-def load_measured(folder: RunFolder, name: str, identity: str) -> dict | None:
-    """The measurement `save_measured` kept for the same identity, or None."""
-    path = folder.verify_measured(name)
-    if not path.exists() or not folder.verify_measured_arrays(name).exists():
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("identity") != identity:
-        return None
-    with np.load(folder.verify_measured_arrays(name)) as arrays:
-        losses = {key: arrays[f"losses_{key}"] for key in ("duplicated", "unique", "heldout")}
-        losses["by_size"] = {
-            int(key.removeprefix("losses_size_")): arrays[key] for key in arrays.files if key.startswith("losses_size_")
-        }
-        pairs = (
-            zip(arrays["closest_generated"], arrays["closest_training"], saved["closest"])
-            if saved["closest"]
-            else iter(())
-        )
-        closest = [(generated, training, label, extracted) for generated, training, (label, extracted) in pairs]
-    return {**saved["measured"], "_losses": losses, "_closest": closest}
 
 
 def verify(
@@ -305,26 +196,6 @@ def verify(
     return report
 
 
-def chosen_arms(arms: dict, only: list[str] | None) -> list[str]:
-    """The arms to train and measure now, in the preset's order; an unknown name names the preset's arms."""
-    if only is None:
-        return list(arms)
-    unknown = [name for name in only if name not in arms]
-    if unknown:
-        raise SettingsError(
-            f"--arms names {', '.join(unknown)}, which the preset does not have; its arms are {', '.join(arms)}"
-        )
-    return [name for name in arms if name in only]
-
-
-def arm_description(spec: dict) -> str:
-    if spec["config"] == UNSEEN:
-        return "never saw the duplicated images"
-    if spec["config"] == RANDOM:
-        return f"as many samples as {spec['like']} keeps, drawn at random"
-    return " ".join([spec["config"], *spec["set"]])
-
-
 def code_version() -> dict:
     """The commit of the code that ran (and whether its tree had changes), where it runs from a git checkout."""
     root = Path(__file__).resolve().parents[2]
@@ -355,139 +226,6 @@ def checked_preset(preset_name: str, overrides: list[str] | None = None) -> tupl
             "one is, or add --set model.device=cpu to run it here (hours where the preset was sized for a GPU)"
         )
     return preset, settings
-
-
-def planted_truth(run_dir: Path) -> dict | None:
-    """The planting's ground truth when verify planted the data (RUN_DIR/data/planted.json)."""
-    path = RunFolder(run_dir).planted_data / "planted.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def copies_by_edit(truth: dict, sets: dict, arms: dict[str, np.ndarray]) -> dict:
-    """For each edit of the planting: its copies, and how many of them each arm trained on (kept)."""
-    position = {key: row for row, key in enumerate(sets["keys"])}
-    rows_by_edit: dict[str, list[int]] = {}
-    for key, edit in truth["transforms"].items():
-        if key in position:
-            rows_by_edit.setdefault(edit, []).append(position[key])
-    trained = {name: np.zeros(len(sets["keys"]), bool) for name in arms}
-    for name, rows in arms.items():
-        trained[name][rows] = True
-    return {
-        edit: {"copies": len(rows), "kept": {name: int(trained[name][rows].sum()) for name in arms}}
-        for edit, rows in sorted(rows_by_edit.items())
-    }
-
-
-def edit_of_group(truth: dict, sets: dict) -> dict[int, str]:
-    """Each planted group's edit (its group id as `training_sets` numbers it), where all its copies took one."""
-    position = {key: row for row, key in enumerate(sets["keys"])}
-    edits = {}
-    for group in truth["groups"]:
-        kinds = {truth["transforms"].get(key) for key in group[1:]}
-        if len(kinds) == 1 and group[0] in position:
-            edits[int(sets["group"][position[group[0]]])] = str(kinds.pop())
-    return edits
-
-
-def extracted_by_edit(measured_by_seed: list[dict], edits: dict[int, str]) -> dict:
-    """Planted images extracted, by the edit their copies took, in each seed."""
-    return {
-        edit: [sum(1 for image in m["extracted_image_ids"] if edits.get(int(image)) == edit) for m in measured_by_seed]
-        for edit in sorted(set(edits.values()))
-    }
-
-
-def training_arms(run_dir: Path, sets: dict, arms: dict[str, dict]) -> dict[str, np.ndarray]:
-    """The rows each model trains on: A all, B what the run kept, each further arm what its own run kept."""
-    chosen = {"A": np.arange(len(sets["rows"])), "B": np.flatnonzero(sets["kept"])}
-    for name, spec in arms.items():
-        if spec["config"] == RANDOM:
-            continue  # drawn below, once the arm it is sized like is known
-        if spec["config"] == UNSEEN:
-            if not sets["planted"].any():
-                raise InputError(f"arm {name!r} leaves out the planted duplicates, and {run_dir} planted none")
-            chosen[name] = np.flatnonzero(~sets["planted"])
-            continue
-        folder = RunFolder(run_dir).arm(name)
-        if not folder.manifest.exists():
-            raise InputError(f"arm {name!r} has no run at {folder.root}; run `dedup verify` with the preset to make it")
-        chosen[name] = np.flatnonzero(kept_by(load_manifest(folder.root), sets["rows"]))
-    for name, spec in arms.items():
-        if spec["config"] == RANDOM:
-            size = len(chosen[spec["like"]])
-            draw = np.random.default_rng(zlib.crc32(name.encode()))  # the same samples for every seed and rerun
-            chosen[name] = np.sort(draw.choice(len(sets["rows"]), size, replace=False))
-    return {name: chosen[name] for name in ["A", "B", *arms]}
-
-
-def arm_captions(run_dir: Path, name: str, sets: dict, captions: list[str]) -> list[str] | None:
-    """The captions arm `name` trains on when its run wrote new ones (select.diversify_captions), else None."""
-    folder = RunFolder(run_dir) if name == "B" else RunFolder(run_dir).arm(name)
-    if name == "A" or not folder.manifest.exists():  # A, or an arm with no run of its own (unseen)
-        return None
-    manifest = load_manifest(folder.root, ["shard", "sample_index", "new_caption"])
-    if "new_caption" not in manifest.column_names:
-        return None
-    new = {place: caption for place, caption in by_place(manifest, "new_caption").items() if caption is not None}
-    return [str(new.get(row, caption)) for row, caption in zip(sets["rows"], captions)] if new else None
-
-
-def public(measured: dict) -> dict:
-    return {key: value for key, value in measured.items() if not key.startswith("_")}
-
-
-def scalars(measured: dict) -> dict:
-    return {
-        key: value
-        for key, value in public(measured).items()
-        if isinstance(value, int | float)
-        or value is None
-        or key in ("membership_auc_by_group_size", "extracted_image_ids", "extracted_by_duplicate_count")
-    }
-
-
-def seed_summary(measured_by_seed: list[dict], images: np.ndarray) -> dict:
-    """Means over seeds with 95 % bootstrap intervals over seeds and images, for each membership measure and
-    for the images extracted (out of `images`, the ids every arm is scored on)."""
-    summary: dict[str, Any] = {}
-    heldout = [m["_losses"]["heldout"] for m in measured_by_seed]
-    for group in ("duplicated", "unique"):
-        members = [m["_losses"][group] for m in measured_by_seed]
-        for measure in MEASURES:
-            summary[f"{measure}_{group}_vs_heldout"] = seed_mean_with_interval(members, heldout, measure)
-    sizes = measured_by_seed[0]["_losses"]["by_size"]
-    summary["auc_by_group_size"] = {
-        str(size): seed_mean_with_interval([m["_losses"]["by_size"][size] for m in measured_by_seed], heldout, "auc")
-        for size in sizes
-    }
-    extracted = extraction_indicators([m["extracted_image_ids"] for m in measured_by_seed], images)
-    summary["extracted_images"] = pooled_count_with_interval(extracted)
-    return summary
-
-
-def paired_differences(by_seed: dict[str, list[dict]], images: np.ndarray) -> dict:
-    """Images extracted, arm minus arm, seed by seed and image by image (the same bootstrap draw for both):
-    every arm minus B, and A minus every other deduplicated arm."""
-    indicators = {
-        name: extraction_indicators([m["extracted_image_ids"] for m in values], images)
-        for name, values in by_seed.items()
-    }
-    pairs = [(name, "B") for name in indicators if name != "B"]
-    pairs += [("A", name) for name in indicators if name not in ("A", "B")]
-    return {
-        f"{first} - {second}": pooled_count_with_interval(indicators[first], minus=indicators[second])
-        for first, second in pairs
-        if first in indicators and second in indicators
-    }
-
-
-def extracted_reduction(summary: dict) -> float | None:
-    """1 - B / A of the images extracted, pooled over seeds (None without both, or when A extracts none)."""
-    if "A" not in summary or "B" not in summary:
-        return None
-    extracted_a, extracted_b = summary["A"]["extracted_images"]["mean"], summary["B"]["extracted_images"]["mean"]
-    return None if not extracted_a else round(1 - extracted_b / extracted_a, 4)
 
 
 def verify_run(

@@ -74,25 +74,45 @@ def inliers(first: Features, second: Features) -> int:
 
 
 def pair_inliers(
-    a: np.ndarray, b: np.ndarray, features_of: dict[int, Features], threads: int = 2, enough: int | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    features_of: dict[int, Features],
+    threads: int = 2,
+    enough: int | None = None,
+    mirror: np.ndarray | None = None,
 ) -> np.ndarray:
     """int32 (pairs,): inliers of each (a[i], b[i]); -1 where a row's image could not be read. Where a pair has
-    fewer than `enough` and the first image's mirror image is known, the mirror is matched too and the larger
-    count kept. OpenCV releases the GIL, so threads share the matching."""
+    fewer than `enough`, `mirror[i]` holds and the first image's mirror image is known, the mirror is matched
+    too and the larger count kept. OpenCV releases the GIL, so threads share the matching."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(pair: tuple[int, int]) -> int:
-        x, y = pair
+    try_mirror = np.ones(len(a), bool) if mirror is None else mirror
+
+    def one(pair: tuple[int, int, bool]) -> int:
+        x, y, mirrored = pair
         if x not in features_of or y not in features_of:
             return -1
         first, second = features_of[x], features_of[y]
         direct = inliers(first, second)
-        if enough is None or direct >= enough or first.mirrored is None:
+        if enough is None or direct >= enough or not mirrored or first.mirrored is None:
             return direct
         return max(direct, inliers(first.mirrored, second))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return np.fromiter(pool.map(one, zip(a.tolist(), b.tolist()), chunksize=256), dtype=np.int32, count=len(a))
+        pairs = zip(a.tolist(), b.tolist(), try_mirror.tolist())
+        return np.fromiter(pool.map(one, pairs, chunksize=256), dtype=np.int32, count=len(a))
+
+
+def rank_in_rows(a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """Each pair's rank among the pairs of either of its rows, by similarity (0: the most similar of one)."""
+    order = np.argsort(-similarity, kind="stable")
+    seen: dict[int, int] = {}
+    rank = np.empty(len(a), np.int64)
+    for index in order.tolist():
+        x, y = int(a[index]), int(b[index])
+        rank[index] = min(seen.get(x, 0), seen.get(y, 0))
+        seen[x], seen[y] = seen.get(x, 0) + 1, seen.get(y, 0) + 1
+    return rank
 
 
 def strongest_per_row(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, per_row: int) -> np.ndarray:

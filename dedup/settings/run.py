@@ -107,8 +107,10 @@ class FindSettings:
     )
     verify_inliers: int = setting(30, "Keypoint matches one geometry must explain for a pair to be verified.")
     verify_per_row: int = setting(5, "Borderline partners verified per sample at most (the most similar).")
-    verify_mirror: bool = setting(
-        True, "A borderline pair that falls short is matched again with one image mirrored (mirrored copies)."
+    verify_mirror_per_row: int = setting(
+        2,
+        "A borderline pair that falls short is matched again with one image mirrored (mirrored copies), when it "
+        "is among this many most similar partners of one of its samples; 0: never.",
     )
     low_detail_tolerance: float | None = setting(
         24.0,
@@ -147,6 +149,8 @@ class FindSettings:
                 f"verify_threshold must be in (0, 1] (a cosine similarity), got {self.verify_threshold}"
             )
         positive(verify_per_row=self.verify_per_row)
+        if self.verify_mirror_per_row < 0:
+            raise SettingsError(f"verify_mirror_per_row must be >= 0, got {self.verify_mirror_per_row}")
         if self.verify_inliers < 0:
             raise SettingsError(f"verify_inliers must be >= 0, got {self.verify_inliers}")
         if not 0 <= self.corroborate_radius <= 32:

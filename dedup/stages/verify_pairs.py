@@ -30,10 +30,11 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     chosen = local_features.strongest_per_row(a, b, similarity, settings.verify_per_row)
     a, b, similarity = a[chosen], b[chosen], similarity[chosen]
     rows = np.unique(np.concatenate([a, b]))
-    mirror = set(np.unique(a).tolist()) if settings.verify_mirror else set()
+    try_mirror = local_features.rank_in_rows(a, b, similarity) < settings.verify_mirror_per_row
+    mirror = set(np.unique(a[try_mirror]).tolist())
     features_of = _features_of_rows(rows, metadata, reporter, mirror)
     inliers = local_features.pair_inliers(
-        a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers if mirror else None
+        a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers, mirror=try_mirror
     )
     good = inliers >= settings.verify_inliers
     found.pairs["verified"] = (a[good], b[good])
