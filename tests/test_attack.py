@@ -222,6 +222,12 @@ def check_tables_render_from(report: dict, tmp_path) -> None:
         assert f"| {report['training_images'][name]:,} |" in row
     assert "| A - B |" in text
     assert render_document(document, results, check=True) == []
+    copies = tmp_path / "copies.md"
+    copies.write_text("<!-- verify-table arms copies -->\n<!-- /verify-table -->\n")
+    render_document(copies, results)
+    for edit, value in report["copies_by_edit"].items():  # what each arm kept of each edit's copies
+        row = next(line for line in copies.read_text().splitlines() if line.startswith(f"| {edit} |"))
+        assert row == f"| {edit} | {value['copies']} | " + " | ".join(str(n) for n in value["kept"].values()) + " |"
     cli = run_cli("verify-tables", document, "--results", results, "--check")
     assert "0 table(s)" in cli.stdout
     (results / "other.json").write_text(json.dumps(report))
@@ -869,3 +875,12 @@ def without_times(report: dict, folder) -> object:
         return value.replace(str(folder), "RUN") if isinstance(value, str) else value
 
     return strip(report)
+
+
+def test_the_tables_of_docs_verify_are_the_committed_results():
+    """Every verify-table block of docs/verify.md is what its committed verify.json renders to."""
+    from conftest import ROOT
+
+    from dedup.attack.tables import render_document
+
+    assert render_document(ROOT / "docs" / "verify.md", ROOT / "docs" / "results" / "verify", check=True) == []

@@ -2,8 +2,9 @@
 docs/results/verify/), so every number in them can be regenerated and checked.
 
 A table sits in the document between `<!-- verify-table NAME -->` and `<!-- /verify-table -->`, NAME naming
-`RESULTS/NAME.json` (a verify.json as `dedup verify` wrote it). `render_document` rewrites those blocks and
-leaves the rest of the text as it is; with `check`, it only says which blocks differ.
+`RESULTS/NAME.json` (a verify.json as `dedup verify` wrote it); `<!-- verify-table NAME copies -->` renders what
+each arm kept of each edit's planted copies instead (a `--dedup-only` run has that alone). `render_document`
+rewrites those blocks and leaves the rest of the text as it is; with `check`, it only says which blocks differ.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 from dedup.errors import InputError
 
-BLOCK = re.compile(r"(<!-- verify-table (?P<name>[\w.@-]+) -->\n)(?P<body>.*?)(<!-- /verify-table -->)", re.DOTALL)
+BLOCK = re.compile(
+    r"(<!-- verify-table (?P<name>[\w.@-]+)(?: (?P<kind>arms|copies))? -->\n)(?P<body>.*?)(<!-- /verify-table -->)",
+    re.DOTALL,
+)
 
 
 def _interval(value: dict | None, digits: int = 3) -> str:
@@ -70,11 +74,36 @@ def differences_table(report: dict) -> str:
 def provenance(report: dict) -> str:
     code = report.get("code") or {}
     commit = (code.get("commit") or "unknown")[:7] + (" with changes" if code.get("changed") else "")
-    state = "complete" if report.get("complete") else "incomplete: arms " + ", ".join(report.get("arms_measured", []))
+    measured = report.get("arms_measured", [])
+    state = (
+        "complete"
+        if report.get("complete")
+        else "incomplete: arms " + ", ".join(measured) + " measured"
+        if measured
+        else "deduplication only, no model trained"
+    )
     return f"Preset `{report.get('preset_name', '?')}`, code {commit}, {state}; {report.get('seconds', '?')} s in verify.\n"
 
 
-def render(report: dict) -> str:
+def copies_table(report: dict) -> str:
+    """Each edit's planted copies and how many each arm trained on, with the images extracted by edit where
+    the planting gave every photo one edit and models were trained."""
+    arms = list(report["training_images"])
+    by_edit = report.get("copies_by_edit") or {}
+    extracted = {name: (report.get("summary") or {}).get(name, {}).get("extracted_by_edit", {}) for name in arms}
+    header = "| edit | copies | " + " | ".join(f"kept by {name}" for name in arms)
+    header += "".join(f" | extracted by {name}, per seed" for name in arms if extracted[name])
+    lines = [header + " |", "| --- " * (2 + len(arms) + sum(1 for n in arms if extracted[n])) + "|"]
+    for edit, value in by_edit.items():
+        row = f"| {edit} | {value['copies']:,} | " + " | ".join(f"{value['kept'][name]:,}" for name in arms)
+        row += "".join(" | " + " / ".join(map(str, extracted[name].get(edit, []))) for name in arms if extracted[name])
+        lines.append(row + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(report: dict, kind: str = "arms") -> str:
+    if kind == "copies":
+        return provenance(report) + "\n" + copies_table(report)
     parts = [provenance(report), arms_table(report)]
     differences = differences_table(report)
     if differences:
@@ -90,8 +119,8 @@ def load_results(results: Path, name: str) -> dict:
         report = json.loads(path.read_text())
     except ValueError as error:
         raise InputError(f"{path} is not a verify.json ({error})") from None
-    if "summary" not in report or "training_images" not in report:
-        raise InputError(f"{path} is not a finished verify.json (no summary): rerun its verify to the end")
+    if "training_images" not in report:
+        raise InputError(f"{path} is not a verify.json (no training_images): copy a run's verify.json there")
     expected = name.split("@")[0]
     if report.get("preset_name") not in (None, expected):
         raise InputError(f"{path} holds a run of preset {report['preset_name']!r}, not {expected!r}")
@@ -105,11 +134,14 @@ def render_document(document: Path, results: Path, check: bool = False) -> list[
     changed: list[str] = []
 
     def replace(match: re.Match) -> str:
-        name = match["name"]
-        body = render(load_results(results, name))
+        name, kind = match["name"], match["kind"] or "arms"
+        report = load_results(results, name)
+        if kind == "arms" and "summary" not in report:
+            raise InputError(f"{results / name}.json has no models measured (a --dedup-only run?): use a copies table")
+        body = render(report, kind)
         if body != match["body"]:
             changed.append(name)
-        return match[1] + body + match[4]
+        return match[1] + body + match[5]
 
     rendered = BLOCK.sub(replace, text)
     if not BLOCK.search(text):
