@@ -75,7 +75,8 @@ def add(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
         reporter=reporter,
     )
     increments.find_new(store, folder, increment, settings.find, reporter)
-    increments.select_increment(store, folder, increment, settings.select, reporter)
+    chosen = select(store, folder.root, settings.select, reporter, first=increments.earlier_keeps(folder, increment))
+    increments.record_increment(folder, increment, chosen)
     summary = write(
         store,
         folder.root,

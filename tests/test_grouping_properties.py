@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dedup.search import matching
+from dedup.search.grouping import connected_groups
 from dedup.settings import FindSettings
-from dedup.stages.find import connected_groups, find
+from dedup.stages.find import find
 from dedup.stages.select import decide
 
 

@@ -95,3 +95,35 @@ def test_the_fast_tier_runs_every_command():
 
     every = {command.name for command in app.registered_commands}
     assert every - fast_tier_cli_commands() == set()
+
+
+STAGE_OF = {  # each module of dedup/stages and the stage it is a part of
+    "embed": "embed",
+    "find": "find",
+    "find_units": "find",
+    "select": "select",
+    "labelled": "select",
+    "captions": "select",
+    "write": "write",
+    "write_plan": "write",
+    "summary": "write",
+    "purge": "purge",
+    "increment": "add",
+}
+
+
+def test_no_stage_imports_another_stage():
+    """A stage's modules import only their own stage's: what two stages share lives in search/ or io/, and the
+    runner composes the stages."""
+    graph = module_imports()
+    stage_modules = {name.rsplit(".", 1)[1] for name in graph if name.startswith("dedup.stages.")}
+    assert stage_modules == set(STAGE_OF), "a new module of dedup/stages: name its stage in STAGE_OF"
+    crossings = [
+        f"{name} -> {target}"
+        for name, imported in graph.items()
+        if name.startswith("dedup.stages.")
+        for target in imported
+        if target.startswith("dedup.stages.")
+        and STAGE_OF[target.split(".")[2]] != STAGE_OF[name.split(".")[2]]
+    ]
+    assert crossings == []

@@ -15,6 +15,7 @@ import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from dedup.io.remote import RemoteReadError, RetryPolicy
@@ -237,3 +238,10 @@ def iter_selected(
                 yield sample
             if sample.index >= last:
                 break
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last shorter)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from dedup.errors import InputError, SettingsError
 from dedup.io import tarspans
 from dedup.io.atomic import remove_stale_temporaries
 from dedup.io.imaging import THUMB_SIDE, UnreadableImage, caption_of, decode
-from dedup.io.reader import Fault, Sample, iter_source
+from dedup.io.reader import Fault, Sample, batched, iter_source
 from dedup.io.remote import RemoteReadError
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
@@ -44,12 +42,6 @@ def cached_embedder(settings: EmbedSettings) -> Embedder:
             _EMBEDDER_CACHE.clear()
             _EMBEDDER_CACHE[key] = embedder_from(settings)
         return _EMBEDDER_CACHE[key]
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
 
 
 class _PartBuilder:

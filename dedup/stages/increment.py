@@ -33,7 +33,7 @@ from dedup.progress import SILENT, Reporter
 from dedup.search import matching
 from dedup.search.partitioned import as_reader
 from dedup.search.routed import KeptPartitioning, routed_matches
-from dedup.settings import FindSettings, SelectSettings
+from dedup.settings import FindSettings
 
 
 @dataclass
@@ -201,9 +201,9 @@ def find_new(
     store_dir: Path, folder: RunFolder, increment: Increment, settings: FindSettings, reporter: Reporter = SILENT
 ) -> dict:
     """Pairs of the increment's rows with every row; with the pairs the run had, the groups of all rows."""
+    from dedup.search.grouping import merge_pairs, record_groups
     from dedup.search.signals import Samples
-    from dedup.stages.find import merge_pairs, record_groups
-    from dedup.stages.verify_pairs import verify_borderline
+    from dedup.search.verify_pairs import verify_borderline
 
     settings.validate()
     started = time.perf_counter()
@@ -264,17 +264,18 @@ def _column(before: pa.Table, rows: np.ndarray, column: str, default=None) -> li
     return [values[row] if row >= 0 else default for row in rows.tolist()]
 
 
-def select_increment(
-    store_dir: Path, folder: RunFolder, increment: Increment, settings: SelectSettings, reporter: Reporter = SILENT
-) -> dict:
-    """select, with the samples kept before going first in their groups; the manifest keeps what write recorded
-    of them and says, per row, which increment brought the sample and which made its current decision."""
-    from dedup.stages.select import select
-
+def earlier_keeps(folder: RunFolder, increment: Increment) -> np.ndarray:
+    """For each row of groups.parquet, whether the run kept it before the increment: select puts those first
+    in their groups, so an increment never drops what earlier output holds when it need not."""
     before = read_parquet(folder.increment_snapshot(increment.number) / "manifest.parquet")
     groups = read_parquet(folder.groups)
-    first = np.asarray(_column(before, _earlier_rows(before, groups), "status"), dtype=object) == "kept"
-    summary = select(store_dir, folder.root, settings, reporter, first=first)
+    return np.asarray(_column(before, _earlier_rows(before, groups), "status"), dtype=object) == "kept"
+
+
+def record_increment(folder: RunFolder, increment: Increment, summary: dict) -> dict:
+    """After select: the manifest keeps what write recorded of the earlier samples and says, per row, which
+    increment brought the sample and which made its current decision; `summary` (select's) gets the counts."""
+    before = read_parquet(folder.increment_snapshot(increment.number) / "manifest.parquet")
     manifest = folder.load_manifest()
     earlier = _earlier_rows(before, manifest)
     new = earlier < 0

@@ -47,8 +47,8 @@ def _row_lookup(groups: pa.Table, labels: dict[Pair, Label]):
 
 def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, Label]) -> LabelledGroups:
     """groups.parquet as find would have written it had the labelled edges been cut or added."""
+    from dedup.search.grouping import connected_groups, nearest_columns
     from dedup.search.signals import SIGNALS, best_partner
-    from dedup.stages.find import connected_groups, nearest_columns
 
     rows = len(groups)
     row_of, shards, keys = _row_lookup(groups, labels)

@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 
 from dedup.errors import SettingsError
 from dedup.io.atomic import write_json, write_parquet
+from dedup.io.manifest import ungrouped_rows, unreadable_rows
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search.signals import SIGNALS, Samples, best_partner, signal_pairs, stacked, with_similarity
 from dedup.settings import FindSettings
-from dedup.stages.select import ungrouped_rows, unreadable_rows
 
 PURGE_COLUMNS = [
     ("reference_key", pa.string()),

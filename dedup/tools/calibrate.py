@@ -14,9 +14,9 @@ from dedup.io.atomic import read_parquet, write_json
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
+from dedup.search.grouping import connected_groups
 from dedup.search.signals import cosine
 from dedup.settings import CalibrateSettings, FindSettings
-from dedup.stages.find import connected_groups
 from dedup.tools.planting import found_pairs, planted_pairs
 
 

@@ -1,4 +1,4 @@
-"""Part of `find`: the borderline embedding pairs (cosine between find.verify_threshold and find.threshold)
+"""Of `find` and `dedup add`: the borderline embedding pairs (cosine between find.verify_threshold and find.threshold)
 verified by local features, reading their images again from the shards (dedup/search/local_features.py)."""
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import numpy as np
 import pyarrow as pa
 
 from dedup.io.imaging import UnreadableImage, open_image
-from dedup.io.reader import iter_selected
+from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
 from dedup.search import local_features
 from dedup.search.signals import SignalPairs
 from dedup.settings import FindSettings
-from dedup.stages.embed import batched
 
 
 def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSettings, reporter: Reporter) -> dict:
