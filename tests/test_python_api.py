@@ -61,3 +61,33 @@ def test_the_cli_gets_worker_processes(demo_folder):
     )
     assert result.returncode == 0, result.stderr
     assert "as threads" not in result.stderr
+
+
+def test_the_threshold_check_holds_for_python_callers_as_for_the_cli(tmp_path):
+    """The default's threshold is a cosine of the copy detector: carried to the pixels embedder from Python,
+    `run` stops with the message and exit code the CLI gives, before reading anything; a threshold given for
+    it, or the preset made for it, goes through validation."""
+    from conftest import FLICKR, run_cli
+
+    from dedup import load_settings, run
+    from dedup.errors import SettingsError
+
+    settings = load_settings("default", ["embed.embedder=pixels"])
+    settings.shards, settings.run_dir = [str(FLICKR / "flickr8k-224-00008.tar")], str(tmp_path / "run")
+    with pytest.raises(SettingsError) as caught:
+        run(settings)
+    assert caught.value.exit_code == 3 and not (tmp_path / "run").exists()
+    cli = run_cli(
+        "run",
+        FLICKR / "flickr8k-224-00008.tar",
+        "--config",
+        "default",
+        "--embedder",
+        "pixels",
+        "--run-dir",
+        tmp_path / "c",
+        check=False,
+    )
+    assert cli.returncode == 3 and f"error: {caught.value}" in cli.stderr
+    load_settings("default", ["embed.embedder=pixels", "find.threshold=0.97"]).validate()
+    load_settings("offline").validate()

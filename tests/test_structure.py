@@ -123,7 +123,6 @@ def test_no_stage_imports_another_stage():
         for name, imported in graph.items()
         if name.startswith("dedup.stages.")
         for target in imported
-        if target.startswith("dedup.stages.")
-        and STAGE_OF[target.split(".")[2]] != STAGE_OF[name.split(".")[2]]
+        if target.startswith("dedup.stages.") and STAGE_OF[target.split(".")[2]] != STAGE_OF[name.split(".")[2]]
     ]
     assert crossings == []

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from dedup.errors import DedupError, SettingsError
+from dedup.errors import DedupError
 from dedup.io.runfolder import RunFolder
 from dedup.progress import Reporter
 from dedup.settings import (
@@ -33,8 +33,7 @@ from dedup.settings import (
     load_settings,
 )
 from dedup.settings.base import help_of
-from dedup.settings.loading import parse_override, unwrap_optional
-from dedup.settings.run import EMBEDDERS
+from dedup.settings.loading import unwrap_optional
 
 STATE: dict = {"reporter": Reporter()}
 SECTIONS: dict[str, type] = {
@@ -87,31 +86,6 @@ def settings_from(config: str | None, overrides: list[str] | None, options: dict
         load_settings(config, overrides),
         {k: v for k, v in options.items() if k in RunSettings.__annotations__},
         "command line",
-    )
-
-
-PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # configs whose thresholds were set for that embedder
-
-
-def check_threshold_fits_embedder(
-    embedder: str | None, config: str | None, overrides: list[str] | None, options: dict, made: bool = False
-) -> None:
-    """find.threshold is a cosine of one embedder's vectors: carried over to vectors of another embedder (chosen
-    on the command line for `run`, or the one a store was `made` with for `find`) it would merge what it should
-    not, or nothing, without a word. Stops unless the threshold was given."""
-    configured = load_settings(config)
-    given = "threshold" in options.get("find", {}) or any(
-        "threshold" in parse_override(override).get("find", {}) for override in overrides or []
-    )
-    if embedder == configured.embed.embedder or embedder not in EMBEDDERS or given or configured.find.threshold is None:
-        return
-    preset = PRESET_FOR_EMBEDDER.get(embedder)
-    vectors = f"these embeddings were made by {embedder}, which" if made else f"embedder {embedder}"
-    raise SettingsError(
-        f"find.threshold {configured.find.threshold} comes from {config or 'the defaults'}, where it is a cosine of "
-        f"the {configured.embed.embedder} embedder; {vectors} needs its own: "
-        + (f"use --config {preset} (made for it), or " if preset else "")
-        + "give --threshold (or --set find.threshold=...)"
     )
 
 

@@ -13,7 +13,6 @@ from dedup.cli.options import (
     OUT,
     RUN_DIR,
     SET,
-    check_threshold_fits_embedder,
     handled,
     place,
     print_json,
@@ -88,7 +87,9 @@ def find_command(
         settings = settings_from(config, overrides, options)
         folder = run_folder(settings, run_dir)
         store = embeddings or folder.embeddings
-        check_threshold_fits_embedder(store_embedder(store), config, overrides, options, made=True)
+        made_by = store_embedder(store)
+        if made_by is not None:  # a store made elsewhere (clip-retrieval's) names no embedder of ours
+            settings.check_threshold_fits_embedder(made_by=made_by)
         print_json(
             find(
                 store,
@@ -169,7 +170,7 @@ def run_command(
         from dedup.runner import run
 
         settings = settings_from(config, overrides, options)
-        check_threshold_fits_embedder(settings.embed.embedder, config, overrides, options)
+        settings.check_threshold_fits_embedder()
         place(settings, shards, run_dir, out)
         if verify:  # a preset that cannot run here stops before the run, not after it
             from dedup.attack.verify import checked_preset
@@ -212,7 +213,7 @@ def purge_command(
         from dedup.runner import purge_run
 
         settings = settings_from(config, overrides, options)
-        check_threshold_fits_embedder(settings.embed.embedder, config, overrides, options)
+        settings.check_threshold_fits_embedder()
         place(settings, shards, run_dir, out)
         print_json(purge_run(settings, list(against), reference_embeddings, write_output, reporter=reporter))
 

@@ -90,15 +90,6 @@ def build(cls: type[T], values: dict[str, Any], origin: str) -> T:
     return fill(cls(), values, origin)
 
 
-def apply(settings: RunSettings, values: dict[str, Any], origin: str) -> RunSettings:
-    """Apply a nested mapping ({"find": {"threshold": 0.9}, "shards": [...]}) onto settings; `[input] shards`
-    is read as `shards` (img2dataset's configs name it so)."""
-    values = dict(values)
-    if isinstance(values.get("input"), dict) and set(values["input"]) <= {"shards"}:
-        values["shards"] = values.pop("input").get("shards", [])
-    return fill(settings, values, origin)
-
-
 def preset_path(name: str, prefix: str = "") -> Path:
     """A config file, or a preset by name: ./configs/PREFIX+NAME.toml, then the presets shipped with dedup."""
     path = Path(name)
@@ -128,14 +119,29 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config: str | None = None, overrides: list[str] | None = None) -> RunSettings:
-    """Defaults, then the config file or preset, then `section.key=value` overrides."""
+    """Defaults, then the config file or preset, then `section.key=value` overrides. The settings remember
+    which embedder their find.threshold was set for, so that validation stops a threshold carried to
+    another embedder's vectors."""
     settings = RunSettings()
     if config:
         path = preset_path(config)
         apply(settings, read_toml(path), str(path))
+    settings.threshold_origin = (settings.embed.embedder, config or "the defaults")
     for override in overrides or []:
         apply(settings, parse_override(override), f"--set {override}")
     return settings
+
+
+def apply(settings: RunSettings, values: dict[str, Any], origin: str) -> RunSettings:
+    """Apply a nested mapping ({"find": {"threshold": 0.9}, "shards": [...]}) onto settings; `[input] shards`
+    is read as `shards` (img2dataset's configs name it so). A threshold set here is set for whatever
+    embedder the settings end with."""
+    values = dict(values)
+    if isinstance(values.get("input"), dict) and set(values["input"]) <= {"shards"}:
+        values["shards"] = values.pop("input").get("shards", [])
+    if isinstance(values.get("find"), dict) and "threshold" in values["find"]:
+        settings.threshold_origin = None
+    return fill(settings, values, origin)
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dedup.errors import SettingsError
@@ -10,6 +10,7 @@ from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES
 from dedup.settings.base import positive, setting
 
 EMBEDDERS = ("copydetect", "clip", "pixels", "model")
+PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # presets whose thresholds were set for that embedder
 PDQ_MAX_RADIUS = 63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)
 
 
@@ -262,10 +263,33 @@ class RunSettings:
     select: SelectSettings = setting(factory=SelectSettings)
     write: WriteSettings = setting(factory=WriteSettings)
     engine: EngineSettings = setting(factory=EngineSettings)
+    # which embedder's cosine find.threshold is, and where it came from, as the loader saw them: (embedder,
+    # "the defaults" or the config's path); None once a threshold was given for whatever embedder is chosen
+    threshold_origin: tuple[str, str] | None = field(default=("copydetect", "the defaults"), repr=False)
 
     def validate(self) -> None:
         for part in (self.embed, self.find, self.select, self.write, self.engine):
             part.validate()
+        self.check_threshold_fits_embedder()
+
+    def check_threshold_fits_embedder(self, made_by: str | None = None) -> None:
+        """find.threshold is a cosine of one embedder's vectors: carried over to another embedder's (the one
+        chosen, or the one a store was `made_by`) it would merge what it should not, or nothing, without a
+        word. Stops unless the threshold was given."""
+        if self.threshold_origin is None or self.find.threshold is None:
+            return
+        made_for, source = self.threshold_origin
+        embedder = made_by or self.embed.embedder
+        if embedder == made_for or embedder not in EMBEDDERS:
+            return
+        preset = PRESET_FOR_EMBEDDER.get(embedder)
+        vectors = f"these embeddings were made by {embedder}, which" if made_by else f"embedder {embedder}"
+        raise SettingsError(
+            f"find.threshold {self.find.threshold} comes from {source}, where it is a cosine of the {made_for} "
+            f"embedder; {vectors} needs its own: "
+            + (f"use --config {preset} (made for it), or " if preset else "")
+            + "give --threshold (or --set find.threshold=...)"
+        )
 
     def output_dir(self) -> Path | str:
         """The output folder: a path, or an fsspec URL kept as it is (a Path would fold its '//')."""
