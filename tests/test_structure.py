@@ -126,3 +126,10 @@ def test_no_stage_imports_another_stage():
         if target.startswith("dedup.stages.") and STAGE_OF[target.split(".")[2]] != STAGE_OF[name.split(".")[2]]
     ]
     assert crossings == []
+
+
+def test_architecture_doc_names_every_package_folder():
+    """docs/architecture.md draws the tree as it is: every package folder of dedup/ is named there."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    folders = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert [name for name in folders if f"{name}/" not in text] == []
