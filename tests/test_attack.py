@@ -124,6 +124,8 @@ def test_tiny_verify_end_to_end(tmp_path):
         assert report[model]["generations"] == 16
     assert (tmp_path / "run" / "verify-counts.png").exists() and (tmp_path / "run" / "verify-pairs.png").exists()
     assert report["A"]["reference_images"] == 300  # one image per group: copies are not each other's neighbours
+    assert report["A"]["unseen_reference_images"] == 40  # the rule tried against photos never trained on
+    assert 0 <= report["A"]["false_extracted_images"] <= report["A"]["false_extracted_generations"] <= 16
     saved = np.load(report["A"]["generations_file"])["generations"]
     assert saved.shape == (16, 8, 8, 3) and saved.dtype == np.uint8
     assert "membership AUC" in result.stderr + result.stdout

@@ -75,8 +75,12 @@ def white_box_per_group(generations: np.ndarray, training: np.ndarray, rank: np.
     return result, references[result.nearest], references
 
 
-def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict, attack: AttackSettings) -> dict:
-    """Samples from the model; extracted when the nearest training image is much nearer than the rest."""
+def white_box_attack(
+    model, data: Images, conditioning: Conditioning, sets: dict, attack: AttackSettings, unseen: Images | None = None
+) -> dict:
+    """Samples from the model; extracted when the nearest training image is much nearer than the rest. With
+    `unseen` (photos the model never trained on), the same rule is applied against them too: every
+    "extraction" of an unseen photo is a false one, the rule's false-positive rate at this resolution."""
     rng = np.random.default_rng(attack.seed + 1)
     classes = model.settings.classes
     labels = rng.integers(0, classes, attack.generations) if classes else None
@@ -88,6 +92,20 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
         generations, train_images, sets["rank"], attack.alpha, attack.neighbours
     )
     extracted_rows = sorted({int(row) for row in nearest[result.extracted]})
+    false_extractions = {}
+    if unseen is not None and len(unseen.images) > attack.neighbours:
+        against_unseen = white_box(
+            generations.reshape(len(generations), -1),
+            to_display_range(unseen.images).reshape(len(unseen.images), -1),
+            attack.alpha,
+            attack.neighbours,
+        )
+        false_extractions = {
+            "unseen_reference_images": int(len(unseen.images)),
+            "false_extracted_generations": int(against_unseen.extracted.sum()),
+            "false_extracted_images": len(set(against_unseen.nearest[against_unseen.extracted].tolist())),
+            "lowest_ratios_unseen": [round(float(r), 4) for r in np.sort(against_unseen.ratio)[:10]],
+        }
     closest = [
         (generations[i], train_images[nearest[i]], f"ratio {result.ratio[i]:.2f}", bool(result.extracted[i]))
         for i in closest_per_image(np.argsort(result.ratio), nearest)
@@ -105,6 +123,7 @@ def white_box_attack(model, data: Images, conditioning: Conditioning, sets: dict
         "extracted_by_duplicate_count": counts_by_duplicates(extracted_rows, sets["group_size"]),
         "lowest_ratios": [round(float(r), 4) for r in np.sort(result.ratio)[:10]],
         "reference_images": int(len(references)),
+        **false_extractions,
         "sampling_seconds": round(sampling_seconds, 1),
         "_closest": closest,
         "_generations": generations,

@@ -45,6 +45,8 @@ def seed_summary(measured_by_seed: list[dict], images: np.ndarray) -> dict:
     }
     extracted = extraction_indicators([m["extracted_image_ids"] for m in measured_by_seed], images)
     summary["extracted_images"] = pooled_count_with_interval(extracted)
+    if all("false_extracted_images" in m for m in measured_by_seed):
+        summary["false_extracted_images"] = [m["false_extracted_images"] for m in measured_by_seed]
     return summary
 
 

@@ -40,10 +40,12 @@ def _seeds(report: dict) -> list[int]:
 def arms_table(report: dict) -> str:
     """One row per arm: what it trained on, images extracted per seed and pooled, membership with TPR beside."""
     seeds = _seeds(report)
+    false = all("false_extracted_images" in report["summary"][name] for name in report["training_images"])
     lines = [
         "| arm | dedup | training images | extracted, seeds " + " / ".join(map(str, seeds)) + " | extracted, mean "
-        "[95 %] | membership AUC, duplicated [95 %] | TPR at 1 % FPR, duplicated | AUC, unique |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "[95 %] | membership AUC, duplicated [95 %] | TPR at 1 % FPR, duplicated | AUC, unique |"
+        + (" false extractions of unseen photos, per seed |" if false else ""),
+        "| --- " * (9 if false else 8) + "|",
     ]
     for name, images in report["training_images"].items():
         summary = report["summary"][name]
@@ -54,6 +56,7 @@ def arms_table(report: dict) -> str:
             + f" | {_count(extracted)} | {_interval(summary['auc_duplicated_vs_heldout'])} | "
             f"{_interval(summary['tpr_at_1pct_fpr_duplicated_vs_heldout'])} | "
             f"{_interval(summary['auc_unique_vs_heldout'])} |"
+            + (" " + " / ".join(map(str, summary["false_extracted_images"])) + " |" if false else "")
         )
     return "\n".join(lines) + "\n"
 

@@ -159,7 +159,7 @@ def verify(
                 black_box_attack(model, data, conditioning, sets, prompts, controls, attack, store, embedder)
             )
         else:
-            measured.update(white_box_attack(model, data, conditioning, sets, attack))
+            measured.update(white_box_attack(model, data, conditioning, sets, attack, unseen=holdout))
         reporter.info(
             f"verify {tag}: AUC duplicated {measured['membership_auc_duplicated_vs_heldout']}, "
             f"unique {measured['membership_auc_unique_vs_heldout']}; {measured['extracted_images']} images "
