@@ -83,7 +83,8 @@ def pair_inliers(
 ) -> np.ndarray:
     """int32 (pairs,): inliers of each (a[i], b[i]); -1 where a row's image could not be read. Where a pair has
     fewer than `enough`, `mirror[i]` holds and the first image's mirror image is known, the mirror is matched
-    too and the larger count kept. OpenCV releases the GIL, so threads share the matching."""
+    too and the larger count kept, negated minus one (-2 - count) so the caller can tell (`mirror_matched`).
+    OpenCV releases the GIL, so threads share the matching."""
     from concurrent.futures import ThreadPoolExecutor
 
     try_mirror = np.ones(len(a), bool) if mirror is None else mirror
@@ -96,11 +97,17 @@ def pair_inliers(
         direct = inliers(first, second)
         if enough is None or direct >= enough or not mirrored or first.mirrored is None:
             return direct
-        return max(direct, inliers(first.mirrored, second))
+        return -2 - max(direct, inliers(first.mirrored, second))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pairs = zip(a.tolist(), b.tolist(), try_mirror.tolist())
         return np.fromiter(pool.map(one, pairs, chunksize=256), dtype=np.int32, count=len(a))
+
+
+def mirror_matched(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`pair_inliers`' result as (inliers, whether the mirror image was matched too)."""
+    tried = counts <= -2
+    return np.where(tried, -2 - counts, counts).astype(np.int32), tried
 
 
 def rank_in_rows(a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> np.ndarray:

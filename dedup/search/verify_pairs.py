@@ -32,8 +32,10 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     try_mirror = local_features.rank_in_rows(a, b, similarity) < settings.verify_mirror_per_row
     mirror = set(np.unique(a[try_mirror]).tolist())
     features_of = _features_of_rows(rows, metadata, reporter, mirror)
-    inliers = local_features.pair_inliers(
-        a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers, mirror=try_mirror
+    inliers, mirrored = local_features.mirror_matched(
+        local_features.pair_inliers(
+            a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers, mirror=try_mirror
+        )
     )
     good = inliers >= settings.verify_inliers
     found.pairs["verified"] = (a[good], b[good])
@@ -43,6 +45,9 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
         "candidates": candidates,
         "checked": len(a),
         "verified": int(good.sum()),
+        "mirror_images": len(mirror),
+        "mirror_checked": int(mirrored.sum()),
+        "mirror_verified": int((mirrored & good).sum()),
         "unreadable_rows": len(rows) - len(features_of),
         "seconds": round(time.perf_counter() - started, 3),
     }
