@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--shard", type=int, default=8)
+    parser.add_argument("--shard", type=int, default=7)
     args = parser.parse_args()
     images = photos(args.photos, args.shard)
     features = [local_features.features(image) for image in images]
