@@ -198,6 +198,9 @@ def test_verify_arms_and_seeds_measure_the_same_planted_images(tmp_path):
         assert pooled["mean"] == np.mean([seed["extracted_images"] for seed in report["by_seed"][name]])
         assert pooled["low"] <= pooled["mean"] <= pooled["high"] and len(pooled["per_seed"]) == 2
     assert set(report["differences"]) >= {"A - B", "B-exact - B", "size - B", "A - size"}
+    dose = report["kept_per_duplicated_image"]  # the dose-response's x: each planted photo's samples trained on
+    assert dose["A"] == 11 and dose["never"] == 0 and dose["B"] <= dose["B-exact"] <= 11
+    assert (tmp_path / "run" / "verify-dose.png").exists()
     assert report["preset_name"] == "arms" and report["code"]["commit"]
     check_tables_render_from(report, tmp_path)
     check_bad_verify_input(preset, tmp_path)

@@ -57,6 +57,21 @@ def copies_by_edit(truth: dict, sets: dict, arms: dict[str, np.ndarray]) -> dict
     }
 
 
+def kept_per_duplicated_image(sets: dict, arms: dict[str, np.ndarray]) -> dict[str, float]:
+    """For each arm, how many samples of each planted duplicate group it trains on, on average: the dose of a
+    dose-response (A: every copy; B at best one)."""
+    groups = sets["group"][sets["planted"]]
+    planted_rows = np.flatnonzero(sets["planted"])
+    if not len(planted_rows):
+        return {}
+    dose = {}
+    for name, rows in arms.items():
+        trained = np.isin(planted_rows, rows)
+        counts = np.bincount(np.unique(groups, return_inverse=True)[1], weights=trained)
+        dose[name] = round(float(counts.mean()), 3)
+    return dose
+
+
 def edit_of_group(truth: dict, sets: dict) -> dict[int, str]:
     """Each planted group's edit (its group id as `training_sets` numbers it), where all its copies took one."""
     position = {key: row for row, key in enumerate(sets["keys"])}

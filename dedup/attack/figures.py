@@ -125,6 +125,34 @@ SEED_MEASURES = (
 )
 
 
+def write_dose_figure(out_dir: Path, report: dict) -> str:
+    """verify-dose.png: images extracted (every seed a dot, the pooled mean with its interval) against the
+    samples of each duplicated photo an arm trained on: how much of the copies' effect a setting leaves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dose = report["kept_per_duplicated_image"]
+    names = [name for name in report["summary"] if name in dose]
+    figure, axis = plt.subplots(figsize=(6.5, 4), dpi=100)
+    for name in names:
+        extracted = report["summary"][name]["extracted_images"]
+        x = dose[name]
+        axis.scatter([x] * len(extracted["per_seed"]), extracted["per_seed"], color="black", s=12, zorder=3)
+        axis.errorbar([x], [extracted["mean"]], yerr=_error_bars([extracted]), fmt="o", capsize=4)
+        axis.annotate(name, (x, extracted["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    axis.set_xscale("symlog", linthresh=1)
+    axis.set_xlabel("samples of each duplicated photo trained on (mean over the planted photos)")
+    axis.set_ylabel("training images extracted (dots: seeds)")
+    figure.tight_layout()
+    path = RunFolder(out_dir).verify_dose_figure
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png")
+    plt.close(figure)
+    return str(path)
+
+
 def _error_bars(values: list[dict]) -> np.ndarray:
     """Distances from each mean to its interval's ends, as matplotlib's yerr takes them (0 where unknown)."""
     return np.array(

@@ -16,7 +16,7 @@ from pathlib import Path
 from dedup.errors import InputError
 
 BLOCK = re.compile(
-    r"(<!-- verify-table (?P<name>[\w.@-]+)(?: (?P<kind>arms|copies))? -->\n)(?P<body>.*?)(<!-- /verify-table -->)",
+    r"(<!-- verify-table (?P<name>[\w.@-]+)(?: (?P<kind>arms|copies|dose))? -->\n)(?P<body>.*?)(<!-- /verify-table -->)",
     re.DOTALL,
 )
 
@@ -104,9 +104,25 @@ def copies_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dose_table(report: dict) -> str:
+    """The dose-response: per arm, the samples of each duplicated photo it trained on, and what was extracted."""
+    dose = report.get("kept_per_duplicated_image") or {}
+    lines = [
+        "| arm | samples of each duplicated photo trained on | extracted, per seed | extracted, mean [95 %] |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in sorted(report["summary"], key=lambda arm: dose.get(arm, 0)):
+        extracted = report["summary"][name]["extracted_images"]
+        per_seed = " / ".join(f"{count:g}" for count in extracted["per_seed"])
+        lines.append(f"| {name} | {dose.get(name, 'n/a')} | {per_seed} | {_count(extracted)} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(report: dict, kind: str = "arms") -> str:
     if kind == "copies":
         return provenance(report) + "\n" + copies_table(report)
+    if kind == "dose":
+        return provenance(report) + "\n" + dose_table(report)
     parts = [provenance(report), arms_table(report)]
     differences = differences_table(report)
     if differences:
@@ -139,7 +155,7 @@ def render_document(document: Path, results: Path, check: bool = False) -> list[
     def replace(match: re.Match) -> str:
         name, kind = match["name"], match["kind"] or "arms"
         report = load_results(results, name)
-        if kind == "arms" and "summary" not in report:
+        if kind in ("arms", "dose") and "summary" not in report:
             raise InputError(f"{results / name}.json has no models measured (a --dedup-only run?): use a copies table")
         body = render(report, kind)
         if body != match["body"]:

@@ -28,12 +28,13 @@ from dedup.attack.arms import (
     copies_by_edit,
     edit_of_group,
     extracted_by_edit,
+    kept_per_duplicated_image,
     planted_truth,
     training_arms,
 )
 from dedup.attack.attacks import black_box_attack, membership, white_box_attack
 from dedup.attack.diffusion import ModelSettings
-from dedup.attack.figures import save_generations, write_figures
+from dedup.attack.figures import save_generations, write_dose_figure, write_figures
 from dedup.attack.models import load_measured, model_identity, save_measured, trained_model
 from dedup.attack.presets import (
     VerifySettings,
@@ -131,6 +132,7 @@ def verify(
     by_seed: dict[str, list[dict]] = {name: [] for name in arms}
     if truth:
         report["copies_by_edit"] = copies_by_edit(truth, sets, every_arm)
+        report["kept_per_duplicated_image"] = kept_per_duplicated_image(sets, every_arm)
     if not arms:  # deduplicated only: what each arm keeps, no model
         report.update({"complete": False, "seconds": round(time.perf_counter() - started, 1)})
         write_json(RunFolder(out_dir).verify_report, report)
@@ -190,6 +192,8 @@ def verify(
                 report["summary"][name]["extracted_by_edit"] = extracted_by_edit(values, edits)
     report["extracted_reduction"] = extracted_reduction(report["summary"])
     report["figures"] = write_figures(out_dir, models, report["summary"])
+    if report.get("kept_per_duplicated_image"):
+        report["figures"]["dose_response"] = write_dose_figure(out_dir, report)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["complete"] = set(arms) == set(every_arm)
     write_json(folder.verify_report, report)

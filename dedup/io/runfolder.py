@@ -152,6 +152,10 @@ class RunFolder:
         return self.root / "verify-counts.png"
 
     @property
+    def verify_dose_figure(self) -> Path:
+        return self.root / "verify-dose.png"
+
+    @property
     def verify_pairs_figure(self) -> Path:
         return self.root / "verify-pairs.png"
 
