@@ -825,6 +825,17 @@ def test_training_continued_from_a_checkpoint_is_the_uninterrupted_training():
     assert stats["final_loss"] > 0
 
 
+def test_a_damaged_checkpoint_stops_with_what_to_do(tmp_path):
+    """A checkpoint that cannot be read is neither trusted nor silently thrown away: exit 2, naming the file."""
+    from dedup.attack.diffusion import Checkpoint, CheckpointError
+
+    path = tmp_path / "verify-model-A.checkpoint.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="delete it to train that model from the start") as caught:
+        Checkpoint(path, "identity").load()
+    assert caught.value.exit_code == 2 and str(path) in str(caught.value) and path.exists()
+
+
 def replace_seed(settings, seed: int):
     from dataclasses import replace
 
