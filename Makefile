@@ -23,11 +23,11 @@ demo:
 
 # the whole suite, the 20 slowest tests listed at the end (CI runs this)
 test:
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --durations=20
 
 # the tests not marked slow: every command at small size, in a few minutes; run it while working
 test-fast:
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=10
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow" --durations=10
 
 lint:
 	$(BIN)/ruff check dedup tests benchmarks pipelines configs

@@ -27,13 +27,15 @@ class Reporter:
 
     def info(self, message: str, **fields) -> None:
         self.event("info", message=message, **fields)
-        if not self.quiet:
-            self.console.print(message)
+        if not self.quiet:  # in a log (not a terminal) a line is never folded: a path in it stays whole
+            self.console.print(message, soft_wrap=not self.console.is_terminal)
 
     def warn(self, message: str, **fields) -> None:
         self.event("warning", message=message, **fields)
         if not self.quiet:
-            self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+            self.console.print(
+                f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=not self.console.is_terminal
+            )
 
     @contextlib.contextmanager
     def task(self, stage: str, total: int, unit: str = "shards") -> Iterator[TaskProgress]:

@@ -634,6 +634,12 @@ def test_extract_attacks_a_local_text_to_image_pipeline(flickr_run, tmp_path):
     assert report["figure"] and (root / "run" / "extract-pairs.png").exists()
 
 
+def test_extract_without_a_run_says_what_to_run_first(tmp_path):
+    result = run_cli("extract", "--pipeline", tmp_path / "nowhere", "--run-dir", tmp_path / "run", check=False)
+    assert result.returncode == 2 and "run `dedup find` first" in result.stderr
+
+
+@pytest.mark.slow
 def test_extract_without_a_pipeline_folder_says_what_to_do(flickr_run, tmp_path):
     root, _, _ = flickr_run
     result = run_cli(
@@ -881,11 +887,12 @@ def test_a_killed_verify_rerun_ends_with_the_same_verify_json(tmp_path):
 
 
 def without_times(report: dict, folder) -> object:
-    """verify.json less what differs between two runs of the same settings: wall times and the folder's name."""
+    """verify.json less what differs between two runs of the same settings: wall times, the folder's name and
+    the code's commit (a commit made between the two runs here)."""
 
     def strip(value):
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not k.endswith("seconds") and k not in ("run_dir",)}
+            return {k: strip(v) for k, v in value.items() if not k.endswith("seconds") and k not in ("run_dir", "code")}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value.replace(str(folder), "RUN") if isinstance(value, str) else value

@@ -157,6 +157,7 @@ def test_cifar_gz_shard_with_planted_copies(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["reconciles"] is True
 
 
+@pytest.mark.slow
 def test_stages_run_alone_from_the_cli(planted_flickr, tmp_path):
     shards_dir, planted = planted_flickr
     (tmp_path / "input").mkdir()

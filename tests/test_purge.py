@@ -61,6 +61,7 @@ def test_planted_copies_of_test_images_are_removed(contaminated):
     assert all(row["reason"].startswith("near-copy of reference") and row["reference_key"] for row in other_removed)
 
 
+@pytest.mark.slow
 def test_written_shards_hold_the_rest(contaminated):
     planted, run_dir, _ = contaminated
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -70,6 +71,7 @@ def test_written_shards_hold_the_rest(contaminated):
     assert written == summary["kept"] == planted.samples - summary["dropped"] - summary["unreadable"]
 
 
+@pytest.mark.slow
 def test_reference_embeddings_are_reused(contaminated):
     _, run_dir, reference = contaminated
     before = (run_dir / "reference" / "stats" / "stats_0.json").stat().st_mtime_ns
@@ -87,6 +89,7 @@ def test_reference_embeddings_are_reused(contaminated):
     assert (run_dir / "reference" / "stats" / "stats_0.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_single_image_takedown_removes_its_copies(contaminated, tmp_path):
     planted, run_dir, reference = contaminated
     donor_key = planted.groups[0][0]

@@ -167,6 +167,7 @@ def test_label_with_the_keyboard_survive_a_kill_and_change_the_output(review_run
     assert summary["decided_with_person_labels"]["kept"] >= 2 * len(distinct)
 
 
+@pytest.mark.slow
 def test_the_server_refuses_paths_other_origins_and_other_hosts(review_run, tmp_path):
     run_dir, _ = review_run
     secret = tmp_path / "secret.txt"
@@ -232,6 +233,7 @@ def test_the_server_refuses_paths_other_origins_and_other_hosts(review_run, tmp_
         link.unlink()
 
 
+@pytest.mark.slow
 def test_listening_beyond_loopback_is_said_aloud(review_run):
     run_dir, _ = review_run
     with review_server(run_dir, "--host", "0.0.0.0", "--near-miss-sample", "0") as (url, _, said):
@@ -247,6 +249,7 @@ def test_review_needs_groups_and_says_so(tmp_path):
     assert "groups.parquet does not exist; run `dedup find` first" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_label_whose_pair_is_gone_is_kept_and_reported(review_run, tmp_path):
     """After find runs again with a stricter threshold, a label on a pair no longer found stays in the file; review
     says how many, and select counts it as not found."""
@@ -304,6 +307,7 @@ def test_labels_keep_the_last_word_and_undo_restores_the_one_before(tmp_path):
     assert read_labels(path)[pair] == Label(False, 2_000)
 
 
+@pytest.mark.slow
 def test_a_duplicate_label_joins_two_samples_the_detector_kept_apart(review_run, tmp_path):
     run_dir, _ = review_run
     copy = tmp_path / "run"
