@@ -860,13 +860,13 @@ def test_a_killed_verify_rerun_ends_with_the_same_verify_json(tmp_path):
     import time
 
     preset = tmp_path / "verify-tiny.toml"
-    plant = 'unique = 200\nsources = 3\ncopies = 20\ntransforms = ["exact", "reencode"]\nshard_size = 130'
+    plant = 'unique = 120\nsources = 3\ncopies = 10\ntransforms = ["exact", "reencode"]\nshard_size = 75'
     preset.write_text(
-        tiny_cifar_preset(plant, model="checkpoint_every = 5").replace("train_steps = 4", "train_steps = 60")
+        tiny_cifar_preset(plant, model="checkpoint_every = 5").replace("train_steps = 4", "train_steps = 40")
     )
     seed = random.SystemRandom().randrange(1_000_000)
     print(f"kill point seed {seed}")  # shown by pytest on failure: the kill point can be replayed
-    delay = random.Random(seed).uniform(0.0, 2.0)
+    delay = random.Random(seed).uniform(0.0, 0.5)
     command = [sys.executable, "-m", "dedup.cli", "verify", str(tmp_path / "killed"), "--preset", str(preset)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = RunFolder(tmp_path / "killed").verify_checkpoint("A")
