@@ -14,10 +14,21 @@ from conftest import FLICKR, ROOT
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory):
     """The project built as a wheel and installed alone (--no-deps: the test environment has the rest)."""
+    import shutil
+
     folder = tmp_path_factory.mktemp("wheel")
+    # built from a copy of the sources: setuptools builds in SOURCE/build, which two test workers would share
+    source = folder / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "build", "*.egg-info", "test-artifacts", "__pycache__", ".*_cache"
+        ),
+    )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder / "dist"), str(ROOT)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(folder / "dist"), str(source)],
         check=True,
         timeout=300,
     )

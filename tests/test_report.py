@@ -75,6 +75,20 @@ def test_report_stays_bounded(demo_run):
     assert html.count("class='pair'") <= 6
 
 
+def test_a_config_file_holds_the_tables_of_report_and_extract_too(demo_run):
+    """One config file for a pipeline step: its [report] and [extract] tables are read by those commands (the
+    run's loader passes over them), and --set reaches them as it reaches the run's."""
+    from dedup.settings import load_settings, load_tool_settings
+
+    config = demo_run / "step.toml"
+    config.write_text("[find]\nthreshold = 0.97\n[report]\nmax_groups = 2\n[extract]\nprompts = 7\n")
+    assert load_settings(str(config)).find.threshold == 0.97
+    assert load_tool_settings("extract", str(config), [], {}).prompts == 7
+    assert load_tool_settings("report", str(config), ["report.max_groups=1"], {}).max_groups == 1
+    run_cli("report", demo_run / "run", "--config", config, "--out", demo_run / "two.html")
+    assert (demo_run / "two.html").read_text().count("class='group'") == 2
+
+
 def test_calibrate_on_the_demo_run_with_its_ground_truth(demo_run):
     """The demo's 29 planted copies as labels: calibrate writes its table and plot and suggests a threshold
     at which the labelled pairs it measures are told apart."""

@@ -27,15 +27,17 @@ def report_command(
     run_dir: Path = typer.Argument(..., help="The run folder."),
     out: Path | None = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)."),
     embeddings: Path | None = EMBEDDINGS,
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
     *,
     options: dict,
 ) -> None:
     """Write one self-contained HTML report: counts, largest groups with thumbnails, pairs around the threshold."""
     with handled() as current:
-        from dedup.settings import ReportSettings, build
+        from dedup.settings import load_tool_settings
         from dedup.tools.report import build_report
 
-        settings = build(ReportSettings, options.get("report", {}), "command line")
+        settings = load_tool_settings("report", config, overrides, options)
         path = build_report(run_dir, out, embeddings, settings)
         current.info(f"report: {path} ({path.stat().st_size / 1024:,.0f} KiB)")
         typer.echo(str(path))
@@ -50,15 +52,17 @@ def calibrate_command(
         help="Labelled pairs: planted.json, or CSV/parquet with a, b, duplicate (default RUN_DIR/labels.parquet, "
         "the labels of `dedup review`, when there is one).",
     ),
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
     *,
     options: dict,
 ) -> None:
     """Groups and removals per threshold (and precision/recall with labels); suggests a threshold."""
     with handled() as current:
-        from dedup.settings import CalibrateSettings, build
+        from dedup.settings import load_tool_settings
         from dedup.tools.calibrate import calibrate, calibration_table
 
-        settings = build(CalibrateSettings, options.get("calibrate", {}), "command line")
+        settings = load_tool_settings("calibrate", config, overrides, options)
         if labels is None and RunFolder(run_dir).labels.exists():
             labels = RunFolder(run_dir).labels
             current.info(f"calibrate: precision and recall from the labels made in review, {labels}")
@@ -107,15 +111,17 @@ def download_command(
     url_list: Path = typer.Argument(..., help="Parquet, CSV, TSV, JSON or TXT file of image URLs (and captions)."),
     out: Path = typer.Argument(..., help="Output folder for the WebDataset shards."),
     img2dataset_python: str | None = typer.Option(None, help="Interpreter with img2dataset installed."),
+    config: str | None = CONFIG,
+    overrides: list[str] | None = SET,
     *,
     options: dict,
 ) -> None:
     """Download a URL list into shards with img2dataset (dead links and broken images are counted, not fatal)."""
     with handled() as current:
-        from dedup.settings import DownloadSettings, build
+        from dedup.settings import load_tool_settings
         from dedup.tools.download import download
 
-        settings = build(DownloadSettings, options.get("download", {}), "command line")
+        settings = load_tool_settings("download", config, overrides, options)
         summary = download(url_list, out, settings, img2dataset_python)
         print_json(summary)
         current.info(
@@ -150,10 +156,10 @@ def extract_command(
     """Black-box extraction attack on a text-to-image pipeline, with the captions of the run's largest groups."""
     with handled() as current:
         from dedup.attack.text_to_image import extract
-        from dedup.settings import ExtractSettings, build
+        from dedup.settings import load_tool_settings
 
         settings = settings_from(config, overrides, options)
-        attack = build(ExtractSettings, options.get("extract", {}), "command line")
+        attack = load_tool_settings("extract", config, overrides, options)
         report = extract(run_folder(settings, run_dir).root, pipeline, attack, settings.embed, current)
         print_json(
             {

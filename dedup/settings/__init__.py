@@ -7,7 +7,16 @@ not exist, or a value out of range, is refused before any work starts.
 
 from dedup.settings.attack import AttackSettings, ExtractSettings, ModelSettings, VerifySettings
 from dedup.settings.download import DownloadSettings
-from dedup.settings.loading import apply, build, fill, load_settings, parse_override, preset_path, read_toml
+from dedup.settings.loading import (
+    apply,
+    build,
+    fill,
+    load_settings,
+    load_tool_settings,
+    parse_override,
+    preset_path,
+    read_toml,
+)
 from dedup.settings.run import (
     EmbedSettings,
     EngineSettings,
@@ -37,6 +46,7 @@ __all__ = [
     "build",
     "fill",
     "load_settings",
+    "load_tool_settings",
     "parse_override",
     "parse_policy",
     "preset_path",

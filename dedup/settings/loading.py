@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dedup.errors import SettingsError
+from dedup.settings.attack import ExtractSettings
+from dedup.settings.download import DownloadSettings
 from dedup.settings.run import RunSettings
+from dedup.settings.tools import CalibrateSettings, ReportSettings
 
 OFF_VALUES = ("off", "none", "false")
 PRESET_FOLDER = "configs"  # ./configs/NAME.toml is looked at before the presets shipped in the package
@@ -118,6 +121,29 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"config {path} is not valid TOML: {error}") from error
 
 
+# the commands around a run: a config file may hold their tables beside the run's ([report], [extract], ...)
+TOOL_SECTIONS: dict[str, type] = {
+    "report": ReportSettings,
+    "calibrate": CalibrateSettings,
+    "download": DownloadSettings,
+    "extract": ExtractSettings,
+}
+
+
+def load_tool_settings(section: str, config: str | None, overrides: list[str] | None, options: dict) -> Any:
+    """One command's settings (`section` of TOOL_SECTIONS): defaults, then the config's [section] table, then
+    `--set section.key=value`, then the command's own options."""
+    settings = TOOL_SECTIONS[section]()
+    if config:
+        path = preset_path(config)
+        fill(settings, read_toml(path).get(section, {}), f"{path} [{section}]")
+    for override in overrides or []:
+        parsed = parse_override(override)
+        if section in parsed:
+            fill(settings, parsed[section], f"--set {override}")
+    return fill(settings, options.get(section, {}), "command line")
+
+
 def load_settings(config: str | None = None, overrides: list[str] | None = None) -> RunSettings:
     """Defaults, then the config file or preset, then `section.key=value` overrides. The settings remember
     which embedder their find.threshold was set for, so that validation stops a threshold carried to
@@ -125,10 +151,13 @@ def load_settings(config: str | None = None, overrides: list[str] | None = None)
     settings = RunSettings()
     if config:
         path = preset_path(config)
-        apply(settings, read_toml(path), str(path))
+        tables = {key: value for key, value in read_toml(path).items() if key not in TOOL_SECTIONS}
+        apply(settings, tables, str(path))
     settings.threshold_origin = (settings.embed.embedder, config or "the defaults")
     for override in overrides or []:
-        apply(settings, parse_override(override), f"--set {override}")
+        parsed = parse_override(override)
+        if not set(parsed) & set(TOOL_SECTIONS):  # a command's own: load_tool_settings reads it
+            apply(settings, parsed, f"--set {override}")
     return settings
 
 
