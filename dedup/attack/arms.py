@@ -60,16 +60,14 @@ def copies_by_edit(truth: dict, sets: dict, arms: dict[str, np.ndarray]) -> dict
 def kept_per_duplicated_image(sets: dict, arms: dict[str, np.ndarray]) -> dict[str, float]:
     """For each arm, how many samples of each planted duplicate group it trains on, on average: the dose of a
     dose-response (A: every copy; B at best one)."""
-    groups = sets["group"][sets["planted"]]
     planted_rows = np.flatnonzero(sets["planted"])
     if not len(planted_rows):
         return {}
-    dose = {}
-    for name, rows in arms.items():
-        trained = np.isin(planted_rows, rows)
-        counts = np.bincount(np.unique(groups, return_inverse=True)[1], weights=trained)
-        dose[name] = round(float(counts.mean()), 3)
-    return dose
+    _, group_of_row = np.unique(sets["group"][planted_rows], return_inverse=True)
+    return {
+        name: round(float(np.bincount(group_of_row, weights=np.isin(planted_rows, rows)).mean()), 3)
+        for name, rows in arms.items()
+    }
 
 
 def edit_of_group(truth: dict, sets: dict) -> dict[int, str]:

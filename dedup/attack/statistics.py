@@ -59,12 +59,12 @@ def pooled_count_with_interval(indicators: np.ndarray, minus: np.ndarray | None 
     """Images extracted, the mean over seeds, with a 95 % interval from a bootstrap over seeds and images; with
     `minus` (another arm's indicators, the same seeds in the same order), the paired difference: each draw
     takes the same seeds and images for both arms."""
-    counts = indicators.sum(1).astype(float) - (0 if minus is None else minus.sum(1))
     if not indicators.size:
         return {"mean": None, "low": None, "high": None, "seeds": len(indicators)}
     rng = np.random.default_rng(seed)
     seeds, images = indicators.shape
     difference = indicators.astype(np.int32) - (0 if minus is None else minus.astype(np.int32))
+    counts = difference.sum(1).astype(float)
     replicates = np.empty(BOOTSTRAP_REPLICATES)
     for r in range(BOOTSTRAP_REPLICATES):
         pick_seeds, pick_images = rng.integers(0, seeds, seeds), rng.integers(0, images, images)

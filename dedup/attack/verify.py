@@ -303,10 +303,11 @@ def claim_run_folder(run_dir: Path, name: str, preset: dict) -> None:
     anything is written."""
     record = RunFolder(run_dir).verify_preset
     data = {"name": name, "plant": preset.get("plant"), "dedup": dedup_config(preset), "holdout": preset.get("holdout")}
+    data = json.loads(json.dumps(data))  # as the record reads back (tuples as lists)
     if record.exists():
         earlier = json.loads(record.read_text())
-        if earlier != json.loads(json.dumps(data)):
-            differs = [key for key in data if earlier.get(key) != json.loads(json.dumps(data[key]))]
+        if earlier != data:
+            differs = [key for key in data if earlier.get(key) != data[key]]
             raise SettingsError(
                 f"{run_dir} holds verify preset {earlier.get('name')!r} (its {', '.join(differs)} differ from "
                 f"{name!r} as given): use another run folder, or run that preset there"

@@ -80,34 +80,29 @@ def pair_inliers(
     threads: int = 2,
     enough: int | None = None,
     mirror: np.ndarray | None = None,
-) -> np.ndarray:
-    """int32 (pairs,): inliers of each (a[i], b[i]); -1 where a row's image could not be read. Where a pair has
-    fewer than `enough`, `mirror[i]` holds and the first image's mirror image is known, the mirror is matched
-    too and the larger count kept, negated minus one (-2 - count) so the caller can tell (`mirror_matched`).
-    OpenCV releases the GIL, so threads share the matching."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32 (pairs,): inliers of each (a[i], b[i]), -1 where a row's image could not be read; and bool (pairs,):
+    whether the mirror image was matched too. It is where a pair has fewer than `enough`, `mirror[i]` holds and
+    the first image's mirror image is known; the larger count is kept. OpenCV releases the GIL, so threads share
+    the matching."""
     from concurrent.futures import ThreadPoolExecutor
 
     try_mirror = np.ones(len(a), bool) if mirror is None else mirror
 
-    def one(pair: tuple[int, int, bool]) -> int:
+    def one(pair: tuple[int, int, bool]) -> tuple[int, bool]:
         x, y, mirrored = pair
         if x not in features_of or y not in features_of:
-            return -1
+            return -1, False
         first, second = features_of[x], features_of[y]
         direct = inliers(first, second)
         if enough is None or direct >= enough or not mirrored or first.mirrored is None:
-            return direct
-        return -2 - max(direct, inliers(first.mirrored, second))
+            return direct, False
+        return max(direct, inliers(first.mirrored, second)), True
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        pairs = zip(a.tolist(), b.tolist(), try_mirror.tolist())
-        return np.fromiter(pool.map(one, pairs, chunksize=256), dtype=np.int32, count=len(a))
-
-
-def mirror_matched(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`pair_inliers`' result as (inliers, whether the mirror image was matched too)."""
-    tried = counts <= -2
-    return np.where(tried, -2 - counts, counts).astype(np.int32), tried
+        results = list(pool.map(one, zip(a.tolist(), b.tolist(), try_mirror.tolist()), chunksize=256))
+    counts = np.fromiter((count for count, _ in results), dtype=np.int32, count=len(a))
+    return counts, np.fromiter((tried for _, tried in results), dtype=bool, count=len(a))
 
 
 def rank_in_rows(a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> np.ndarray:

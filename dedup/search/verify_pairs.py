@@ -32,10 +32,8 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     try_mirror = local_features.rank_in_rows(a, b, similarity) < settings.verify_mirror_per_row
     mirror = set(np.unique(a[try_mirror]).tolist())
     features_of = _features_of_rows(rows, metadata, reporter, mirror)
-    inliers, mirrored = local_features.mirror_matched(
-        local_features.pair_inliers(
-            a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers, mirror=try_mirror
-        )
+    inliers, mirrored = local_features.pair_inliers(
+        a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers, mirror=try_mirror
     )
     good = inliers >= settings.verify_inliers
     found.pairs["verified"] = (a[good], b[good])
