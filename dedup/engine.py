@@ -278,3 +278,11 @@ def make_engine(
     except ImportError:
         raise SettingsError("engine ray needs Ray Data: pip install 'dedup[ray]' (ray[data])") from None
     return RayEngine(workers, address, gpus_per_worker)
+
+
+def stage_engine(settings, stage: str):
+    """The engine for one stage of a run (`settings`: RunSettings): embed's units may use a GPU; write's wait on
+    I/O outside the GIL, so the local engine runs them on threads."""
+    engine, workers = settings.engine, getattr(settings, stage).workers
+    gpus = engine.gpus_per_worker if stage == "embed" else 0.0
+    return make_engine(engine.kind, workers, engine.address, gpus, threads=stage == "write")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dedup.engine import stage_engine
 from dedup.errors import SettingsError
 from dedup.io.atomic import remove_stale_temporaries
-from dedup.io.runfolder import RunFolder
+from dedup.io.runfolder import RunFolder, output_location
 from dedup.io.sources import expand_shards
 from dedup.progress import SILENT, Reporter
 from dedup.settings import RunSettings
@@ -32,19 +33,19 @@ def run(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     if not settings.shards:
         raise SettingsError("no input shards: give them on the command line or as shards = [...] in the config")
     urls = expand_shards(settings.shards)
-    check_output_location(settings.output_dir(), urls)
+    check_output_location(output_location(settings), urls)
     run_dir = Path(settings.run_dir)
     remove_stale_temporaries(run_dir)  # a killed run's leftovers are never valid outputs
     store = embeddings_dir(run_dir)
-    embed(urls, store, settings.embed, engine=engine or settings.embed_engine(), reporter=reporter)
-    find(store, run_dir, settings.find, reporter=reporter, engine=engine or settings.find_engine())
+    embed(urls, store, settings.embed, engine=engine or stage_engine(settings, "embed"), reporter=reporter)
+    find(store, run_dir, settings.find, reporter=reporter, engine=engine or stage_engine(settings, "find"))
     select(store, run_dir, settings.select, reporter=reporter)
     return write(
         store,
         run_dir,
-        settings.output_dir(),
+        output_location(settings),
         settings.write,
-        engine=engine or settings.write_engine(),
+        engine=engine or stage_engine(settings, "write"),
         reporter=reporter,
     )
 
@@ -62,7 +63,7 @@ def add(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     urls = expand_shards(settings.shards)
     if settings.output is None and folder.summary.exists():  # the output folder the run was written to
         settings.output = read_json(folder.summary).get("output_dir")
-    check_output_location(settings.output_dir(), urls)
+    check_output_location(output_location(settings), urls)
     remove_stale_temporaries(folder.root)
     increments.check_same_settings(folder, settings.find)
     increment = increments.begin(folder, urls, reporter)
@@ -71,7 +72,7 @@ def add(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
         increments.IncrementLog.of(folder).shards(),
         store,
         settings.embed,
-        engine=engine or settings.embed_engine(),
+        engine=engine or stage_engine(settings, "embed"),
         reporter=reporter,
     )
     increments.find_new(store, folder, increment, settings.find, reporter)
@@ -80,9 +81,9 @@ def add(settings: RunSettings, engine=None, reporter: Reporter = SILENT) -> dict
     summary = write(
         store,
         folder.root,
-        settings.output_dir(),
+        output_location(settings),
         settings.write,
-        engine=engine or settings.write_engine(),
+        engine=engine or stage_engine(settings, "write"),
         reporter=reporter,
         increment=increment.number,
     )
@@ -105,10 +106,10 @@ def purge_run(
     run_dir = Path(settings.run_dir)
     remove_stale_temporaries(run_dir)
     store = embeddings_dir(run_dir)
-    embed_engine = engine or settings.embed_engine()
+    embed_engine = engine or stage_engine(settings, "embed")
     if settings.shards:
         urls = expand_shards(settings.shards)
-        check_output_location(settings.output_dir(), urls)
+        check_output_location(output_location(settings), urls)
         embed(urls, store, settings.embed, engine=embed_engine, reporter=reporter)
     reference_dir = Path(reference_dir) if reference_dir else RunFolder(run_dir).reference
     embed(expand_shards(against), reference_dir, settings.embed, engine=embed_engine, reporter=reporter)
@@ -117,9 +118,9 @@ def purge_run(
         summary["write"] = write(
             store,
             run_dir,
-            settings.output_dir(),
+            output_location(settings),
             settings.write,
-            engine=engine or settings.write_engine(),
+            engine=engine or stage_engine(settings, "write"),
             reporter=reporter,
         )
     return summary

@@ -133,3 +133,48 @@ def test_architecture_doc_names_every_package_folder():
     text = (ROOT / "docs" / "architecture.md").read_text()
     folders = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
     assert [name for name in folders if f"{name}/" not in text] == []
+
+
+def run_folder_file_names() -> set[str]:
+    """The names of the files RunFolder and find's UnitsFolder place (their properties), and of the records
+    kept beside the shards the pipeline writes and plants."""
+    from pathlib import Path
+
+    from dedup.io import runfolder
+
+    names: set[str] = set()
+    for folder in (runfolder.RunFolder("/R"), runfolder.UnitsFolder(Path("/R"))):
+        for attribute, member in vars(type(folder)).items():
+            if isinstance(member, property) and isinstance(path := getattr(folder, attribute), Path) and path.suffix:
+                names.add(path.name)
+    names |= {runfolder.removals_record(Path("/R")).name, runfolder.planted_record(Path("/R")).name}
+    return names
+
+
+def test_no_run_folder_file_name_is_spelled_outside_runfolder():
+    """A run folder's file names are spelled once, in dedup/io/runfolder.py: a string constant equal to one of
+    them (or ending in '/name') anywhere else in the package is a second spelling."""
+    names = run_folder_file_names()
+    assert {"pairs.parquet", "manifest.parquet", "plans.json", "planted.json", "removals.json"} <= names
+    spelled = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).as_posix() == "io/runfolder.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.value in names or any(node.value.endswith(f"/{name}") for name in names):
+                    spelled.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert spelled == [], "\n".join(spelled)
+
+
+def test_settings_sit_below_io_and_the_engine():
+    """settings/ is data: it imports neither dedup.io nor dedup.engine (the factories that build readers and
+    engines from settings live beside what they build)."""
+    upward = [
+        f"{name} -> {target}"
+        for name, imported in module_imports().items()
+        if name.startswith("dedup.settings")
+        for target in imported
+        if target.startswith(("dedup.io", "dedup.engine", "dedup.stages", "dedup.search"))
+    ]
+    assert upward == []

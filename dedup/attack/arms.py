@@ -37,7 +37,7 @@ def arm_description(spec: dict) -> str:
 
 def planted_truth(run_dir: Path) -> dict | None:
     """The planting's ground truth when verify planted the data (RUN_DIR/data/planted.json)."""
-    path = RunFolder(run_dir).planted_data / "planted.json"
+    path = RunFolder(run_dir).planted
     return json.loads(path.read_text()) if path.exists() else None
 
 

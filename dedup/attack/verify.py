@@ -256,7 +256,7 @@ def verify_run(
         if shards is None and "plant" in preset:
             options = dict(preset["plant"])
             data = RunFolder(run_dir).planted_data
-            if not (data / "planted.json").exists():
+            if not RunFolder(run_dir).planted.exists():
                 sources, copies = planted_counts(options, preset_name)
                 total = sum(copies) if isinstance(copies, list) else copies * sources
                 reporter.info(f"verify: planting {total} copies of {sources} images into {data}")

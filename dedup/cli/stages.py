@@ -64,11 +64,12 @@ def embed_command(
 ) -> None:
     """Hash and embed every sample (clip-retrieval layout: img_emb/*.npy + metadata/*.parquet)."""
     with handled() as reporter:
+        from dedup.engine import stage_engine
         from dedup.stages.embed import embed
 
         settings = settings_from(config, overrides, options)
         target = out or run_folder(settings, run_dir).embeddings
-        print_json(embed(shards, target, settings.embed, engine=settings.embed_engine(), reporter=reporter))
+        print_json(embed(shards, target, settings.embed, engine=stage_engine(settings, "embed"), reporter=reporter))
 
 
 @with_settings(*FIND_OPTIONS, *ENGINE)
@@ -82,6 +83,7 @@ def find_command(
 ) -> None:
     """Find duplicate pairs (exact, perceptual hash, embedding) and group them: groups.parquet."""
     with handled() as reporter:
+        from dedup.engine import stage_engine
         from dedup.stages.find import find
 
         settings = settings_from(config, overrides, options)
@@ -96,7 +98,7 @@ def find_command(
                 folder.root,
                 settings.find,
                 reporter=reporter,
-                engine=settings.find_engine(),
+                engine=stage_engine(settings, "find"),
             )
         )
 
@@ -131,6 +133,7 @@ def write_command(
 ) -> None:
     """Copy the kept samples into new shards, byte for byte, and write summary.json."""
     with handled() as reporter:
+        from dedup.engine import stage_engine
         from dedup.stages.write import write
 
         settings = settings_from(config, overrides, options)
@@ -141,7 +144,7 @@ def write_command(
                 folder.root,
                 out or settings.output,
                 settings.write,
-                engine=settings.write_engine(),
+                engine=stage_engine(settings, "write"),
                 reporter=reporter,
             )
         )

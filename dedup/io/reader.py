@@ -20,9 +20,9 @@ from pathlib import Path
 
 from dedup.io.remote import RemoteReadError, RetryPolicy
 from dedup.io.sources import folder_part, image_files, is_image_name, is_remote, open_shard
+from dedup.settings.run import DEFAULT_MAX_MEMBER_BYTES
 
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
-DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 @dataclass

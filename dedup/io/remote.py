@@ -28,6 +28,11 @@ class RetryPolicy:
     max_backoff_s: float = 30.0
     range_block_bytes: int = 8 << 20  # the size of each ranged read after a resume
 
+    @classmethod
+    def of(cls, settings) -> RetryPolicy:
+        """The policy `settings` (EmbedSettings) give: remote_tries, remote_timeout, remote_backoff."""
+        return cls(tries=settings.remote_tries, timeout_s=settings.remote_timeout, backoff_s=settings.remote_backoff)
+
     def wait(self, failures: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 

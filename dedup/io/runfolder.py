@@ -48,9 +48,9 @@ class RunFolder:
         return self.root / "find.json"
 
     @property
-    def find_units(self) -> Path:
+    def find_units(self) -> UnitsFolder:
         """The partitioned search's unit plans and pairs while find runs on an engine (removed when it ends)."""
-        return self.root / "find-units"
+        return UnitsFolder(self.root / "find-units")
 
     @property
     def partitioning(self) -> Path:
@@ -116,6 +116,11 @@ class RunFolder:
         """verify: the shards a preset plants its copies into."""
         return self.root / "data"
 
+    @property
+    def planted(self) -> Path:
+        """verify: what was planted into `planted_data` (dedup/tools/planting.py)."""
+        return planted_record(self.planted_data)
+
     def arm(self, name: str) -> RunFolder:
         """verify: the run of another dedup arm on the same data (B-exact, B-hash, ...)."""
         return RunFolder(self.root / "arms" / name)
@@ -174,6 +179,38 @@ class RunFolder:
         return read_stage_table(self.manifest, "select", columns)
 
 
+class UnitsFolder:
+    """find's working folder while the partitioned search runs on an engine: a plan and a pairs file per unit,
+    and the marker, written last, that says which store and settings the plans were made for."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @property
+    def plans_marker(self) -> Path:
+        return self.root / "plans.json"
+
+    @property
+    def partitioning(self) -> Path:
+        return self.root / "partitioning.npz"
+
+    def plan(self, number: int) -> Path:
+        return self.root / f"plan-{number:05d}.npz"
+
+    def unit_pairs(self, number: int) -> Path:
+        return self.root / f"pairs-{number:05d}.npz"
+
+
+def removals_record(shard_folder: Path) -> Path:
+    """write: beside the output shards, the keys each input shard lost (dedup/stages/write_plan.py)."""
+    return shard_folder / "removals.json"
+
+
+def planted_record(data_folder: Path) -> Path:
+    """Beside planted shards: what was planted where (dedup/tools/planting.py)."""
+    return data_folder / "planted.json"
+
+
 def read_stage_table(path: Path, stage: str, columns: list[str] | None = None) -> pa.Table:
     from dedup.io.atomic import read_parquet
 
@@ -192,3 +229,13 @@ def load_manifest(path: str | Path, columns: list[str] | None = None) -> pa.Tabl
     if path.is_dir():
         return RunFolder(path).load_manifest(columns)
     return read_stage_table(path, "select", columns)
+
+
+def output_location(settings) -> Path | str:
+    """A run's output folder (`settings`: RunSettings): a path, or an fsspec URL kept as it is (a Path would fold
+    its '//'); RUN_DIR/shards unless `output` names another."""
+    from dedup.io.sources import is_remote
+
+    if settings.output and is_remote(settings.output):
+        return settings.output
+    return Path(settings.output) if settings.output else RunFolder(settings.run_dir).shards

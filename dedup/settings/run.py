@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dedup.errors import SettingsError
-from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES
 from dedup.settings.base import positive, setting
 
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a larger tar member is recorded unreadable
 EMBEDDERS = ("copydetect", "clip", "pixels", "model")
 PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # presets whose thresholds were set for that embedder
 PDQ_MAX_RADIUS = 63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)
@@ -52,11 +51,6 @@ class EmbedSettings:
     )
     remote_timeout: float = setting(60.0, "Remote shards: seconds without a byte before a read has failed.")
     remote_backoff: float = setting(1.0, "Remote shards: the first wait after a failure, doubled each time (max 30).")
-
-    def retry_policy(self):
-        from dedup.io.remote import RetryPolicy
-
-        return RetryPolicy(tries=self.remote_tries, timeout_s=self.remote_timeout, backoff_s=self.remote_backoff)
 
     def validate(self) -> None:
         if self.embedder not in EMBEDDERS:
@@ -245,13 +239,6 @@ class EngineSettings:
                 f"gpus_per_worker must be >= 0, or -1 for one where GPUs exist; got {self.gpus_per_worker}"
             )
 
-    def make(self, workers: int, uses_gpu: bool = False, threads: bool = False):
-        """The engine for a stage; `uses_gpu`: the stage's units can use a GPU (embed); `threads`: they wait on
-        I/O outside the GIL, so the local engine runs them on threads (write)."""
-        from dedup.engine import make_engine
-
-        return make_engine(self.kind, workers, self.address, self.gpus_per_worker if uses_gpu else 0.0, threads)
-
 
 @dataclass
 class RunSettings:
@@ -290,24 +277,6 @@ class RunSettings:
             + (f"use --config {preset} (made for it), or " if preset else "")
             + "give --threshold (or --set find.threshold=...)"
         )
-
-    def output_dir(self) -> Path | str:
-        """The output folder: a path, or an fsspec URL kept as it is (a Path would fold its '//')."""
-        from dedup.io.runfolder import RunFolder
-        from dedup.io.sources import is_remote
-
-        if self.output and is_remote(self.output):
-            return self.output
-        return Path(self.output) if self.output else RunFolder(self.run_dir).shards
-
-    def embed_engine(self):
-        return self.engine.make(self.embed.workers, uses_gpu=True)
-
-    def write_engine(self):
-        return self.engine.make(self.write.workers, threads=True)
-
-    def find_engine(self):
-        return self.engine.make(self.find.workers)
 
 
 def parse_policy(policy: str) -> tuple[str, int | None]:

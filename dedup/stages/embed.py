@@ -23,7 +23,7 @@ from dedup.io import tarspans
 from dedup.io.atomic import remove_stale_temporaries
 from dedup.io.imaging import THUMB_SIDE, UnreadableImage, caption_of, decode
 from dedup.io.reader import Fault, Sample, batched, iter_source
-from dedup.io.remote import RemoteReadError
+from dedup.io.remote import RemoteReadError, RetryPolicy
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
 from dedup.progress import SILENT, Reporter
@@ -130,7 +130,7 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     embedder = cached_embedder(settings)
     store = EmbeddingStore(store_root)
     builder = _PartBuilder(url, part, embedder, with_text=settings.text and settings.embedder == "clip")
-    retry = settings.retry_policy()
+    retry = RetryPolicy.of(settings)
     try:
         shard_fingerprint = fingerprint(url, retry).to_dict()
     except Exception as error:  # noqa: BLE001 - a shard that cannot even be looked at is unreadable, not fatal
@@ -231,7 +231,7 @@ def embed(
             "decode_size": settings.decode_size,
             "shards": urls,
             "max_member_bytes": settings.max_member_bytes,
-            "remote": asdict(settings.retry_policy()),
+            "remote": asdict(RetryPolicy.of(settings)),
         },
     )
 

@@ -80,10 +80,10 @@ class EngineUnits:
 
     def saved_plans(self, settings: partitioned.PartitionSettings, rows: int) -> int | None:
         """How many unit plans a previous run left for this store and these settings; None if none (or stale)."""
-        marker = self.folder / "plans.json"
+        marker = self.folder.plans_marker
         if marker.exists() and read_json(marker).get("identity") == self.identity(settings, rows):
             return read_json(marker)["units"]
-        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder.root, ignore_errors=True)
         return None
 
     def save_plans(
@@ -94,25 +94,25 @@ class EngineUnits:
         partitioning: partitioned.Partitioning | None,
     ) -> int:
         for number, plan in enumerate(plans):
-            plan.save(self.folder / f"plan-{number:05d}.npz")
+            plan.save(self.folder.plan(number))
         if partitioning is not None:
-            KeptPartitioning.of(partitioning, settings).save(self.folder / "partitioning.npz")
-        write_json(self.folder / "plans.json", {"identity": self.identity(settings, rows), "units": len(plans)})  # last
+            KeptPartitioning.of(partitioning, settings).save(self.folder.partitioning)
+        write_json(self.folder.plans_marker, {"identity": self.identity(settings, rows), "units": len(plans)})  # last
         return len(plans)
 
     def saved_partitioning(self) -> partitioned.Partitioning | None:
-        kept = KeptPartitioning.load(self.folder / "partitioning.npz")
+        kept = KeptPartitioning.load(self.folder.partitioning)
         return None if kept is None else partitioned.Partitioning(kept.centroids, kept.rows, kept.rows)
 
     def run(self, count: int, dim: int, settings: partitioned.PartitionSettings) -> list[tuple]:
-        pairs_path = [self.folder / f"pairs-{number:05d}.npz" for number in range(count)]
+        pairs_path = [self.folder.unit_pairs(number) for number in range(count)]
         pending = [
             Unit(
                 f"find unit {number}",
                 search_unit,
                 dict(
                     store_dir=self.store_dir,
-                    plan_path=str(self.folder / f"plan-{number:05d}.npz"),
+                    plan_path=str(self.folder.plan(number)),
                     pairs_path=str(pairs_path[number]),
                     dim=dim,
                     settings=asdict(settings),
@@ -136,4 +136,4 @@ class EngineUnits:
 
     def done(self) -> None:
         """find's outputs are written: the units' files are no longer needed."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.folder.root, ignore_errors=True)

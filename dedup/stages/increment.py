@@ -224,7 +224,7 @@ def find_new(
     if settings.verify_threshold is not None:
         info["verification"] = verify_borderline(found, data.metadata, settings, reporter)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
-    earlier = read_parquet(folder.increment_snapshot(increment.number) / "pairs.parquet")
+    earlier = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).pairs)
     earlier = earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start)))
     added = merge_pairs(found, samples)
     info["increment"]["pairs_added"] = len(added)
@@ -267,7 +267,7 @@ def _column(before: pa.Table, rows: np.ndarray, column: str, default=None) -> li
 def earlier_keeps(folder: RunFolder, increment: Increment) -> np.ndarray:
     """For each row of groups.parquet, whether the run kept it before the increment: select puts those first
     in their groups, so an increment never drops what earlier output holds when it need not."""
-    before = read_parquet(folder.increment_snapshot(increment.number) / "manifest.parquet")
+    before = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).manifest)
     groups = read_parquet(folder.groups)
     return np.asarray(_column(before, _earlier_rows(before, groups), "status"), dtype=object) == "kept"
 
@@ -275,7 +275,7 @@ def earlier_keeps(folder: RunFolder, increment: Increment) -> np.ndarray:
 def record_increment(folder: RunFolder, increment: Increment, summary: dict) -> dict:
     """After select: the manifest keeps what write recorded of the earlier samples and says, per row, which
     increment brought the sample and which made its current decision; `summary` (select's) gets the counts."""
-    before = read_parquet(folder.increment_snapshot(increment.number) / "manifest.parquet")
+    before = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).manifest)
     manifest = folder.load_manifest()
     earlier = _earlier_rows(before, manifest)
     new = earlier < 0

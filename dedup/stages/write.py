@@ -23,14 +23,15 @@ from dedup.errors import DedupError, InputError, SettingsError
 from dedup.io import tarspans
 from dedup.io.atomic import atomic_open, read_json, remove_stale_temporaries, write_json
 from dedup.io.imaging import caption_of
-from dedup.io.reader import DEFAULT_MAX_MEMBER_BYTES, iter_selected
+from dedup.io.reader import iter_selected
 from dedup.io.remote import RetryPolicy
-from dedup.io.runfolder import RunFolder, load_manifest
+from dedup.io.runfolder import RunFolder, load_manifest, removals_record
 from dedup.io.sources import fingerprint, is_remote, local_root
 from dedup.io.store import EmbeddingStore
 from dedup.io.tarwriter import SampleTarWriter
 from dedup.progress import SILENT, Reporter
 from dedup.settings import WriteSettings
+from dedup.settings.run import DEFAULT_MAX_MEMBER_BYTES
 from dedup.stages.summary import summarize
 from dedup.stages.write_plan import (
     OUTPUT_COLUMNS,
@@ -359,13 +360,13 @@ def write(
         from dedup.io.publish import publish
 
         shards = [(shard_name(prefix, n), _marker(out_dir, prefix, n).name) for n in range(len(plan))]
-        extra = ["removals.json", *sorted(p.name for p in out_dir.glob("*.removed.txt"))]
+        extra = [removals_record(out_dir).name, *sorted(p.name for p in out_dir.glob("*.removed.txt"))]
         summary["published"] = publish(out_dir, remote_url, shards, extra, prefix)
         summary["output_dir"] = remote_url
     write_json(RunFolder(run_dir).summary, summary)
     reporter.event("write_done", **summary)
     if not summary["reconciles"]:
-        raise DedupError(f"counts do not reconcile, see {run_dir / 'summary.json'}; this is a bug, please report it")
+        raise DedupError(f"counts do not reconcile, see {RunFolder(run_dir).summary}; this is a bug, please report it")
     return summary
 
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dedup.io.atomic import atomic_open, write_json, write_parquet
-from dedup.io.runfolder import RunFolder
+from dedup.io.runfolder import RunFolder, removals_record
 
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
 # the manifest columns write reads, of 13: the plan's, then the summary's (reference_match: purged runs only)
@@ -131,5 +131,5 @@ def write_removals(folder: RunFolder, out_dir: Path) -> int:
     for shard, keys in sorted(by_shard.items()):
         with atomic_open(out_dir / (shard.removesuffix(".tar") + ".removed.txt"), "w") as handle:
             handle.write("".join(f"{key}\n" for key in sorted(keys)))
-    write_json(out_dir / "removals.json", {shard: sorted(keys) for shard, keys in sorted(by_shard.items())})
+    write_json(removals_record(out_dir), {shard: sorted(keys) for shard, keys in sorted(by_shard.items())})
     return len(gone)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from dedup.io.atomic import atomic_open, write_json
 from dedup.io.reader import Sample, iter_shard
+from dedup.io.runfolder import planted_record
 from dedup.io.sources import expand_shards
 
 LIGHT_EDITS = ("exact", "reencode", "resize", "crop")
@@ -257,7 +258,7 @@ def plant(
             writer.close()
         planted.shards.append(str(path))
         planted.samples += len(bucket)
-    write_json(out_dir / "planted.json", planted.to_json())
+    write_json(planted_record(out_dir), planted.to_json())
     return planted
 
 
