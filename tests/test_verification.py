@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from conftest import FLICKR, run_cli, tar_bytes
 from PIL import Image
 
-from dedup.search import local_features
+from dedup.search import local_features, relations
 
 
 def _photos(count: int, shard: int = 6) -> list[tuple[str, bytes]]:
@@ -53,11 +53,15 @@ def test_a_mirrored_crop_is_matched_through_the_mirror_image_an_unrelated_photo_
     originals = {100 + i: local_features.features(_image(data), mirrored=True) for i, (_, data) in enumerate(photos)}
     features_of = {**copies, **originals}
     a, same, other = np.arange(100, 120), np.arange(20), np.arange(20)[::-1] + 0
-    plain, _ = local_features.pair_inliers(a, same, features_of)
-    with_mirror, tried = local_features.pair_inliers(a, same, features_of, enough=30)
+    def inliers(first, second, mirror):
+        found = relations.pair_evidence(first, second, features_of, enough=30, mirror=np.full(len(first), mirror))
+        return np.array([e.inliers for e in found]), np.array([e.mirror_tried for e in found])
+
+    plain, _ = inliers(a, same, mirror=False)
+    with_mirror, tried = inliers(a, same, mirror=True)
     assert np.median(plain) < 20 and sorted(with_mirror)[1] >= 40, (plain, with_mirror)
     assert tried.sum() == (plain < 30).sum()  # the mirror is matched only where the pair fell short
-    unrelated, _ = local_features.pair_inliers(np.arange(120, 140), other, features_of, enough=30)
+    unrelated, _ = inliers(np.arange(120, 140), other, mirror=True)
     assert unrelated.max() < 25, unrelated
 
 

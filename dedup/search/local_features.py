@@ -18,6 +18,7 @@ MAX_SIDE = 320  # images are matched at most this large: keypoints enough, cost 
 KEYPOINTS = 500
 RATIO = 0.8  # Lowe's ratio test
 REPROJECTION_PX = 5.0
+SMALL_SIDE = 128  # the gray image kept beside the keypoints, to compare a pair once aligned (search/relations.py)
 
 
 @dataclass
@@ -25,6 +26,9 @@ class Features:
     points: np.ndarray  # float32 (n, 2)
     descriptors: np.ndarray | None  # uint8 (n, 32)
     mirrored: Features | None = None  # the same image's mirror image: ORB's descriptors are not mirror-invariant
+    small: np.ndarray | None = None  # uint8 gray, longer side at most SMALL_SIDE
+    small_scale: float = 1.0  # small's size over the size the points are in
+    sharpness: float = 0.0  # variance of small's Laplacian
 
 
 def _cv2():
@@ -48,6 +52,12 @@ def features(image, mirrored: bool = False) -> Features:
     found = _orb(pixels)
     if mirrored:
         found.mirrored = _orb(np.ascontiguousarray(pixels[:, ::-1]))
+    small_scale = min(1.0, SMALL_SIDE / max(gray.size))
+    found.small = np.asarray(
+        gray.resize((max(1, round(gray.width * small_scale)), max(1, round(gray.height * small_scale))))
+    )
+    found.small_scale = found.small.shape[1] / gray.width
+    found.sharpness = float(_cv2().Laplacian(found.small.astype(np.float32), _cv2().CV_32F).var())
     return found
 
 
@@ -58,51 +68,39 @@ def _orb(pixels: np.ndarray) -> Features:
 
 def inliers(first: Features, second: Features) -> int:
     """Matches consistent with one similarity transform (rotation, scale, shift): 0 when too few to fit."""
+    return alignment(first, second).inliers
+
+
+@dataclass
+class Alignment:
+    inliers: int
+    matrix: np.ndarray | None = None  # 2 x 3: the similarity transform from the first image's points to the second's
+    source: np.ndarray | None = None  # float32 (inliers, 2): the inlier matches, in the first image
+    target: np.ndarray | None = None  # ... and in the second
+
+
+NOT_ALIGNED = Alignment(0)
+
+
+def alignment(first: Features, second: Features) -> Alignment:
+    """The similarity transform (RANSAC) that maps the most matches of the first image's keypoints onto the
+    second's, with its inlier matches."""
     cv2 = _cv2()
     if first.descriptors is None or second.descriptors is None or min(len(first.points), len(second.points)) < 8:
-        return 0
+        return NOT_ALIGNED
     candidates = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(first.descriptors, second.descriptors, k=2)
     good = [m[0] for m in candidates if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
     if len(good) < 6:
-        return 0
+        return NOT_ALIGNED
     source = first.points[[m.queryIdx for m in good]]
     target = second.points[[m.trainIdx for m in good]]
-    _, mask = cv2.estimateAffinePartial2D(
+    matrix, mask = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=500
     )
-    return int(mask.sum()) if mask is not None else 0
-
-
-def pair_inliers(
-    a: np.ndarray,
-    b: np.ndarray,
-    features_of: dict[int, Features],
-    threads: int = 2,
-    enough: int | None = None,
-    mirror: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """int32 (pairs,): inliers of each (a[i], b[i]), -1 where a row's image could not be read; and bool (pairs,):
-    whether the mirror image was matched too. It is where a pair has fewer than `enough`, `mirror[i]` holds and
-    the first image's mirror image is known; the larger count is kept. OpenCV releases the GIL, so threads share
-    the matching."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    try_mirror = np.ones(len(a), bool) if mirror is None else mirror
-
-    def one(pair: tuple[int, int, bool]) -> tuple[int, bool]:
-        x, y, mirrored = pair
-        if x not in features_of or y not in features_of:
-            return -1, False
-        first, second = features_of[x], features_of[y]
-        direct = inliers(first, second)
-        if enough is None or direct >= enough or not mirrored or first.mirrored is None:
-            return direct, False
-        return max(direct, inliers(first.mirrored, second)), True
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(pool.map(one, zip(a.tolist(), b.tolist(), try_mirror.tolist()), chunksize=256))
-    counts = np.fromiter((count for count, _ in results), dtype=np.int32, count=len(a))
-    return counts, np.fromiter((tried for _, tried in results), dtype=bool, count=len(a))
+    if mask is None or matrix is None:
+        return NOT_ALIGNED
+    kept = mask.ravel().astype(bool)
+    return Alignment(int(kept.sum()), matrix, source[kept], target[kept])
 
 
 def rank_in_rows(a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> np.ndarray:

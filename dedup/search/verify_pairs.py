@@ -1,5 +1,7 @@
-"""Of `find` and `dedup add`: the borderline embedding pairs (cosine between find.verify_threshold and find.threshold)
-verified by local features, reading their images again from the shards (dedup/search/local_features.py)."""
+"""Of `find` and `dedup add`, what reads the images of found pairs again from the shards: the borderline embedding
+pairs (cosine between find.verify_threshold and find.threshold) verified by local features
+(dedup/search/local_features.py), and every pair's relation (dedup/search/relations.py), decided from the same
+alignment."""
 
 from __future__ import annotations
 
@@ -13,14 +15,20 @@ import pyarrow as pa
 from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
-from dedup.search import local_features
+from dedup.search import local_features, relations
+from dedup.search.relations import Evidence
 from dedup.search.signals import SignalPairs
 from dedup.settings import FindSettings
 
+Features = dict[int, local_features.Features]
 
-def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSettings, reporter: Reporter) -> dict:
+
+def verify_borderline(
+    found: SignalPairs, metadata: pa.Table, settings: FindSettings, reporter: Reporter, features_of: Features
+) -> dict:
     """Turn found.pairs["borderline"] into the "verified" signal: the pairs whose inliers reach
-    settings.verify_inliers. Returns what find.json records of it."""
+    settings.verify_inliers (their evidence kept in found.evidence, the rows' features in `features_of`).
+    Returns what find.json records of it."""
     a, b = found.pairs.pop("borderline", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
     similarity = found.similarity.pop("borderline", np.zeros(0, np.float32))
     if not len(a):
@@ -31,14 +39,19 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     rows = np.unique(np.concatenate([a, b]))
     try_mirror = local_features.rank_in_rows(a, b, similarity) < settings.verify_mirror_per_row
     mirror = set(np.unique(a[try_mirror]).tolist())
-    features_of = _features_of_rows(rows, metadata, reporter, mirror)
-    inliers, mirrored = local_features.pair_inliers(
-        a, b, features_of, threads=os.cpu_count() or 1, enough=settings.verify_inliers, mirror=try_mirror
+    read_features(rows, metadata, reporter, mirror, features_of)
+    evidence = relations.pair_evidence(
+        a, b, features_of, settings.verify_inliers, threads=os.cpu_count() or 1, mirror=try_mirror
     )
+    inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
+    mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
     good = inliers >= settings.verify_inliers
     found.pairs["verified"] = (a[good], b[good])
     found.similarity["verified"] = similarity[good]
     found.inliers["verified"] = inliers[good]
+    found.evidence.update(
+        (key, evidence[index]) for key, index in zip(pair_key(a[good], b[good]).tolist(), np.flatnonzero(good))
+    )
     info = {
         "candidates": candidates,
         "checked": len(a),
@@ -53,14 +66,76 @@ def verify_borderline(found: SignalPairs, metadata: pa.Table, settings: FindSett
     return info
 
 
-def _features_of_rows(
-    rows: np.ndarray, metadata: pa.Table, reporter: Reporter, mirror: set[int]
-) -> dict[int, local_features.Features]:
-    """The keypoints of `rows`, read again from the shards; of those in `mirror`, of their mirror images too."""
+def pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a.astype(np.int64) * (1 << 32) + b
+
+
+def relate_pairs(
+    pairs: pa.Table,
+    metadata: pa.Table | None,
+    settings: FindSettings,
+    reporter: Reporter,
+    features_of: Features,
+    known: dict[int, Evidence],
+    copy_signals: frozenset[str] = frozenset(),
+) -> tuple[pa.Table, dict]:
+    """pairs.parquet's rows with each pair's relation and its evidence. Exact pairs are `exact`; the others are
+    aligned (each row's `relate_per_row` most similar partners; evidence `known` from verification is reused) and
+    decided (relations.decide; `copy_signals`: relations.copy_signals); a pair not examined (past that budget, or
+    with no images to read: `metadata` None) is `unknown`."""
+    started = time.perf_counter()
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    similarity = pairs["similarity"].to_numpy()
+    keys = pair_key(a, b)
+    found: list[Evidence | None] = [known.get(key) for key in keys.tolist()]
+    exact = np.asarray(pairs["signal"].to_pylist(), dtype=object) == "exact"
+    todo = np.flatnonzero(~exact & np.array([e is None for e in found], bool))
+    if metadata is not None and len(todo):
+        todo = todo[local_features.strongest_per_row(a[todo], b[todo], similarity[todo], settings.relate_per_row)]
+        try_mirror = local_features.rank_in_rows(a[todo], b[todo], similarity[todo]) < settings.verify_mirror_per_row
+        rows = np.unique(np.concatenate([a[todo], b[todo]]))
+        read_features(rows, metadata, reporter, set(np.unique(a[todo][try_mirror]).tolist()), features_of)
+        measured = relations.pair_evidence(
+            a[todo], b[todo], features_of, settings.verify_inliers, threads=os.cpu_count() or 1, mirror=try_mirror
+        )
+        for index, one in zip(todo.tolist(), measured):
+            found[index] = one
+    else:
+        todo = todo[:0]
+    signals = pairs["signal"].to_pylist()
+    named = [
+        "exact" if is_exact else relations.UNKNOWN if one is None else relations.decide(one, signal in copy_signals)
+        for is_exact, one, signal in zip(exact.tolist(), found, signals)
+    ]
+    table = pairs.set_column(pairs.column_names.index("inliers"), "inliers", evidence_column(found, "inliers"))
+    for name in relations.EVIDENCE_COLUMNS:
+        table = table.append_column(name, evidence_column(found, name))
+    table = table.append_column("mirrored", pa.array([bool(e and e.mirrored) for e in found], pa.bool_()))
+    table = table.append_column("relation", pa.array(named, pa.string()))
+    info = {
+        "examined": len(todo),
+        "pairs_by_relation": {name: named.count(name) for name in relations.NAMES},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    reporter.info(f"find: relations of {len(named)} pairs: {info['pairs_by_relation']}")
+    return table, info
+
+
+def evidence_column(found: list[Evidence | None], name: str) -> pa.Array:
+    if name == "inliers":
+        return pa.array([-1 if e is None else e.inliers for e in found], pa.int32())
+    return pa.array([float("nan") if e is None else getattr(e, name) for e in found], pa.float32())
+
+
+def read_features(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, mirror: set[int], features_of: Features):
+    """The keypoints of `rows` not yet in `features_of`, read again from the shards into it; of those in
+    `mirror`, of their mirror images too."""
+    rows = np.asarray([row for row in rows.tolist() if row not in features_of], dtype=np.int64)
+    if not len(rows):
+        return
     shards = metadata["shard"].take(pa.array(rows)).to_pylist()
     indices = metadata["sample_index"].take(pa.array(rows)).to_pylist()
     row_of = {(shard, index): int(row) for row, shard, index in zip(rows, shards, indices) if shard is not None}
-    features_of: dict[int, local_features.Features] = {}
 
     def extract(sample) -> None:
         try:
@@ -76,4 +151,3 @@ def _features_of_rows(
         for batch in batched(iter_selected(list(row_of)), 64):
             list(pool.map(extract, batch))
             progress.advance(len(batch))
-    return features_of

@@ -8,6 +8,8 @@ from dedup.errors import SettingsError
 from dedup.settings.base import positive, setting
 
 DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a larger tar member is recorded unreadable
+# what kind of match a pair is (dedup/search/relations.py); unknown: not examined (a run from before relations)
+RELATIONS = ("exact", "copy", "partial", "same_scene", "similar", "unknown")
 EMBEDDERS = ("copydetect", "clip", "pixels", "model")
 PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # presets whose thresholds were set for that embedder
 PDQ_MAX_RADIUS = 63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)
@@ -107,6 +109,12 @@ class FindSettings:
         "A borderline pair that falls short is matched again with one image mirrored (mirrored copies), when it "
         "is among this many most similar partners of one of its samples; 0: never.",
     )
+    relations: bool = setting(
+        True,
+        "Say what kind of match each pair is (exact, copy, partial, same_scene, similar) from its alignment by "
+        "local features, the images read again from the shards; select.drop_relations chooses which count.",
+    )
+    relate_per_row: int = setting(5, "Partners aligned per sample at most (the most similar); the rest: unknown.")
     low_detail_tolerance: float | None = setting(
         24.0,
         "Pairs of two low-detail images (text, digits, icons on flat backgrounds) count only when their 16x16 "
@@ -143,7 +151,7 @@ class FindSettings:
             raise SettingsError(
                 f"verify_threshold must be in (0, 1] (a cosine similarity), got {self.verify_threshold}"
             )
-        positive(verify_per_row=self.verify_per_row)
+        positive(verify_per_row=self.verify_per_row, relate_per_row=self.relate_per_row)
         if self.verify_mirror_per_row < 0:
             raise SettingsError(f"verify_mirror_per_row must be >= 0, got {self.verify_mirror_per_row}")
         if self.verify_inliers < 0:
@@ -198,8 +206,19 @@ class SelectSettings:
         "Apply a person's labels from RUN_DIR/labels.parquet (dedup review): a pair labelled not a duplicate is "
         "kept apart, one labelled duplicate is joined, before groups are formed.",
     )
+    drop_relations: list[str] = setting(
+        help="The relations that make a pair duplicates (of " + ", ".join(RELATIONS) + "); a pair of another "
+        "relation is kept apart before groups are formed. Why the default: docs/relations.md.",
+        factory=lambda: list(RELATIONS),
+    )
 
     def validate(self) -> None:
+        unknown = [name for name in self.drop_relations if name not in RELATIONS]
+        if unknown:
+            raise SettingsError(
+                f"select.drop_relations names {', '.join(map(repr, unknown))}, not a relation; "
+                f"the relations are {', '.join(RELATIONS)}"
+            )
         kind, _ = parse_policy(self.policy)
         if self.prefer not in ("largest", "first"):
             raise SettingsError(f"select.prefer must be largest or first, got {self.prefer!r}")

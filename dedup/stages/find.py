@@ -24,8 +24,9 @@ from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
 from dedup.search import matching
 from dedup.search.grouping import merge_pairs, record_groups
+from dedup.search.relations import copy_signals
 from dedup.search.signals import Samples, signal_pairs
-from dedup.search.verify_pairs import verify_borderline
+from dedup.search.verify_pairs import relate_pairs, verify_borderline
 from dedup.settings import FindSettings
 from dedup.stages import find_units
 
@@ -85,14 +86,25 @@ def find(
         choice = found.index
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
         reporter.info(f"find: {choice.reason}")
+    features_of: dict = {}  # each row's keypoints, read once for verification and relations
+    readable = _images_readable(data.metadata, data.spec)
     if settings.verify_threshold is not None:
-        info["verification"] = verify_borderline(found, metadata, settings, reporter)
+        info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     if found.unconfirmed:
         info["low_detail_unconfirmed"] = found.unconfirmed
         if sum(found.unconfirmed.values()):
             reporter.info(f"find: low-detail pairs whose thumbnails disagree, not counted: {found.unconfirmed}")
     pairs = merge_pairs(found, samples)
+    pairs, info["relations"] = relate_pairs(
+        pairs,
+        metadata if settings.relations and readable else None,
+        settings,
+        reporter,
+        features_of,
+        found.evidence,
+        copy_signals(data.spec.get("embedder")),
+    )
     summary = record_groups(run_dir, store_dir, metadata, pairs, settings, started, info)
     if units is not None:
         units.done()

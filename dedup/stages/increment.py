@@ -202,8 +202,9 @@ def find_new(
 ) -> dict:
     """Pairs of the increment's rows with every row; with the pairs the run had, the groups of all rows."""
     from dedup.search.grouping import merge_pairs, record_groups
+    from dedup.search.relations import copy_signals, with_relations
     from dedup.search.signals import Samples
-    from dedup.search.verify_pairs import verify_borderline
+    from dedup.search.verify_pairs import relate_pairs, verify_borderline
 
     settings.validate()
     started = time.perf_counter()
@@ -221,12 +222,22 @@ def find_new(
     info: dict = {"increment": {"number": increment.number, "new_rows": rows - start}}
     if found.index is not None:
         info["index"] = {"kind": found.index.kind, "reason": found.index.reason}
+    features_of: dict = {}
     if settings.verify_threshold is not None:
-        info["verification"] = verify_borderline(found, data.metadata, settings, reporter)
+        info["verification"] = verify_borderline(found, data.metadata, settings, reporter, features_of)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     earlier = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).pairs)
-    earlier = earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start)))
-    added = merge_pairs(found, samples)
+    earlier = with_relations(earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start))))
+    metadata = data.metadata if settings.relations else None
+    added, info["relations"] = relate_pairs(
+        merge_pairs(found, samples),
+        metadata,
+        settings,
+        reporter,
+        features_of,
+        found.evidence,
+        copy_signals(data.spec.get("embedder")),
+    )
     info["increment"]["pairs_added"] = len(added)
     pairs = pa.concat_tables([earlier, added.cast(earlier.schema)]) if len(earlier) else added
     summary = record_groups(folder.root, store_dir, data.metadata, pairs, settings, started, info)
