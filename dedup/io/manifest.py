@@ -18,6 +18,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("kept_key", pa.string()),  # the group's best sample
         ("kept_shard", pa.string()),
         ("match", pa.string()),  # signal of the sample's nearest duplicate
+        ("relation", pa.string()),  # what kind of match that pair is (dedup/search/relations.py)
         ("similarity", pa.float32()),
         ("caption_change", pa.string()),  # select.diversify_captions: what changed the caption written
         ("new_caption", pa.string()),  # the caption write gives the sample; null: its own

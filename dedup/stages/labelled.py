@@ -25,6 +25,7 @@ class LabelledGroups:
     groups: pa.Table
     person_label: list[str | None]
     counts: Counter = field(default_factory=Counter)
+    apart: np.ndarray | None = None  # the pairs still cut for their relation (a person's duplicate label uncuts one)
 
 
 def _row_lookup(groups: pa.Table, labels: dict[Pair, Label]):
@@ -45,8 +46,11 @@ def _row_lookup(groups: pa.Table, labels: dict[Pair, Label]):
     return row_of, shards, keys
 
 
-def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, Label]) -> LabelledGroups:
-    """groups.parquet as find would have written it had the labelled edges been cut or added."""
+def regroup_with_labels(
+    groups: pa.Table, pairs: pa.Table, labels: dict[Pair, Label], apart: np.ndarray | None = None
+) -> LabelledGroups:
+    """groups.parquet as find would have written it had the labelled edges been cut or added, and the edges
+    `apart` marks (pairs of a relation not in select.drop_relations) cut unless a person labelled them duplicates."""
     from dedup.search.grouping import connected_groups, nearest_columns
     from dedup.search.signals import SIGNALS, best_partner
 
@@ -54,6 +58,8 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
     row_of, shards, keys = _row_lookup(groups, labels)
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     found = set(pair_keys(a, b).tolist())
+    apart = np.zeros(len(a), bool) if apart is None else apart.copy()
+    apart_edges = dict(zip(pair_keys(a[apart], b[apart]).tolist(), np.flatnonzero(apart).tolist()))
     cut: list[int] = []
     cut_rows: list[tuple[int, int]] = []
     added: list[tuple[int, int, float]] = []
@@ -66,11 +72,15 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
             continue
         edge = int(pair_keys(np.array([row_a]), np.array([row_b]))[0])
         if label.duplicate:
-            if edge in found:
+            if edge in apart_edges:
+                apart[apart_edges.pop(edge)] = False
+                counts["relation_overruled"] += 1
+            elif edge in found:
                 counts["duplicate_already_found"] += 1
                 continue
-            added.append((row_a, row_b, np.nan if label.similarity is None else label.similarity))
-            counts["duplicate_added"] += 1
+            else:
+                added.append((row_a, row_b, np.nan if label.similarity is None else label.similarity))
+                counts["duplicate_added"] += 1
         else:
             if edge not in found:
                 counts["distinct_not_found"] += 1
@@ -82,10 +92,10 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
         for row, other in ((row_a, row_b), (row_b, row_a)):
             note = f"a person labelled it {verdict} {shards[other]}:{keys[other]}"
             notes[row] = note if notes[row] is None else f"{notes[row]}; {note}"
-    if not cut and not added:
-        return LabelledGroups(groups, notes, counts)
+    if not cut and not added and not apart.any():
+        return LabelledGroups(groups, notes, counts, apart)
 
-    kept = ~np.isin(pair_keys(a, b), np.array(cut, dtype=np.int64))
+    kept = ~np.isin(pair_keys(a, b), np.array(cut, dtype=np.int64)) & ~apart
     found_a, found_b = a[kept], b[kept]
     codes = np.array([SIGNALS.index(s) for s in pairs["signal"].to_pylist()], dtype=np.int8)[kept]
     similarity = pairs["similarity"].to_numpy()[kept]
@@ -118,4 +128,4 @@ def regroup_with_labels(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, La
         **nearest_columns(groups, nearest, nearest_similarity, nearest_code, (*SIGNALS, PERSON)),
     }.items():
         regrouped = regrouped.set_column(regrouped.column_names.index(name), name, column)
-    return LabelledGroups(regrouped, notes, counts)
+    return LabelledGroups(regrouped, notes, counts, apart)

@@ -24,6 +24,8 @@ from dedup.io.runfolder import RunFolder, load_groups
 from dedup.io.samples import sample_id
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
+from dedup.search.components import pair_keys
+from dedup.search.relations import with_relations
 from dedup.settings import SelectSettings, parse_policy
 from dedup.stages.captions import diversified_captions
 from dedup.stages.labelled import regroup_with_labels
@@ -60,7 +62,11 @@ def decide(
     person_label: list[str | None] | None = None,
     prefer: str = "largest",
     first: np.ndarray | None = None,
+    relation: list[str | None] | None = None,
+    notes: list[str | None] | None = None,
 ) -> pa.Table:
+    """The manifest rows of `groups` under `policy`; `relation`: each row's nearest pair's relation; `notes`: what
+    else the reason of a row says (the pairs kept apart by select.drop_relations)."""
     kind, cap = parse_policy(policy)
     rows = len(groups)
     ranks = rank_in_groups(groups, prefer, first)
@@ -77,6 +83,7 @@ def decide(
     similarity = groups["nearest_similarity"].to_pylist()
     nearest = groups["nearest_key"].to_pylist()
 
+    relation = relation or [None] * rows
     limit: int | None = {"one": 1, "cap": cap, "none": None}[kind]
     status, reasons = [], []
     for row in range(rows):
@@ -86,7 +93,10 @@ def decide(
             continue
         best = best_row[row]
         described = (
-            f"{matches[row]} match with {nearest[row]}, similarity {similarity[row]:.4f}" if matches[row] else ""
+            f"{matches[row]} match with {nearest[row]}, similarity {similarity[row]:.4f}"
+            + (f", {relation[row]}" if relation[row] else "")
+            if matches[row]
+            else ""
         )
         if limit is None:
             status.append("kept")
@@ -108,7 +118,8 @@ def decide(
         captions = groups["caption"].fill_null("").to_pylist()
         new_captions, changes = diversified_captions(group_id, ranks, kept, captions, keys)
     person_label = person_label or [None] * rows
-    reasons = [reason if note is None else f"{reason}; {note}" for reason, note in zip(reasons, person_label)]
+    for extra in (notes or [None] * rows, person_label):
+        reasons = [reason if note is None else f"{reason}; {note}" for reason, note in zip(reasons, extra)]
     return pa.table(
         {
             **sample_id(groups),
@@ -120,6 +131,7 @@ def decide(
             "kept_key": pa.array([keys[i] for i in best_row], pa.string()),
             "kept_shard": pa.array([shards[i] for i in best_row], pa.string()),
             "match": groups["match"],
+            "relation": pa.array(relation, pa.string()),
             "similarity": groups["nearest_similarity"],
             "caption_change": pa.array(changes, pa.string()),
             "new_caption": pa.array(new_captions, pa.string()),
@@ -143,18 +155,24 @@ def select(
     settings.validate()
     folder = RunFolder(run_dir)
     groups = load_groups(run_dir)
-    person_label, label_counts = None, {}
-    if settings.labels and folder.labels.exists():
-        labelled = regroup_with_labels(groups, read_parquet(folder.pairs), read_labels(folder.labels))
-        groups, person_label, label_counts = labelled.groups, labelled.person_label, dict(labelled.counts)
-        reporter.info(f"select: labels from {folder.labels}: {describe_label_counts(label_counts)}")
-    failures = EmbeddingStore(store_dir).load().failures
-    manifest = pa.concat_tables(
-        [
-            decide(groups, settings.policy, settings.diversify_captions, person_label, settings.prefer, first),
-            unreadable_rows(failures),
-        ]
+    pairs = with_relations(read_parquet(folder.pairs)) if folder.pairs.exists() else None
+    apart = (
+        None if pairs is None else ~np.isin(pairs["relation"].to_numpy(zero_copy_only=False), settings.drop_relations)
     )
+    labels = read_labels(folder.labels) if settings.labels and folder.labels.exists() else {}
+    person_label, label_counts = None, {}
+    if pairs is not None and apart is not None and (labels or apart.any()):
+        labelled = regroup_with_labels(groups, pairs, labels, apart)
+        groups, apart = labelled.groups, labelled.apart
+        if labels:
+            person_label, label_counts = labelled.person_label, dict(labelled.counts)
+            reporter.info(f"select: labels from {folder.labels}: {describe_label_counts(label_counts)}")
+    relation, notes = pair_relations(groups, pairs, apart)
+    failures = EmbeddingStore(store_dir).load().failures
+    decided = decide(
+        groups, settings.policy, settings.diversify_captions, person_label, settings.prefer, first, relation, notes
+    )
+    manifest = pa.concat_tables([decided, unreadable_rows(failures)])
     order = pc.sort_indices(manifest, [("shard_index", "ascending"), ("sample_index", "ascending")])
     manifest = manifest.take(order)
     write_parquet(folder.manifest, manifest)
@@ -168,7 +186,40 @@ def select(
         + (f"; {diversified} kept copies given other captions" if settings.diversify_captions else "")
     )
     summary = {"policy": settings.policy, "samples": len(manifest), **counts, "captions_changed": diversified}
+    if apart is not None:
+        summary["pairs_kept_apart"] = int(apart.sum())
     return summary | ({"labels": label_counts} if person_label is not None else {})
+
+
+def pair_relations(
+    groups: pa.Table, pairs: pa.Table | None, apart: np.ndarray | None
+) -> tuple[list[str | None], list[str | None]]:
+    """For each row of `groups`: the relation of its pair with its nearest duplicate (None without one, or where a
+    person's label made the pair), and a note naming the relations of its pairs kept `apart`."""
+    rows = len(groups)
+    if pairs is None:
+        return [None] * rows, [None] * rows
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    names = pairs["relation"].to_pylist()
+    relation_of = dict(zip(pair_keys(a, b).tolist(), names))
+    row_of = {place: row for row, place in enumerate(zip(groups["shard"].to_pylist(), groups["key"].to_pylist()))}
+    relation: list[str | None] = []
+    for row, place in enumerate(zip(groups["nearest_shard"].to_pylist(), groups["nearest_key"].to_pylist())):
+        other = row_of.get(place) if place[1] is not None else None
+        key = None if other is None else int(pair_keys(np.array([row]), np.array([other]))[0])
+        relation.append(relation_of.get(key) if key is not None else None)
+    kept_apart: dict[int, set[str]] = {}
+    if apart is not None:
+        for index in np.flatnonzero(apart).tolist():
+            for row in (int(a[index]), int(b[index])):
+                kept_apart.setdefault(row, set()).add(names[index])
+    notes = [
+        f"kept apart from its {' and '.join(sorted(kept_apart[row]))} pairs (not in select.drop_relations)"
+        if row in kept_apart
+        else None
+        for row in range(rows)
+    ]
+    return relation, notes
 
 
 def describe_label_counts(counts: dict) -> str:

@@ -66,6 +66,11 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
     }
     if removed:
         summary["removed_from_earlier_output"] = removed
+    if "relation" in dropped.column_names:  # what kind of match each dropped sample was to its nearest duplicate
+        by_relation: Counter[str] = Counter()
+        for name, rows in _count_rows(dropped, ["relation"]):
+            by_relation[name or "unknown"] += rows
+        summary["dropped_by_relation"] = dict(sorted(by_relation.items()))
     if "person_label" in manifest.column_names:  # decisions a person's labels (dedup review) touched, by status
         touched = manifest.filter(pc.is_valid(manifest["person_label"]))
         summary["decided_with_person_labels"] = dict(sorted(Counter(touched["status"].to_pylist()).items()))
@@ -74,5 +79,6 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
         and written == counts["kept"]
         and sum(dropped_by.values()) == counts["dropped"]
         and sum(unreadable_by.values()) == counts["unreadable"]
+        and sum(summary.get("dropped_by_relation", {"": counts["dropped"]}).values()) == counts["dropped"]
     )
     return summary

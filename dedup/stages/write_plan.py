@@ -16,7 +16,7 @@ from dedup.io.runfolder import RunFolder, removals_record
 
 PLAN_COLUMNS = ["shard", "shard_index", "sample_index", "key", "status"]
 # the manifest columns write reads, of 13: the plan's, then the summary's (reference_match: purged runs only)
-WRITE_COLUMNS = PLAN_COLUMNS + ["match", "reference_match", "reason", "new_caption", "person_label"]
+WRITE_COLUMNS = PLAN_COLUMNS + ["match", "relation", "reference_match", "reason", "new_caption", "person_label"]
 OUTPUT_COLUMNS = ["output_shard", "output_key"]  # what write adds to the manifest
 
 
