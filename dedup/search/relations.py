@@ -25,6 +25,7 @@ from dedup.settings.run import RELATIONS
 NAMES = RELATIONS
 UNKNOWN = "unknown"  # a pair not examined: found before relations existed, past the per-row budget, unreadable
 
+ALIGNED = 15  # inliers enough to measure the overlap (verification asks more before it calls a pair a copy)
 COVERED = 0.8  # an image this much inside the aligned overlap is all in it
 PARTIAL_BELOW = 0.6  # ... and the other, this little inside, holds it as a region
 REGION_AT_LEAST = 0.1  # an overlap smaller than this share of both is no region of either
@@ -52,7 +53,7 @@ UNREAD = Evidence(-1, False, False, float("nan"), float("nan"), float("nan"), fl
 
 
 def evidence(first: Features, second: Features, enough: int, try_mirror: bool = True) -> Evidence:
-    """Align the pair and, where it has `enough` inliers, measure the overlap on the `small` gray images that
+    """Align the pair and, where it has ALIGNED inliers, measure the overlap on the `small` gray images that
     local_features.features keeps. The first image's mirror image (where known, and `try_mirror`) is matched
     too when the direct match has fewer than `enough`; the better of the two is kept."""
     aligned = local_features.alignment(first, second)
@@ -63,7 +64,7 @@ def evidence(first: Features, second: Features, enough: int, try_mirror: bool = 
         if through_mirror.inliers > aligned.inliers:
             aligned, mirrored = through_mirror, True
     sharpness_ratio = min(first.sharpness, second.sharpness) / max(first.sharpness, second.sharpness, 1e-6)
-    if aligned.inliers < enough or aligned.matrix is None or first.small is None or second.small is None:
+    if aligned.inliers < ALIGNED or aligned.matrix is None or first.small is None or second.small is None:
         nan = float("nan")
         return Evidence(aligned.inliers, tried, mirrored, nan, nan, nan, nan, sharpness_ratio)
     small_first = np.ascontiguousarray(first.small[:, ::-1]) if mirrored else first.small
@@ -147,7 +148,7 @@ def overlap(
     if overlap_pixels < 16 or area_scale <= 0:
         return 0.0, 0.0, float("nan")
     coverage_second = overlap_pixels / inside.size
-    coverage_first = min(1.0, overlap_pixels / area_scale / first.size)
+    coverage_first = min(1.0, float(overlap_pixels / area_scale / first.size))
     warped = cv2.warpAffine(first.astype(np.float32), scaled, (width, height), flags=cv2.INTER_LINEAR)
     core = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # the edge interpolates with black
     if core.sum() < 16:
