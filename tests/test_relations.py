@@ -136,3 +136,11 @@ def test_pairs_from_before_relations_read_unknown_never_guessed():
     assert read["relation"].to_pylist() == ["exact", "unknown"]
     assert np.isnan(read["changed"].to_numpy()).all()
     assert relations.with_relations(read) is read
+
+
+def test_a_degenerate_alignment_measures_nothing_and_does_not_crash():
+    """Keypoints nearly on one line fit wild transforms; OpenCV's warp crashed the process on one (Imagenette)."""
+    small = np.full((64, 64), 128, np.uint8)
+    for matrix in (np.array([[np.nan, 0, 0], [0, 1, 0]]), np.array([[1e6, 0, 0], [0, 1e6, 0]])):
+        coverage_a, coverage_b, changed = relations.overlap(small, 1.0, small, 1.0, matrix)
+        assert (coverage_a, coverage_b) == (0.0, 0.0) and np.isnan(changed)

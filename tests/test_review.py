@@ -87,6 +87,36 @@ def groups_by_key(run_dir: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
+def test_each_pair_shows_its_relation_and_evidence_and_the_relation_filters_them(review_run):
+    """Clicked through in Chromium: every found pair says what kind of match it is; choosing a relation shows only
+    its pairs, with the alignment's evidence where there is one."""
+    from playwright.sync_api import sync_playwright
+
+    run_dir, _ = review_run
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install chromium (the browser test needs a real browser)")
+    relations = pq.read_table(run_dir / "pairs.parquet")["relation"].to_pylist()
+    chosen = max(set(relations), key=relations.count)
+    with review_server(run_dir) as (url, _, _):
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1300, "height": 1000}, bypass_csp=True)
+            page.goto(url)
+            page.wait_for_selector('[data-testid="pair-card"]')
+            options = page.locator('[data-testid="filter-relation"] option').all_inner_texts()
+            assert any(text.startswith(chosen.replace("_", " ")) for text in options), options
+            page.select_option('[data-testid="filter-relation"]', chosen)
+            page.wait_for_function(
+                f"[...document.querySelectorAll('[data-testid=relation]')].every(r => r.dataset.relation === '{chosen}')"
+            )
+            shown = page.locator('[data-testid="relation"]')
+            assert shown.count() == min(24, relations.count(chosen))
+            if chosen in ("copy", "partial", "same_scene"):
+                assert "overlap covers" in page.locator('[data-testid="evidence"]').first.inner_text()
+            browser.close()
+
+
+@pytest.mark.slow
 def test_label_with_the_keyboard_survive_a_kill_and_change_the_output(review_run, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

@@ -22,6 +22,7 @@ from dedup.io.atomic import read_parquet
 from dedup.io.labels import LabelBook, Pair, ordered_pair
 from dedup.io.runfolder import RunFolder, read_stage_table
 from dedup.search.components import pair_keys
+from dedup.search.relations import EVIDENCE_COLUMNS, RELATIONS, with_relations
 
 NEAR_MISS = "near miss"
 GROUP_COLUMNS = ["key", "shard", "shard_index", "sample_index", "group_id", "group_size", "caption", "width", "height"]
@@ -30,6 +31,7 @@ GROUP_COLUMNS = ["key", "shard", "shard_index", "sample_index", "group_id", "gro
 @dataclass
 class PairFilter:
     signal: str | None = None
+    relation: str | None = None
     low: float | None = None
     high: float | None = None
     unlabelled: bool = False
@@ -108,7 +110,7 @@ class ReviewData:
     def __init__(self, folder: RunFolder, book: LabelBook, embeddings=None, near_miss_sample: int = 20_000):
         self.folder, self.book = folder, book
         self.groups = read_groups(folder)
-        pairs = read_stage_table(folder.pairs, "find")
+        pairs = with_relations(read_stage_table(folder.pairs, "find"))
         find_info = json.loads(folder.find_summary.read_text()) if folder.find_summary.exists() else {}
         self.threshold: float | None = (find_info.get("settings") or {}).get("threshold")
         self.rows = len(self.groups)
@@ -126,11 +128,22 @@ class ReviewData:
         codes = np.concatenate([found_codes, np.full(len(miss_a), len(self.signal_names) - 1, np.int8)])
         hamming = np.concatenate([pairs["hamming"].to_numpy(), np.full(len(miss_a), -1, np.int32)])
         inliers = np.concatenate([pairs["inliers"].to_numpy(), np.full(len(miss_a), -1, np.int32)])
+        self.relation_names = [name for name in RELATIONS if name in set(pairs["relation"].to_pylist())]
+        relation = np.concatenate(
+            [
+                np.array([RELATIONS.index(name) for name in pairs["relation"].to_pylist()], np.int8),
+                np.full(len(miss_a), -1, np.int8),  # a near miss was not found: no relation
+            ]
+        )
+        evidence = np.full((len(a), len(EVIDENCE_COLUMNS)), np.nan, np.float32)
+        for column, name in enumerate(EVIDENCE_COLUMNS):
+            evidence[: len(found_a), column] = pairs[name].to_numpy(zero_copy_only=False)
 
         distance = np.abs(similarity - self.threshold) if self.threshold is not None else similarity.copy()
         order = np.lexsort((pair_keys(a, b), np.nan_to_num(distance, nan=np.inf)))
         self.a, self.b, self.similarity = a[order], b[order], similarity[order]
         self.codes, self.hamming, self.inliers = codes[order], hamming[order], inliers[order]
+        self.relation, self.evidence = relation[order], evidence[order]
         self.found_pairs = len(found_a)
         packed = pair_keys(self.a, self.b)
         self._by_packed = np.argsort(packed, kind="stable")
@@ -225,6 +238,10 @@ class ReviewData:
             if chosen.signal not in self.signal_names:
                 return np.zeros(0, np.int64)
             mask &= self.codes == self.signal_names.index(chosen.signal)
+        if chosen.relation is not None:
+            if chosen.relation not in RELATIONS:
+                return np.zeros(0, np.int64)
+            mask &= self.relation == RELATIONS.index(chosen.relation)
         if chosen.low is not None:
             mask &= self.similarity >= chosen.low
         if chosen.high is not None:
@@ -251,6 +268,12 @@ class ReviewData:
             "signal": self.signal_names[self.codes[pair]],
             "hamming": int(self.hamming[pair]),
             "inliers": int(self.inliers[pair]),
+            "relation": RELATIONS[self.relation[pair]] if self.relation[pair] >= 0 else None,
+            "evidence": {
+                name: round(float(value), 3)
+                for name, value in zip(EVIDENCE_COLUMNS, self.evidence[pair])
+                if not np.isnan(value)
+            },
             "label": None if label is None else ("duplicate" if label.duplicate else "distinct"),
             "a": self.row_record(int(self.a[pair])),
             "b": self.row_record(int(self.b[pair])),
@@ -307,6 +330,7 @@ class ReviewData:
             "labelled": len(self.book),
             "labels_elsewhere": self.labels_elsewhere,
             "signals": self.signal_names,
+            "relations": self.relation_names,
             "bands": self.bands(),
         }
 

@@ -139,6 +139,7 @@ def create_app(data: ReviewData, thumbnails: Thumbnails, token: str, allowed_hos
         try:
             chosen = PairFilter(
                 signal=query.get("signal") or None,
+                relation=query.get("relation") or None,
                 low=_float(query.get("low"), "low"),
                 high=_float(query.get("high"), "high"),
                 unlabelled=query.get("unlabelled") in ("1", "true"),

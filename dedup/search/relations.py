@@ -92,7 +92,11 @@ def fitted_affine(aligned: Alignment) -> np.ndarray:
         return aligned.matrix
     design = np.hstack([aligned.source, np.ones((len(aligned.source), 1), np.float32)]).astype(np.float64)
     solution, *_ = np.linalg.lstsq(design, aligned.target.astype(np.float64), rcond=None)
-    return solution.T
+    affine = solution.T
+    similar_area = abs(np.linalg.det(aligned.matrix[:, :2]))
+    if not np.isfinite(affine).all() or not 0.5 < abs(np.linalg.det(affine[:, :2])) / max(similar_area, 1e-9) < 2:
+        return aligned.matrix  # points nearly on a line: the affine fit is not to be trusted
+    return affine
 
 
 def misfit(aligned: Alignment) -> float:
@@ -142,10 +146,12 @@ def overlap(
     scaled[:, :2] *= second_scale / first_scale
     scaled[:, 2] *= second_scale
     height, width = second.shape
-    inside = cv2.warpAffine(np.ones(first.shape, np.uint8), scaled, (width, height), flags=cv2.INTER_NEAREST) > 0
     area_scale = abs(np.linalg.det(scaled[:, :2]))
+    if not np.isfinite(scaled).all() or not 1e-3 < area_scale < 1e3:  # a degenerate fit (OpenCV crashes on some)
+        return 0.0, 0.0, float("nan")
+    inside = cv2.warpAffine(np.ones(first.shape, np.uint8), scaled, (width, height), flags=cv2.INTER_NEAREST) > 0
     overlap_pixels = int(inside.sum())
-    if overlap_pixels < 16 or area_scale <= 0:
+    if overlap_pixels < 16:
         return 0.0, 0.0, float("nan")
     coverage_second = overlap_pixels / inside.size
     coverage_first = min(1.0, float(overlap_pixels / area_scale / first.size))

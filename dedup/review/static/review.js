@@ -5,9 +5,20 @@
 const TOKEN = document.querySelector('meta[name="dedup-token"]').content;
 const state = {
   view: "pairs", offset: 0, limit: 24, groupLimit: 10, total: 0, focus: 0, items: [],
-  signal: "", band: "", unlabelled: false, group: null,
+  signal: "", relation: "", band: "", unlabelled: false, group: null,
 };
 const $ = (id) => document.getElementById(id);
+
+const RELATION_TEXT = {
+  exact: "exact: the same bytes",
+  copy: "copy: one capture, edited",
+  partial: "partial: a region of one is the other",
+  same_scene: "same scene: another shot of the same place",
+  similar: "similar: alike, no shared geometry",
+  unknown: "unknown: not examined",
+};
+
+function percent(value) { return `${Math.round(value * 100)}%`; }
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -58,6 +69,7 @@ async function loadSummary() {
     (summary.labels_elsewhere ? ` · ${summary.labels_elsewhere} labels name pairs not shown here` : "");
   setLabelled(summary.labelled);
   for (const signal of summary.signals) $("signal").append(element("option", { value: signal, text: signal }));
+  for (const name of summary.relations) $("relation").append(element("option", { value: name, text: RELATION_TEXT[name] || name }));
   for (const [low, high] of summary.bands) {
     const text = high > 1 ? `≥ ${low}` : `${low} – ${high}`;
     $("band").append(element("option", { value: `${low},${high}`, text }));
@@ -84,6 +96,12 @@ function pairCard(pair, index) {
   const details = [`signal ${pair.signal}`];
   if (pair.hamming >= 0) details.push(`hash distance ${pair.hamming}`);
   if (pair.inliers >= 0) details.push(`${pair.inliers} matching keypoints`);
+  const evidence = pair.evidence || {};
+  const evidenceText = [];
+  if ("coverage_a" in evidence) evidenceText.push(`overlap covers ${percent(evidence.coverage_a)} / ${percent(evidence.coverage_b)}`);
+  if ("changed" in evidence) evidenceText.push(`most changed part ${percent(evidence.changed)}`);
+  if ("misfit" in evidence) evidenceText.push(`keypoints off by ${evidence.misfit.toFixed(2)} px`);
+  if ("sharpness_ratio" in evidence) evidenceText.push(`sharpness ratio ${evidence.sharpness_ratio.toFixed(2)}`);
   const badge = element("span", { className: `badge ${pair.label || ""}`, "data-testid": "label-badge",
     text: pair.label === "duplicate" ? "duplicate" : pair.label === "distinct" ? "not a duplicate" : "" });
   const actions = element("div", { className: "actions" },
@@ -97,7 +115,10 @@ function pairCard(pair, index) {
     element("div", { className: "images" }, figure(pair.a), figure(pair.b)),
     element("div", { className: "meta" },
       element("div", {}, element("span", { className: "similarity", text: similarity }), badge),
+      element("div", { className: "relation", "data-testid": "relation", "data-relation": pair.relation || "",
+        text: pair.relation ? RELATION_TEXT[pair.relation] || pair.relation : "" }),
       element("div", { className: "muted", text: details.join(" · ") }),
+      element("div", { className: "muted", "data-testid": "evidence", text: evidenceText.join(" · ") }),
       element("div", { className: "muted", text: `group ${pair.a.group_id} (${pair.a.group_size}) · group ${pair.b.group_id} (${pair.b.group_size})` }),
       actions),
   );
@@ -116,6 +137,7 @@ function groupSection(group) {
 function pairsQuery() {
   const query = new URLSearchParams({ offset: state.offset, limit: state.limit });
   if (state.signal) query.set("signal", state.signal);
+  if (state.relation) query.set("relation", state.relation);
   if (state.band) { const [low, high] = state.band.split(","); query.set("low", low); query.set("high", high); }
   if (state.unlabelled) query.set("unlabelled", "1");
   if (state.group !== null) query.set("group", state.group);
@@ -246,6 +268,7 @@ $("next-page").addEventListener("click", () => page(1));
 $("prev-page").addEventListener("click", () => page(-1));
 $("undo").addEventListener("click", undo);
 $("signal").addEventListener("change", (event) => { state.signal = event.target.value; event.target.blur(); refilter(); });
+$("relation").addEventListener("change", (event) => { state.relation = event.target.value; event.target.blur(); refilter(); });
 $("band").addEventListener("change", (event) => { state.band = event.target.value; event.target.blur(); refilter(); });
 $("unlabelled").addEventListener("change", (event) => { state.unlabelled = event.target.checked; event.target.blur(); refilter(); });
 $("group-filter").addEventListener("click", () => { state.group = null; refilter(); });
