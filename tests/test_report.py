@@ -56,6 +56,9 @@ def test_report_in_headless_chromium(demo_run):
             "[...document.querySelectorAll('section.group')].map(s => [Number(s.dataset.groupId), Number(s.dataset.groupSize)])"
         )
         reconcile = page.inner_text("#reconcile")
+        relation_rows = page.evaluate(
+            "[...document.querySelectorAll('#relations tr')].map(r => [r.dataset.relation, r.cells[1].innerText])"
+        )
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
         page.screenshot(path=str(artifacts / "report.png"), full_page=True)
@@ -64,6 +67,10 @@ def test_report_in_headless_chromium(demo_run):
     assert failed_requests == []
     assert [(size, group) for group, size in shown] == [(-s, g) for s, g in expected]
     assert "(reconciles)" in reconcile
+    relations = pq.read_table(demo_run / "run" / "pairs.parquet")["relation"].to_pylist()
+    assert {name: int(count.replace(",", "")) for name, count in relation_rows} == {
+        name: relations.count(name) for name in set(relations)
+    }
     planted = json.loads((demo_run / "demo-data" / "shards" / "planted.json").read_text())
     assert len(shown) >= len(planted["groups"]) - 2
 

@@ -23,6 +23,7 @@ from dedup.io.atomic import atomic_open, read_parquet
 from dedup.io.runfolder import RunFolder
 from dedup.io.store import EmbeddingStore
 from dedup.search import matching
+from dedup.search.relations import with_relations
 from dedup.search.signals import cosine
 from dedup.settings import FindSettings, ReportSettings
 from dedup.tools.thumbnails import fetch_thumbnails
@@ -134,7 +135,7 @@ def build_report(
     out = Path(out) if out else folder.report
     groups = read_parquet(folder.groups)
     manifest = read_parquet(folder.manifest)
-    pairs = read_parquet(folder.pairs)
+    pairs = with_relations(read_parquet(folder.pairs))
     find_info = json.loads(folder.find_summary.read_text()) if folder.find_summary.exists() else {}
     summary = json.loads(folder.summary.read_text()) if folder.summary.exists() else None
     store = EmbeddingStore(embeddings or folder.embeddings).load()
@@ -190,6 +191,7 @@ def build_report(
         f"<h2>Duplicate groups</h2><p>{len(group_sizes)} groups hold {samples_in_groups} samples; "
         f"largest {int(group_sizes.max(initial=0))}.</p><img id='histogram' alt='histogram of group sizes' src='{group_size_histogram(group_sizes.tolist())}'>"
     )
+    parts.append(relations_section(pairs))
     parts.append(
         f"<h2>The {len(chosen_groups)} largest groups</h2><p class='muted'>green: kept; red: dropped. "
         "Similarity is the cosine to the kept sample.</p>"
@@ -212,6 +214,31 @@ def build_report(
     return out
 
 
+RELATION_MEANING = {
+    "exact": "the same bytes",
+    "copy": "one capture, edited (resized, recompressed, cropped, recoloured, overlaid)",
+    "partial": "a region of one is the other, or is pasted into it",
+    "same_scene": "another shot of the same place: a different moment or subject",
+    "similar": "alike, with no geometry in common",
+    "unknown": "not examined (past find.relate_per_row, or a run from before relations)",
+}
+
+
+def relations_section(pairs) -> str:
+    """The run's pairs counted by relation, each with what it means (docs/relations.md)."""
+    names = pairs["relation"].to_pylist()
+    rows = "".join(
+        f"<tr data-relation='{name}'><td>{name}</td><td class='n'>{names.count(name):,}</td>"
+        f"<td class='muted'>{_esc(meaning)}</td></tr>"
+        for name, meaning in RELATION_MEANING.items()
+        if name in names
+    )
+    return (
+        "<h2>Pairs by relation</h2><p>What kind of match each pair is; select.drop_relations chooses which make "
+        f"duplicates.</p><table id='relations'>{rows}</table>"
+    )
+
+
 def counts_section(summary: dict | None, manifest) -> str:
     status = manifest["status"].to_pylist()
     counts = {s: status.count(s) for s in ("kept", "dropped", "unreadable")}
@@ -220,6 +247,8 @@ def counts_section(summary: dict | None, manifest) -> str:
     rows = [("input samples", total), ("kept", counts["kept"]), ("dropped", counts["dropped"])]
     if summary:
         rows += [(f"&nbsp;&nbsp;{_esc(k)}", v) for k, v in summary.get("dropped_by_reason", {}).items()]
+        by_relation = summary.get("dropped_by_relation", {})
+        rows += [(f"&nbsp;&nbsp;as {_esc(k)}", v) for k, v in by_relation.items()]
     rows.append(("unreadable", counts["unreadable"]))
     if summary:
         rows += [(f"&nbsp;&nbsp;{_esc(k)}", v) for k, v in summary.get("unreadable_by_reason", {}).items()]
