@@ -30,7 +30,6 @@ COVERED = 0.8  # an image this much inside the aligned overlap is all in it
 PARTIAL_BELOW = 0.6  # ... and the other, this little inside, holds it as a region
 REGION_AT_LEAST = 0.1  # an overlap smaller than this share of both is no region of either
 GRID = 6  # the overlap is compared in GRID x GRID cells
-FLAT_LEVELS = 4.0  # a cell whose gray levels vary less (standard deviation) in either image is flat
 CHANGED_CELL = 0.15  # a cell whose tone ranks moved this much on average changed (a subject moved, an overlay)
 MISFIT_PX = 0.5  # median inlier distance from the transform, over its scale: above, points move on their own
 EQUALLY_SHARP = 0.5  # two shots of one camera a moment apart are about as sharp; a blurred, recompressed or
@@ -52,10 +51,11 @@ class Evidence:
 UNREAD = Evidence(-1, False, False, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
 
 
-def evidence(first: Features, second: Features, enough: int, try_mirror: bool = True) -> Evidence:
+def evidence(first: Features, second: Features, enough: int, try_mirror: bool = True, measure: bool = True) -> Evidence:
     """Align the pair and, where it has ALIGNED inliers, measure the overlap on the `small` gray images that
     local_features.features keeps. The first image's mirror image (where known, and `try_mirror`) is matched
-    too when the direct match has fewer than `enough`; the better of the two is kept."""
+    too when the direct match has fewer than `enough`; the better of the two is kept. Without `measure`, only
+    the inliers (verification alone, find.relations off)."""
     aligned = local_features.alignment(first, second)
     tried = mirrored = False
     if try_mirror and first.mirrored is not None and aligned.inliers < enough:
@@ -64,7 +64,13 @@ def evidence(first: Features, second: Features, enough: int, try_mirror: bool = 
         if through_mirror.inliers > aligned.inliers:
             aligned, mirrored = through_mirror, True
     sharpness_ratio = min(first.sharpness, second.sharpness) / max(first.sharpness, second.sharpness, 1e-6)
-    if aligned.inliers < ALIGNED or aligned.matrix is None or first.small is None or second.small is None:
+    if (
+        not measure
+        or aligned.inliers < ALIGNED
+        or aligned.matrix is None
+        or first.small is None
+        or second.small is None
+    ):
         nan = float("nan")
         return Evidence(aligned.inliers, tried, mirrored, nan, nan, nan, nan, sharpness_ratio)
     small_first = np.ascontiguousarray(first.small[:, ::-1]) if mirrored else first.small
@@ -116,6 +122,7 @@ def pair_evidence(
     enough: int,
     threads: int = 2,
     mirror: np.ndarray | None = None,
+    measure: bool = True,
 ) -> list[Evidence]:
     """The evidence of each pair (a[i], b[i]) of rows whose features are in `features_of` (UNREAD where a row's
     are not); the mirror image is tried where `mirror[i]` (every pair by default). OpenCV releases the GIL, so
@@ -128,7 +135,7 @@ def pair_evidence(
         x, y, mirrored = pair
         if x not in features_of or y not in features_of:
             return UNREAD
-        return evidence(features_of[x], features_of[y], enough, mirrored)
+        return evidence(features_of[x], features_of[y], enough, mirrored, measure)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(one, zip(a.tolist(), b.tolist(), try_mirror.tolist()), chunksize=256))
@@ -169,28 +176,25 @@ def overlap(
 
 def most_changed_cell(moved: np.ndarray, core: np.ndarray) -> float:
     """The largest mean of `moved` over the cells of a GRID x GRID split that lie mostly inside `core`."""
-    height, width = moved.shape
-    means = []
-    for row in range(GRID):
-        for column in range(GRID):
-            cell = (
-                slice(row * height // GRID, (row + 1) * height // GRID),
-                slice(column * width // GRID, (column + 1) * width // GRID),
-            )
-            inside = core[cell]
-            if inside.mean() > 0.5:
-                means.append(moved[cell][inside].mean())
-    return float(max(means)) if means else float(moved[core].mean())
+    import cv2
+
+    def cell_means(values: np.ndarray) -> np.ndarray:
+        return cv2.resize(values.astype(np.float32), (GRID, GRID), interpolation=cv2.INTER_AREA)
+
+    inside = cell_means(core)
+    usable = inside > 0.5
+    if not usable.any():
+        return float(moved[core].mean())
+    return float((cell_means(moved * core) / np.maximum(inside, 1e-6))[usable].max())
 
 
 def tone_ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank among `values`, in [0, 1] (ties share their mean rank)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values), np.float64)
-    ranks[order] = np.arange(len(values))
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return (sums / counts)[inverse] / max(1, len(values) - 1)
+    """Each value's rank among `values` (gray levels, rounded to whole levels), in [0, 1]; ties share their mean
+    rank. A histogram's running sum: no sort."""
+    levels = np.clip(np.rint(values), 0, 255).astype(np.int64)
+    counts = np.bincount(levels, minlength=256)
+    below = np.cumsum(counts) - counts
+    return ((below + (counts - 1) / 2) / max(1, len(values) - 1))[levels]
 
 
 def decide(found: Evidence, copy_signal: bool) -> str:

@@ -41,7 +41,7 @@ def verify_borderline(
     mirror = set(np.unique(a[try_mirror]).tolist())
     read_features(rows, metadata, reporter, mirror, features_of)
     evidence = relations.pair_evidence(
-        a, b, features_of, settings.verify_inliers, threads=os.cpu_count() or 1, mirror=try_mirror
+        a, b, features_of, settings.verify_inliers, os.cpu_count() or 1, try_mirror, measure=settings.relations
     )
     inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))

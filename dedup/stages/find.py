@@ -102,7 +102,7 @@ def find(
         settings,
         reporter,
         features_of,
-        found.evidence,
+        found.evidence if settings.relations else {},
         copy_signals(data.spec.get("embedder")),
     )
     summary = record_groups(run_dir, store_dir, metadata, pairs, settings, started, info)

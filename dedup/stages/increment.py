@@ -235,7 +235,7 @@ def find_new(
         settings,
         reporter,
         features_of,
-        found.evidence,
+        found.evidence if settings.relations else {},
         copy_signals(data.spec.get("embedder")),
     )
     info["increment"]["pairs_added"] = len(added)
