@@ -115,8 +115,12 @@ def kill_inside(
 
 
 def digest_outputs(run_dir: Path) -> dict:
+    """The run's tables (NaN read as None, so that an unmeasured evidence compares equal) and output shards."""
     digests = {
-        name: pq.read_table(run_dir / name).to_pylist()
+        name: [
+            {key: None if isinstance(value, float) and value != value else value for key, value in row.items()}
+            for row in pq.read_table(run_dir / name).to_pylist()
+        ]
         for name in ("manifest.parquet", "groups.parquet", "pairs.parquet")
     }
     digests["shards"] = {
