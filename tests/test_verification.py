@@ -53,6 +53,7 @@ def test_a_mirrored_crop_is_matched_through_the_mirror_image_an_unrelated_photo_
     originals = {100 + i: local_features.features(_image(data), mirrored=True) for i, (_, data) in enumerate(photos)}
     features_of = {**copies, **originals}
     a, same, other = np.arange(100, 120), np.arange(20), np.arange(20)[::-1] + 0
+
     def inliers(first, second, mirror):
         found = relations.pair_evidence(first, second, features_of, enough=30, mirror=np.full(len(first), mirror))
         return np.array([e.inliers for e in found]), np.array([e.mirror_tried for e in found])
