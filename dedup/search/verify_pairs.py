@@ -16,6 +16,7 @@ from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
 from dedup.search import local_features, relations
+from dedup.search.components import pair_keys
 from dedup.search.relations import Evidence
 from dedup.search.signals import SignalPairs
 from dedup.settings import FindSettings
@@ -50,7 +51,7 @@ def verify_borderline(
     found.similarity["verified"] = similarity[good]
     found.inliers["verified"] = inliers[good]
     found.evidence.update(
-        (key, evidence[index]) for key, index in zip(pair_key(a[good], b[good]).tolist(), np.flatnonzero(good))
+        (key, evidence[index]) for key, index in zip(pair_keys(a[good], b[good]).tolist(), np.flatnonzero(good))
     )
     info = {
         "candidates": candidates,
@@ -64,10 +65,6 @@ def verify_borderline(
     }
     reporter.info(f"find: {info['verified']} of {len(a)} borderline pairs verified by local features")
     return info
-
-
-def pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a.astype(np.int64) * (1 << 32) + b
 
 
 def relate_pairs(
@@ -86,7 +83,7 @@ def relate_pairs(
     started = time.perf_counter()
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     similarity = pairs["similarity"].to_numpy()
-    keys = pair_key(a, b)
+    keys = pair_keys(a, b)
     found: list[Evidence | None] = [known.get(key) for key in keys.tolist()]
     exact = np.asarray(pairs["signal"].to_pylist(), dtype=object) == "exact"
     todo = np.flatnonzero(~exact & np.array([e is None for e in found], bool))
