@@ -2,13 +2,15 @@
 other (`partial`), the same place at another moment or with another subject (`same_scene`), or alike with no
 geometry in common (`similar`).
 
-Local features align the pair (the similarity transform verification fits). Two things then tell one capture
+Local features align the pair (the similarity transform verification fits). Three things then tell one capture
 from two: how exactly the matched keypoints obey one transform (an edit moves every point by the same
 geometry; a second shot, from a hand-held camera a moment later, leaves each point off by its own parallax),
-and how much of the aligned overlap changed, cell by cell, once each image's tones are ranked (a recolouring,
-a JPEG pass or a blur barely move the ranks; a subject who moved does). A meme caption changes cells too, but
-its keypoints sit exactly where the transform puts them. Thresholds, what they were measured on and where the
-rule fails (a crop stretched, mirrored and captioned at once reads as same_scene): docs/relations.md.
+how much of the aligned overlap changed, cell by cell, once each image's tones are ranked (a recolouring, a
+JPEG pass or a blur barely move the ranks; a subject who moved does), and whether both are about as sharp (two
+shots of one camera are; a blurred or recompressed copy, whose keypoints drift with the edit, is not). A meme
+caption changes cells too, but its keypoints sit exactly where the transform puts them. Thresholds, what they
+were measured on and where the rule fails (a crop stretched, mirrored and captioned at once; two copies edited
+differently): docs/relations.md.
 """
 
 from __future__ import annotations
