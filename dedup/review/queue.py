@@ -22,7 +22,8 @@ from dedup.io.atomic import read_parquet
 from dedup.io.labels import LabelBook, Pair, ordered_pair
 from dedup.io.runfolder import RunFolder, read_stage_table
 from dedup.search.components import pair_keys
-from dedup.search.relations import EVIDENCE_COLUMNS, RELATIONS, with_relations
+from dedup.search.relations import EVIDENCE_COLUMNS, with_relations
+from dedup.settings.run import RELATIONS
 
 NEAR_MISS = "near miss"
 GROUP_COLUMNS = ["key", "shard", "shard_index", "sample_index", "group_id", "group_size", "caption", "width", "height"]

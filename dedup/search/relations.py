@@ -22,9 +22,7 @@ import pyarrow as pa
 
 from dedup.search import local_features
 from dedup.search.local_features import Alignment, Features
-from dedup.settings.run import RELATIONS
 
-NAMES = RELATIONS
 UNKNOWN = "unknown"  # a pair not examined: found before relations existed, past the per-row budget, unreadable
 
 ALIGNED = 15  # inliers enough to measure the overlap (verification asks more before it calls a pair a copy)

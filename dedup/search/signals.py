@@ -79,9 +79,8 @@ class SignalPairs:
     timings_s: dict[str, float] = field(default_factory=dict)
     unconfirmed: dict[str, int] = field(default_factory=dict)  # low-detail pairs each signal lost to the check
     inliers: dict[str, np.ndarray] = field(default_factory=dict)  # of the verified pairs
-    evidence: dict[int, Evidence] = field(
-        default_factory=dict
-    )  # relations.Evidence of each verified pair (key a<<32|b)
+    # relations.Evidence of each verified pair, by components.pair_keys
+    evidence: dict[int, Evidence] = field(default_factory=dict)
 
 
 def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:

@@ -20,6 +20,7 @@ from dedup.search.components import pair_keys
 from dedup.search.relations import Evidence
 from dedup.search.signals import SignalPairs
 from dedup.settings import FindSettings
+from dedup.settings.run import RELATIONS
 
 Features = dict[int, local_features.Features]
 
@@ -78,9 +79,11 @@ def relate_pairs(
 ) -> tuple[pa.Table, dict]:
     """pairs.parquet's rows with each pair's relation and its evidence. Exact pairs are `exact`; the others are
     aligned (each row's `relate_per_row` most similar partners; evidence `known` from verification is reused) and
-    decided (relations.decide; `copy_signals`: relations.copy_signals); a pair not examined (past that budget, or
-    with no images to read: `metadata` None) is `unknown`."""
+    decided (relations.decide; `copy_signals`: relations.copy_signals); a pair not examined (past that budget, with
+    no images to read: `metadata` None, or with find.relations off) is `unknown`."""
     started = time.perf_counter()
+    if not settings.relations:  # verification's evidence then holds inliers alone: nothing to decide from
+        metadata, known = None, {}
     a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
     similarity = pairs["similarity"].to_numpy()
     keys = pair_keys(a, b)
@@ -111,7 +114,7 @@ def relate_pairs(
     table = table.append_column("relation", pa.array(named, pa.string()))
     info = {
         "examined": len(todo),
-        "pairs_by_relation": {name: named.count(name) for name in relations.NAMES},
+        "pairs_by_relation": {name: named.count(name) for name in RELATIONS},
         "seconds": round(time.perf_counter() - started, 3),
     }
     reporter.info(f"find: relations of {len(named)} pairs: {info['pairs_by_relation']}")

@@ -55,7 +55,8 @@ def find(
         reporter.info(f"find: reading clip-retrieval embeddings from {store_dir} ({rows} vectors)")
     reporter.info(f"find: {rows} samples, {embeddings.shape[1]}-d embeddings")
 
-    if settings.verify_threshold is not None and not _images_readable(data.metadata, data.spec):
+    readable = _images_readable(data.metadata, data.spec)
+    if settings.verify_threshold is not None and not readable:
         reporter.info(
             f"find: {store_dir} records no shards to read the images from (clip-retrieval's layout): pairs "
             "below the threshold cannot be verified, so verify_threshold is not used"
@@ -87,7 +88,6 @@ def find(
         info["index"] = {"kind": choice.kind, "nlist": choice.nlist, "nprobe": choice.nprobe, "reason": choice.reason}
         reporter.info(f"find: {choice.reason}")
     features_of: dict = {}  # each row's keypoints, read once for verification and relations
-    readable = _images_readable(data.metadata, data.spec)
     if settings.verify_threshold is not None:
         info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
@@ -98,11 +98,11 @@ def find(
     pairs = merge_pairs(found, samples)
     pairs, info["relations"] = relate_pairs(
         pairs,
-        metadata if settings.relations and readable else None,
+        metadata if readable else None,
         settings,
         reporter,
         features_of,
-        found.evidence if settings.relations else {},
+        found.evidence,
         copy_signals(data.spec.get("embedder")),
     )
     summary = record_groups(run_dir, store_dir, metadata, pairs, settings, started, info)

@@ -228,14 +228,13 @@ def find_new(
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     earlier = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).pairs)
     earlier = with_relations(earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start))))
-    metadata = data.metadata if settings.relations else None
     added, info["relations"] = relate_pairs(
         merge_pairs(found, samples),
-        metadata,
+        data.metadata,
         settings,
         reporter,
         features_of,
-        found.evidence if settings.relations else {},
+        found.evidence,
         copy_signals(data.spec.get("embedder")),
     )
     info["increment"]["pairs_added"] = len(added)

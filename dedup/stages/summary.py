@@ -79,6 +79,6 @@ def summarize(manifest: pa.Table, shard_stats: list[dict], unreadable_shards: li
         and written == counts["kept"]
         and sum(dropped_by.values()) == counts["dropped"]
         and sum(unreadable_by.values()) == counts["unreadable"]
-        and sum(summary.get("dropped_by_relation", {"": counts["dropped"]}).values()) == counts["dropped"]
+        and ("dropped_by_relation" not in summary or sum(summary["dropped_by_relation"].values()) == counts["dropped"])
     )
     return summary
