@@ -36,23 +36,56 @@ def shared() -> Path:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None
+    *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None, process: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would, in a subprocess (by default in a fresh temporary folder)."""
-    full_env = {**os.environ, **(env or {})}
+    """Run the CLI as a user would (by default in a fresh temporary folder): its arguments parsed, its exit code and
+    its stdout and stderr returned. In this test process (typer's runner) unless `process`: a process of its own
+    pays ~6-10 s of imports (torch, diffusers) that the suite would pay a hundred times; `process=True` where what
+    is under test is the process itself (its imports, its signals, its inherited environment)."""
     if cwd is None:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="dedup-cli-") as scratch:
-            return run_cli(*args, cwd=Path(scratch), check=check, env=env)
-    result = subprocess.run(
-        [*DEDUP, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=900
-    )
+            return run_cli(*args, cwd=Path(scratch), check=check, env=env, process=process)
+    result = (_in_a_process if process else _in_this_process)([str(a) for a in args], cwd, env or {})
     if check and result.returncode != 0:
         raise AssertionError(
             f"dedup {' '.join(map(str, args))} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+def _in_a_process(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*DEDUP, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **env}, timeout=900
+    )
+
+
+def _in_this_process(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """The command through typer's runner, with the working folder and environment a subprocess would have had,
+    restored after it (and torch's thread count, which training sets)."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from dedup.cli import app
+
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    previous_cwd, previous_env = Path.cwd(), dict(os.environ)
+    os.chdir(cwd)
+    os.environ.update(env)
+    try:
+        result = CliRunner().invoke(app, args, catch_exceptions=True)
+    finally:
+        os.chdir(previous_cwd)
+        os.environ.clear()
+        os.environ.update(previous_env)
+        if threads is not None:
+            sys.modules["torch"].set_num_threads(threads)
+    stderr = result.stderr
+    if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["dedup", *args], result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture(scope="session")

@@ -59,9 +59,12 @@ class FolderPart:
     def url(self) -> str:
         return f"{self.folder}#images={self.start}:{self.stop},of={self.total}"
 
-    def images(self) -> list[Path]:
+    def images(self, fresh: bool = False) -> list[Path]:
         """The part's image files; InputError when the folder no longer holds `total` images (it changed since
-        its parts were made: their places would shift)."""
+        its parts were made: their places would shift). `fresh`: listed now, not as this process listed it before
+        (a fingerprint must see the folder as it is)."""
+        if fresh:
+            _listing.cache_clear()
         listing = _listing(self.folder)
         if len(listing) != self.total:  # listed before it changed: list it again
             _listing.cache_clear()
@@ -184,7 +187,7 @@ def fingerprint(url: str, retry: RetryPolicy | None = None) -> Fingerprint:
     path = _strip_file_scheme(url)
     part = folder_part(path)
     if part or os.path.isdir(path):
-        stats = [p.stat() for p in (part.images() if part else image_files(path))]
+        stats = [p.stat() for p in (part.images(fresh=True) if part else image_files(path))]
         return Fingerprint(size=sum(s.st_size for s in stats), mtime=max((s.st_mtime for s in stats), default=0.0))
     stat = os.stat(path)
     return Fingerprint(size=stat.st_size, mtime=stat.st_mtime)
