@@ -4,6 +4,7 @@
     ROOT/img_emb/img_emb_N.npy           float32 (n, dim), L2-normalised, row i <-> metadata row i
     ROOT/metadata/metadata_N.parquet     key, shard, shard_index, sample_index, sha256, phash, width, height, caption
     ROOT/txt_emb/txt_emb_N.npy           caption embeddings, when asked for
+    ROOT/regions/regions_N.npy           float16 (n, R, dim): R crops of each image, when embed.regions asks (ours)
     ROOT/failures/failures_N.parquet     samples that could not be embedded, with the reason (ours only)
     ROOT/stats/stats_N.json              the completion marker of part N, written last (ours only)
 
@@ -81,6 +82,9 @@ class EmbeddingStore:
         """uint8 (rows, 8, 32): each embedded sample's PDQ hash and its dihedral variants."""
         return self.root / "pdq" / f"pdq_{part}.npy"
 
+    def regions_path(self, part: int) -> Path:
+        return self.root / "regions" / f"regions_{part}.npy"
+
     def thumbs_path(self, part: int) -> Path:
         """uint8 (rows, 16, 16, 3): each embedded sample's thumbnail, for the low-detail check."""
         return self.root / "thumbs" / f"thumbs_{part}.npy"
@@ -101,6 +105,7 @@ class EmbeddingStore:
         spans: np.ndarray | None = None,
         pdq: np.ndarray | None = None,
         thumbs: np.ndarray | None = None,
+        regions: np.ndarray | None = None,
     ) -> None:
         """Write one part; the stats file goes last, so its presence means the part is complete."""
         write_npy(self.emb_path(part), np.ascontiguousarray(embeddings, dtype=np.float32))
@@ -110,6 +115,8 @@ class EmbeddingStore:
             write_npy(self.thumbs_path(part), thumbs)
         if spans is not None:
             write_npy(self.spans_path(part), spans)
+        if regions is not None:
+            write_npy(self.regions_path(part), regions)
         if text_embeddings is not None:
             write_npy(self.txt_path(part), np.ascontiguousarray(text_embeddings, dtype=np.float32))
         write_parquet(self.metadata_path(part), metadata)
@@ -183,6 +190,10 @@ class EmbeddingStore:
     def thumbnails(self) -> np.ndarray | None:
         """uint8 (rows, 16, 16, 3), as `pdq_hashes`: what the low-detail check compares."""
         return self._rows_of(self.thumbs_path)
+
+    def region_vectors(self) -> np.ndarray | None:
+        """float16 (rows, R, dim), as `pdq_hashes`: the crops embed.regions asked for (dedup/search/regions.py)."""
+        return self._rows_of(self.regions_path)
 
     def _rows_of(self, path_of) -> np.ndarray | None:
         files = [path_of(part) for part in self.parts()]

@@ -61,6 +61,29 @@ def features(image, mirrored: bool = False) -> Features:
     return found
 
 
+def crop_features(image, box: tuple[int, int, int, int], whole: Features, mirrored: bool = False) -> Features:
+    """ORB keypoints of one region of a PIL image (`box` in its pixels), read at MAX_SIDE so the region gets the
+    keypoints the whole image would spread over all of it; the points in `whole`'s coordinates (and those of the
+    mirror image in the whole mirror image's), its small gray image and sharpness `whole`'s, so a pair aligned
+    through the region is measured as the whole image (search/relations.py)."""
+    gray = image.convert("L").crop(box)
+    scale = MAX_SIDE / max(gray.size)
+    gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))))
+    pixels = np.asarray(gray)
+    to_whole = min(1.0, MAX_SIDE / max(image.size))  # the whole image's feature coordinates over its pixels
+    left, top, right = box[0] * to_whole, box[1] * to_whole, box[2] * to_whole
+    shrink = to_whole / scale
+    found = _orb(pixels)
+    found.points = found.points * shrink + np.array([left, top], np.float32)
+    if mirrored:
+        flipped = _orb(np.ascontiguousarray(pixels[:, ::-1]))
+        width = round(image.width * to_whole) if to_whole < 1 else image.width
+        flipped.points = flipped.points * shrink + np.array([width - right, top], np.float32)
+        found.mirrored = flipped
+    found.small, found.small_scale, found.sharpness = whole.small, whole.small_scale, whole.sharpness
+    return found
+
+
 def _orb(pixels: np.ndarray) -> Features:
     keypoints, descriptors = _cv2().ORB_create(nfeatures=KEYPOINTS).detectAndCompute(pixels, None)
     return Features(np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32).reshape(-1, 2), descriptors)

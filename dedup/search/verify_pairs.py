@@ -5,9 +5,12 @@ alignment."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -15,39 +18,110 @@ import pyarrow as pa
 from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
-from dedup.search import local_features, relations
+from dedup.search import local_features, regions, relations
 from dedup.search.components import pair_keys
 from dedup.search.relations import Evidence
-from dedup.search.signals import SignalPairs
+from dedup.search.signals import SignalPairs, cosine
 from dedup.settings import FindSettings
 from dedup.settings.run import RELATIONS
 
 Features = dict[int, local_features.Features]
 
 
+class Proposals(NamedTuple):
+    """Pairs region queries proposed: rows a and b, their whole images' cosine, the region of a that proposed b,
+    and how many regions an image has."""
+
+    a: np.ndarray
+    b: np.ndarray
+    similarity: np.ndarray
+    region: np.ndarray
+    regions_an_image: int
+
+
+def region_proposals(
+    found: SignalPairs,
+    region_vectors: np.ndarray,
+    embeddings: np.ndarray,
+    low_detail: np.ndarray,
+    settings: FindSettings,
+) -> Proposals:
+    """The pairs a region of one image proposes (dedup/search/regions.py) that no signal has found yet: (a, b,
+    their whole images' cosine, the region of a), each unordered pair once; none between two low-detail images
+    (flat backgrounds: their crops look alike)."""
+    assert settings.region_threshold is not None
+    a, b, score, region = regions.region_candidates(
+        region_vectors, embeddings, settings.region_threshold, settings.region_per_row
+    )
+    keys = pair_keys(a, b)
+    _, first = np.unique(keys[np.argsort(-score, kind="stable")], return_index=True)
+    keep = np.zeros(len(a), bool)
+    keep[np.argsort(-score, kind="stable")[first]] = True  # the better of (a, b) and (b, a)
+    known = [pair_keys(x, y) for name, (x, y) in found.pairs.items() if name != "borderline"]
+    if known:
+        keep &= ~np.isin(keys, np.concatenate(known))
+    keep &= ~(low_detail[a] & low_detail[b])
+    a, b, region = a[keep], b[keep], region[keep]
+    return Proposals(a, b, cosine(embeddings, embeddings, a, b), region, region_vectors.shape[1])
+
+
 def verify_borderline(
-    found: SignalPairs, metadata: pa.Table, settings: FindSettings, reporter: Reporter, features_of: Features
+    found: SignalPairs,
+    metadata: pa.Table,
+    settings: FindSettings,
+    reporter: Reporter,
+    features_of: Features,
+    proposed: Proposals | None = None,
 ) -> dict:
     """Turn found.pairs["borderline"] into the "verified" signal: the pairs whose inliers reach
     settings.verify_inliers (their evidence kept in found.evidence, the rows' features in `features_of`).
+    `proposed`: pairs region queries proposed (region_proposals), checked too, each with the mirror image.
     Returns what find.json records of it."""
     a, b = found.pairs.pop("borderline", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
     similarity = found.similarity.pop("borderline", np.zeros(0, np.float32))
-    if not len(a):
+    if not len(a) and (proposed is None or not len(proposed.a)):
         return {"candidates": 0, "checked": 0, "verified": 0, "seconds": 0.0}
     started, candidates = time.perf_counter(), len(a)
     chosen = local_features.strongest_per_row(a, b, similarity, settings.verify_per_row)
     a, b, similarity = a[chosen], b[chosen], similarity[chosen]
-    rows = np.unique(np.concatenate([a, b]))
     try_mirror = local_features.rank_in_rows(a, b, similarity) < settings.verify_mirror_per_row
+    region = np.full(len(a), -1, np.int64)  # the region of a that proposed the pair; -1: a borderline pair
+    if proposed is not None:
+        new = ~np.isin(pair_keys(proposed.a, proposed.b), pair_keys(a, b))
+        a, b, similarity, region = (
+            np.concatenate([x, y[new]]) for x, y in zip((a, b, similarity, region), proposed[:4])
+        )
+        try_mirror = np.concatenate([try_mirror, np.ones(int(new.sum()), bool)])
+    from_regions = region >= 0
+    rows = np.unique(np.concatenate([a, b]))
     mirror = set(np.unique(a[try_mirror]).tolist())
     read_features(rows, metadata, reporter, mirror, features_of)
     evidence = relations.pair_evidence(
         a, b, features_of, settings.verify_inliers, os.cpu_count() or 1, try_mirror, measure=settings.relations
     )
+    short = np.flatnonzero(
+        from_regions & (np.fromiter((e.inliers for e in evidence), np.int32, len(evidence)) < settings.verify_inliers)
+    )
+    aligned = through_regions(
+        a[short],
+        b[short],
+        region[short],
+        proposed.regions_an_image if proposed else 0,
+        metadata,
+        reporter,
+        features_of,
+        settings,
+    )
+    for index, better in zip(short.tolist(), aligned):
+        if better.inliers > evidence[index].inliers:
+            evidence[index] = better
     inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
     good = inliers >= settings.verify_inliers
+    for index in np.flatnonzero(good & (a > b)).tolist():  # a proposed pair, the region's image second: a < b
+        one = evidence[index]
+        evidence[index] = dataclasses.replace(one, coverage_a=one.coverage_b, coverage_b=one.coverage_a)
+    a, b = np.minimum(a, b), np.maximum(a, b)
     found.pairs["verified"] = (a[good], b[good])
     found.similarity["verified"] = similarity[good]
     found.inliers["verified"] = inliers[good]
@@ -61,11 +135,49 @@ def verify_borderline(
         "mirror_images": len(mirror),
         "mirror_checked": int(mirrored.sum()),
         "mirror_verified": int((mirrored & good).sum()),
+        "region_checked": int(from_regions.sum()),
+        "region_verified": int((from_regions & good).sum()),
         "unreadable_rows": len(rows) - len(features_of),
         "seconds": round(time.perf_counter() - started, 3),
     }
     reporter.info(f"find: {info['verified']} of {len(a)} borderline pairs verified by local features")
     return info
+
+
+def through_regions(
+    a: np.ndarray,
+    b: np.ndarray,
+    region: np.ndarray,
+    count: int,
+    metadata: pa.Table,
+    reporter: Reporter,
+    features_of: Features,
+    settings: FindSettings,
+) -> list[Evidence]:
+    """The evidence of pairs (a, b) aligned through the region of a that proposed them: a photo pasted at half
+    scale into another gets few of the whole image's keypoints; its region, read at full size, gets them all."""
+    if not len(a):
+        return []
+    wanted: dict[int, set[int]] = {}
+    for row, one in zip(a.tolist(), region.tolist()):
+        wanted.setdefault(row, set()).add(one)
+    crops: Features = {}
+    key_of: dict[tuple[int, int], int] = {}
+    lock = threading.Lock()
+
+    def extract(row: int, image) -> None:
+        for one in wanted[row] if row in features_of else ():
+            box = regions.region_boxes(image.width, image.height, count)[one]
+            found = local_features.crop_features(image, box, features_of[row], mirrored=True)
+            with lock:  # images are read in threads
+                key_of[(row, one)] = key = -(len(key_of) + 1)  # below every row: no clash in one features dict
+                crops[key] = found
+
+    read_images(np.asarray(sorted(wanted), np.int64), metadata, reporter, "find: region keypoints", extract)
+    keys = np.asarray([key_of.get((row, one), 0) for row, one in zip(a.tolist(), region.tolist())], np.int64)
+    return relations.pair_evidence(
+        keys, b, {**features_of, **crops}, settings.verify_inliers, os.cpu_count() or 1, measure=settings.relations
+    )
 
 
 def relate_pairs(
@@ -131,23 +243,31 @@ def read_features(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, mirr
     """The keypoints of `rows` not yet in `features_of`, read again from the shards into it; of those in
     `mirror`, of their mirror images too."""
     rows = np.asarray([row for row in rows.tolist() if row not in features_of], dtype=np.int64)
+
+    def extract(row: int, image) -> None:
+        features_of[row] = local_features.features(image, mirrored=row in mirror)
+
+    read_images(rows, metadata, reporter, "find: local features", extract)
+
+
+def read_images(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, label: str, on_image) -> None:
+    """Each readable image of `rows`, read again from the shards, handed to on_image(row, image) in threads."""
     if not len(rows):
         return
     shards = metadata["shard"].take(pa.array(rows)).to_pylist()
     indices = metadata["sample_index"].take(pa.array(rows)).to_pylist()
     row_of = {(shard, index): int(row) for row, shard, index in zip(rows, shards, indices) if shard is not None}
 
-    def extract(sample) -> None:
+    def one(sample) -> None:
         try:
-            row = row_of[(sample.shard, sample.index)]
-            features_of[row] = local_features.features(open_image(sample.files)[0], mirrored=row in mirror)
+            on_image(row_of[(sample.shard, sample.index)], open_image(sample.files)[0])
         except UnreadableImage:
             pass
 
     with (
-        reporter.task("find: local features", total=len(row_of), unit="images") as progress,
+        reporter.task(label, total=len(row_of), unit="images") as progress,
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
     ):
         for batch in batched(iter_selected(list(row_of)), 64):
-            list(pool.map(extract, batch))
+            list(pool.map(one, batch))
             progress.advance(len(batch))

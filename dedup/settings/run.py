@@ -12,6 +12,7 @@ DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024  # a larger tar member is recorded 
 RELATIONS = ("exact", "copy", "partial", "same_scene", "similar", "unknown")
 EMBEDDERS = ("copydetect", "clip", "pixels", "model")
 PRESET_FOR_EMBEDDER = {"clip": "clip", "pixels": "offline"}  # presets whose thresholds were set for that embedder
+REGION_COUNTS = (0, 5, 9)  # crops embedded an image (dedup/search/regions.py)
 PDQ_MAX_RADIUS = 63  # the search is exact up to here (32 chunks of 8 bits, one bit flipped in each)
 
 
@@ -37,6 +38,12 @@ class EmbedSettings:
     mean: list[float] | None = setting(None, "Normalisation mean of the exported model (default ImageNet's).")
     std: list[float] | None = setting(None, "Normalisation std of the exported model (default ImageNet's).")
     resize_mode: str = setting("resize", "How the exported model's input is made: resize | center_crop.")
+    regions: int = setting(
+        0,
+        "Crops of each image embedded beside it (0, 5 or 9: 55 % of each side, at the corners and centre or on a "
+        "3 x 3 grid), so find proposes composites and large crops to verification (find.region_threshold); each "
+        "costs one more model call an image (docs/quality.md).",
+    )
     batch_size: int = setting(64, "Images per model call.")
     workers: int = setting(1, "Shard processes (clip is best with 1: torch uses every core).")
     decode_threads: int = setting(2, "Threads decoding images for each shard process.")
@@ -67,6 +74,10 @@ class EmbedSettings:
             remote_tries=self.remote_tries,
             remote_timeout=self.remote_timeout,
         )
+        if self.regions not in REGION_COUNTS:
+            raise SettingsError(
+                f"embed.regions must be one of {', '.join(map(str, REGION_COUNTS))}, got {self.regions}"
+            )
         if self.decode_size is not None and self.decode_size < 64:
             raise SettingsError(
                 f"embed.decode_size must be 64 or more (PDQ hashes a 64x64 reduction), got {self.decode_size}"
@@ -109,6 +120,12 @@ class FindSettings:
         "A borderline pair that falls short is matched again with one image mirrored (mirrored copies), when it "
         "is among this many most similar partners of one of its samples; 0: never.",
     )
+    region_threshold: float | None = setting(
+        0.35,
+        "Where the store holds region vectors (embed.regions): a region of one image this similar to another "
+        "whole image makes the pair a candidate for verification by local features; 'off'.",
+    )
+    region_per_row: int = setting(2, "Region candidates verified per sample at most (the most similar).")
     relations: bool = setting(
         True,
         "Say what kind of match each pair is (exact, copy, partial, same_scene, similar) from its alignment by "
@@ -151,7 +168,13 @@ class FindSettings:
             raise SettingsError(
                 f"verify_threshold must be in (0, 1] (a cosine similarity), got {self.verify_threshold}"
             )
-        positive(verify_per_row=self.verify_per_row, relate_per_row=self.relate_per_row)
+        positive(
+            verify_per_row=self.verify_per_row, relate_per_row=self.relate_per_row, region_per_row=self.region_per_row
+        )
+        if self.region_threshold is not None and not 0.0 < self.region_threshold <= 1.0:
+            raise SettingsError(
+                f"region_threshold must be in (0, 1] (a cosine similarity), got {self.region_threshold}"
+            )
         if self.verify_mirror_per_row < 0:
             raise SettingsError(f"verify_mirror_per_row must be >= 0, got {self.verify_mirror_per_row}")
         if self.verify_inliers < 0:

@@ -27,6 +27,7 @@ from dedup.io.remote import RemoteReadError, RetryPolicy
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
 from dedup.progress import SILENT, Reporter
+from dedup.search.regions import region_crops
 from dedup.settings import EmbedSettings
 
 _EMBEDDER_CACHE: dict[str, Embedder] = {}
@@ -47,8 +48,10 @@ def cached_embedder(settings: EmbedSettings) -> Embedder:
 class _PartBuilder:
     """Accumulates one shard's rows, vectors and faults."""
 
-    def __init__(self, url: str, part: int, embedder: Embedder, with_text: bool):
+    def __init__(self, url: str, part: int, embedder: Embedder, with_text: bool, regions: int = 0):
         self.url, self.part, self.embedder, self.with_text = url, part, embedder, with_text
+        self.regions = regions  # crops embedded per image besides it (dedup/search/regions.py)
+        self.region_vectors: list[np.ndarray] = []
         self.rows: dict[str, list] = {name: [] for name in METADATA_SCHEMA.names}
         self.vectors: list[np.ndarray] = []
         self.text_vectors: list[np.ndarray] = []
@@ -78,7 +81,10 @@ class _PartBuilder:
                 self.add_failure(sample.key, sample.index, error)
         if not good:
             return
-        self.vectors.append(self.embedder.embed([prepared for _, _, prepared in good]))
+        self.vectors.append(self.embedder.embed([prepared[0] for _, _, prepared in good]))
+        if self.regions:
+            crops = self.embedder.embed([crop for _, _, prepared in good for crop in prepared[1]])
+            self.region_vectors.append(crops.reshape(len(good), self.regions, -1).astype(np.float16))
         captions = [caption_of(sample.files) for sample, _, _ in good]
         if self.with_text:
             texts = self.embedder.embed_texts(captions)
@@ -109,6 +115,7 @@ class _PartBuilder:
         self.rows = {name: [] for name in METADATA_SCHEMA.names}
         self.failures = {name: [] for name in FAILURE_SCHEMA.names}
         self.vectors, self.text_vectors, self.pdq, self.thumbs, self.spans = [], [], [], [], []
+        self.region_vectors = []
         self.shard_faults = [f"unreadable: {self.lost} (tried again on the next run)"]
 
     def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
@@ -129,7 +136,9 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     started = time.perf_counter()
     embedder = cached_embedder(settings)
     store = EmbeddingStore(store_root)
-    builder = _PartBuilder(url, part, embedder, with_text=settings.text and settings.embedder == "clip")
+    builder = _PartBuilder(
+        url, part, embedder, with_text=settings.text and settings.embedder == "clip", regions=settings.regions
+    )
     retry = RetryPolicy.of(settings)
     try:
         shard_fingerprint = fingerprint(url, retry).to_dict()
@@ -146,7 +155,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     def decode_one(sample: Sample) -> tuple:
         try:
             image = decode(sample.files, settings.max_pixels, settings.decode_size)
-            return sample, image, embedder.prepare(image.image), None
+            crops = region_crops(image.image, settings.regions) if settings.regions else []
+            return sample, image, (embedder.prepare(image.image), [embedder.prepare(c) for c in crops]), None
         except UnreadableImage as error:
             return sample, None, None, str(error)
 
@@ -180,7 +190,16 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
     pdq = np.stack(builder.pdq) if builder.pdq else np.zeros((0, 8, 32), np.uint8)
     thumbs = np.stack(builder.thumbs) if builder.thumbs else np.zeros((0, THUMB_SIDE, THUMB_SIDE, 3), np.uint8)
-    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs)
+    regions = (
+        (
+            np.concatenate(builder.region_vectors)
+            if builder.region_vectors
+            else np.zeros((0, settings.regions, embedder.dim), np.float16)
+        )
+        if settings.regions
+        else None
+    )
+    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs, regions)
     return stats
 
 
@@ -198,6 +217,11 @@ def check_store_spec(store: EmbeddingStore, spec: dict) -> None:
         raise SettingsError(
             f"{store.root} holds hashes of images decoded at size {existing.get('decode_size') or 'full'}; this run "
             f"asks for {spec['decode_size'] or 'full'} (embed.decode_size). Use another folder, or delete it to start over."
+        )
+    if existing.get("regions", 0) != spec["regions"]:
+        raise SettingsError(
+            f"{store.root} holds {existing.get('regions', 0)} region vectors an image; this run asks for "
+            f"{spec['regions']} (embed.regions). Use another folder, or delete it to start over."
         )
     if existing.get("shards") != spec["shards"]:
         raise SettingsError(
@@ -229,6 +253,7 @@ def embed(
         {
             "embedder": embedder.spec(),
             "decode_size": settings.decode_size,
+            "regions": settings.regions,
             "shards": urls,
             "max_member_bytes": settings.max_member_bytes,
             "remote": asdict(RetryPolicy.of(settings)),

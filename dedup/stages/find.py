@@ -26,7 +26,7 @@ from dedup.search import matching
 from dedup.search.grouping import merge_pairs, record_groups
 from dedup.search.relations import copy_signals
 from dedup.search.signals import Samples, signal_pairs
-from dedup.search.verify_pairs import relate_pairs, verify_borderline
+from dedup.search.verify_pairs import region_proposals, relate_pairs, verify_borderline
 from dedup.settings import FindSettings
 from dedup.stages import find_units
 
@@ -89,7 +89,12 @@ def find(
         reporter.info(f"find: {choice.reason}")
     features_of: dict = {}  # each row's keypoints, read once for verification and relations
     if settings.verify_threshold is not None:
-        info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of)
+        proposed = None
+        region_vectors = EmbeddingStore(store_dir).region_vectors() if settings.region_threshold is not None else None
+        if region_vectors is not None:
+            proposed = region_proposals(found, region_vectors, embeddings, samples.low_detail_rows(), settings)
+            reporter.info(f"find: {len(proposed[0])} pairs proposed by region queries")
+        info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of, proposed)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     if found.unconfirmed:
         info["low_detail_unconfirmed"] = found.unconfirmed
