@@ -12,6 +12,10 @@ import numpy as np
 from PIL import Image
 
 REGION_SIDE = 0.55
+# a pair a region proposed counts when its alignment covers at least this share of one of the two images: a composite
+# holds its pasted photo whole, a crop lies whole inside its photo; chance matches of two unrelated photos (repeated
+# texture, read large in a region) fit no overlap (docs/quality.md)
+REGION_COVERED = 0.5
 _GRID = (0.0, (1 - REGION_SIDE) / 2, 1 - REGION_SIDE)
 _CORNERS_AND_CENTRE = ((0, 0), (0, 2), (1, 1), (2, 0), (2, 2))
 
@@ -83,3 +87,12 @@ def best_partners(
     starts = np.searchsorted(a, a, side="left")
     keep = (np.arange(len(a)) - starts) < per_row
     return a[keep], b[keep], score[keep], region[keep]
+
+
+def covers_one(evidence: list, measured: bool) -> np.ndarray:
+    """bool per pair: its aligned overlap covers REGION_COVERED of one of the images (all True when the overlap was
+    not measured: find.relations off)."""
+    if not measured:
+        return np.ones(len(evidence), bool)
+    covered = [max(one.coverage_a, one.coverage_b) for one in evidence]
+    return np.nan_to_num(np.asarray(covered, np.float64), nan=0.0) >= REGION_COVERED

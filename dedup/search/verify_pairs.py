@@ -117,7 +117,7 @@ def verify_borderline(
             evidence[index] = better
     inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
-    good = inliers >= settings.verify_inliers
+    good = (inliers >= settings.verify_inliers) & (~from_regions | regions.covers_one(evidence, settings.relations))
     for index in np.flatnonzero(good & (a > b)).tolist():  # a proposed pair, the region's image second: a < b
         one = evidence[index]
         evidence[index] = dataclasses.replace(one, coverage_a=one.coverage_b, coverage_b=one.coverage_a)
