@@ -174,7 +174,8 @@ def through_regions(
                 crops[key] = found
 
     read_images(np.asarray(sorted(wanted), np.int64), metadata, reporter, "find: region keypoints", extract)
-    keys = np.asarray([key_of.get((row, one), 0) for row, one in zip(a.tolist(), region.tolist())], np.int64)
+    unread = np.iinfo(np.int64).min  # no features under it: the pair's evidence is UNREAD
+    keys = np.asarray([key_of.get((row, one), unread) for row, one in zip(a.tolist(), region.tolist())], np.int64)
     return relations.pair_evidence(
         keys, b, {**features_of, **crops}, settings.verify_inliers, os.cpu_count() or 1, measure=settings.relations
     )
