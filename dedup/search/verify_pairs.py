@@ -54,9 +54,10 @@ def region_proposals(
         region_vectors, embeddings, settings.region_threshold, settings.region_per_row
     )
     keys = pair_keys(a, b)
-    _, first = np.unique(keys[np.argsort(-score, kind="stable")], return_index=True)
+    strongest_first = np.argsort(-score, kind="stable")
+    _, first = np.unique(keys[strongest_first], return_index=True)
     keep = np.zeros(len(a), bool)
-    keep[np.argsort(-score, kind="stable")[first]] = True  # the better of (a, b) and (b, a)
+    keep[strongest_first[first]] = True  # the better of (a, b) and (b, a)
     known = [pair_keys(x, y) for name, (x, y) in found.pairs.items() if name != "borderline"]
     if known:
         keep &= ~np.isin(keys, np.concatenate(known))
@@ -99,9 +100,8 @@ def verify_borderline(
     evidence = relations.pair_evidence(
         a, b, features_of, settings.verify_inliers, os.cpu_count() or 1, try_mirror, measure=settings.relations
     )
-    short = np.flatnonzero(
-        from_regions & (np.fromiter((e.inliers for e in evidence), np.int32, len(evidence)) < settings.verify_inliers)
-    )
+    inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
+    short = np.flatnonzero(from_regions & (inliers < settings.verify_inliers))
     aligned = through_regions(
         a[short],
         b[short],
@@ -113,9 +113,8 @@ def verify_borderline(
         settings,
     )
     for index, better in zip(short.tolist(), aligned):
-        if better.inliers > evidence[index].inliers:
-            evidence[index] = better
-    inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
+        if better.inliers > inliers[index]:
+            evidence[index], inliers[index] = better, better.inliers
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
     good = (inliers >= settings.verify_inliers) & (~from_regions | regions.covers_one(evidence, settings.relations))
     for index in np.flatnonzero(good & (a > b)).tolist():  # a proposed pair, the region's image second: a < b

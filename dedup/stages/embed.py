@@ -118,6 +118,14 @@ class _PartBuilder:
         self.region_vectors = []
         self.shard_faults = [f"unreadable: {self.lost} (tried again on the next run)"]
 
+    def region_array(self) -> np.ndarray | None:
+        """float16 (rows, regions, dim): the crops' vectors; None when no region is embedded."""
+        if not self.regions:
+            return None
+        if not self.region_vectors:
+            return np.zeros((0, self.regions, self.embedder.dim), np.float16)
+        return np.concatenate(self.region_vectors)
+
     def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
         dim = self.embedder.dim
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
@@ -190,16 +198,7 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
     pdq = np.stack(builder.pdq) if builder.pdq else np.zeros((0, 8, 32), np.uint8)
     thumbs = np.stack(builder.thumbs) if builder.thumbs else np.zeros((0, THUMB_SIDE, THUMB_SIDE, 3), np.uint8)
-    regions = (
-        (
-            np.concatenate(builder.region_vectors)
-            if builder.region_vectors
-            else np.zeros((0, settings.regions, embedder.dim), np.float16)
-        )
-        if settings.regions
-        else None
-    )
-    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs, regions)
+    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs, builder.region_array())
     return stats
 
 

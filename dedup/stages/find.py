@@ -48,7 +48,8 @@ def find(
     settings = settings or FindSettings()
     settings.validate()
     started = time.perf_counter()
-    data = EmbeddingStore(store_dir).load(max_in_memory_bytes=settings.memory_budget_gb * 1024**3)
+    store = EmbeddingStore(store_dir)
+    data = store.load(max_in_memory_bytes=settings.memory_budget_gb * 1024**3)
     metadata, embeddings = data.metadata, data.embeddings
     rows = len(metadata)
     if settings.threshold is not None and data.spec.get("embedder", {}) == "external":
@@ -62,7 +63,7 @@ def find(
             "below the threshold cannot be verified, so verify_threshold is not used"
         )
         settings = dataclasses.replace(settings, verify_threshold=None)
-    samples = Samples.from_store(EmbeddingStore(store_dir), data, settings)
+    samples = Samples.from_store(store, data, settings)
     if settings.pdq_radius is not None and samples.pdq is None:
         reporter.info(
             f"find: pdq_radius is set, but {store_dir} holds no PDQ hashes (embedded by an older dedup, "
@@ -90,10 +91,10 @@ def find(
     features_of: dict = {}  # each row's keypoints, read once for verification and relations
     if settings.verify_threshold is not None:
         proposed = None
-        region_vectors = EmbeddingStore(store_dir).region_vectors() if settings.region_threshold is not None else None
+        region_vectors = store.region_vectors() if settings.region_threshold is not None else None
         if region_vectors is not None:
             proposed = region_proposals(found, region_vectors, embeddings, samples.low_detail_rows(), settings)
-            reporter.info(f"find: {len(proposed[0])} pairs proposed by region queries")
+            reporter.info(f"find: {len(proposed.a)} pairs proposed by region queries")
         info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of, proposed)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     if found.unconfirmed:
