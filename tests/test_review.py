@@ -113,7 +113,26 @@ def test_each_pair_shows_its_relation_and_evidence_and_the_relation_filters_them
             assert shown.count() == min(24, relations.count(chosen))
             if chosen in ("copy", "partial", "same_scene"):
                 assert "overlap covers" in page.locator('[data-testid="evidence"]').first.inner_text()
+                # the focused pair aligned by its keypoints, on the key and back
+                page.keyboard.press("o")
+                overlay = page.locator('[data-testid="overlay"]').first
+                overlay.locator("img").wait_for()
+                page.wait_for_function(
+                    "(() => { const i = document.querySelector('[data-testid=overlay] img');"
+                    " return i.complete && i.naturalWidth > 300; })()"
+                )
+                assert page.locator(".pair .images").first.is_hidden()
+                artifacts = ROOT / "test-artifacts"
+                artifacts.mkdir(exist_ok=True)
+                page.screenshot(path=str(artifacts / "review-aligned.png"))
+                page.keyboard.press("o")
+                assert overlay.is_hidden() and page.locator(".pair .images").first.is_visible()
             browser.close()
+        rows = pq.read_table(run_dir / "groups.parquet", columns=["group_id"])["group_id"].to_pylist()
+        apart = next(row for row in range(1, len(rows)) if rows[row] != rows[0])
+        status, body = fetch(f"{url}overlay/0/{apart}")  # two photos of different groups: nothing to align
+        assert status == 422 and b"do not align" in body
+        assert fetch(f"{url}overlay/0/{len(rows)}")[0] == 404
 
 
 @pytest.mark.slow

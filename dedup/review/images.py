@@ -8,6 +8,8 @@ import tarfile
 import threading
 from collections import OrderedDict
 
+from PIL import Image
+
 from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import iter_selected, member_key
 from dedup.io.tarspans import is_plain_local_tar, span_table
@@ -42,6 +44,12 @@ def sample_files(shard: str, sample_index: int, span: tuple[int, int] | None = N
     for sample in iter_selected([(shard, sample_index)]):
         return sample.files
     raise UnreadableImage(f"{shard} has no sample {sample_index} (the shard changed since the run?)")
+
+
+def sample_image(shard: str, sample_index: int, span: tuple[int, int] | None = None) -> Image.Image:
+    """The sample's image at full size (sample_files finds it)."""
+    image, _ = open_image(sample_files(shard, sample_index, span))
+    return image
 
 
 def jpeg_thumbnail(files: dict[str, bytes], size: int) -> bytes:

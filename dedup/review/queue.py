@@ -172,6 +172,10 @@ class ReviewData:
             return None
         return int(self.spans[row, 0]), int(self.spans[row, 1])
 
+    def place(self, row: int) -> tuple[str, int, tuple[int, int] | None]:
+        """(shard, sample index, span): where to read the row's image (review/images.py)."""
+        return self.groups["shard"][row].as_py(), self.groups["sample_index"][row].as_py(), self.span(row)
+
     # -- identities
     def sample(self, row: int) -> tuple[str, str]:
         return (self.groups["shard"][row].as_py() or "", self.groups["key"][row].as_py())

@@ -3,8 +3,8 @@ RUN_DIR/labels.parquet as they are made.
 
 What it will serve, and to whom:
 - pages and the package's own static files, by names it knows (a whitelist, never a path from the request);
-- thumbnails by row number of groups.parquet, read from that row's input shard: the only files it opens are
-  the run's own inputs, whatever a request names;
+- thumbnails, and a pair's aligned overlay (review/overlay.py), by row numbers of groups.parquet, read from the
+  rows' input shards: the only files it opens are the run's own inputs, whatever a request names;
 - labels only by a POST that carries the token the page was served with, as JSON, from this origin: a form on
   another site can neither read the token nor send that header;
 - only to requests addressed to the loopback name it listens on (DNS rebinding), unless told to listen on
@@ -25,7 +25,8 @@ from dedup.io.imaging import UnreadableImage
 from dedup.io.labels import LabelBook
 from dedup.io.runfolder import RunFolder
 from dedup.progress import SILENT, Reporter
-from dedup.review.images import Thumbnails
+from dedup.review.images import Thumbnails, sample_image
+from dedup.review.overlay import aligned_pair, png
 from dedup.review.queue import PairFilter, ReviewData
 
 STATIC = {  # name -> media type: all the files the app serves from the package
@@ -165,12 +166,26 @@ def create_app(data: ReviewData, thumbnails: Thumbnails, token: str, allowed_hos
         row = request.path_params["row"]
         if not 0 <= row < data.rows:
             return PlainTextResponse("no such sample", status_code=404)
-        record = data.groups.slice(row, 1).to_pylist()[0]
         try:
-            jpeg = thumbnails.get(record["shard"], record["sample_index"], data.span(row))
+            jpeg = thumbnails.get(*data.place(row))
         except (UnreadableImage, OSError, ValueError) as error:
             return PlainTextResponse(f"cannot read this sample's image: {error}", status_code=410)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    def overlay(request: Request) -> Response:
+        first, second = request.path_params["a"], request.path_params["b"]
+        if not (0 <= first < data.rows and 0 <= second < data.rows):
+            return PlainTextResponse("no such sample", status_code=404)
+        try:
+            images = [sample_image(*data.place(row)) for row in (first, second)]
+        except (UnreadableImage, OSError, ValueError) as error:
+            return PlainTextResponse(f"cannot read this pair's images: {error}", status_code=410)
+        picture = aligned_pair(*images)
+        if picture is None:
+            return PlainTextResponse(
+                "these two do not align: too few keypoints agree on one transform", status_code=422
+            )
+        return Response(png(picture), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def label(request: Request) -> Response:
         try:
@@ -198,6 +213,7 @@ def create_app(data: ReviewData, thumbnails: Thumbnails, token: str, allowed_hos
             Route("/api/pairs", pairs),
             Route("/api/groups", groups),
             Route("/thumb/{row:int}", thumb),
+            Route("/overlay/{a:int}/{b:int}", overlay),
             Route("/api/label", label, methods=["POST"]),
             Route("/api/undo", undo, methods=["POST"]),
         ],

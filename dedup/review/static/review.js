@@ -107,12 +107,15 @@ function pairCard(pair, index) {
   const actions = element("div", { className: "actions" },
     element("button", { "data-testid": "mark-duplicate", text: "Duplicate (d)" }),
     element("button", { "data-testid": "mark-distinct", text: "Not a duplicate (n)" }),
-    element("button", { "data-testid": "skip", text: "Skip (s)" }));
+    element("button", { "data-testid": "skip", text: "Skip (s)" }),
+    element("button", { "data-testid": "show-overlay", text: "Aligned (o)" }));
   actions.children[0].addEventListener("click", () => { focusOn(index); label("duplicate"); });
   actions.children[1].addEventListener("click", () => { focusOn(index); label("distinct"); });
   actions.children[2].addEventListener("click", () => { focusOn(index); skip(); });
+  actions.children[3].addEventListener("click", () => { focusOn(index); toggleOverlay(); });
   card.append(
     element("div", { className: "images" }, figure(pair.a), figure(pair.b)),
+    overlayFigure(pair),
     element("div", { className: "meta" },
       element("div", {}, element("span", { className: "similarity", text: similarity }), badge),
       element("div", { className: "relation", "data-testid": "relation", "data-relation": pair.relation || "",
@@ -124,6 +127,34 @@ function pairCard(pair, index) {
   );
   card.addEventListener("click", () => focusOn(index));
   return card;
+}
+
+// The pair aligned by its keypoints: the first laid over the second, and their difference (review/overlay.py).
+// Hidden until asked for; the picture is made on the server only then.
+function overlayFigure(pair) {
+  const caption = element("figcaption", { className: "muted", "data-testid": "overlay-caption",
+    text: "left: the first image laid over the second · right: their difference (dark where they agree)" });
+  return element("figure", { className: "overlay", "data-testid": "overlay", "data-a": pair.a.row, "data-b": pair.b.row, hidden: true },
+    element("img", { alt: `samples ${pair.a.key} and ${pair.b.key} aligned` }), caption);
+}
+
+function toggleOverlay() {
+  const card = cards()[state.focus];
+  if (!card || state.view !== "pairs") return;
+  const shown = card.querySelector('[data-testid="overlay"]');
+  const images = card.querySelector(".images");
+  if (!shown.hidden) { shown.hidden = true; images.hidden = false; return; }
+  shown.hidden = false; images.hidden = true;
+  const picture = shown.querySelector("img");
+  if (picture.getAttribute("src")) return;
+  const url = `/overlay/${shown.dataset.a}/${shown.dataset.b}`;
+  picture.addEventListener("error", async () => {  // not aligned, or unreadable: the server says which
+    const response = await fetch(url);
+    picture.hidden = true;
+    shown.dataset.unaligned = "";
+    shown.querySelector("figcaption").textContent = await response.text();
+  }, { once: true });
+  picture.src = url;
 }
 
 function groupSection(group) {
@@ -254,7 +285,7 @@ document.addEventListener("keydown", (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   if (["INPUT", "SELECT", "TEXTAREA"].includes(event.target.tagName)) return;
   const actions = {
-    d: () => label("duplicate"), n: () => label("distinct"), s: skip, u: undo,
+    d: () => label("duplicate"), n: () => label("distinct"), s: skip, u: undo, o: toggleOverlay,
     j: () => focusOn(state.focus + 1), k: () => focusOn(state.focus - 1),
     "]": () => page(1), "[": () => page(-1), ArrowRight: () => page(1), ArrowLeft: () => page(-1),
   };
