@@ -70,7 +70,7 @@ def _refined(source: np.ndarray, target: np.ndarray, inverse: np.ndarray) -> np.
             start.copy(),
             cv2.MOTION_AFFINE,
             (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-5),
-            None,
+            np.full(first.shape, 255, np.uint8),  # every pixel of the first image counts
             5,
         )
     except cv2.error:
