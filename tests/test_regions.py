@@ -12,7 +12,7 @@ import pytest
 from conftest import FLICKR, run_cli, tar_bytes
 from PIL import Image
 
-from dedup.search.regions import best_partners, region_boxes
+from dedup.search.regions import best_partners, region_boxes, region_candidates
 
 
 def _photos(shard: int) -> list[tuple[str, bytes]]:
@@ -51,6 +51,29 @@ def test_best_partners_keeps_each_pair_once_with_its_best_score_and_the_best_few
     ]
 
 
+def _unit(*values: float) -> np.ndarray:
+    vector = np.zeros(8, np.float32)
+    vector[: len(values)] = values
+    return vector / np.linalg.norm(vector)
+
+
+def test_region_search_asks_from_both_sides_so_a_photo_with_many_copies_keeps_its_farthest_one():
+    """Photo 0's first region is what photos 1-3 show. Asked from photo 0 alone, its two slots go to the two
+    closest; photo 3 asks for itself. Photo 4 is photo 0's region mirrored: only its mirror image finds it."""
+    embeddings = np.stack([_unit(0, 1), _unit(1, 0.1), _unit(1, 0.2), _unit(1, 0.6), _unit(0, 0, 1), _unit(0, 0, 0, 1)])
+    regions = np.stack([np.stack([_unit(1), _unit(0, 0, 0, 0, 1)])] + [np.stack([_unit(0, 0, 0, 0, 0, 1)] * 2)] * 5)
+    mirrors = np.stack([_unit(0, 0, 0, 0, 0, 0, 1)] * 6)
+    mirrors[4] = _unit(1)
+
+    def pairs(with_mirrors: bool) -> set[tuple[int, int]]:
+        a, b, score, region = region_candidates(regions, embeddings, 0.5, 2, mirrors if with_mirrors else None)
+        assert (region[a == 0] == 0).all() and (score >= 0.5).all()
+        return set(zip(a.tolist(), b.tolist()))
+
+    assert pairs(False) == {(0, 1), (0, 2), (0, 3)}
+    assert pairs(True) == {(0, 1), (0, 2), (0, 3), (0, 4)}
+
+
 @pytest.mark.slow
 def test_composites_are_found_through_region_queries_and_nothing_else_is_merged(tmp_path, shared):
     """Photos pasted at half scale into other photos: the default's whole-image cosine misses many; with nine regions
@@ -80,5 +103,7 @@ def test_composites_are_found_through_region_queries_and_nothing_else_is_merged(
     assert info["region_checked"] >= info["region_verified"] > 0
     regions = np.load(tmp_path / "regions" / "embeddings" / "regions" / "regions_0.npy")
     assert regions.shape == (180, 9, 256) and regions.dtype == np.float16
+    mirrors = np.load(tmp_path / "regions" / "embeddings" / "regions" / "mirrors_0.npy")
+    assert mirrors.shape == (180, 256) and mirrors.dtype == np.float16
     changed = run_cli("embed", shard, "--run-dir", tmp_path / "regions", "--set", "embed.regions=5", check=False)
     assert changed.returncode == 3 and "embed.regions" in changed.stderr

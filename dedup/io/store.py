@@ -5,6 +5,7 @@
     ROOT/metadata/metadata_N.parquet     key, shard, shard_index, sample_index, sha256, phash, width, height, caption
     ROOT/txt_emb/txt_emb_N.npy           caption embeddings, when asked for
     ROOT/regions/regions_N.npy           float16 (n, R, dim): R crops of each image, when embed.regions asks (ours)
+    ROOT/regions/mirrors_N.npy           float16 (n, dim): each image mirrored, beside its regions (ours)
     ROOT/failures/failures_N.parquet     samples that could not be embedded, with the reason (ours only)
     ROOT/stats/stats_N.json              the completion marker of part N, written last (ours only)
 
@@ -85,6 +86,9 @@ class EmbeddingStore:
     def regions_path(self, part: int) -> Path:
         return self.root / "regions" / f"regions_{part}.npy"
 
+    def mirrors_path(self, part: int) -> Path:
+        return self.root / "regions" / f"mirrors_{part}.npy"
+
     def thumbs_path(self, part: int) -> Path:
         """uint8 (rows, 16, 16, 3): each embedded sample's thumbnail, for the low-detail check."""
         return self.root / "thumbs" / f"thumbs_{part}.npy"
@@ -106,6 +110,7 @@ class EmbeddingStore:
         pdq: np.ndarray | None = None,
         thumbs: np.ndarray | None = None,
         regions: np.ndarray | None = None,
+        mirrors: np.ndarray | None = None,
     ) -> None:
         """Write one part; the stats file goes last, so its presence means the part is complete."""
         write_npy(self.emb_path(part), np.ascontiguousarray(embeddings, dtype=np.float32))
@@ -117,6 +122,8 @@ class EmbeddingStore:
             write_npy(self.spans_path(part), spans)
         if regions is not None:
             write_npy(self.regions_path(part), regions)
+        if mirrors is not None:
+            write_npy(self.mirrors_path(part), mirrors)
         if text_embeddings is not None:
             write_npy(self.txt_path(part), np.ascontiguousarray(text_embeddings, dtype=np.float32))
         write_parquet(self.metadata_path(part), metadata)
@@ -194,6 +201,10 @@ class EmbeddingStore:
     def region_vectors(self) -> np.ndarray | None:
         """float16 (rows, R, dim), as `pdq_hashes`: the crops embed.regions asked for (dedup/search/regions.py)."""
         return self._rows_of(self.regions_path)
+
+    def mirror_vectors(self) -> np.ndarray | None:
+        """float16 (rows, dim), as `pdq_hashes`: each image mirrored, embedded beside its regions."""
+        return self._rows_of(self.mirrors_path)
 
     def _rows_of(self, path_of) -> np.ndarray | None:
         files = [path_of(part) for part in self.parts()]

@@ -36,40 +36,92 @@ def region_crops(image: Image.Image, count: int) -> list[Image.Image]:
     return [image.crop(box) for box in region_boxes(image.width, image.height, count)]
 
 
+def region_views(image: Image.Image, count: int) -> list[Image.Image]:
+    """What embed.regions embeds beside an image: its `count` crops, then the whole image mirrored."""
+    return [*region_crops(image, count), image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+
+
 def region_candidates(
-    regions: np.ndarray, embeddings: np.ndarray, threshold: float, per_row: int, chunk: int = 4096
+    regions: np.ndarray,
+    embeddings: np.ndarray,
+    threshold: float,
+    per_row: int,
+    mirrors: np.ndarray | None = None,
+    chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (a, b, cosine, region) where region `region` of image a reaches `threshold` against the whole image b
-    (a != b): for each a, its `per_row` best partners by their best region. `regions`: (rows, R, dim); `embeddings`: (rows, dim),
-    unit vectors. An exact inner-product search (faiss), quadratic in the rows."""
+    (a != b), searched both ways: each a's `per_row` best whole images by their best region, and each b's `per_row`
+    best region owners. The second way matters where a photo has many copies: its own few partners go to the copies
+    closest to it, and a heavily edited copy finds its photo only by asking itself. `regions`: (rows, R, dim);
+    `embeddings`: (rows, dim), unit vectors; `mirrors`: each whole image's mirror image, asked as b is (a mirrored crop
+    of a photo then finds the photo's region, with `per_row` partners of its own). Exact inner-product searches (faiss), quadratic in the rows."""
+    found = [best_partners(*_regions_against_wholes(regions, embeddings, threshold, per_row, chunk), per_row)]
+    for wholes in (embeddings, mirrors):
+        if wholes is not None:
+            b, a, score, region = best_partners(
+                *_wholes_against_regions(regions, wholes, threshold, per_row, chunk), per_row
+            )
+            found.append((a, b, score, region))
+    a, b, score, region = (np.concatenate(column) for column in zip(*found))
+    return a, b, score, region
+
+
+def _regions_against_wholes(
+    regions: np.ndarray, embeddings: np.ndarray, threshold: float, per_row: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, cosine, region of a): each region's `per_row` + 1 nearest whole images."""
     import faiss
 
     rows, count, dim = regions.shape
     index = faiss.IndexFlatIP(dim)
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     k = min(rows, per_row + 1)
-    found_a: list[np.ndarray] = [np.zeros(0, np.int64)]
-    found_b: list[np.ndarray] = [np.zeros(0, np.int64)]
-    found_s: list[np.ndarray] = [np.zeros(0, np.float32)]
-    found_r: list[np.ndarray] = [np.zeros(0, np.int64)]
+    found = _Found()
     for start in range(0, rows, chunk):
         block = np.ascontiguousarray(regions[start : start + chunk], dtype=np.float32).reshape(-1, dim)
         scores, hits = index.search(block, k)
         owner = np.repeat(np.arange(start, start + len(block) // count), count)
-        a, region = np.repeat(owner, k), np.repeat(np.tile(np.arange(count), len(block) // count), k)
-        b, s = hits.reshape(-1), scores.reshape(-1)
-        keep = (b >= 0) & (b != a) & (s >= threshold)
-        found_a.append(a[keep])
-        found_b.append(b[keep])
-        found_s.append(s[keep])
-        found_r.append(region[keep])
-    return best_partners(
-        np.concatenate(found_a).astype(np.int64),
-        np.concatenate(found_b).astype(np.int64),
-        np.concatenate(found_s).astype(np.float32),
-        np.concatenate(found_r).astype(np.int64),
-        per_row,
-    )
+        region = np.repeat(np.tile(np.arange(count), len(block) // count), k)
+        found.add(np.repeat(owner, k), hits.reshape(-1), scores.reshape(-1), region, threshold)
+    return found.arrays()
+
+
+def _wholes_against_regions(
+    regions: np.ndarray, wholes: np.ndarray, threshold: float, per_row: int, chunk: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(b, a, cosine, region of a): each whole image's nearest regions, enough of them to name `per_row` owners
+    besides itself (an owner holds at most R of them)."""
+    import faiss
+
+    rows, count, dim = regions.shape
+    queries = np.ascontiguousarray(wholes, dtype=np.float32)
+    found = _Found()
+    for start in range(0, rows, chunk):
+        index = faiss.IndexFlatIP(dim)
+        index.add(np.ascontiguousarray(regions[start : start + chunk], dtype=np.float32).reshape(-1, dim))
+        scores, hits = index.search(queries, min(index.ntotal, (per_row + 1) * count))
+        hits = hits.reshape(-1)
+        owner = np.where(hits >= 0, start + hits // count, -1)
+        found.add(np.repeat(np.arange(rows), scores.shape[1]), owner, scores.reshape(-1), hits % count, threshold)
+    return found.arrays()
+
+
+class _Found:
+    """Search hits gathered block by block: (query row, hit row, cosine, region), self-hits and those under the
+    threshold left out."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, query: np.ndarray, hit: np.ndarray, score: np.ndarray, region: np.ndarray, threshold: float) -> None:
+        keep = (hit >= 0) & (hit != query) & (score >= threshold)
+        self.parts.append((query[keep], hit[keep], score[keep], region[keep]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        query, hit, score, region = (np.concatenate(column) for column in zip(*self.parts))
+        return query.astype(np.int64), hit.astype(np.int64), score.astype(np.float32), region.astype(np.int64)
 
 
 def best_partners(

@@ -42,6 +42,7 @@ class Proposals(NamedTuple):
 def region_proposals(
     found: SignalPairs,
     region_vectors: np.ndarray,
+    mirror_vectors: np.ndarray | None,
     embeddings: np.ndarray,
     low_detail: np.ndarray,
     settings: FindSettings,
@@ -51,7 +52,7 @@ def region_proposals(
     (flat backgrounds: their crops look alike)."""
     assert settings.region_threshold is not None
     a, b, score, region = regions.region_candidates(
-        region_vectors, embeddings, settings.region_threshold, settings.region_per_row
+        region_vectors, embeddings, settings.region_threshold, settings.region_per_row, mirror_vectors
     )
     keys = pair_keys(a, b)
     strongest_first = np.argsort(-score, kind="stable")

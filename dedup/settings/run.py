@@ -125,7 +125,11 @@ class FindSettings:
         "Where the store holds region vectors (embed.regions): a region of one image this similar to another "
         "whole image makes the pair a candidate for verification by local features; 'off'.",
     )
-    region_per_row: int = setting(2, "Region candidates verified per sample at most (the most similar).")
+    region_per_row: int = setting(
+        3,
+        "Region candidates verified per sample and way of asking at most (its regions against whole images, its "
+        "whole image and its mirror image against regions; the most similar).",
+    )
     relations: bool = setting(
         True,
         "Say what kind of match each pair is (exact, copy, partial, same_scene, similar) from its alignment by "

@@ -27,7 +27,7 @@ from dedup.io.remote import RemoteReadError, RetryPolicy
 from dedup.io.sources import expand_shards, fingerprint
 from dedup.io.store import FAILURE_SCHEMA, METADATA_SCHEMA, EmbeddingStore
 from dedup.progress import SILENT, Reporter
-from dedup.search.regions import region_crops
+from dedup.search.regions import region_views
 from dedup.settings import EmbedSettings
 
 _EMBEDDER_CACHE: dict[str, Embedder] = {}
@@ -50,8 +50,9 @@ class _PartBuilder:
 
     def __init__(self, url: str, part: int, embedder: Embedder, with_text: bool, regions: int = 0):
         self.url, self.part, self.embedder, self.with_text = url, part, embedder, with_text
-        self.regions = regions  # crops embedded per image besides it (dedup/search/regions.py)
+        self.regions = regions  # crops embedded per image besides it, and its mirror image (dedup/search/regions.py)
         self.region_vectors: list[np.ndarray] = []
+        self.mirror_vectors: list[np.ndarray] = []
         self.rows: dict[str, list] = {name: [] for name in METADATA_SCHEMA.names}
         self.vectors: list[np.ndarray] = []
         self.text_vectors: list[np.ndarray] = []
@@ -83,8 +84,10 @@ class _PartBuilder:
             return
         self.vectors.append(self.embedder.embed([prepared[0] for _, _, prepared in good]))
         if self.regions:
-            crops = self.embedder.embed([crop for _, _, prepared in good for crop in prepared[1]])
-            self.region_vectors.append(crops.reshape(len(good), self.regions, -1).astype(np.float16))
+            views = self.embedder.embed([view for _, _, prepared in good for view in prepared[1]])
+            views = views.reshape(len(good), self.regions + 1, -1).astype(np.float16)
+            self.region_vectors.append(views[:, : self.regions])
+            self.mirror_vectors.append(views[:, self.regions])
         captions = [caption_of(sample.files) for sample, _, _ in good]
         if self.with_text:
             texts = self.embedder.embed_texts(captions)
@@ -115,16 +118,18 @@ class _PartBuilder:
         self.rows = {name: [] for name in METADATA_SCHEMA.names}
         self.failures = {name: [] for name in FAILURE_SCHEMA.names}
         self.vectors, self.text_vectors, self.pdq, self.thumbs, self.spans = [], [], [], [], []
-        self.region_vectors = []
+        self.region_vectors, self.mirror_vectors = [], []
         self.shard_faults = [f"unreadable: {self.lost} (tried again on the next run)"]
 
-    def region_array(self) -> np.ndarray | None:
-        """float16 (rows, regions, dim): the crops' vectors; None when no region is embedded."""
+    def region_arrays(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """float16 (rows, regions, dim) and (rows, dim): the crops' and the mirror images' vectors; None when no
+        region is embedded."""
         if not self.regions:
-            return None
+            return None, None
         if not self.region_vectors:
-            return np.zeros((0, self.regions, self.embedder.dim), np.float16)
-        return np.concatenate(self.region_vectors)
+            dim = self.embedder.dim
+            return np.zeros((0, self.regions, dim), np.float16), np.zeros((0, dim), np.float16)
+        return np.concatenate(self.region_vectors), np.concatenate(self.mirror_vectors)
 
     def tables(self) -> tuple[np.ndarray, pa.Table, pa.Table, np.ndarray | None]:
         dim = self.embedder.dim
@@ -163,8 +168,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     def decode_one(sample: Sample) -> tuple:
         try:
             image = decode(sample.files, settings.max_pixels, settings.decode_size)
-            crops = region_crops(image.image, settings.regions) if settings.regions else []
-            return sample, image, (embedder.prepare(image.image), [embedder.prepare(c) for c in crops]), None
+            views = region_views(image.image, settings.regions) if settings.regions else []
+            return sample, image, (embedder.prepare(image.image), [embedder.prepare(v) for v in views]), None
         except UnreadableImage as error:
             return sample, None, None, str(error)
 
@@ -198,7 +203,8 @@ def embed_shard(url: str, part: int, store_root: str, settings: EmbedSettings) -
     spans = np.array(builder.spans, dtype=np.int64).reshape(-1, 4) if tarspans.is_plain_local_tar(url) else None
     pdq = np.stack(builder.pdq) if builder.pdq else np.zeros((0, 8, 32), np.uint8)
     thumbs = np.stack(builder.thumbs) if builder.thumbs else np.zeros((0, THUMB_SIDE, THUMB_SIDE, 3), np.uint8)
-    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs, builder.region_array())
+    regions, mirrors = builder.region_arrays()
+    store.write_part(part, vectors, metadata, failures, stats, text, spans, pdq, thumbs, regions, mirrors)
     return stats
 
 

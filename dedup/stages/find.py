@@ -93,7 +93,8 @@ def find(
         proposed = None
         region_vectors = store.region_vectors() if settings.region_threshold is not None else None
         if region_vectors is not None:
-            proposed = region_proposals(found, region_vectors, embeddings, samples.low_detail_rows(), settings)
+            mirrors = store.mirror_vectors()
+            proposed = region_proposals(found, region_vectors, mirrors, embeddings, samples.low_detail_rows(), settings)
             reporter.info(f"find: {len(proposed.a)} pairs proposed by region queries")
         info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of, proposed)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
