@@ -4,12 +4,17 @@ Plants with a seed the tests do not use (held-out from the tuning of configs/off
 as a user would, and prints recall and precision of the planted pairs, the counts and the timing.
 
     .venv/bin/python benchmarks/flickr_acceptance.py --work /tmp/flickr-acceptance --seed 2026
+
+With `--low-texture N`, sources are drawn half from the N photos with the fewest ORB keypoints (flat snow, grass,
+sky, night, studio backgrounds: where verification has least to go on) and half from N others drawn at random,
+and recall is reported for each half (issue 31).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import time
@@ -20,6 +25,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dedup.io.reader import iter_source  # noqa: E402
 from dedup.tools.planting import plant, score  # noqa: E402
 
 FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
@@ -32,10 +38,22 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=200)
     parser.add_argument("--config", default=str(ROOT / "configs" / "offline.toml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="Config overrides, as dedup's.")
+    parser.add_argument("--low-texture", type=int, default=0, help="Draw half the sources from the N flattest photos.")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    planted = plant(str(FLICKR), args.work / "shards", sources=args.sources, copies=(1, 3), seed=args.seed)
+    flattest: set[str] = set()
+    eligible = None
+    if args.low_texture:
+        counts = keypoint_counts(args.work / "keypoints.json")
+        ranked = sorted(counts, key=lambda key: (counts[key], key))
+        flattest = set(ranked[: args.low_texture])
+        others = random.Random(args.seed).sample(ranked[args.low_texture :], args.low_texture)
+        chosen = flattest | set(others)
+        eligible = lambda sample: sample.key in chosen  # noqa: E731
+    planted = plant(
+        str(FLICKR), args.work / "shards", sources=args.sources, copies=(1, 3), seed=args.seed, eligible=eligible
+    )
     plant_seconds = time.perf_counter() - started
     run_dir = args.work / "run"
     started = time.perf_counter()
@@ -60,17 +78,28 @@ def main() -> None:
     result = score(planted.groups, groups["key"].to_pylist(), groups["group_id"].to_pylist())
     summary = json.loads((run_dir / "summary.json").read_text())
     by_transform: dict[str, list[int]] = {}
+    by_texture: dict[str, list[int]] = {}
     group_of = dict(zip(groups["key"].to_pylist(), groups["group_id"].to_pylist()))
+    missed = []
     for group in planted.groups:
         source = group[0]
         for copy in group[1:]:
             hit = group_of[source] == group_of[copy]
             by_transform.setdefault(planted.transforms[copy], [0, 0])[0 if hit else 1] += 1
+            by_texture.setdefault("flattest" if source in flattest else "others", [0, 0])[0 if hit else 1] += 1
+            if not hit:
+                missed.append([source, copy, planted.transforms[copy]])
     report = {
         "samples": planted.samples,
         "planted_copies": sum(len(g) - 1 for g in planted.groups),
         **result,
         "copy_found_by_transform": {k: f"{v[0]}/{v[0] + v[1]}" for k, v in sorted(by_transform.items())},
+        **(
+            {"copy_found_by_texture": {k: f"{v[0]}/{v[0] + v[1]}" for k, v in sorted(by_texture.items())}}
+            if flattest
+            else {}
+        ),
+        "missed": missed,
         "kept": summary["kept"],
         "dropped": summary["dropped"],
         "unreadable": summary["unreadable"],
@@ -80,6 +109,22 @@ def main() -> None:
         "seed": args.seed,
     }
     print(json.dumps(report, indent=2))
+
+
+def keypoint_counts(cache: Path) -> dict[str, int]:
+    """ORB keypoints of every Flickr8k photo, as verification reads it (dedup/search/local_features.py); cached."""
+    if cache.exists():
+        return json.loads(cache.read_text())
+    from dedup.io.imaging import open_image
+    from dedup.search.local_features import features
+
+    counts = {}
+    for shard in sorted(FLICKR.glob("flickr8k-224-*.tar")):
+        for sample in iter_source(str(shard), lambda fault: None):
+            counts[sample.key] = len(features(open_image(sample.files)[0]).points)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(counts))
+    return counts
 
 
 if __name__ == "__main__":
