@@ -18,6 +18,9 @@ MAX_SIDE = 320  # images are matched at most this large: keypoints enough, cost 
 KEYPOINTS = 500
 RATIO = 0.8  # Lowe's ratio test
 REPROJECTION_PX = 5.0
+# a transform that shrinks one image to under this share of its side is no copy: RANSAC's answer when many keypoints
+# of a flat texture (snow, sand) match a few of the other's, collapsing the whole image onto them
+SMALLEST_SCALE = 1 / 8
 SMALL_SIDE = 128  # the gray image kept beside the keypoints, to compare a pair once aligned (search/relations.py)
 
 
@@ -121,6 +124,9 @@ def alignment(first: Features, second: Features) -> Alignment:
         source, target, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=500
     )
     if mask is None or matrix is None:
+        return NOT_ALIGNED
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if not SMALLEST_SCALE <= scale <= 1 / SMALLEST_SCALE:
         return NOT_ALIGNED
     kept = mask.ravel().astype(bool)
     return Alignment(int(kept.sum()), matrix, source[kept], target[kept])

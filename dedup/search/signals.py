@@ -196,15 +196,22 @@ def signal_pairs(
 def _check_low_detail(
     found: SignalPairs, first: low_detail.LowDetailEvidence, second: low_detail.LowDetailEvidence, tolerance: float
 ) -> None:
-    """Drop the pairs of two low-detail images that nothing confirms (every signal but exact and thumbnail)."""
-    for signal, (a, b) in found.pairs.items():
-        if signal in ("exact", "thumbnail") or not len(a):
+    """Drop the pairs of two low-detail images that nothing confirms (every signal but exact and thumbnail). Where
+    local features verify (find.verify_threshold), an unconfirmed embedding pair goes to them instead, as borderline
+    pairs do: a crop of a photo on plain sand or snow moves its flat thumbnail, and its keypoints still agree."""
+    for signal, (a, b) in list(found.pairs.items()):
+        if signal in ("exact", "thumbnail", "borderline") or not len(a):
             continue
         drop = low_detail.unconfirmed(a, b, first, second, tolerance)
         if drop.any():
+            similarity = found.similarity.get(signal)
             found.pairs[signal] = (a[~drop], b[~drop])
-            if signal in found.similarity:
-                found.similarity[signal] = found.similarity[signal][~drop]
+            if similarity is not None:
+                found.similarity[signal] = similarity[~drop]
+            if signal == "embedding" and "borderline" in found.pairs:  # local features decide, as for borderline pairs
+                x, y = found.pairs["borderline"]
+                found.pairs["borderline"] = (np.concatenate([x, a[drop]]), np.concatenate([y, b[drop]]))
+                found.similarity["borderline"] = np.concatenate([found.similarity["borderline"], similarity[drop]])
         found.unconfirmed[signal] = int(drop.sum())
 
 
