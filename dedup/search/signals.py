@@ -208,7 +208,8 @@ def _check_low_detail(
             found.pairs[signal] = (a[~drop], b[~drop])
             if similarity is not None:
                 found.similarity[signal] = similarity[~drop]
-            if signal == "embedding" and "borderline" in found.pairs:  # local features decide, as for borderline pairs
+            to_verify = signal == "embedding" and "borderline" in found.pairs
+            if to_verify and similarity is not None:  # local features decide, as for borderline pairs
                 x, y = found.pairs["borderline"]
                 found.pairs["borderline"] = (np.concatenate([x, a[drop]]), np.concatenate([y, b[drop]]))
                 found.similarity["borderline"] = np.concatenate([found.similarity["borderline"], similarity[drop]])
