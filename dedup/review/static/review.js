@@ -134,8 +134,8 @@ function pairCard(pair, index) {
 function overlayFigure(pair) {
   const caption = element("figcaption", { className: "muted", "data-testid": "overlay-caption",
     text: "left: the first image laid over the second · right: their difference (dark where they agree)" });
-  return element("figure", { className: "overlay", "data-testid": "overlay", "data-a": pair.a.row, "data-b": pair.b.row, hidden: true },
-    element("img", { alt: `samples ${pair.a.key} and ${pair.b.key} aligned` }), caption);
+  return element("figure", { className: "overlay", "data-testid": "overlay", "data-a": pair.a.row, "data-b": pair.b.row,
+    "data-keys": `${pair.a.key} and ${pair.b.key}`, hidden: true }, caption);
 }
 
 function toggleOverlay() {
@@ -145,12 +145,13 @@ function toggleOverlay() {
   const images = card.querySelector(".images");
   if (!shown.hidden) { shown.hidden = true; images.hidden = false; return; }
   shown.hidden = false; images.hidden = true;
-  const picture = shown.querySelector("img");
-  if (picture.getAttribute("src")) return;
+  if (shown.querySelector("img") || "unaligned" in shown.dataset) return;
+  const picture = element("img", { alt: `samples ${shown.dataset.keys} aligned` });
+  shown.prepend(picture);
   const url = `/overlay/${shown.dataset.a}/${shown.dataset.b}`;
   picture.addEventListener("error", async () => {  // not aligned, or unreadable: the server says which
     const response = await fetch(url);
-    picture.hidden = true;
+    picture.remove();
     shown.dataset.unaligned = "";
     shown.querySelector("figcaption").textContent = await response.text();
   }, { once: true });
