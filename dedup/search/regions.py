@@ -1,4 +1,5 @@
-"""Region queries: crops of each image embedded beside it (`embed.regions`) and searched against the whole images,
+"""Region queries: crops of each image embedded beside it (`embed.regions`), with its mirror image, and searched
+against the whole images both ways (crops asking for whole images; whole images and their mirrors asking for crops),
 so that a photo pasted at half scale into another (a composite) or cropped to a third is a candidate even where the
 two whole images' cosine is far below the verification band. The candidates are verified by local features as
 borderline pairs are (dedup/search/verify_pairs.py); the cosine only proposes them.
@@ -54,7 +55,8 @@ def region_candidates(
     best region owners. The second way matters where a photo has many copies: its own few partners go to the copies
     closest to it, and a heavily edited copy finds its photo only by asking itself. `regions`: (rows, R, dim);
     `embeddings`: (rows, dim), unit vectors; `mirrors`: each whole image's mirror image, asked as b is (a mirrored crop
-    of a photo then finds the photo's region, with `per_row` partners of its own). Exact inner-product searches (faiss), quadratic in the rows."""
+    of a photo then finds the photo's region, with `per_row` partners of its own). Exact inner-product searches
+    (faiss), quadratic in the rows."""
     found = [best_partners(*_regions_against_wholes(regions, embeddings, threshold, per_row, chunk), per_row)]
     for wholes in (embeddings, mirrors):
         if wholes is not None:
