@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dedup.search import local_features
-from dedup.search.relations import ALIGNED, fitted_affine
+from dedup.search.relations import ALIGNED, best_alignment, fitted_affine
 
 GAP = 8  # pixels between the two panels
 OUTSIDE = 0.3  # the second image's brightness where the first does not reach
@@ -23,14 +23,9 @@ def aligned_pair(first: Image.Image, second: Image.Image) -> Image.Image | None:
     import cv2
 
     first, second = first.convert("RGB"), second.convert("RGB")
-    aligned = local_features.alignment(local_features.features(first), local_features.features(second))
-    mirrored = False
-    if aligned.inliers < ALIGNED:
-        through_mirror = local_features.alignment(
-            local_features.features(first.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), local_features.features(second)
-        )
-        if through_mirror.inliers > aligned.inliers:
-            aligned, mirrored = through_mirror, True
+    aligned, _, mirrored = best_alignment(
+        local_features.features(first, mirrored=True), local_features.features(second), ALIGNED
+    )
     if aligned.inliers < ALIGNED or aligned.matrix is None:
         return None
     source = _as_matched(first.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else first)

@@ -56,13 +56,7 @@ def evidence(first: Features, second: Features, enough: int, try_mirror: bool = 
     local_features.features keeps. The first image's mirror image (where known, and `try_mirror`) is matched
     too when the direct match has fewer than `enough`; the better of the two is kept. Without `measure`, only
     the inliers (verification alone, find.relations off)."""
-    aligned = local_features.alignment(first, second)
-    tried = mirrored = False
-    if try_mirror and first.mirrored is not None and aligned.inliers < enough:
-        tried = True
-        through_mirror = local_features.alignment(first.mirrored, second)
-        if through_mirror.inliers > aligned.inliers:
-            aligned, mirrored = through_mirror, True
+    aligned, tried, mirrored = best_alignment(first, second, enough, try_mirror)
     sharpness_ratio = min(first.sharpness, second.sharpness) / max(first.sharpness, second.sharpness, 1e-6)
     if (
         not measure
@@ -78,6 +72,20 @@ def evidence(first: Features, second: Features, enough: int, try_mirror: bool = 
         small_first, first.small_scale, second.small, second.small_scale, fitted_affine(aligned)
     )
     return Evidence(aligned.inliers, tried, mirrored, coverage_a, coverage_b, changed, misfit(aligned), sharpness_ratio)
+
+
+def best_alignment(
+    first: Features, second: Features, enough: int, try_mirror: bool = True
+) -> tuple[Alignment, bool, bool]:
+    """The pair's alignment, and whether the first image's mirror image was tried and kept: tried (where known, and
+    `try_mirror`) when the direct match has fewer than `enough` inliers, kept when it has more."""
+    aligned = local_features.alignment(first, second)
+    if not (try_mirror and first.mirrored is not None and aligned.inliers < enough):
+        return aligned, False, False
+    through_mirror = local_features.alignment(first.mirrored, second)
+    if through_mirror.inliers > aligned.inliers:
+        return through_mirror, True, True
+    return aligned, True, False
 
 
 COPY_EMBEDDERS = ("copydetect",)  # embedders trained to find copies: their threshold is a copy's
