@@ -113,20 +113,21 @@ def test_each_pair_shows_its_relation_and_evidence_and_the_relation_filters_them
             assert shown.count() == min(24, relations.count(chosen))
             if chosen in ("copy", "partial", "same_scene"):
                 assert "overlap covers" in page.locator('[data-testid="evidence"]').first.inner_text()
-                # the focused pair aligned by its keypoints, on the key and back
+                # the focused pair aligned by its keypoints, on the key and back (once the page stopped loading:
+                # a page rendered after the key would replace the card it opened)
+                page.wait_for_load_state("networkidle")
                 page.keyboard.press("o")
-                overlay = page.locator('[data-testid="overlay"]').first
-                overlay.locator("img").wait_for()
+                overlay = page.locator('.pair.focused [data-testid="overlay"]')
                 page.wait_for_function(
-                    "(() => { const i = document.querySelector('[data-testid=overlay] img');"
-                    " return i.complete && i.naturalWidth > 300; })()"
+                    "(() => { const i = document.querySelector('.pair.focused [data-testid=overlay] img');"
+                    " return i && i.complete && i.naturalWidth > 300; })()"
                 )
-                assert page.locator(".pair .images").first.is_hidden()
+                assert page.locator(".pair.focused .images").is_hidden()
                 artifacts = ROOT / "test-artifacts"
                 artifacts.mkdir(exist_ok=True)
                 page.screenshot(path=str(artifacts / "review-aligned.png"))
                 page.keyboard.press("o")
-                assert overlay.is_hidden() and page.locator(".pair .images").first.is_visible()
+                assert overlay.is_hidden() and page.locator(".pair.focused .images").is_visible()
             browser.close()
         rows = pq.read_table(run_dir / "groups.parquet", columns=["group_id"])["group_id"].to_pylist()
         apart = next(row for row in range(1, len(rows)) if rows[row] != rows[0])
