@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from dedup.search import local_features
+from dedup.search import local_features, small_images
 from dedup.search.local_features import Alignment, Features
 
 UNKNOWN = "unknown"  # a pair not examined: found before relations existed, past the per-row budget, unreadable
@@ -46,6 +46,7 @@ class Evidence:
     changed: float  # the most changed cell of the overlap: mean move of its tone ranks, 0-1; NaN: not aligned
     misfit: float  # median distance of the inliers from the transform, in pixels over its scale; NaN: not aligned
     sharpness_ratio: float  # the blurrier image's sharpness over the sharper's, 0-1
+    dense: float = float("nan")  # two thumbnails' structure correlation (search/small_images.py); NaN: not compared
 
 
 UNREAD = Evidence(-1, False, False, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
@@ -212,6 +213,8 @@ def decide(found: Evidence, copy_signal: bool) -> str:
     otherwise only `similar`."""
     if found.inliers < 0:
         return UNKNOWN
+    if np.isnan(found.changed) and found.dense >= small_images.AGREE:
+        return "copy"
     if np.isnan(found.changed):
         return "copy" if copy_signal else "similar"
     if found.changed > CHANGED_CELL and found.misfit > MISFIT_PX and found.sharpness_ratio > EQUALLY_SHARP:
@@ -224,7 +227,7 @@ def decide(found: Evidence, copy_signal: bool) -> str:
     return "copy"
 
 
-EVIDENCE_COLUMNS = ("coverage_a", "coverage_b", "changed", "misfit", "sharpness_ratio")
+EVIDENCE_COLUMNS = ("coverage_a", "coverage_b", "changed", "misfit", "sharpness_ratio", "dense")
 
 
 def with_relations(pairs: pa.Table) -> pa.Table:

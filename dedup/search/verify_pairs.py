@@ -18,7 +18,7 @@ import pyarrow as pa
 from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
-from dedup.search import local_features, regions, relations
+from dedup.search import local_features, regions, relations, small_images
 from dedup.search.components import pair_keys
 from dedup.search.relations import Evidence
 from dedup.search.signals import SignalPairs, cosine
@@ -118,6 +118,8 @@ def verify_borderline(
             evidence[index], inliers[index] = better, better.inliers
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
     good = (inliers >= settings.verify_inliers) & (~from_regions | regions.covers_one(evidence, settings.relations))
+    compared = compare_thumbnails(a, b, similarity, ~good, evidence, features_of)
+    good[compared] = True
     for index in np.flatnonzero(good & (a > b)).tolist():  # a proposed pair, the region's image second: a < b
         one = evidence[index]
         evidence[index] = dataclasses.replace(one, coverage_a=one.coverage_b, coverage_b=one.coverage_a)
@@ -137,11 +139,40 @@ def verify_borderline(
         "mirror_verified": int((mirrored & good).sum()),
         "region_checked": int(from_regions.sum()),
         "region_verified": int((from_regions & good).sum()),
+        "thumbnails_checked": int(sum(not np.isnan(e.dense) for e in evidence)),
+        "thumbnails_verified": len(compared),
         "unreadable_rows": len(rows) - len(features_of),
         "seconds": round(time.perf_counter() - started, 3),
     }
     reporter.info(f"find: {info['verified']} of {len(a)} borderline pairs verified by local features")
     return info
+
+
+def compare_thumbnails(
+    a: np.ndarray,
+    b: np.ndarray,
+    similarity: np.ndarray,
+    unconfirmed: np.ndarray,
+    evidence: list[Evidence],
+    features_of: Features,
+) -> np.ndarray:
+    """The indices of the unconfirmed pairs of two thumbnails (too small for keypoints) that their pixels confirm
+    (dedup/search/small_images.py); each compared pair's evidence gets its `dense` correlation."""
+    confirmed = []
+    for index in np.flatnonzero(unconfirmed & (similarity >= small_images.LEAST_COSINE)).tolist():
+        first, second = features_of.get(int(a[index])), features_of.get(int(b[index]))
+        if first is None or second is None or first.small is None or second.small is None:
+            continue
+        if not (
+            small_images.is_small(first.small, first.small_scale)
+            and small_images.is_small(second.small, second.small_scale)
+        ):
+            continue
+        dense, mirrored = small_images.agreement(first.small, second.small)
+        evidence[index] = dataclasses.replace(evidence[index], dense=dense, mirrored=mirrored)
+        if small_images.confirms(dense, first.small, second.small):
+            confirmed.append(index)
+    return np.asarray(confirmed, np.int64)
 
 
 def through_regions(
