@@ -7,7 +7,8 @@ labels: benchmarks/labels/cifar10-test-vs-train.json).
     .venv/bin/dedup find --run-dir RUN
     .venv/bin/python benchmarks/cifar_small.py RUN --out docs/results/relations/cifar10-small.json
 
-A found test image whose pair is in neither list is counted `unlabelled` and listed, to be looked at.
+A found test image whose pair is in neither list is listed as `unlabelled` (its split is the training image's
+CIFAR index, which the keys do not tell), to be looked at and added to the labels.
 """
 
 from __future__ import annotations
@@ -49,23 +50,23 @@ def measure(run_dir: Path, labels: dict) -> dict:
     cifair = {test: (train, judgment, split) for test, train, judgment, split in labels["cifair"]}
     found = best_training_partner(run_dir)
     result: dict = {"largest_groups": largest_groups(run_dir)}
+    labelled: dict[str, tuple[bool, str]] = {}
+    unlabelled = []
+    for test, pair in found.items():
+        train = pair["train_key"]
+        if test in cifair:
+            labelled[test] = (cifair[test][1] == 1, cifair[test][2])
+        elif (train, test) in by_eye:
+            labelled[test] = by_eye[(train, test)]
+        else:
+            unlabelled.append([train, test])
     for part in ("dev", "heldout"):
         counts: Counter = Counter()
         signals: Counter = Counter()
-        unlabelled = []
-        for test, pair in found.items():
-            train = pair["train_key"]
-            if test in cifair:
-                split, same = cifair[test][2], cifair[test][1] == 1
-            elif (train, test) in by_eye:
-                same, split = by_eye[(train, test)]
-            else:
-                split, same = None, None
-            if split is not None and split != part:
+        for test, (same, split) in labelled.items():
+            if split != part:
                 continue
-            if same is None:
-                unlabelled.append([train, test])
-                continue
+            pair = found[test]
             counts["same" if same else "two photos"] += 1
             signals[pair["signal"]] += 1
         listed = [test for test, (_, judgment, split) in cifair.items() if judgment == 1 and split == part]
@@ -77,9 +78,9 @@ def measure(run_dir: Path, labels: dict) -> dict:
             "by_signal": dict(signals),
             "cifair_near_duplicates": len(listed),
             "cifair_near_duplicates_found": sum(test in found for test in listed),
-            "unlabelled": unlabelled,
         }
     result["test_images_found"] = len(found)
+    result["unlabelled"] = unlabelled  # neither list says: look at them, then add them to the labels
     return result
 
 

@@ -74,11 +74,13 @@ def verify_borderline(
     reporter: Reporter,
     features_of: Features,
     proposed: Proposals | None = None,
+    low_detail: np.ndarray | None = None,
 ) -> dict:
     """Turn found.pairs["borderline"] into the "verified" signal: the pairs whose inliers reach
     settings.verify_inliers (their evidence kept in found.evidence, the rows' features in `features_of`).
     `proposed`: pairs region queries proposed (region_proposals), checked too, each with the mirror image.
-    Returns what find.json records of it."""
+    `low_detail`: the rows that are mostly flat background; their thumbnails are never confirmed by pixels alone
+    (a digit's strokes correlate with another digit's). Returns what find.json records of it."""
     a, b = found.pairs.pop("borderline", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
     similarity = found.similarity.pop("borderline", np.zeros(0, np.float32))
     if not len(a) and (proposed is None or not len(proposed.a)):
@@ -118,7 +120,8 @@ def verify_borderline(
             evidence[index], inliers[index] = better, better.inliers
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
     good = (inliers >= settings.verify_inliers) & (~from_regions | regions.covers_one(evidence, settings.relations))
-    compared = compare_thumbnails(a, b, similarity, ~good, evidence, features_of)
+    unconfirmed = ~good if low_detail is None else ~good & ~low_detail[a] & ~low_detail[b]
+    compared = compare_thumbnails(a, b, similarity, unconfirmed, evidence, features_of)
     good[compared] = True
     for index in np.flatnonzero(good & (a > b)).tolist():  # a proposed pair, the region's image second: a < b
         one = evidence[index]

@@ -90,13 +90,13 @@ def find(
         reporter.info(f"find: {choice.reason}")
     features_of: dict = {}  # each row's keypoints, read once for verification and relations
     if settings.verify_threshold is not None:
-        proposed = None
+        proposed, low_detail = None, samples.low_detail_rows()
         region_vectors = store.region_vectors() if settings.region_threshold is not None else None
         if region_vectors is not None:
             mirrors = store.mirror_vectors()
-            proposed = region_proposals(found, region_vectors, mirrors, embeddings, samples.low_detail_rows(), settings)
+            proposed = region_proposals(found, region_vectors, mirrors, embeddings, low_detail, settings)
             reporter.info(f"find: {len(proposed.a)} pairs proposed by region queries")
-        info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of, proposed)
+        info["verification"] = verify_borderline(found, metadata, settings, reporter, features_of, proposed, low_detail)
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     if found.unconfirmed:
         info["low_detail_unconfirmed"] = found.unconfirmed

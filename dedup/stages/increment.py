@@ -224,7 +224,9 @@ def find_new(
         info["index"] = {"kind": found.index.kind, "reason": found.index.reason}
     features_of: dict = {}
     if settings.verify_threshold is not None:
-        info["verification"] = verify_borderline(found, data.metadata, settings, reporter, features_of)
+        info["verification"] = verify_borderline(
+            found, data.metadata, settings, reporter, features_of, low_detail=samples.low_detail_rows()
+        )
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     earlier = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).pairs)
     earlier = with_relations(earlier.filter(pc.and_(pc.less(earlier["a"], start), pc.less(earlier["b"], start))))
