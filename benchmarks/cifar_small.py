@@ -40,6 +40,16 @@ def best_training_partner(run_dir: Path) -> dict[str, dict]:
     return best
 
 
+def purged(run_dir: Path) -> dict[str, dict]:
+    """A `dedup purge` run of the test shard against the training shards: each dropped test image's reference."""
+    rows = pq.read_table(run_dir / "manifest.parquet").to_pylist()
+    return {
+        row["key"]: {"train_key": row["reference_key"], "signal": row["reference_match"], "similarity": 0.0}
+        for row in rows
+        if row["status"] == "dropped"
+    }
+
+
 def largest_groups(run_dir: Path, count: int = 5) -> list[int]:
     sizes = pq.read_table(run_dir / "groups.parquet", columns=["group_id"])["group_id"].to_pylist()
     return sorted(Counter(g for g in sizes if g is not None and g >= 0).values(), reverse=True)[:count]
@@ -48,8 +58,9 @@ def largest_groups(run_dir: Path, count: int = 5) -> list[int]:
 def measure(run_dir: Path, labels: dict) -> dict:
     by_eye = {(train, test): (same, split) for train, test, same, split in labels["by_eye"]}
     cifair = {test: (train, judgment, split) for test, train, judgment, split in labels["cifair"]}
-    found = best_training_partner(run_dir)
-    result: dict = {"largest_groups": largest_groups(run_dir)}
+    is_find = (run_dir / "pairs.parquet").exists()
+    found = best_training_partner(run_dir) if is_find else purged(run_dir)
+    result: dict = {"largest_groups": largest_groups(run_dir)} if is_find else {}
     labelled: dict[str, tuple[bool, str]] = {}
     unlabelled = []
     for test, pair in found.items():

@@ -97,3 +97,17 @@ def test_larger_images_are_not_compared_by_their_pixels():
     assert not small_images.is_small(photo, 1.0)
     assert small_images.is_small(photo[:32, :32], 1.0)
     assert not small_images.is_small(photo[:32, :32], 0.5)  # a larger image, shrunk
+
+
+def test_purge_verifies_too_and_drops_the_training_copies_of_test_thumbnails(pairs_shard, tmp_path):
+    """Decontamination: the training images that copy a test image go, by the same pixels; alike photos stay."""
+    _, samples = pairs_shard
+    pairs = COPIES + DISTINCT
+    for name, keys in (("train", [train for train, _ in pairs]), ("test", [test for _, test in pairs])):
+        members = [(f"{key}.{extension}", data) for key in keys for extension, data in samples[key].items()]
+        (tmp_path / f"{name}.tar").write_bytes(tar_bytes(members))
+    run_cli("purge", tmp_path / "train.tar", "--against", tmp_path / "test.tar", "--run-dir", tmp_path / "run")
+    rows = {row["key"]: row for row in pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()}
+    for train, test in COPIES:
+        assert rows[train]["status"] == "dropped" and rows[train]["reference_key"] == test, rows[train]
+    assert [train for train, _ in DISTINCT if rows[train]["status"] == "dropped"] == []

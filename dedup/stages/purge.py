@@ -3,8 +3,10 @@
 For evaluation decontamination (training images that near-duplicate a benchmark's test images) and for
 takedown or privacy requests (an image and all its copies must go). The reference set (shards, a folder of
 images, or one image) is embedded once into its own store and reused. Each training sample is matched
-against it with the same signals as `find` (exact, perceptual hash, embedding, both agreeing); a match
-turns the sample's manifest row into `dropped`, naming the reference image it matched and how closely.
+against it with the same signals as `find` (exact, perceptual hash, embedding, both agreeing), and its
+borderline pairs verified as `find` verifies them (local features; thumbnails by their pixels), reading both
+sets' images again; a match turns the sample's manifest row into `dropped`, naming the reference image it
+matched and how closely.
 When the run already has a manifest from `select`, purge adds its drops to it.
 """
 
@@ -14,6 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -23,7 +26,16 @@ from dedup.io.manifest import ungrouped_rows, unreadable_rows
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
-from dedup.search.signals import SIGNALS, Samples, best_partner, signal_pairs, stacked, with_similarity
+from dedup.search.signals import (
+    SIGNALS,
+    Samples,
+    SignalPairs,
+    best_partner,
+    signal_pairs,
+    stacked,
+    with_similarity,
+)
+from dedup.search.verify_pairs import verify_borderline
 from dedup.settings import FindSettings
 
 PURGE_COLUMNS = [
@@ -34,12 +46,41 @@ PURGE_COLUMNS = [
 ]
 
 
-def best_reference(train: Samples, reference: Samples, settings: FindSettings):
+def best_reference(train: Samples, reference: Samples, settings: FindSettings, verify=None):
     """For each training row, its best reference match (strongest signal, then highest cosine): the reference
-    row (-1 if none), the cosine and the signal's code."""
-    q, r, codes, similarity = stacked(signal_pairs(train, reference, settings))
+    row (-1 if none), the cosine and the signal's code. `verify(found)`: turns the borderline pairs into verified
+    ones (verify_across)."""
+    found = signal_pairs(train, reference, settings)
+    if verify is not None:
+        verify(found)
+    q, r, codes, similarity = stacked(found)
     similarity = with_similarity(similarity, train.embeddings, reference.embeddings, q, r)
     return best_partner(len(train.embeddings), q, r, codes, similarity)
+
+
+def verify_across(
+    found: SignalPairs,
+    train: Samples,
+    train_metadata: pa.Table,
+    reference: Samples,
+    reference_metadata: pa.Table,
+    settings: FindSettings,
+    reporter: Reporter,
+) -> dict:
+    """find's verification of the borderline (training row, reference row) pairs: the two sets as one, the
+    reference rows after the training rows."""
+    offset = len(train_metadata)
+    if "borderline" in found.pairs:
+        a, b = found.pairs["borderline"]
+        found.pairs["borderline"] = (a, b + offset)
+    columns = ["shard", "sample_index"]
+    metadata = pa.concat_tables([train_metadata.select(columns), reference_metadata.select(columns)])
+    low_detail = np.concatenate([train.low_detail_rows(), reference.low_detail_rows()])
+    info = verify_borderline(found, metadata, settings, reporter, {}, low_detail=low_detail)
+    if "verified" in found.pairs:
+        a, b = found.pairs["verified"]
+        found.pairs["verified"] = (a, b - offset)
+    return info
 
 
 def base_manifest(run_dir: Path, train) -> pa.Table:
@@ -59,8 +100,8 @@ def purge(
 ) -> dict:
     settings = settings or FindSettings()
     settings.validate()
-    # purge does not verify borderline pairs (they need find's shard reading): no search below the threshold
-    settings = dataclasses.replace(settings, verify_threshold=None)
+    # purge names the reference matched, not what kind of match: no alignment beyond verification's
+    settings = dataclasses.replace(settings, relations=False)
     run_dir = Path(run_dir)
     train = EmbeddingStore(train_store).load()
     reference = EmbeddingStore(reference_store).load()
@@ -69,10 +110,19 @@ def purge(
             f"training embeddings ({train.spec.get('embedder')}) and reference embeddings "
             f"({reference.spec.get('embedder')}) were made differently; embed both with the same embedder"
         )
+    train_samples = Samples.from_store(EmbeddingStore(train_store), train, settings)
+    reference_samples = Samples.from_store(EmbeddingStore(reference_store), reference, settings)
+    verification: dict = {}
+
+    def verify(found: SignalPairs) -> None:
+        verification.update(
+            verify_across(
+                found, train_samples, train.metadata, reference_samples, reference.metadata, settings, reporter
+            )
+        )
+
     best, similarity, code = best_reference(
-        Samples.from_store(EmbeddingStore(train_store), train, settings),
-        Samples.from_store(EmbeddingStore(reference_store), reference, settings),
-        settings,
+        train_samples, reference_samples, settings, verify if settings.verify_threshold is not None else None
     )
 
     manifest = base_manifest(run_dir, train)
@@ -124,6 +174,8 @@ def purge(
         "unreadable": status.count("unreadable"),
         "reference_store": str(reference_store),
     }
+    if verification:
+        summary["verification"] = verification
     write_json(RunFolder(run_dir).purge_summary, summary)
     reporter.info(
         f"purge: {matched} of {len(manifest)} training samples are near-copies of the {len(reference.metadata)} reference images"
