@@ -379,3 +379,55 @@ def test_a_duplicate_label_joins_two_samples_the_detector_kept_apart(review_run,
     untouched = [row for key, row in manifest.items() if key not in {r["key"] for r in unique}]
     before = {row["key"]: row for row in groups}
     assert all(row["group_id"] == before[row["key"]]["group_id"] for row in untouched)
+
+
+@pytest.mark.slow
+def test_a_person_names_a_pairs_relation_and_select_judges_the_pair_by_that_name(review_run, tmp_path):
+    """Key 4 on a `copy` pair names it same_scene (the card says so, labels.parquet keeps it, with no verdict);
+    select, with same_scene out of drop_relations, then keeps that pair apart where it did not before."""
+    from playwright.sync_api import sync_playwright
+
+    run_dir, _ = review_run
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("groups.parquet", "pairs.parquet", "find.json"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    without_same_scene = '["exact", "copy", "partial", "similar", "unknown"]'
+    select = ("select", "--run-dir", copy, "--embeddings", run_dir / "embeddings",
+              "--set", f"select.drop_relations={without_same_scene}")  # fmt: skip
+    before = json.loads(run_cli(*select).stdout)
+    with review_server(copy) as (url, _, _):
+        token = token_of(url)
+        headers = {"Content-Type": "application/json", "X-Dedup-Token": token, "Origin": url.rstrip("/")}
+        for wrong in (
+            {"pair": 0, "relation": "twins"},
+            {"pair": 0, "relation": "copy", "label": "distinct"},
+            {"pair": 0},
+        ):
+            status, body = fetch(url + "api/label", json.dumps(wrong).encode(), headers)
+            assert status == 400, (wrong, body)
+        assert (
+            b"same_scene" in fetch(url + "api/label", json.dumps({"pair": 0, "relation": "twins"}).encode(), headers)[1]
+        )
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1300, "height": 1000}, bypass_csp=True)
+            page.goto(url)
+            page.wait_for_selector('[data-testid="pair-card"]')
+            page.select_option('[data-testid="filter-relation"]', "copy")
+            page.wait_for_function(
+                "[...document.querySelectorAll('[data-testid=relation]')].every(r => r.dataset.relation === 'copy')"
+            )
+            page.wait_for_load_state("networkidle")
+            page.keyboard.press("4")
+            page.wait_for_function(
+                "(() => { const r = document.querySelector('.pair.focused [data-testid=relation]');"
+                " return r && r.dataset.relation === 'same_scene' && r.dataset.found === 'copy'; })()"
+            )
+            assert "named by you" in page.locator('.pair.focused [data-testid="relation"]').inner_text()
+            browser.close()
+    labels = pq.read_table(copy / "labels.parquet").to_pylist()
+    assert [(row["relation"], row["duplicate"]) for row in labels] == [("same_scene", None)]
+    after = json.loads(run_cli(*select).stdout)
+    assert after["labels"] == {"relation_renamed": 1}
+    assert after["pairs_kept_apart"] == before["pairs_kept_apart"] + 1

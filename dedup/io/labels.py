@@ -2,7 +2,9 @@
 `calibrate` read.
 
 One row per pair, the last word kept: keys `a`, `b` (ordered), their shards, `duplicate` (true: the same
-image; false: distinct), when it was decided, and the similarity and signal the pair had when it was shown.
+image; false: distinct; empty: no verdict), `relation` (what kind of match a person named it, correcting find's:
+exact, copy, partial, same_scene or similar; empty: none named), when it was decided, and the similarity and
+signal the pair had when it was shown.
 The columns a, b, duplicate are the labels format `calibrate --labels` has always read, so a labels file made
 by hand (CSV or parquet, without shards) works everywhere this one does.
 
@@ -28,11 +30,13 @@ LABELS_SCHEMA = pa.schema(
         ("a_shard", pa.string()),
         ("b_shard", pa.string()),
         ("duplicate", pa.bool_()),
+        ("relation", pa.string()),
         ("labelled_at", pa.timestamp("ms", tz="UTC")),
         ("similarity", pa.float32()),
         ("signal", pa.string()),  # what found the pair ("near miss" when nothing did)
     ]
 )
+NAMEABLE = ("exact", "copy", "partial", "same_scene", "similar")  # the relations a person can name a pair
 Sample = tuple[str, str]  # (shard, key)
 Pair = tuple[Sample, Sample]
 
@@ -43,10 +47,11 @@ def ordered_pair(first: Sample, second: Sample) -> Pair:
 
 @dataclass(frozen=True)
 class Label:
-    duplicate: bool
+    duplicate: bool | None  # None: a relation named, no verdict
     labelled_at_ms: int
     similarity: float | None = None
     signal: str | None = None
+    relation: str | None = None
 
 
 def read_labels(path: str | Path) -> dict[Pair, Label]:
@@ -56,7 +61,7 @@ def read_labels(path: str | Path) -> dict[Pair, Label]:
     column = lambda name: table[name].to_pylist() if name in table.column_names else [None] * rows
     labels: dict[Pair, Label] = {}
     stamps = table["labelled_at"].cast(pa.int64()).to_pylist() if "labelled_at" in table.column_names else [0] * rows
-    for a, b, a_shard, b_shard, duplicate, stamp, similarity, signal in zip(
+    for a, b, a_shard, b_shard, duplicate, stamp, similarity, signal, relation in zip(
         column("a"),
         column("b"),
         column("a_shard"),
@@ -65,9 +70,10 @@ def read_labels(path: str | Path) -> dict[Pair, Label]:
         stamps,
         column("similarity"),
         column("signal"),
+        column("relation"),
     ):
         pair = ordered_pair((a_shard or "", str(a)), (b_shard or "", str(b)))
-        label = Label(bool(duplicate), int(stamp or 0), similarity, signal)
+        label = Label(None if duplicate is None else bool(duplicate), int(stamp or 0), similarity, signal, relation)
         if pair not in labels or labels[pair].labelled_at_ms <= label.labelled_at_ms:
             labels[pair] = label
     return labels
@@ -82,6 +88,7 @@ def labels_table(labels: dict[Pair, Label]) -> pa.Table:
             "a_shard": [pair[0][0] or None for pair in pairs],
             "b_shard": [pair[1][0] or None for pair in pairs],
             "duplicate": [labels[pair].duplicate for pair in pairs],
+            "relation": [labels[pair].relation for pair in pairs],
             "labelled_at": pa.array([labels[pair].labelled_at_ms for pair in pairs], pa.int64()).cast(
                 LABELS_SCHEMA.field("labelled_at").type
             ),
@@ -108,12 +115,24 @@ class LabelBook:
     def get(self, pair: Pair) -> Label | None:
         return self.labels.get(pair)
 
-    def set(self, pair: Pair, duplicate: bool, similarity: float | None = None, signal: str | None = None) -> Label:
+    def set(
+        self,
+        pair: Pair,
+        duplicate: bool | None,
+        similarity: float | None = None,
+        signal: str | None = None,
+        relation: str | None = None,
+    ) -> Label:
+        """A verdict (`duplicate`) or a named relation for the pair; the other, if the pair had one, stays."""
         with self._lock:
             # strictly increasing, so that the latest decision is the last word even within a millisecond
             stamp = max(int(time.time() * 1000), self._latest + 1)
             self._latest = stamp
-            label = Label(duplicate, stamp, None if similarity is None else float(similarity), signal)
+            before = self.labels.get(pair)
+            if before is not None:
+                duplicate = before.duplicate if duplicate is None else duplicate
+                relation = before.relation if relation is None else relation
+            label = Label(duplicate, stamp, None if similarity is None else float(similarity), signal, relation)
             self._undo.append((pair, self.labels.get(pair)))
             self.labels[pair] = label
             self._save()

@@ -279,7 +279,10 @@ class ReviewData:
                 for name, value in zip(EVIDENCE_COLUMNS, self.evidence[pair])
                 if not np.isnan(value)
             },
-            "label": None if label is None else ("duplicate" if label.duplicate else "distinct"),
+            "label": None
+            if label is None or label.duplicate is None
+            else ("duplicate" if label.duplicate else "distinct"),
+            "named_relation": None if label is None else label.relation,
             "a": self.row_record(int(self.a[pair])),
             "b": self.row_record(int(self.b[pair])),
         }
@@ -301,12 +304,14 @@ class ReviewData:
         return {"total": len(self.group_ids), "offset": offset, "groups": groups}
 
     # -- labelling
-    def label(self, pair: int, duplicate: bool) -> dict:
+    def label(self, pair: int, duplicate: bool | None, relation: str | None = None) -> dict:
+        """A person's verdict on a pair, or the relation they name it (NAMEABLE), correcting find's."""
         if not 0 <= pair < len(self.a):
             raise InputError(f"no pair {pair} in this run's review")
         with self._lock:
             similarity = float(self.similarity[pair])
-            self.book.set(self.pair_identity(pair), duplicate, similarity, self.signal_names[self.codes[pair]])
+            identity, signal = self.pair_identity(pair), self.signal_names[self.codes[pair]]
+            self.book.set(identity, duplicate, similarity, signal, relation)
             self.labelled[pair] = True
         return self.pair_record(pair)
 

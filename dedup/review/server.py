@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dedup.errors import InputError
 from dedup.io.imaging import UnreadableImage
-from dedup.io.labels import LabelBook
+from dedup.io.labels import NAMEABLE, LabelBook
 from dedup.io.runfolder import RunFolder
 from dedup.progress import SILENT, Reporter
 from dedup.review.images import Thumbnails, sample_image
@@ -190,13 +190,17 @@ def create_app(data: ReviewData, thumbnails: Thumbnails, token: str, allowed_hos
     async def label(request: Request) -> Response:
         try:
             payload = json.loads(await request.body())
-            pair, verdict = int(payload["pair"]), payload["label"]
-            if verdict not in ("duplicate", "distinct"):
+            pair, verdict, relation = int(payload["pair"]), payload.get("label"), payload.get("relation")
+            if (verdict is None) == (relation is None):
+                raise ValueError("send a label (duplicate or distinct) or a relation, one of them")
+            if verdict is not None and verdict not in ("duplicate", "distinct"):
                 raise ValueError(f"label must be duplicate or distinct, not {verdict!r}")
+            if relation is not None and relation not in NAMEABLE:
+                raise ValueError(f"relation must be one of {', '.join(NAMEABLE)}, not {relation!r}")
         except (ValueError, KeyError, TypeError) as error:
             return bad_request(error)
         try:
-            record = data.label(pair, verdict == "duplicate")
+            record = data.label(pair, None if verdict is None else verdict == "duplicate", relation)
         except InputError as error:
             return JSONResponse({"error": str(error)}, status_code=404)
         return JSONResponse({"pair": record, "labelled": len(data.book)})

@@ -1,5 +1,6 @@
 """A person's labels applied to the duplicate graph before `select` decides (labels from `dedup review`).
 
+A relation a person named replaces find's for that pair, so select.drop_relations judges the pair by it.
 A pair labelled "not a duplicate" loses its edge; a pair labelled "duplicate" gains one (signal `person`).
 Groups are then formed again from the edges left. Rows no label touches keep what find gave them: the same
 group id (a component's smallest row), size, nearest duplicate and signal, so select decides about them as
@@ -46,6 +47,28 @@ def _row_lookup(groups: pa.Table, labels: dict[Pair, Label]):
     return row_of, shards, keys
 
 
+def with_named_relations(groups: pa.Table, pairs: pa.Table, labels: dict[Pair, Label]) -> tuple[pa.Table, int]:
+    """pairs.parquet with the relation a person named in place of find's, for each found pair that has one, and
+    how many were renamed."""
+    named = {pair: label.relation for pair, label in labels.items() if label.relation is not None}
+    if not named:
+        return pairs, 0
+    row_of, _, _ = _row_lookup(groups, labels)
+    index_of = dict(zip(pair_keys(pairs["a"].to_numpy(), pairs["b"].to_numpy()).tolist(), range(len(pairs))))
+    relation = pairs["relation"].to_pylist()
+    renamed = 0
+    for (first, second), name in named.items():
+        row_a, row_b = row_of(first), row_of(second)
+        if row_a is None or row_b is None or row_a == row_b:
+            continue
+        index = index_of.get(int(pair_keys(np.array([row_a]), np.array([row_b]))[0]))
+        if index is not None and relation[index] != name:
+            relation[index] = name
+            renamed += 1
+    column = pairs.column_names.index("relation")
+    return pairs.set_column(column, "relation", pa.array(relation, pa.string())), renamed
+
+
 def regroup_with_labels(
     groups: pa.Table, pairs: pa.Table, labels: dict[Pair, Label], apart: np.ndarray | None = None
 ) -> LabelledGroups:
@@ -66,6 +89,8 @@ def regroup_with_labels(
     notes: list[str | None] = [None] * rows
     counts: Counter = Counter()
     for (first, second), label in labels.items():
+        if label.duplicate is None:  # a relation named, no verdict: with_named_relations applied it
+            continue
         row_a, row_b = row_of(first), row_of(second)
         if row_a is None or row_b is None or row_a == row_b:
             counts["not_in_run"] += 1

@@ -28,7 +28,7 @@ from dedup.search.components import pair_keys
 from dedup.search.relations import with_relations
 from dedup.settings import SelectSettings, parse_policy
 from dedup.stages.captions import diversified_captions
-from dedup.stages.labelled import regroup_with_labels
+from dedup.stages.labelled import regroup_with_labels, with_named_relations
 
 
 def rank_in_groups(groups: pa.Table, prefer: str = "largest", first: np.ndarray | None = None) -> np.ndarray:
@@ -156,16 +156,21 @@ def select(
     folder = RunFolder(run_dir)
     groups = load_groups(run_dir)
     pairs = with_relations(read_parquet(folder.pairs)) if folder.pairs.exists() else None
+    labels = read_labels(folder.labels) if settings.labels and folder.labels.exists() else {}
+    renamed = 0
+    if pairs is not None and labels:
+        pairs, renamed = with_named_relations(groups, pairs, labels)
     apart = (
         None if pairs is None else ~np.isin(pairs["relation"].to_numpy(zero_copy_only=False), settings.drop_relations)
     )
-    labels = read_labels(folder.labels) if settings.labels and folder.labels.exists() else {}
     person_label, label_counts = None, {}
     if pairs is not None and apart is not None and (labels or apart.any()):
         labelled = regroup_with_labels(groups, pairs, labels, apart)
         groups, apart = labelled.groups, labelled.apart
         if labels:
             person_label, label_counts = labelled.person_label, dict(labelled.counts)
+            if renamed:
+                label_counts["relation_renamed"] = renamed
             reporter.info(f"select: labels from {folder.labels}: {describe_label_counts(label_counts)}")
     relation, notes = pair_relations(groups, pairs, apart)
     failures = EmbeddingStore(store_dir).load().failures
@@ -230,5 +235,6 @@ def describe_label_counts(counts: dict) -> str:
         "distinct_not_found": "labelled distinct and not paired anyway",
         "duplicate_already_found": "labelled duplicate and already paired",
         "not_in_run": "naming samples this run does not have (ignored)",
+        "relation_renamed": "pairs whose relation a person named",
     }
     return ", ".join(f"{counts[name]} {text}" for name, text in described.items() if counts.get(name)) or "none"

@@ -70,6 +70,8 @@ def load_labels(path: str | Path) -> tuple[set, set]:
     positive: set[tuple[str, str]] = set()
     negative: set[tuple[str, str]] = set()
     for a, b, label in zip(table["a"].to_pylist(), table["b"].to_pylist(), table["duplicate"].to_pylist()):
+        if label is None:  # a relation named in review, no verdict
+            continue
         pair = (min(str(a), str(b)), max(str(a), str(b)))
         (positive if label in (True, 1, "true", "True", "1") else negative).add(pair)
     return positive, negative

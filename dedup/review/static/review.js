@@ -104,6 +104,8 @@ function pairCard(pair, index) {
   if ("sharpness_ratio" in evidence) evidenceText.push(`sharpness ratio ${evidence.sharpness_ratio.toFixed(2)}`);
   const badge = element("span", { className: `badge ${pair.label || ""}`, "data-testid": "label-badge",
     text: pair.label === "duplicate" ? "duplicate" : pair.label === "distinct" ? "not a duplicate" : "" });
+  const named = pair.named_relation && pair.named_relation !== pair.relation;
+  const relationText = (name) => RELATION_TEXT[name] || name;
   const actions = element("div", { className: "actions" },
     element("button", { "data-testid": "mark-duplicate", text: "Duplicate (d)" }),
     element("button", { "data-testid": "mark-distinct", text: "Not a duplicate (n)" }),
@@ -118,8 +120,10 @@ function pairCard(pair, index) {
     overlayFigure(pair),
     element("div", { className: "meta" },
       element("div", {}, element("span", { className: "similarity", text: similarity }), badge),
-      element("div", { className: "relation", "data-testid": "relation", "data-relation": pair.relation || "",
-        text: pair.relation ? RELATION_TEXT[pair.relation] || pair.relation : "" }),
+      element("div", { className: "relation", "data-testid": "relation",
+        "data-relation": pair.named_relation || pair.relation || "", "data-found": pair.relation || "",
+        text: named ? `${relationText(pair.named_relation)} (named by you; found: ${pair.relation || "none"})`
+          : pair.relation ? relationText(pair.relation) : "" }),
       element("div", { className: "muted", text: details.join(" · ") }),
       element("div", { className: "muted", "data-testid": "evidence", text: evidenceText.join(" · ") }),
       element("div", { className: "muted", text: `group ${pair.a.group_id} (${pair.a.group_size}) · group ${pair.b.group_id} (${pair.b.group_size})` }),
@@ -229,16 +233,19 @@ function updateCard(pair) {
   return index;
 }
 
-async function label(verdict) {
+// 1-5 name the pair's relation, correcting find's; select then judges the pair by the name (drop_relations)
+const NAMED_BY_KEY = { 1: "exact", 2: "copy", 3: "partial", 4: "same_scene", 5: "similar" };
+
+async function label(verdict, relation) {
   const pair = state.items[state.focus];
   if (!pair || state.view !== "pairs") return;
   try {
-    const answer = await postJSON("/api/label", { pair: pair.id, label: verdict });
+    const answer = await postJSON("/api/label", relation ? { pair: pair.id, relation } : { pair: pair.id, label: verdict });
     state.items[state.focus] = answer.pair;
     updateCard(answer.pair);
     setLabelled(answer.labelled);
     showMessage("");
-    focusOn(state.focus + 1);
+    focusOn(relation ? state.focus : state.focus + 1);
   } catch (error) {
     showMessage(`not saved: ${error}`, true);
   }
@@ -290,6 +297,7 @@ document.addEventListener("keydown", (event) => {
     j: () => focusOn(state.focus + 1), k: () => focusOn(state.focus - 1),
     "]": () => page(1), "[": () => page(-1), ArrowRight: () => page(1), ArrowLeft: () => page(-1),
   };
+  if (event.key in NAMED_BY_KEY) actions[event.key] = () => label(null, NAMED_BY_KEY[event.key]);
   const action = actions[event.key];
   if (action) { event.preventDefault(); action(); }
 });
