@@ -24,6 +24,9 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from quality import natural_duplicates  # noqa: E402
 
 from dedup.io.reader import iter_source  # noqa: E402
 from dedup.tools.planting import found_pairs, plant, planted_pairs, score  # noqa: E402
@@ -116,8 +119,7 @@ def apart_from_natural(truth_groups: list[list[str]], keys: list[str], group_ids
     """Precision with Flickr8k's own duplicates reported apart: a found pair that is not planted, between copies of
     two photos labelled by eye as one scene, one capture or one file (benchmarks/labels/flickr8k-relations.json), is
     the corpus's duplicate, not the detector's error (issue 31)."""
-    labelled = json.loads((ROOT / "benchmarks" / "labels" / "flickr8k-relations.json").read_text())["pairs"]
-    natural = {frozenset((a, b)) for _, a, _, b, label in labelled if label != "distinct"}
+    natural = natural_duplicates()
     source_of = {copy: group[0] for group in truth_groups for copy in group}
     truth = planted_pairs(truth_groups)
     found = found_pairs(keys, group_ids)
