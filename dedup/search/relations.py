@@ -146,7 +146,7 @@ def pair_evidence(
             return UNREAD
         return evidence(features_of[x], features_of[y], enough, mirrored, measure)
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=threads, initializer=local_features.match_in_one_thread) as pool:
         return list(pool.map(one, zip(a.tolist(), b.tolist(), try_mirror.tolist()), chunksize=256))
 
 
