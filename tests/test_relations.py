@@ -136,6 +136,9 @@ def test_pairs_from_before_relations_read_unknown_never_guessed():
     assert read["relation"].to_pylist() == ["exact", "unknown"]
     assert np.isnan(read["changed"].to_numpy()).all()
     assert relations.with_relations(read) is read
+    # a table with relations from before the thumbnails' `dense` evidence: read with it NaN (review reads every column)
+    without_dense = read.drop_columns(["dense"])
+    assert np.isnan(relations.with_relations(without_dense)["dense"].to_numpy()).all()
 
 
 def test_a_degenerate_alignment_measures_nothing_and_does_not_crash():

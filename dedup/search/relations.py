@@ -232,10 +232,14 @@ EVIDENCE_COLUMNS = ("coverage_a", "coverage_b", "changed", "misfit", "sharpness_
 
 def with_relations(pairs: pa.Table) -> pa.Table:
     """pairs.parquet as this version writes it: a table from before relations existed gets them, `exact` for its
-    exact pairs (the same bytes need no look) and `unknown` for the others, never guessed; NaN evidence."""
-    if "relation" in pairs.column_names:
-        return pairs
+    exact pairs (the same bytes need no look) and `unknown` for the others, never guessed; NaN evidence. Evidence
+    columns added since a table was written (`dense`) are NaN in it."""
     rows = len(pairs)
+    if "relation" in pairs.column_names:
+        for name in EVIDENCE_COLUMNS:
+            if name not in pairs.column_names:
+                pairs = pairs.append_column(name, pa.array(np.full(rows, np.nan, np.float32)))
+        return pairs
     exact = pa.array([signal == "exact" for signal in pairs["signal"].to_pylist()], pa.bool_())
     for name in EVIDENCE_COLUMNS:
         pairs = pairs.append_column(name, pa.array(np.full(rows, np.nan, np.float32)))

@@ -102,6 +102,7 @@ function pairCard(pair, index) {
   if ("changed" in evidence) evidenceText.push(`most changed part ${percent(evidence.changed)}`);
   if ("misfit" in evidence) evidenceText.push(`keypoints off by ${evidence.misfit.toFixed(2)} px`);
   if ("sharpness_ratio" in evidence) evidenceText.push(`sharpness ratio ${evidence.sharpness_ratio.toFixed(2)}`);
+  if ("dense" in evidence) evidenceText.push(`thumbnails' edges agree ${evidence.dense.toFixed(2)}`);
   const badge = element("span", { className: `badge ${pair.label || ""}`, "data-testid": "label-badge",
     text: pair.label === "duplicate" ? "duplicate" : pair.label === "distinct" ? "not a duplicate" : "" });
   const named = pair.named_relation && pair.named_relation !== pair.relation;
