@@ -10,7 +10,7 @@ import tarfile
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from conftest import FLICKR, run_cli, shard_head
 
 from dedup.io.labels import LabelBook
 
@@ -145,3 +145,20 @@ def test_a_whole_write_into_an_incremented_output_is_refused(planted, tmp_path):
     assert again.returncode == 3 and "holds the shards of `dedup add` increments" in again.stderr
     elsewhere = json.loads(run_cli("write", "--run-dir", base, "--out", tmp_path / "fresh").stdout)
     assert elsewhere["reconciles"] and elsewhere["written_samples"] == elsewhere["kept"]
+
+
+@pytest.mark.slow
+def test_add_to_a_run_whose_pairs_lack_newer_evidence_columns(tmp_path, shared):
+    """A run folder written before the thumbnails' `dense` evidence existed takes new shards: the earlier pairs are
+    read with it NaN, the new ones appended (it crashed on the columns' order before)."""
+    from dedup.tools.planting import plant
+
+    plant(str(FLICKR / "flickr8k-224-00000.tar"), tmp_path / "data", sources=10, copies=1, seed=1, limit=150)
+    later = shard_head(FLICKR / "flickr8k-224-00001.tar", tmp_path / "later.tar", 150)
+    run_cli("run", tmp_path / "data", "--run-dir", tmp_path / "run")
+    pairs = pq.read_table(tmp_path / "run" / "pairs.parquet")
+    assert len(pairs) >= 10
+    pq.write_table(pairs.drop_columns(["dense"]), tmp_path / "run" / "pairs.parquet")
+    run_cli("add", later, "--run-dir", tmp_path / "run")
+    after = pq.read_table(tmp_path / "run" / "pairs.parquet")
+    assert after.column_names == pairs.column_names and len(after) >= len(pairs)

@@ -240,6 +240,8 @@ def find_new(
         copy_signals(data.spec.get("embedder")),
     )
     info["increment"]["pairs_added"] = len(added)
+    # an earlier run's table may hold the evidence columns in another order (those added since come last)
+    earlier = earlier.select(added.column_names)
     pairs = pa.concat_tables([earlier, added.cast(earlier.schema)]) if len(earlier) else added
     summary = record_groups(folder.root, store_dir, data.metadata, pairs, settings, started, info)
     if extended is not None:
