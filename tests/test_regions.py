@@ -107,3 +107,30 @@ def test_composites_are_found_through_region_queries_and_nothing_else_is_merged(
     assert mirrors.shape == (180, 256) and mirrors.dtype == np.float16
     changed = run_cli("embed", shard, "--run-dir", tmp_path / "regions", "--set", "embed.regions=5", check=False)
     assert changed.returncode == 3 and "embed.regions" in changed.stderr
+
+
+@pytest.mark.slow
+def test_purge_finds_training_composites_of_reference_photos_through_region_queries(tmp_path, shared):
+    """Decontamination with `thorough`: training images that paste a reference photo at half scale into another photo
+    are dropped through the region queries between the two sets; the training photos unrelated to it stay."""
+    rng = np.random.default_rng(11)
+    photos, backgrounds, others = _photos(3)[:20], _photos(4)[:20], _photos(4)[20:60]  # dev shards
+    (tmp_path / "reference.tar").write_bytes(tar_bytes([(f"{key}.jpg", data) for key, data in photos]))
+    training = [
+        (f"{key}-composite.jpg", _composite(data, bg, rng)) for (key, data), (_, bg) in zip(photos, backgrounds)
+    ]
+    training += [(f"{key}.jpg", data) for key, data in others]
+    (tmp_path / "train.tar").write_bytes(tar_bytes(training))
+
+    def purged(config: str) -> dict[str, dict]:
+        run_dir = tmp_path / config
+        run_cli("purge", tmp_path / "train.tar", "--against", tmp_path / "reference.tar", "--config", config,
+                "--run-dir", run_dir, "--no-write")  # fmt: skip
+        return {row["key"]: row for row in pq.read_table(run_dir / "manifest.parquet").to_pylist()}
+
+    whole, thorough = purged("default"), purged("thorough")
+    composites = [f"{key}-composite" for key, _ in photos]
+    found = [key for key in composites if thorough[key]["status"] == "dropped"]
+    assert len(found) >= 17 and len(found) > sum(whole[key]["status"] == "dropped" for key in composites)
+    assert all(thorough[key]["reference_key"] == key.removesuffix("-composite") for key in found)
+    assert [key for key, _ in others if thorough[key]["status"] == "dropped"] == []

@@ -68,17 +68,40 @@ def region_candidates(
     return a, b, score, region
 
 
-def _regions_against_wholes(
-    regions: np.ndarray, embeddings: np.ndarray, threshold: float, per_row: int, chunk: int
+def region_candidates_between(
+    regions: np.ndarray,
+    wholes: np.ndarray,
+    threshold: float,
+    per_row: int,
+    mirrors: np.ndarray | None = None,
+    chunk: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b, cosine, region of a): each region's `per_row` + 1 nearest whole images."""
+    """region_candidates across two sets: (a, b, cosine, region) where region `region` of image a of the first set
+    (`regions`) reaches `threshold` against whole image b of the second (`wholes`; `mirrors`: its mirror images,
+    asked as b is), searched both ways."""
+    found = [best_partners(*_regions_against_wholes(regions, wholes, threshold, per_row, chunk, same=False), per_row)]
+    for queries in (wholes, mirrors):
+        if queries is not None:
+            b, a, score, region = best_partners(
+                *_wholes_against_regions(regions, queries, threshold, per_row, chunk, same=False), per_row
+            )
+            found.append((a, b, score, region))
+    a, b, score, region = (np.concatenate(column) for column in zip(*found))
+    return a, b, score, region
+
+
+def _regions_against_wholes(
+    regions: np.ndarray, embeddings: np.ndarray, threshold: float, per_row: int, chunk: int, same: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, cosine, region of a): each region's `per_row` + 1 nearest whole images (`per_row` where the wholes are
+    another set's: `same` False)."""
     import faiss
 
     rows, count, dim = regions.shape
     index = faiss.IndexFlatIP(dim)
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    k = min(rows, per_row + 1)
-    found = _Found()
+    k = min(len(embeddings), per_row + int(same))
+    found = _Found(same)
     for start in range(0, rows, chunk):
         block = np.ascontiguousarray(regions[start : start + chunk], dtype=np.float32).reshape(-1, dim)
         scores, hits = index.search(block, k)
@@ -89,7 +112,7 @@ def _regions_against_wholes(
 
 
 def _wholes_against_regions(
-    regions: np.ndarray, wholes: np.ndarray, threshold: float, per_row: int, chunk: int
+    regions: np.ndarray, wholes: np.ndarray, threshold: float, per_row: int, chunk: int, same: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(b, a, cosine, region of a): each whole image's nearest regions, enough of them to name `per_row` owners
     besides itself (an owner holds at most R of them)."""
@@ -97,26 +120,31 @@ def _wholes_against_regions(
 
     rows, count, dim = regions.shape
     queries = np.ascontiguousarray(wholes, dtype=np.float32)
-    found = _Found()
+    found = _Found(same)
     for start in range(0, rows, chunk):
         index = faiss.IndexFlatIP(dim)
         index.add(np.ascontiguousarray(regions[start : start + chunk], dtype=np.float32).reshape(-1, dim))
         scores, hits = index.search(queries, min(index.ntotal, (per_row + 1) * count))
         hits = hits.reshape(-1)
         owner = np.where(hits >= 0, start + hits // count, -1)
-        found.add(np.repeat(np.arange(rows), scores.shape[1]), owner, scores.reshape(-1), hits % count, threshold)
+        found.add(
+            np.repeat(np.arange(len(queries)), scores.shape[1]), owner, scores.reshape(-1), hits % count, threshold
+        )
     return found.arrays()
 
 
 class _Found:
-    """Search hits gathered block by block: (query row, hit row, cosine, region), self-hits and those under the
-    threshold left out."""
+    """Search hits gathered block by block: (query row, hit row, cosine, region), self-hits (within one set: `same`)
+    and those under the threshold left out."""
 
-    def __init__(self) -> None:
+    def __init__(self, same: bool = True) -> None:
         self.parts: list[tuple[np.ndarray, ...]] = []
+        self.same = same
 
     def add(self, query: np.ndarray, hit: np.ndarray, score: np.ndarray, region: np.ndarray, threshold: float) -> None:
-        keep = (hit >= 0) & (hit != query) & (score >= threshold)
+        keep = (hit >= 0) & (score >= threshold)
+        if self.same:
+            keep &= hit != query
         self.parts.append((query[keep], hit[keep], score[keep], region[keep]))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -54,6 +54,21 @@ def region_proposals(
     a, b, score, region = regions.region_candidates(
         region_vectors, embeddings, settings.region_threshold, settings.region_per_row, mirror_vectors
     )
+    return new_proposals(found, a, b, score, region, embeddings, low_detail, region_vectors.shape[1])
+
+
+def new_proposals(
+    found: SignalPairs,
+    a: np.ndarray,
+    b: np.ndarray,
+    score: np.ndarray,
+    region: np.ndarray,
+    embeddings: np.ndarray,
+    low_detail: np.ndarray,
+    regions_an_image: int,
+) -> Proposals:
+    """Of region candidates (a, b, score, region of a): each unordered pair once, the strongest, none that a signal
+    found already, none between two low-detail images."""
     keys = pair_keys(a, b)
     strongest_first = np.argsort(-score, kind="stable")
     _, first = np.unique(keys[strongest_first], return_index=True)
@@ -64,7 +79,7 @@ def region_proposals(
         keep &= ~np.isin(keys, np.concatenate(known))
     keep &= ~(low_detail[a] & low_detail[b])
     a, b, region = a[keep], b[keep], region[keep]
-    return Proposals(a, b, cosine(embeddings, embeddings, a, b), region, region_vectors.shape[1])
+    return Proposals(a, b, cosine(embeddings, embeddings, a, b), region, regions_an_image)
 
 
 def verify_borderline(

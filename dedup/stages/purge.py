@@ -26,6 +26,7 @@ from dedup.io.manifest import ungrouped_rows, unreadable_rows
 from dedup.io.runfolder import RunFolder, load_manifest
 from dedup.io.store import EmbeddingStore
 from dedup.progress import SILENT, Reporter
+from dedup.search import regions
 from dedup.search.signals import (
     SIGNALS,
     Samples,
@@ -35,7 +36,7 @@ from dedup.search.signals import (
     stacked,
     with_similarity,
 )
-from dedup.search.verify_pairs import verify_borderline
+from dedup.search.verify_pairs import Proposals, new_proposals, verify_borderline
 from dedup.settings import FindSettings
 
 PURGE_COLUMNS = [
@@ -61,26 +62,64 @@ def best_reference(train: Samples, reference: Samples, settings: FindSettings, v
 def verify_across(
     found: SignalPairs,
     train: Samples,
+    train_store: EmbeddingStore,
     train_metadata: pa.Table,
     reference: Samples,
+    reference_store: EmbeddingStore,
     reference_metadata: pa.Table,
     settings: FindSettings,
     reporter: Reporter,
 ) -> dict:
-    """find's verification of the borderline (training row, reference row) pairs: the two sets as one, the
-    reference rows after the training rows."""
+    """find's verification of the borderline (training row, reference row) pairs, the two sets as one (the
+    reference rows after the training rows); where both stores hold region vectors (embed.regions), the pairs a
+    region of one set's image proposes against the other set's whole images are verified too."""
     offset = len(train_metadata)
-    if "borderline" in found.pairs:
-        a, b = found.pairs["borderline"]
-        found.pairs["borderline"] = (a, b + offset)
+    found.pairs = {name: (a, b + offset) for name, (a, b) in found.pairs.items()}
     columns = ["shard", "sample_index"]
     metadata = pa.concat_tables([train_metadata.select(columns), reference_metadata.select(columns)])
     low_detail = np.concatenate([train.low_detail_rows(), reference.low_detail_rows()])
-    info = verify_borderline(found, metadata, settings, reporter, {}, low_detail=low_detail)
-    if "verified" in found.pairs:
-        a, b = found.pairs["verified"]
-        found.pairs["verified"] = (a, b - offset)
+    proposed = None
+    if settings.region_threshold is not None:
+        proposed = proposals_across(found, train, train_store, reference, reference_store, low_detail, settings)
+        if proposed is not None:
+            reporter.info(f"purge: {len(proposed.a)} pairs proposed by region queries")
+    info = verify_borderline(found, metadata, settings, reporter, {}, proposed, low_detail)
+    found.pairs = {name: (a, b - offset) for name, (a, b) in found.pairs.items()}
     return info
+
+
+def proposals_across(
+    found: SignalPairs,
+    train: Samples,
+    train_store: EmbeddingStore,
+    reference: Samples,
+    reference_store: EmbeddingStore,
+    low_detail: np.ndarray,
+    settings: FindSettings,
+) -> Proposals | None:
+    """Region queries between the sets (rows as verify_across numbers them): each set's crops against the other's
+    whole images and their mirror images; None unless both stores hold region vectors."""
+    assert settings.region_threshold is not None
+    train_regions, reference_regions = train_store.region_vectors(), reference_store.region_vectors()
+    if train_regions is None or reference_regions is None or train_regions.shape[1] != reference_regions.shape[1]:
+        return None
+    offset = len(train.embeddings)
+    parts = []
+    for own, own_offset, other, other_store, other_offset in (
+        (train_regions, 0, reference, reference_store, offset),
+        (reference_regions, offset, train, train_store, 0),
+    ):
+        a, b, score, region = regions.region_candidates_between(
+            own,
+            other.embeddings,
+            settings.region_threshold,
+            settings.region_per_row,
+            other_store.mirror_vectors(),
+        )
+        parts.append((a + own_offset, b + other_offset, score, region))
+    a, b, score, region = (np.concatenate(column) for column in zip(*parts))
+    embeddings = np.concatenate([train.embeddings, reference.embeddings])
+    return new_proposals(found, a, b, score, region, embeddings, low_detail, train_regions.shape[1])
 
 
 def base_manifest(run_dir: Path, train) -> pa.Table:
@@ -117,7 +156,15 @@ def purge(
     def verify(found: SignalPairs) -> None:
         verification.update(
             verify_across(
-                found, train_samples, train.metadata, reference_samples, reference.metadata, settings, reporter
+                found,
+                train_samples,
+                EmbeddingStore(train_store),
+                train.metadata,
+                reference_samples,
+                EmbeddingStore(reference_store),
+                reference.metadata,
+                settings,
+                reporter,
             )
         )
 
