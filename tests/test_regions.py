@@ -134,3 +134,21 @@ def test_purge_finds_training_composites_of_reference_photos_through_region_quer
     assert len(found) >= 17 and len(found) > sum(whole[key]["status"] == "dropped" for key in composites)
     assert all(thorough[key]["reference_key"] == key.removesuffix("-composite") for key in found)
     assert [key for key, _ in others if thorough[key]["status"] == "dropped"] == []
+
+
+@pytest.mark.slow
+def test_dedup_add_asks_region_queries_of_the_new_shards_too(tmp_path, shared):
+    """A `thorough` run takes a later shard of composites of its photos: `dedup add` searches the new images' crops
+    against the earlier whole images (and the earlier crops against the new) and joins them."""
+    rng = np.random.default_rng(13)
+    photos, backgrounds, others = _photos(3)[40:60], _photos(4)[60:80], _photos(4)[80:110]  # dev shards
+    (tmp_path / "first.tar").write_bytes(tar_bytes([(f"{key}.jpg", data) for key, data in photos + others]))
+    later = [(f"{key}-composite.jpg", _composite(data, bg, rng)) for (key, data), (_, bg) in zip(photos, backgrounds)]
+    (tmp_path / "later.tar").write_bytes(tar_bytes(later))
+    run_cli("run", tmp_path / "first.tar", "--config", "thorough", "--run-dir", tmp_path / "run")
+    run_cli("add", tmp_path / "later.tar", "--config", "thorough", "--run-dir", tmp_path / "run")
+    groups = {r["key"]: r["group_id"] for r in pq.read_table(tmp_path / "run" / "groups.parquet").to_pylist()}
+    found = sum(groups[f"{key}-composite"] == groups[key] for key, _ in photos)
+    assert found >= 16, found
+    sizes = [list(groups.values()).count(g) for g in set(groups.values())]
+    assert max(sizes) == 2, "an unrelated photo was merged"

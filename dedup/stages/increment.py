@@ -224,8 +224,12 @@ def find_new(
         info["index"] = {"kind": found.index.kind, "reason": found.index.reason}
     features_of: dict = {}
     if settings.verify_threshold is not None:
+        low_detail = samples.low_detail_rows()
+        proposed = new_rows_proposals(found, store, data.embeddings, start, low_detail, settings)
+        if proposed is not None:
+            reporter.info(f"add: {len(proposed.a)} pairs proposed by region queries")
         info["verification"] = verify_borderline(
-            found, data.metadata, settings, reporter, features_of, low_detail=samples.low_detail_rows()
+            found, data.metadata, settings, reporter, features_of, proposed, low_detail
         )
     info["timings_s"] = {k: round(v, 3) for k, v in found.timings_s.items()}
     earlier = read_parquet(RunFolder(folder.increment_snapshot(increment.number)).pairs)
@@ -330,3 +334,28 @@ def check_same_settings(folder: RunFolder, settings: FindSettings) -> None:
             f"{folder.root} was searched with other find settings ({shown}): give `dedup add` the config the run "
             "was made with"
         )
+
+
+def new_rows_proposals(
+    found, store: EmbeddingStore, embeddings, start: int, low_detail: np.ndarray, settings: FindSettings
+):
+    """Region queries that touch the new rows (from `start`), where the store holds region vectors (`thorough`):
+    the new images' crops against every whole image and mirror image, and every image's crops against the new
+    whole images and their mirror images; pairs among earlier rows were proposed when they were added."""
+    from dedup.search import regions
+    from dedup.search.verify_pairs import new_proposals
+
+    threshold, per_row = settings.region_threshold, settings.region_per_row
+    crops = store.region_vectors() if threshold is not None else None
+    if crops is None or threshold is None:
+        return None
+    wholes = embeddings.in_memory() if isinstance(embeddings, RowStack) else np.asarray(embeddings)
+    mirrors = store.mirror_vectors()
+    a, b, score, region = regions.region_candidates_between(crops[start:], wholes, threshold, per_row, mirrors)
+    parts = [(a + start, b, score, region)]
+    new_mirrors = mirrors[start:] if mirrors is not None else None
+    a, b, score, region = regions.region_candidates_between(crops, wholes[start:], threshold, per_row, new_mirrors)
+    parts.append((a, b + start, score, region))
+    a, b, score, region = (np.concatenate(column) for column in zip(*parts))
+    apart = a != b
+    return new_proposals(found, a[apart], b[apart], score[apart], region[apart], wholes, low_detail, crops.shape[1])
