@@ -12,7 +12,6 @@ When the run already has a manifest from `select`, purge adds its drops to it.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +138,6 @@ def purge(
 ) -> dict:
     settings = settings or FindSettings()
     settings.validate()
-    # purge names the reference matched, not what kind of match: no alignment beyond verification's
-    settings = dataclasses.replace(settings, relations=False)
     run_dir = Path(run_dir)
     train = EmbeddingStore(train_store).load()
     reference = EmbeddingStore(reference_store).load()
