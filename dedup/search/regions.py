@@ -49,6 +49,7 @@ def region_candidates(
     per_row: int,
     mirrors: np.ndarray | None = None,
     chunk: int = 4096,
+    same: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (a, b, cosine, region) where region `region` of image a reaches `threshold` against the whole image b
     (a != b), searched both ways: each a's `per_row` best whole images by their best region, and each b's `per_row`
@@ -56,34 +57,13 @@ def region_candidates(
     closest to it, and a heavily edited copy finds its photo only by asking itself. `regions`: (rows, R, dim);
     `embeddings`: (rows, dim), unit vectors; `mirrors`: each whole image's mirror image, asked as b is (a mirrored crop
     of a photo then finds the photo's region, with `per_row` partners of its own). Exact inner-product searches
-    (faiss), quadratic in the rows."""
-    found = [best_partners(*_regions_against_wholes(regions, embeddings, threshold, per_row, chunk), per_row)]
+    (faiss), quadratic in the rows. With `same` False the whole images (and `mirrors`) are another set's: a is a row
+    of `regions`, b of `embeddings`, and no pair is a self-pair."""
+    found = [best_partners(*_regions_against_wholes(regions, embeddings, threshold, per_row, chunk, same), per_row)]
     for wholes in (embeddings, mirrors):
         if wholes is not None:
             b, a, score, region = best_partners(
-                *_wholes_against_regions(regions, wholes, threshold, per_row, chunk), per_row
-            )
-            found.append((a, b, score, region))
-    a, b, score, region = (np.concatenate(column) for column in zip(*found))
-    return a, b, score, region
-
-
-def region_candidates_between(
-    regions: np.ndarray,
-    wholes: np.ndarray,
-    threshold: float,
-    per_row: int,
-    mirrors: np.ndarray | None = None,
-    chunk: int = 4096,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """region_candidates across two sets: (a, b, cosine, region) where region `region` of image a of the first set
-    (`regions`) reaches `threshold` against whole image b of the second (`wholes`; `mirrors`: its mirror images,
-    asked as b is), searched both ways."""
-    found = [best_partners(*_regions_against_wholes(regions, wholes, threshold, per_row, chunk, same=False), per_row)]
-    for queries in (wholes, mirrors):
-        if queries is not None:
-            b, a, score, region = best_partners(
-                *_wholes_against_regions(regions, queries, threshold, per_row, chunk, same=False), per_row
+                *_wholes_against_regions(regions, wholes, threshold, per_row, chunk, same), per_row
             )
             found.append((a, b, score, region))
     a, b, score, region = (np.concatenate(column) for column in zip(*found))

@@ -53,10 +53,11 @@ def _zoomed(gray: np.ndarray, scale: float) -> np.ndarray:
     return larger[top : top + height, left : left + width]
 
 
-def _best_shift(first: np.ndarray, second: np.ndarray, margin: int) -> tuple[float, bool]:
+def _best_shift(first: np.ndarray, target: np.ndarray, margin: int) -> tuple[float, bool]:
+    """The best correlation of `first`'s structure (and its mirror image's), less a `margin` all round, slid over the
+    `target` structure."""
     import cv2
 
-    target = structure(second)
     best, mirrored = -1.0, False
     for flipped in (False, True):
         source = structure(np.ascontiguousarray(first[:, ::-1]) if flipped else first)
@@ -80,13 +81,13 @@ def agreement(first: np.ndarray, second: np.ndarray) -> tuple[float, bool]:
     margin = max(1, round(SHIFT * min(height, width)))
     if min(height, width) <= 2 * margin + 2:
         return float("nan"), False
-    best = _best_shift(first, second, margin)
+    target = structure(second)
+    best = _best_shift(first, target, margin)
     for scale in ZOOMS:
         if best[0] >= AGREE_FLAT:
             break
-        best = max(
-            best, _best_shift(_zoomed(first, scale), second, margin), _best_shift(first, _zoomed(second, scale), margin)
-        )
+        zoomed_target = structure(_zoomed(second, scale))
+        best = max(best, _best_shift(_zoomed(first, scale), target, margin), _best_shift(first, zoomed_target, margin))
     return best
 
 

@@ -351,10 +351,10 @@ def new_rows_proposals(
         return None
     wholes = embeddings.in_memory() if isinstance(embeddings, RowStack) else np.asarray(embeddings)
     mirrors = store.mirror_vectors()
-    a, b, score, region = regions.region_candidates_between(crops[start:], wholes, threshold, per_row, mirrors)
+    a, b, score, region = regions.region_candidates(crops[start:], wholes, threshold, per_row, mirrors, same=False)
     parts = [(a + start, b, score, region)]
     new_mirrors = mirrors[start:] if mirrors is not None else None
-    a, b, score, region = regions.region_candidates_between(crops, wholes[start:], threshold, per_row, new_mirrors)
+    a, b, score, region = regions.region_candidates(crops, wholes[start:], threshold, per_row, new_mirrors, same=False)
     parts.append((a, b + start, score, region))
     a, b, score, region = (np.concatenate(column) for column in zip(*parts))
     apart = a != b

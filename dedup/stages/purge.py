@@ -108,12 +108,13 @@ def proposals_across(
         (train_regions, 0, reference, reference_store, offset),
         (reference_regions, offset, train, train_store, 0),
     ):
-        a, b, score, region = regions.region_candidates_between(
+        a, b, score, region = regions.region_candidates(
             own,
             other.embeddings,
             settings.region_threshold,
             settings.region_per_row,
             other_store.mirror_vectors(),
+            same=False,
         )
         parts.append((a + own_offset, b + other_offset, score, region))
     a, b, score, region = (np.concatenate(column) for column in zip(*parts))
@@ -139,15 +140,15 @@ def purge(
     settings = settings or FindSettings()
     settings.validate()
     run_dir = Path(run_dir)
-    train = EmbeddingStore(train_store).load()
-    reference = EmbeddingStore(reference_store).load()
+    train_folder, reference_folder = EmbeddingStore(train_store), EmbeddingStore(reference_store)
+    train, reference = train_folder.load(), reference_folder.load()
     if train.spec.get("embedder") != reference.spec.get("embedder"):
         raise SettingsError(
             f"training embeddings ({train.spec.get('embedder')}) and reference embeddings "
             f"({reference.spec.get('embedder')}) were made differently; embed both with the same embedder"
         )
-    train_samples = Samples.from_store(EmbeddingStore(train_store), train, settings)
-    reference_samples = Samples.from_store(EmbeddingStore(reference_store), reference, settings)
+    train_samples = Samples.from_store(train_folder, train, settings)
+    reference_samples = Samples.from_store(reference_folder, reference, settings)
     verification: dict = {}
 
     def verify(found: SignalPairs) -> None:
@@ -155,10 +156,10 @@ def purge(
             verify_across(
                 found,
                 train_samples,
-                EmbeddingStore(train_store),
+                train_folder,
                 train.metadata,
                 reference_samples,
-                EmbeddingStore(reference_store),
+                reference_folder,
                 reference.metadata,
                 settings,
                 reporter,
