@@ -12,6 +12,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from dedup.io import pdq
+
 THUMB_SIDE = 16
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
@@ -108,32 +110,10 @@ def perceptual_hash(image: Image.Image) -> int:
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
-def _pdq_dihedral_signs() -> np.ndarray:
-    i, j = np.indices((16, 16))
-    ones = np.ones((16, 16), np.float32)
-    odd_i, odd_j = np.where(i % 2, 1.0, -1.0), np.where(j % 2, 1.0, -1.0)
-    checker = np.where((i + j) % 2, -1.0, 1.0)
-    return np.stack([ones, odd_j, checker, odd_i, odd_i, odd_j, ones, checker]).astype(np.float32)
-
-
-# A flip or quarter turn of the image changes the signs of PDQ's 16x16 DCT coefficients and may transpose them
-# (pdqDihedralHash256esFromFloatLuma): one DCT gives all eight hashes, in pdqhash.compute_dihedral's order.
-PDQ_DIHEDRAL_SIGNS = _pdq_dihedral_signs()
-PDQ_DIHEDRAL_TRANSPOSED = np.array([False, True, False, True, False, False, True, True])
-
-
 def pdq_hashes(image: Image.Image) -> np.ndarray:
-    """PDQ (Meta's 256-bit perceptual hash, via pdqhash) of the image and of its dihedral variants, the image's
-    own first: a flipped or quarter-turned copy matches one of them. Bit for bit pdqhash.compute_dihedral's
-    hashes, from one DCT (tests/test_pdq.py holds it)."""
-    import pdqhash
-
-    coefficients, _ = pdqhash.compute_float(np.asarray(image))  # the 16x16 DCT, flattened and reversed
-    variants = coefficients[::-1].reshape(16, 16) * PDQ_DIHEDRAL_SIGNS
-    variants[PDQ_DIHEDRAL_TRANSPOSED] = variants[PDQ_DIHEDRAL_TRANSPOSED].transpose(0, 2, 1)
-    flat = variants.reshape(8, 256)
-    medians = np.partition(flat, 127, axis=1)[:, 127:128]  # PDQ's median: the 128th smallest (Torben's)
-    return np.packbits((flat > medians)[:, ::-1], axis=1)
+    """PDQ (Meta's 256-bit perceptual hash) of the image and of its dihedral variants, the image's own first: a
+    flipped or quarter-turned copy matches one of them (dedup/io/pdq.py)."""
+    return pdq.dihedral_hashes(np.asarray(image))
 
 
 def caption_of(files: dict[str, bytes]) -> str:

@@ -89,7 +89,7 @@ def crop_features(image, box: tuple[int, int, int, int], whole: Features, mirror
 
 def _orb(pixels: np.ndarray) -> Features:
     keypoints, descriptors = _cv2().ORB_create(nfeatures=KEYPOINTS).detectAndCompute(pixels, None)
-    return Features(np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32).reshape(-1, 2), descriptors)
+    return Features(np.asarray(_cv2().KeyPoint_convert(keypoints), dtype=np.float32).reshape(-1, 2), descriptors)
 
 
 def inliers(first: Features, second: Features) -> int:

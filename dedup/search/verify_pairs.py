@@ -322,6 +322,13 @@ def read_images(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, label:
         reporter.task(label, total=len(row_of), unit="images") as progress,
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
     ):
-        for batch in batched(iter_selected(list(row_of)), 64):
-            list(pool.map(one, batch))
-            progress.advance(len(batch))
+        pending: list = []
+        for batch in batched(iter_selected(list(row_of)), 64):  # the next batch read while the last is worked on
+            submitted = [pool.submit(one, sample) for sample in batch]
+            for future in pending:
+                future.result()
+            progress.advance(len(pending))
+            pending = submitted
+        for future in pending:
+            future.result()
+        progress.advance(len(pending))
