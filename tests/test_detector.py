@@ -83,6 +83,27 @@ def test_training_resumes_where_it_stopped_and_writes_loadable_weights(tmp_path,
     assert all(torch.allclose(resumed[k].float(), straight[k].float(), atol=2e-3) for k in resumed)
 
 
+@pytest.mark.slow
+def test_training_goes_on_from_a_detector_file(tmp_path, shared):
+    """--init: a longer training starts from the shipped weights (its first steps, at the warm-up's small learning
+    rate, barely move them), not from a random projection; the file it writes names what it started from."""
+    data = tmp_path / "imagenette"
+    data.mkdir()
+    (data / "imagenette-128-00000.tar").symlink_to(IMAGENETTE / "imagenette-128-00000.tar")
+    common = ["--steps", "2", "--batch", "6", "--loader-workers", "0", "--monitor-every", "1000", "--threads", "1"]
+    for name, extra in (("fresh", []), ("from-shipped", ["--init", str(shipped_weights_path())])):
+        command = [sys.executable, "-m", "dedup.detector.train", str(data), "--out", str(tmp_path / name), *common]
+        subprocess.run([*command, *extra], capture_output=True, text=True, timeout=600, check=True)
+    shipped = load_detector().trained_state()
+    distance = {}
+    for name in ("fresh", "from-shipped"):
+        trained = load_detector(tmp_path / name / "copydetect-lite0.pt").trained_state()
+        distance[name] = float((trained["projection.weight"] - shipped["projection.weight"]).abs().max())
+    assert distance["from-shipped"] < 0.01 < distance["fresh"]
+    saved = torch.load(tmp_path / "from-shipped" / "copydetect-lite0.pt", weights_only=True)
+    assert saved["training"]["init"]["file"] == shipped_weights_path().name
+
+
 @pytest.mark.parametrize(
     "fault", ["corrupt", "wrong-shape", "not-a-detector", pytest.param("missing-trunk-package", marks=pytest.mark.slow)]
 )

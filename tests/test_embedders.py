@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import FLICKR, jpeg_bytes, run_cli, tar_bytes
+from PIL import Image
 
 from dedup.embedders import build_embedder
 from dedup.errors import ModelUnavailableError, SettingsError
@@ -262,3 +266,34 @@ def test_decode_size_hashes_a_reduced_jpeg_and_a_store_keeps_one_size(tmp_path, 
         check=False,
     )  # fmt: skip
     assert result.returncode == 3 and "decode_size" in result.stderr  # a settings error
+
+
+def test_large_photos_are_decoded_reduced_and_their_copies_still_found(tmp_path, shared):
+    """The default decodes a large JPEG at a DCT scale (embed at >= 256 px, verification at >= 320): photos of
+    900-1,300 px and their cropped, resized and mirrored copies are found as at full size, nothing else merged."""
+    with tarfile.open(FLICKR / "flickr8k-224-00006.tar") as archive:
+        photos = [(m.name[:-4], archive.extractfile(m).read()) for m in archive if m.name.endswith(".jpg")][:40]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pairs = []
+    for number, (key, data) in enumerate(photos):
+        side = 900 + 10 * number
+        large = Image.open(io.BytesIO(data)).convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+        large.save(folder / f"{key}.jpg", quality=90)
+        inner = (side * 3 // 20, side // 10, side * 17 // 20, side * 4 // 5)  # 70 % of the width, 70 % of the height
+        copy = {
+            0: large.crop(inner),
+            1: large.crop(inner).resize((side * 2 // 5, side * 2 // 5)),
+            2: large.crop(inner).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        }.get(number % 4)
+        if copy is not None:
+            copy.save(folder / f"{key}-copy.jpg", quality=80)
+            pairs.append((key, f"{key}-copy"))
+    run_cli("run", folder, "--run-dir", tmp_path / "run")
+    assert EmbeddingStore(tmp_path / "run" / "embeddings").read_spec()["decode_size"] == 256
+    rows = pq.read_table(tmp_path / "run" / "groups.parquet", columns=["key", "group_id", "group_size"]).to_pylist()
+    group = {row["key"]: row["group_id"] for row in rows}
+    assert all(group[a] == group[b] for a, b in pairs)
+    assert sum(row["group_size"] > 1 for row in rows) == 2 * len(pairs)  # nothing else merged
+    signals = pq.read_table(tmp_path / "run" / "pairs.parquet", columns=["signal"])["signal"].to_pylist()
+    assert signals.count("verified") >= len(pairs) // 2  # what was read again for verification counted

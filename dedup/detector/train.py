@@ -9,6 +9,7 @@ When the last step is done it writes copydetect-lite0.pt, the file dedup ships. 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -31,6 +32,7 @@ from dedup.detector.augment import augment
 from dedup.detector.model import (
     CopyDetector,
     DetectorConfig,
+    load_detector,
     load_imagenet_trunk,
     normalised_pixels,
     save_detector,
@@ -176,6 +178,13 @@ def main(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     monitor_every: Annotated[int, typer.Option(help="Steps between monitor measurements.")] = 250,
     stop_after: Annotated[int | None, typer.Option(help="Stop this run after so many steps; rerun to resume.")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="A detector file (the shipped one, or one this command wrote) to start from instead of a random "
+            "projection: training goes on from its weights with a schedule of its own (--steps, --lr)."
+        ),
+    ] = None,
 ) -> None:
     """Train (or resume training) the copy detector on Imagenette."""
     torch.set_num_threads(threads)
@@ -184,8 +193,12 @@ def main(
     torch.manual_seed(seed)  # the projection's initial weights
     photos = read_photos(data, "train")
     held_back = read_photos(data, "val")[:400]
-    model = CopyDetector(config)
-    load_imagenet_trunk(model)
+    if init is None:
+        model = CopyDetector(config)
+        load_imagenet_trunk(model)
+    else:
+        model = load_detector(init)  # a checkpoint, where there is one, replaces its tensors below
+        config = model.config
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=1e-6)
     step = _resume(out / "checkpoint.pt", model, optimizer, seed)
     model.train()
@@ -226,7 +239,10 @@ def main(
             _checkpoint(out / "checkpoint.pt", model, optimizer, step, seed)
     _checkpoint(out / "checkpoint.pt", model, optimizer, step, seed)
     if step >= steps:
-        save_detector(model, out / "copydetect-lite0.pt", {"training": {"steps": steps, "batch": batch, "seed": seed}})
+        trained_as = {"steps": steps, "batch": batch, "seed": seed, "lr": lr}
+        if init is not None:
+            trained_as["init"] = {"file": init.name, "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
+        save_detector(model, out / "copydetect-lite0.pt", {"training": trained_as})
         typer.echo(f"done: {out / 'copydetect-lite0.pt'}")
     else:
         typer.echo(f"stopped at step {step} of {steps}; run the same command again to resume")

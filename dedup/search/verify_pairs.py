@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from dedup.io.imaging import UnreadableImage, open_image
+from dedup.io.imaging import DEFAULT_MAX_PIXELS, UnreadableImage, open_reduced
 from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
 from dedup.search import local_features, regions, relations, small_images
@@ -226,7 +226,8 @@ def through_regions(
                 key_of[(row, one)] = key = -(len(key_of) + 1)  # below every row: no clash in one features dict
                 crops[key] = found
 
-    read_images(np.asarray(sorted(wanted), np.int64), metadata, reporter, "find: region keypoints", extract)
+    rows = np.asarray(sorted(wanted), np.int64)
+    read_images(rows, metadata, reporter, "find: region keypoints", extract, 2 * local_features.MAX_SIDE)
     unread = np.iinfo(np.int64).min  # no features under it: the pair's evidence is UNREAD
     keys = np.asarray([key_of.get((row, one), unread) for row, one in zip(a.tolist(), region.tolist())], np.int64)
     return relations.pair_evidence(
@@ -301,11 +302,15 @@ def read_features(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, mirr
     def extract(row: int, image) -> None:
         features_of[row] = local_features.features(image, mirrored=row in mirror)
 
-    read_images(rows, metadata, reporter, "find: local features", extract)
+    read_images(rows, metadata, reporter, "find: local features", extract, local_features.MAX_SIDE)
 
 
-def read_images(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, label: str, on_image) -> None:
-    """Each readable image of `rows`, read again from the shards, handed to on_image(row, image) in threads."""
+def read_images(
+    rows: np.ndarray, metadata: pa.Table, reporter: Reporter, label: str, on_image, decode_size: int
+) -> None:
+    """Each readable image of `rows`, read again from the shards, handed to on_image(row, image) in threads; a JPEG
+    decoded at the smallest DCT scale whose sides are at least `decode_size` (keypoints are found at most
+    local_features.MAX_SIDE large: a 1,500-px photo need not be decoded whole)."""
     if not len(rows):
         return
     shards = metadata["shard"].take(pa.array(rows)).to_pylist()
@@ -314,7 +319,9 @@ def read_images(rows: np.ndarray, metadata: pa.Table, reporter: Reporter, label:
 
     def one(sample) -> None:
         try:
-            on_image(row_of[(sample.shard, sample.index)], open_image(sample.files)[0])
+            on_image(
+                row_of[(sample.shard, sample.index)], open_reduced(sample.files, DEFAULT_MAX_PIXELS, decode_size)[0]
+            )
         except UnreadableImage:
             pass
 

@@ -221,7 +221,8 @@ def check_store_spec(store: EmbeddingStore, spec: dict) -> None:
     if existing.get("decode_size") != spec["decode_size"]:
         raise SettingsError(
             f"{store.root} holds hashes of images decoded at size {existing.get('decode_size') or 'full'}; this run "
-            f"asks for {spec['decode_size'] or 'full'} (embed.decode_size). Use another folder, or delete it to start over."
+            f"asks for {spec['decode_size'] or 'full'} (embed.decode_size). Run with --set embed.decode_size="
+            f"{existing.get('decode_size') or 'off'} to go on with it, or use another folder."
         )
     if existing.get("regions", 0) != spec["regions"]:
         raise SettingsError(
