@@ -239,7 +239,7 @@ def main(
             _checkpoint(out / "checkpoint.pt", model, optimizer, step, seed)
     _checkpoint(out / "checkpoint.pt", model, optimizer, step, seed)
     if step >= steps:
-        trained_as = {"steps": steps, "batch": batch, "seed": seed, "lr": lr}
+        trained_as: dict[str, object] = {"steps": steps, "batch": batch, "seed": seed, "lr": lr}
         if init is not None:
             trained_as["init"] = {"file": init.name, "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
         save_detector(model, out / "copydetect-lite0.pt", {"training": trained_as})
