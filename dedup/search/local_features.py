@@ -108,14 +108,15 @@ class Alignment:
 NOT_ALIGNED = Alignment(0)
 
 
-def alignment(first: Features, second: Features) -> Alignment:
+def alignment(first: Features, second: Features, least: int = 6) -> Alignment:
     """The similarity transform (RANSAC) that maps the most matches of the first image's keypoints onto the
-    second's, with its inlier matches."""
+    second's, with its inlier matches; NOT_ALIGNED without fitting one where fewer than `least` keypoints match
+    (its inliers are among them: a caller that needs `least` inliers is told no sooner)."""
     cv2 = _cv2()
     if first.descriptors is None or second.descriptors is None or min(len(first.points), len(second.points)) < 8:
         return NOT_ALIGNED
     query, train = ratio_matches(first.descriptors, second.descriptors)
-    if len(query) < 6:
+    if len(query) < max(6, least):
         return NOT_ALIGNED
     source, target = first.points[query], second.points[train]
     matrix, mask = cv2.estimateAffinePartial2D(

@@ -52,12 +52,15 @@ class Evidence:
 UNREAD = Evidence(-1, False, False, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
 
 
-def evidence(first: Features, second: Features, enough: int, try_mirror: bool = True, measure: bool = True) -> Evidence:
+def evidence(
+    first: Features, second: Features, enough: int, try_mirror: bool = True, measure: bool = True, least: int = 0
+) -> Evidence:
     """Align the pair and, where it has ALIGNED inliers, measure the overlap on the `small` gray images that
     local_features.features keeps. The first image's mirror image (where known, and `try_mirror`) is matched
     too when the direct match has fewer than `enough`; the better of the two is kept. Without `measure`, only
-    the inliers (verification alone, find.relations off)."""
-    aligned, tried, mirrored = best_alignment(first, second, enough, try_mirror)
+    the inliers (verification alone, find.relations off). `least`: fewer inliers than this are of no use to the
+    caller, and a match with fewer keypoints matched is not fitted (its inliers read 0)."""
+    aligned, tried, mirrored = best_alignment(first, second, enough, try_mirror, least)
     sharpness_ratio = min(first.sharpness, second.sharpness) / max(first.sharpness, second.sharpness, 1e-6)
     if (
         not measure
@@ -76,14 +79,15 @@ def evidence(first: Features, second: Features, enough: int, try_mirror: bool = 
 
 
 def best_alignment(
-    first: Features, second: Features, enough: int, try_mirror: bool = True
+    first: Features, second: Features, enough: int, try_mirror: bool = True, least: int = 0
 ) -> tuple[Alignment, bool, bool]:
     """The pair's alignment, and whether the first image's mirror image was tried and kept: tried (where known, and
-    `try_mirror`) when the direct match has fewer than `enough` inliers, kept when it has more."""
-    aligned = local_features.alignment(first, second)
+    `try_mirror`) when the direct match has fewer than `enough` inliers, kept when it has more. `least`: see
+    evidence."""
+    aligned = local_features.alignment(first, second, least)
     if not (try_mirror and first.mirrored is not None and aligned.inliers < enough):
         return aligned, False, False
-    through_mirror = local_features.alignment(first.mirrored, second)
+    through_mirror = local_features.alignment(first.mirrored, second, least)
     if through_mirror.inliers > aligned.inliers:
         return through_mirror, True, True
     return aligned, True, False
@@ -132,10 +136,11 @@ def pair_evidence(
     threads: int = 2,
     mirror: np.ndarray | None = None,
     measure: bool = True,
+    least: int = 0,
 ) -> list[Evidence]:
     """The evidence of each pair (a[i], b[i]) of rows whose features are in `features_of` (UNREAD where a row's
     are not); the mirror image is tried where `mirror[i]` (every pair by default). OpenCV releases the GIL, so
-    threads share the matching."""
+    threads share the matching. `least`: see evidence (verification, which keeps only pairs with `enough`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     try_mirror = np.ones(len(a), bool) if mirror is None else mirror
@@ -144,7 +149,7 @@ def pair_evidence(
         x, y, mirrored = pair
         if x not in features_of or y not in features_of:
             return UNREAD
-        return evidence(features_of[x], features_of[y], enough, mirrored, measure)
+        return evidence(features_of[x], features_of[y], enough, mirrored, measure, least)
 
     with ThreadPoolExecutor(max_workers=threads, initializer=local_features.match_in_one_thread) as pool:
         return list(pool.map(one, zip(a.tolist(), b.tolist(), try_mirror.tolist()), chunksize=256))

@@ -116,8 +116,9 @@ def verify_borderline(
     mirror = set(np.unique(a[try_mirror]).tolist())
     read_features(rows, metadata, reporter, mirror, features_of)
     read_s = time.perf_counter() - started
+    enough = settings.verify_inliers  # a pair with fewer is not kept: it is not fitted when fewer keypoints match
     evidence = relations.pair_evidence(
-        a, b, features_of, settings.verify_inliers, os.cpu_count() or 1, try_mirror, measure=settings.relations
+        a, b, features_of, enough, os.cpu_count() or 1, try_mirror, measure=settings.relations, least=enough
     )
     inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
     short = np.flatnonzero(from_regions & (inliers < settings.verify_inliers))
@@ -230,8 +231,9 @@ def through_regions(
     read_images(rows, metadata, reporter, "find: region keypoints", extract, 2 * local_features.MAX_SIDE)
     unread = np.iinfo(np.int64).min  # no features under it: the pair's evidence is UNREAD
     keys = np.asarray([key_of.get((row, one), unread) for row, one in zip(a.tolist(), region.tolist())], np.int64)
+    enough = settings.verify_inliers
     return relations.pair_evidence(
-        keys, b, {**features_of, **crops}, settings.verify_inliers, os.cpu_count() or 1, measure=settings.relations
+        keys, b, {**features_of, **crops}, enough, os.cpu_count() or 1, measure=settings.relations, least=enough
     )
 
 
