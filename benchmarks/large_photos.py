@@ -8,7 +8,8 @@ and the edits were fixed before anything was measured.
 
     .venv/bin/python benchmarks/large_photos.py --work /tmp/large [--set embed.decode_size=off]
 
-Prints and writes (--out) the seconds, images/s, and the planted pairs' recall and pair precision.
+Prints the seconds, images/s, and the planted pairs' recall and pair precision, and writes them with the false
+pairs to WORK/NAME.json.
 """
 
 from __future__ import annotations
@@ -119,7 +120,6 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="a setting for dedup run, e.g. embed.decode_size=off"
     )
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     folder = args.work / "photos"
     planted_file = args.work / "planted.json"
@@ -144,10 +144,9 @@ def main() -> None:
         "verification_seconds": find.get("verification", {}).get("seconds"),
         **score(run_dir, planted),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    (args.work / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({key: value for key, value in result.items() if key != "false_pairs"}, indent=2))
+    print(f"written: {args.work / args.name}.json (with the false pairs)")
 
 
 if __name__ == "__main__":
