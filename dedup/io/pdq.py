@@ -5,7 +5,7 @@ Meta's reference (pdqhashing.cpp) blurs the whole luma image with two passes of 
 of the 64 x 64 samples is a weighted sum of a few pixels (2 x window - 1 a side): those weights, found once for
 each side length, make an image's hash a gather of the pixels the samples read instead of four passes over every
 pixel. The hashes equal pdqhash's (the reference's Python binding) up to float rounding:
-a coefficient that lies on the median may fall on the other side (docs/benchmarks.md measures how often).
+a coefficient that lies on the median may fall on the other side (docs/quality.md measures how often).
 """
 
 from __future__ import annotations

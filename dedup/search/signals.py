@@ -86,7 +86,7 @@ class SignalPairs:
 def cosine(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Cosine of x[a[i]] and y[b[i]] (unit vectors): one float32 dot product a pair, in chunks small enough that
     their rows are gathered into memory the process already holds (a million-pair chunk, 1 GB of fresh pages,
-    cost 6 s of page faults for 250,000 pairs; docs/benchmarks.md)."""
+    cost 6 s of page faults for 250,000 pairs; docs/quality.md)."""
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), chunk):
         part = slice(start, start + chunk)
