@@ -7,6 +7,7 @@ them one copy each: re-encoded at quality 60-75, resized to 50-80 %, cropped by 
 and the edits were fixed before anything was measured.
 
     .venv/bin/python benchmarks/large_photos.py --work /tmp/large [--set embed.decode_size=off]
+    .venv/bin/python benchmarks/large_photos.py --work /tmp/photos320 --long-side 320    # photos of 320 px
 
 Prints the seconds, images/s, and the planted pairs' recall and pair precision, and writes them with the false
 pairs to WORK/NAME.json.
@@ -63,14 +64,16 @@ def _edited(image: Image.Image, edit: str, rng: np.random.Generator) -> Image.Im
     return image
 
 
-def make_folder(folder: Path) -> list[tuple[str, str, str]]:
-    """The folder of large photos and their copies; returns (photo key, copy key, edit) of each planted pair."""
+def make_folder(folder: Path, long_side: int | None = None) -> list[tuple[str, str, str]]:
+    """The folder of large photos and their copies; returns (photo key, copy key, edit) of each planted pair.
+    `long_side`: every photo this long instead of a drawn length (the same draws are made, so the same copies)."""
     rng = np.random.default_rng(SEED)
     folder.mkdir(parents=True, exist_ok=True)
     planted = []
     for key, data in _photos():
         photo = Image.open(io.BytesIO(data)).convert("RGB")
         side = int(rng.integers(640, 1441))
+        side = long_side or side
         scale = side / max(photo.size)
         large = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS)
         (folder / f"{key}.jpg").write_bytes(_jpeg(large, 90))
@@ -120,11 +123,12 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="a setting for dedup run, e.g. embed.decode_size=off"
     )
+    parser.add_argument("--long-side", type=int, help="every photo this long (e.g. 320) instead of 640-1,440 px")
     args = parser.parse_args()
     folder = args.work / "photos"
     planted_file = args.work / "planted.json"
     if not planted_file.exists():
-        planted_file.write_text(json.dumps(make_folder(folder)))
+        planted_file.write_text(json.dumps(make_folder(folder, args.long_side)))
     planted = [tuple(row) for row in json.loads(planted_file.read_text())]
     run_dir = args.work / args.name
     settings = [part for value in args.set for part in ("--set", value)]
