@@ -34,8 +34,8 @@ def test_pdq_search_equals_brute_force():
         assert len(q) > rows  # every row matches itself, and the planted ones their neighbour
 
 
-def test_pdq_hashes_are_the_reference_implementations(shared):
-    """dedup's PDQ (dedup/io/pdq.py: one matrix product a side, eight hashes from one DCT) against pdqhash, the
+def test_pdq_hashes_equal_the_reference_implementations(shared):
+    """dedup's PDQ (dedup/io/pdq.py: the pixels the 64 x 64 samples read, eight hashes from one DCT) against pdqhash, the
     Python binding of Meta's C++ reference, for each flip and turn of real photos, whole, cropped off-square and
     resized: the same bits but where float rounding moves a coefficient across the median (two bits swap), so
     stores hashed either way search alike."""
