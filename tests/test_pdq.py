@@ -35,10 +35,10 @@ def test_pdq_search_equals_brute_force():
 
 
 def test_pdq_hashes_equal_the_reference_implementations(shared):
-    """dedup's PDQ (dedup/io/pdq.py: the pixels the 64 x 64 samples read, eight hashes from one DCT) against pdqhash, the
-    Python binding of Meta's C++ reference, for each flip and turn of real photos, whole, cropped off-square and
-    resized: the same bits but where float rounding moves a coefficient across the median (two bits swap), so
-    stores hashed either way search alike."""
+    """dedup's PDQ (dedup/io/pdq.py: the pixels the 64 x 64 samples read, eight hashes from one DCT) against
+    pdqhash, the Python binding of Meta's C++ reference, for each flip and turn of real photos, whole, cropped
+    off-square and resized: the same bits but where float rounding moves a coefficient across the median (two bits
+    swap), so stores hashed either way search alike."""
     import pdqhash
 
     with tarfile.open(FLICKR / "flickr8k-224-00003.tar") as archive:
