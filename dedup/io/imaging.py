@@ -46,9 +46,12 @@ def find_image_field(files: dict[str, bytes]) -> str:
     )
 
 
-def open_image(files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
-    """The sample's image in RGB and its field's extension; UnreadableImage with the reason when it has none."""
-    image, extension, _ = open_reduced(files, max_pixels, None)
+def open_image(
+    files: dict[str, bytes], max_pixels: int = DEFAULT_MAX_PIXELS, decode_size: int | None = None
+) -> tuple[Image.Image, str]:
+    """The sample's image in RGB and its field's extension; UnreadableImage with the reason when it has none.
+    `decode_size`: see open_reduced."""
+    image, extension, _ = open_reduced(files, max_pixels, decode_size)
     return image, extension
 
 

@@ -9,6 +9,8 @@ Each crop is REGION_SIDE of the image's width and height, on a 3 x 3 grid (9 reg
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from PIL import Image
 
@@ -68,6 +70,33 @@ def region_candidates(
             found.append((a, b, score, region))
     a, b, score, region = (np.concatenate(column) for column in zip(*found))
     return a, b, score, region
+
+
+class RowSet(NamedTuple):
+    """One side of a search between two sets of images: their crops' vectors (rows, R, dim), whole images' (rows,
+    dim) and mirror images' (or None), and the number its first row has among the pairs returned."""
+
+    regions: np.ndarray
+    wholes: np.ndarray
+    mirrors: np.ndarray | None
+    offset: int
+
+
+def candidates_between(
+    first: RowSet, second: RowSet, threshold: float, per_row: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """region_candidates across two sets, both ways: each set's crops against the other's whole images and their
+    mirror images, (a, b, cosine, region of a) with a's region; a row paired with itself (where the sets share rows)
+    left out."""
+    parts = []
+    for own, other in ((first, second), (second, first)):
+        a, b, score, region = region_candidates(
+            own.regions, other.wholes, threshold, per_row, other.mirrors, same=False
+        )
+        parts.append((a + own.offset, b + other.offset, score, region))
+    a, b, score, region = (np.concatenate(column) for column in zip(*parts))
+    apart = a != b
+    return a[apart], b[apart], score[apart], region[apart]
 
 
 def _regions_against_wholes(

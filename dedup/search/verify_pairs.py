@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from dedup.io.imaging import DEFAULT_MAX_PIXELS, UnreadableImage, open_reduced
+from dedup.io.imaging import UnreadableImage, open_image
 from dedup.io.reader import batched, iter_selected
 from dedup.progress import Reporter
 from dedup.search import local_features, regions, relations, small_images
@@ -121,7 +121,7 @@ def verify_borderline(
         a, b, features_of, enough, os.cpu_count() or 1, try_mirror, measure=settings.relations, least=enough
     )
     inliers = np.fromiter((e.inliers for e in evidence), np.int32, len(evidence))
-    short = np.flatnonzero(from_regions & (inliers < settings.verify_inliers))
+    short = np.flatnonzero(from_regions & (inliers < enough))
     match_s = time.perf_counter() - started - read_s
     aligned = through_regions(
         a[short],
@@ -137,7 +137,7 @@ def verify_borderline(
         if better.inliers > inliers[index]:
             evidence[index], inliers[index] = better, better.inliers
     mirrored = np.fromiter((e.mirror_tried for e in evidence), bool, len(evidence))
-    good = (inliers >= settings.verify_inliers) & (~from_regions | regions.covers_one(evidence, settings.relations))
+    good = (inliers >= enough) & (~from_regions | regions.covers_one(evidence, settings.relations))
     unconfirmed = ~good if low_detail is None else ~good & ~low_detail[a] & ~low_detail[b]
     compared = compare_thumbnails(a, b, similarity, unconfirmed, evidence, features_of)
     good[compared] = True
@@ -321,9 +321,7 @@ def read_images(
 
     def one(sample) -> None:
         try:
-            on_image(
-                row_of[(sample.shard, sample.index)], open_reduced(sample.files, DEFAULT_MAX_PIXELS, decode_size)[0]
-            )
+            on_image(row_of[(sample.shard, sample.index)], open_image(sample.files, decode_size=decode_size)[0])
         except UnreadableImage:
             pass
 

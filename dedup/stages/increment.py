@@ -351,11 +351,7 @@ def new_rows_proposals(
         return None
     wholes = embeddings.in_memory() if isinstance(embeddings, RowStack) else np.asarray(embeddings)
     mirrors = store.mirror_vectors()
-    a, b, score, region = regions.region_candidates(crops[start:], wholes, threshold, per_row, mirrors, same=False)
-    parts = [(a + start, b, score, region)]
-    new_mirrors = mirrors[start:] if mirrors is not None else None
-    a, b, score, region = regions.region_candidates(crops, wholes[start:], threshold, per_row, new_mirrors, same=False)
-    parts.append((a, b + start, score, region))
-    a, b, score, region = (np.concatenate(column) for column in zip(*parts))
-    apart = a != b
-    return new_proposals(found, a[apart], b[apart], score[apart], region[apart], wholes, low_detail, crops.shape[1])
+    new = regions.RowSet(crops[start:], wholes[start:], mirrors[start:] if mirrors is not None else None, start)
+    every = regions.RowSet(crops, wholes, mirrors, 0)
+    a, b, score, region = regions.candidates_between(new, every, threshold, per_row)
+    return new_proposals(found, a, b, score, region, wholes, low_detail, crops.shape[1])

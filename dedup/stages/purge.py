@@ -103,21 +103,12 @@ def proposals_across(
     if train_regions is None or reference_regions is None or train_regions.shape[1] != reference_regions.shape[1]:
         return None
     offset = len(train.embeddings)
-    parts = []
-    for own, own_offset, other, other_store, other_offset in (
-        (train_regions, 0, reference, reference_store, offset),
-        (reference_regions, offset, train, train_store, 0),
-    ):
-        a, b, score, region = regions.region_candidates(
-            own,
-            other.embeddings,
-            settings.region_threshold,
-            settings.region_per_row,
-            other_store.mirror_vectors(),
-            same=False,
-        )
-        parts.append((a + own_offset, b + other_offset, score, region))
-    a, b, score, region = (np.concatenate(column) for column in zip(*parts))
+    a, b, score, region = regions.candidates_between(
+        regions.RowSet(train_regions, train.embeddings, train_store.mirror_vectors(), 0),
+        regions.RowSet(reference_regions, reference.embeddings, reference_store.mirror_vectors(), offset),
+        settings.region_threshold,
+        settings.region_per_row,
+    )
     embeddings = np.concatenate([train.embeddings, reference.embeddings])
     return new_proposals(found, a, b, score, region, embeddings, low_detail, train_regions.shape[1])
 
